@@ -1,0 +1,51 @@
+"""The Generator protocol: chat conversations in, completions with token ids out.
+
+The agent, the teacher, the judges and the baselines only see this protocol, so a local transformers model
+and a remote OpenAI-compatible server (vLLM, SGLang, DeepSeek, a hosted API) are interchangeable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+Conversation = list[dict[str, str]]
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingParams:
+    """How to sample one completion. ``temperature == 0`` means greedy decoding."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    max_new_tokens: int = 512
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+
+@dataclass(slots=True)
+class Completion:
+    """One generated completion. ``finish_reason`` is ``"stop"``, ``"length"`` or ``"error"``.
+
+    Token ids are filled by local backends (the PPO trainer needs them); remote backends may leave them empty
+    and report only counts.
+    """
+
+    text: str
+    finish_reason: str = "stop"
+    prompt_token_ids: list[int] = field(default_factory=list)
+    completion_token_ids: list[int] = field(default_factory=list)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    error: str | None = None
+
+
+@runtime_checkable
+class Generator(Protocol):
+    """Batched chat generation. ``sampling`` is one setting for all, or one per conversation (the paper samples
+    each prompt at several temperatures in one rollout)."""
+
+    def generate(
+        self, conversations: Sequence[Conversation], sampling: SamplingParams | Sequence[SamplingParams]
+    ) -> list[Completion]: ...
