@@ -10,7 +10,7 @@ This module imports nothing else from r3rag, so every layer may import it.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
@@ -34,38 +34,75 @@ class StageConfig(BaseModel):
         return cls.model_validate(data)
 
 
-class WorldConfig(StageConfig):
-    """The synthetic world: size, split and the knobs that make its questions hard.
+QuestionType = Literal["compositional", "chain", "inference", "comparison", "bridge_comparison"]
+Difficulty = Literal["easy", "standard", "hard"]
 
-    The defaults give a few thousand passages and a question mix in which a single well-phrased query often
-    does not find the right passage (see ``r3rag data world --report``), so a policy has to notice and
-    reformulate: room for RL past the cold start.
+
+class WorldConfig(StageConfig):
+    """The synthetic world: its size, its split, and the knobs that make its questions hard.
+
+    Measured on this project's machine, SmolLM2-135M fine-tuned for three minutes on templated 2-hop questions
+    about fictional entities reaches 94-100% accuracy: a world that easy leaves nothing for RL to learn. The
+    ``standard`` default therefore mixes in 3- and 4-hop chains and two-chain comparisons, phrases every
+    relation many ways, reuses names and titles, and puts other people's names in passages, so that a first
+    query often misses and the policy has to notice and reformulate. ``r3rag data world --report`` measures
+    how often a BM25 search with the gold sub-question finds the gold passage, per question type.
     """
 
     seed: int = Field(0, description="Everything in the world follows from this seed.")
-    people: int = Field(700, ge=20, description="Number of people (each gets a biography and a career passage).")
+    people: int = Field(700, ge=20, description="People, near-namesakes included; two passages each.")
     cities: int = Field(120, ge=8)
     countries: int = Field(24, ge=3)
-    organisations: int = Field(160, ge=8)
-    works: int = Field(420, ge=10, description="Films, novels and albums.")
+    organisations: int = Field(160, ge=12, description="Film studios, publishers, record labels, companies.")
+    works: int = Field(420, ge=12, description="Films, novels and albums.")
     train_questions: int = Field(1000, ge=0)
     dev_questions: int = Field(200, ge=0)
     namesake_rate: float = Field(
-        0.35, ge=0, le=1, description="Share of people given a near-namesake (same first name, similar surname)."
+        0.35, ge=0, le=1, description="Share of people who get a near-namesake (same first name, similar surname)."
     )
     title_echo_rate: float = Field(
-        0.3, ge=0, le=1, description="Share of works whose title is reused with a small change by another work."
+        0.3, ge=0, le=1, description="Share of works whose title another work reuses with a small change."
     )
     mention_rate: float = Field(
-        0.6, ge=0, le=1, description="Chance that a passage also mentions other people (shared-name noise)."
+        0.6, ge=0, le=1, description="Chance that a passage also names unrelated people (shared-name noise)."
     )
-    type_mix: dict[str, float] = Field(
+    paraphrase_variety: float = Field(
+        1.0, ge=0, le=1, description="Share of the phrasings of each relation in use; 0 = one template each."
+    )
+    indirect_rate: float = Field(
+        0.0, ge=0, le=1, description="Share of birth years stated only indirectly ('turned 40 in 1998')."
+    )
+    type_mix: dict[QuestionType, float] = Field(
         default_factory=lambda: {
-            "compositional": 0.35,
+            "compositional": 0.3,
+            "chain": 0.2,
             "inference": 0.1,
             "comparison": 0.2,
             "bridge_comparison": 0.2,
-            "chain": 0.15,
         },
         description="Relative weights of question types; 'chain' are 3- and 4-hop compositional questions.",
     )
+
+    @classmethod
+    def for_difficulty(cls, difficulty: Difficulty, **overrides: Any) -> WorldConfig:
+        """Presets: ``easy`` is the 2-hop templated world a cold start alone solves; ``hard`` adds more of
+        everything that defeats a single query."""
+        presets: dict[str, dict[str, Any]] = {
+            "easy": {
+                "namesake_rate": 0.0,
+                "title_echo_rate": 0.0,
+                "mention_rate": 0.0,
+                "paraphrase_variety": 0.0,
+                "type_mix": {"compositional": 1.0},
+            },
+            "standard": {},
+            "hard": {
+                "namesake_rate": 0.6,
+                "title_echo_rate": 0.5,
+                "mention_rate": 0.9,
+                "indirect_rate": 0.1,
+                "type_mix": {"compositional": 0.15, "chain": 0.3, "inference": 0.15, "comparison": 0.15,
+                             "bridge_comparison": 0.25},
+            },
+        }
+        return cls(**{**presets[difficulty], **overrides})
