@@ -716,30 +716,37 @@ class _QuestionMaker:
         return self.example("inference", question, answer, hops, [], path=list(path))
 
     def comparison(self, qtype: str, pool: list[Entity]) -> QAExample | None:
+        """Two entities of the same kind, each followed through the bridge to the compared attribute.
+
+        Yes/no questions pick the second entity to match or not on purpose, half and half: left to chance,
+        two random people almost never share a hometown and "no" would always be right.
+        """
         bridged = qtype == "bridge_comparison"
-        candidates = [c for c in _COMPARE_ORDER + _COMPARE_SAME if bool(c[1]) == bridged]
-        kind, bridge, attribute, templates = self.rng.choice(candidates)
-        starts = [e for e in pool if e.kind == kind]
-        a, b = self.rng.sample(starts, 2)
-        if a.subtype != b.subtype:
-            b_options = [e for e in starts if e.subtype == a.subtype and e is not a]
-            if not b_options:
-                return None
-            b = self.rng.choice(b_options)
-        walked = [self.walk(e, (*bridge, attribute)) for e in (a, b)]
-        if walked[0] is None or walked[1] is None:
+        kind, bridge, attribute, templates = self.rng.choice(
+            [c for c in _COMPARE_ORDER + _COMPARE_SAME if bool(c[1]) == bridged])
+        path = (*bridge, attribute)
+        a = self.rng.choice([e for e in pool if e.kind == kind])
+        walked_a = self.walk(a, path)
+        if walked_a is None:
             return None
-        (hops_a, _, value_a), (hops_b, _, value_b) = walked
+        hops_a, _, value_a = walked_a
+        yes_no = (kind, bridge, attribute, templates) in _COMPARE_SAME
+        want_same = yes_no and self.rng.random() < 0.5
+        others = [e for e in pool if e.kind == kind and e.subtype == a.subtype and e is not a]
+        self.rng.shuffle(others)
+        for b in others[:200]:
+            walked_b = self.walk(b, path)
+            if walked_b is not None and (walked_b[2] == value_a) == want_same:
+                break
+        else:
+            return None
+        hops_b, _, value_b = walked_b
         hops = hops_a + hops_b
         fill = {"a": a.name, "b": b.name}
-        if (kind, bridge, attribute, templates) in _COMPARE_SAME:
-            answer = "yes" if value_a == value_b else "no"
-            if answer == "no" and self.rng.random() < 0.5:
-                return None  # different values are far more likely by chance; keep yes and no closer to even
+        if yes_no:
             question = self.b.phrase(templates).format(**fill)
-            return self.example(qtype, question, answer, hops, [], compare=attribute, bridge=list(bridge))
-        if value_a == value_b:
-            return None
+            return self.example(qtype, question, "yes" if want_same else "no", hops, [], compare=attribute,
+                                bridge=list(bridge))
         earlier = self.rng.random() < 0.5
         words = {"first": "first", "older": "older"} if earlier else {"first": "later", "older": "younger"}
         if not earlier and attribute == "founded":
