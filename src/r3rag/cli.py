@@ -41,7 +41,7 @@ def main(
 
 def fail(message: str) -> typer.Exit:
     """Print a one-line error (no traceback: the message names the file and field) and exit with status 2."""
-    console.print(f"[bold red]error:[/] {message}", highlight=False)
+    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     return typer.Exit(code=2)
 
 
