@@ -20,7 +20,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("-k", type=int, default=2, help="top-k of the gauge (the paper's RL uses 2)")
     args = parser.parse_args()
-    print(f"| preset | generate (median of 3) | passages | questions | type | hop found@{args.k} | all hops found@{args.k} |")
+    print(
+        "| preset | generate (median of 3) | passages | questions | type "
+        f"| hop found@{args.k} | all hops found@{args.k} |"
+    )
     print("|---|---|---|---|---|---|---|")
     for preset in ("easy", "standard", "hard"):
         config = WorldConfig.for_difficulty(preset)
@@ -32,8 +35,16 @@ def main() -> None:
         retriever = BM25Retriever.build(PassageStore(world.passages), BM25Config(), progress=False)
         rates = hop_hit_rates(world.train + world.dev, retriever.search, k=args.k)
         for i, (qtype, rate) in enumerate(rates.items()):
-            head = (preset, f"{statistics.median(times):.2f} s", f"{len(world.passages):,}",
-                    f"{len(world.train) + len(world.dev):,}") if i == 0 else ("", "", "", "")
+            head = (
+                (
+                    preset,
+                    f"{statistics.median(times):.2f} s",
+                    f"{len(world.passages):,}",
+                    f"{len(world.train) + len(world.dev):,}",
+                )
+                if i == 0
+                else ("", "", "", "")
+            )
             print(f"| {' | '.join(head)} | {qtype} | {rate.hop_rate:.0%} | {rate.question_rate:.0%} |")
 
 

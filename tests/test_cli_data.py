@@ -21,19 +21,40 @@ def test_help_lists_the_data_commands():
 
 
 def test_data_world_writes_a_small_world_and_reports(tmp_path):
-    result = runner.invoke(app, ["data", "world", "--out", str(tmp_path), "--scale", "0.25",
-                                 "--train-questions", "40", "--dev-questions", "10", "--seed", "3"])
+    result = runner.invoke(
+        app,
+        [
+            "data",
+            "world",
+            "--out",
+            str(tmp_path),
+            "--scale",
+            "0.25",
+            "--train-questions",
+            "40",
+            "--dev-questions",
+            "10",
+            "--seed",
+            "3",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert {p.name for p in tmp_path.iterdir()} == {"corpus.jsonl", "train.jsonl", "dev.jsonl", "world.yaml"}
-    assert len(load_dataset(tmp_path / "train.jsonl")) == 40 and len(load_dataset(tmp_path / "dev.jsonl")) == 10
+    assert (
+        len(load_dataset(tmp_path / "train.jsonl")) == 40 and len(load_dataset(tmp_path / "dev.jsonl")) == 10
+    )
     assert "gold passage found" in result.output and "compositional" in result.output
 
 
 def test_data_world_takes_a_config_file_and_refuses_bad_values(tmp_path):
     config = tmp_path / "w.yaml"
-    config.write_text("people: 120\ncities: 20\ncountries: 4\norganisations: 30\nworks: 60\n"
-                      "train_questions: 5\ndev_questions: 2\n")
-    result = runner.invoke(app, ["data", "world", "--out", str(tmp_path / "w"), "--config", str(config), "--no-report"])
+    config.write_text(
+        "people: 120\ncities: 20\ncountries: 4\norganisations: 30\nworks: 60\n"
+        "train_questions: 5\ndev_questions: 2\n"
+    )
+    result = runner.invoke(
+        app, ["data", "world", "--out", str(tmp_path / "w"), "--config", str(config), "--no-report"]
+    )
     assert result.exit_code == 0, result.output
     assert "people: 120" in (tmp_path / "w" / "world.yaml").read_text()
 
@@ -46,7 +67,10 @@ def test_data_world_takes_a_config_file_and_refuses_bad_values(tmp_path):
 
 def test_data_convert_names_the_bad_record(tmp_path):
     bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"id": "1", "question": "q", "golden_answers": ["a"]}\n{"id": "2", "question": 5, "golden_answers": ["a"]}\n')
+    bad.write_text(
+        '{"id": "1", "question": "q", "golden_answers": ["a"]}\n'
+        '{"id": "2", "question": 5, "golden_answers": ["a"]}\n'
+    )
     result = runner.invoke(app, ["data", "convert", str(bad), "--out", str(tmp_path / "out")])
     assert result.exit_code == 2
     assert "bad.jsonl: record 2, field 'question'" in result.output
@@ -69,12 +93,22 @@ def test_data_convert_every_shared_sample(tmp_path):
         assert result.exit_code == 0, result.output
         [questions] = [p for p in out.iterdir() if p.name != "corpus.jsonl"]
         records = [json.loads(line) for line in questions.read_text().splitlines()]
-        assert len(records) == count and all(set(r) == {"id", "question", "golden_answers", "metadata"} for r in records)
+        assert len(records) == count and all(
+            set(r) == {"id", "question", "golden_answers", "metadata"} for r in records
+        )
         corpus = (out / "corpus.jsonl").read_text().splitlines()
         assert corpus and all(set(json.loads(line)) == {"id", "contents"} for line in corpus)
 
     out = tmp_path / "wiki-corpus"
-    result = runner.invoke(app, ["data", "convert", str(SHARED / "2wikimultihopqa/2wikimultihopqa_corpus.hipporag.json"),
-                                 "--out", str(out)])
+    result = runner.invoke(
+        app,
+        [
+            "data",
+            "convert",
+            str(SHARED / "2wikimultihopqa/2wikimultihopqa_corpus.hipporag.json"),
+            "--out",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert len((out / "corpus.jsonl").read_text().splitlines()) == 6119

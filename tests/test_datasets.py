@@ -21,8 +21,11 @@ HOTPOT = {
     "type": "comparison",
     "level": "hard",
     "supporting_facts": [["Ann", 0], ["Bob", 1], ["Ann", 1]],
-    "context": [["Ann", ["Ann was born in Oslo.", " She paints."]], ["Bob", ["Bob sings.", " Born in Oslo."]],
-                ["Cid", ["Cid is a dog."]]],
+    "context": [
+        ["Ann", ["Ann was born in Oslo.", " She paints."]],
+        ["Bob", ["Bob sings.", " Born in Oslo."]],
+        ["Cid", ["Cid is a dog."]],
+    ],
 }
 WIKI = {
     "_id": "w1",
@@ -43,7 +46,12 @@ MUSIQUE = {
     ],
     "question": "Who leads Ken's party?",
     "question_decomposition": [
-        {"id": 1, "question": "Ken >> member of political party", "answer": "Blue Party", "paragraph_support_idx": 0},
+        {
+            "id": 1,
+            "question": "Ken >> member of political party",
+            "answer": "Blue Party",
+            "paragraph_support_idx": 0,
+        },
         {"id": 2, "question": "leader of #1", "answer": "Andy", "paragraph_support_idx": 2},
     ],
     "answer": "Andy",
@@ -68,7 +76,10 @@ def test_hotpotqa(tmp_path, jsonl):
     assert contexts[0].text == "Ann was born in Oslo. She paints."
     assert example.answers == ["yes"] and example.type == "comparison" and example.dataset == "hotpotqa"
     assert example.supporting_titles == ["Ann", "Bob"]
-    assert example.supporting_ids == [passage_id_for("Ann", contexts[0].text), passage_id_for("Bob", contexts[1].text)]
+    assert example.supporting_ids == [
+        passage_id_for("Ann", contexts[0].text),
+        passage_id_for("Bob", contexts[1].text),
+    ]
     assert example.metadata["level"] == "hard"
 
 
@@ -77,7 +88,9 @@ def test_2wiki_evidences_become_the_decomposition(tmp_path):
     assert detect_format(path) == "2wiki"
     [(example, contexts)] = list(iter_dataset(path))
     assert [(h.question, h.answer) for h in example.decomposition] == [
-        ("Lothair >> mother", "Erm"), ("Erm >> date of death", "851")]
+        ("Lothair >> mother", "Erm"),
+        ("Erm >> date of death", "851"),
+    ]
     assert example.decomposition[1].supporting_ids == [contexts[1].id]
     assert example.metadata["entity_ids"] == "Q1_Q2"
 
@@ -95,8 +108,14 @@ def test_musique(tmp_path):
 
 def test_flashrag_round_trip(tmp_path):
     example = QAExample(
-        id="q1", question="Q?", answers=["A", "a1"], supporting_ids=["p1"], supporting_titles=["T"],
-        decomposition=[SubQuestion("sub?", "A", ["p1"], ["T"])], dataset="world", type="chain",
+        id="q1",
+        question="Q?",
+        answers=["A", "a1"],
+        supporting_ids=["p1"],
+        supporting_titles=["T"],
+        decomposition=[SubQuestion("sub?", "A", ["p1"], ["T"])],
+        dataset="world",
+        type="chain",
         metadata={"hops": 1},
     )
     path = tmp_path / "out.jsonl"
@@ -110,9 +129,14 @@ def test_flashrag_round_trip(tmp_path):
 
 def test_flashrag_hotpot_style_metadata(tmp_path):
     record = {
-        "id": "f1", "question": "Q?", "golden_answers": ["x"],
-        "metadata": {"type": "bridge", "supporting_facts": {"title": ["A", "A", "B"], "sent_id": [0, 1, 0]},
-                     "context": {"title": ["A", "B"], "sentences": [["a1.", " a2."], ["b1."]]}},
+        "id": "f1",
+        "question": "Q?",
+        "golden_answers": ["x"],
+        "metadata": {
+            "type": "bridge",
+            "supporting_facts": {"title": ["A", "A", "B"], "sent_id": [0, 1, 0]},
+            "context": {"title": ["A", "B"], "sentences": [["a1.", " a2."], ["b1."]]},
+        },
     }
     path = _write(tmp_path, "f.jsonl", [record], jsonl=True)
     [(example, contexts)] = list(iter_dataset(path))
@@ -140,8 +164,12 @@ def test_to_flashrag_keeps_extra_metadata():
     ],
 )
 def test_malformed_record_names_file_record_and_field(tmp_path, fmt, record, field):
-    good = {"hotpotqa": HOTPOT, "2wiki": WIKI, "musique": MUSIQUE,
-            "flashrag": {"id": "0", "question": "q", "golden_answers": ["a"]}}[fmt]
+    good = {
+        "hotpotqa": HOTPOT,
+        "2wiki": WIKI,
+        "musique": MUSIQUE,
+        "flashrag": {"id": "0", "question": "q", "golden_answers": ["a"]},
+    }[fmt]
     path = _write(tmp_path, "bad.jsonl", [good, record], jsonl=True)
     with pytest.raises(RecordError) as info:
         list(iter_dataset(path, fmt))

@@ -21,11 +21,28 @@ from r3rag.schema import Passage, QAExample, Step, SubQuestion, Trajectory, Traj
 
 def test_every_schema_type_round_trips_through_json():
     passage = Passage("p1", "Title", "Text ü", score=1.5)
-    example = QAExample("q1", "Q?", ["A", "alias"], ["p1"], ["Title"], [SubQuestion("s?", "A", ["p1"], ["Title"])],
-                        "world", "chain", {"hops": 1})
+    example = QAExample(
+        "q1",
+        "Q?",
+        ["A", "alias"],
+        ["p1"],
+        ["Title"],
+        [SubQuestion("s?", "A", ["p1"], ["Title"])],
+        "world",
+        "chain",
+        {"hops": 1},
+    )
     step = Step(2, "analysis", query="q", passages=[passage], raw="raw", valid=False, issues=["x"])
-    trajectory = Trajectory("q1", "Q?", [step, Step(3, "a", answer="A")], "A", TrajectoryStatus.ANSWERED, 10, 20,
-                            {"temperature": 0.4})
+    trajectory = Trajectory(
+        "q1",
+        "Q?",
+        [step, Step(3, "a", answer="A")],
+        "A",
+        TrajectoryStatus.ANSWERED,
+        10,
+        20,
+        {"temperature": 0.4},
+    )
     for obj in (passage, example, step, trajectory):
         assert type(obj).from_dict(json.loads(json.dumps(obj.to_dict()))) == obj
 
@@ -42,7 +59,9 @@ def test_passage_ids_are_content_derived_and_stable():
 
 def test_trajectory_helpers():
     retrieval = Step(1, "a", query="q")
-    trajectory = Trajectory("1", "Q", [retrieval, Step(2, "a", query="q2", valid=False), Step(3, "a", answer="x")])
+    trajectory = Trajectory(
+        "1", "Q", [retrieval, Step(2, "a", query="q2", valid=False), Step(3, "a", answer="x")]
+    )
     assert trajectory.retrieval_steps == [retrieval]
 
 

@@ -29,8 +29,15 @@ from r3rag.steps import (
 
 
 def test_retrieval_step():
-    step = parse_step("Step 1:\nThe problem analysis: I need the director.\nThe retrieval query: Who directed Jaws?")
-    assert (step.index, step.analysis, step.query, step.answer) == (1, "I need the director.", "Who directed Jaws?", None)
+    step = parse_step(
+        "Step 1:\nThe problem analysis: I need the director.\nThe retrieval query: Who directed Jaws?"
+    )
+    assert (step.index, step.analysis, step.query, step.answer) == (
+        1,
+        "I need the director.",
+        "Who directed Jaws?",
+        None,
+    )
     assert step.valid and step.issues == [] and step.is_retrieval and not step.is_answer
 
 
@@ -41,7 +48,9 @@ def test_answer_step_keeps_multiline_answer():
 
 def test_query_with_several_questions_is_kept_whole():
     # The official parser cuts at the first '?': "Who directed Jaws" would be all that is left.
-    step = parse_step("Step 1:\nThe problem analysis: x\nThe retrieval query: Who directed Jaws? When was he born?")
+    step = parse_step(
+        "Step 1:\nThe problem analysis: x\nThe retrieval query: Who directed Jaws? When was he born?"
+    )
     assert step.query == "Who directed Jaws? When was he born?"
 
 
@@ -92,7 +101,9 @@ def test_empty_fields_are_fatal(text, issue):
 
 
 def test_both_markers_first_one_wins():
-    step = parse_step("Step 1:\nThe problem analysis: a\nThe final answer: Paris\nThe retrieval query: capital?")
+    step = parse_step(
+        "Step 1:\nThe problem analysis: a\nThe final answer: Paris\nThe retrieval query: capital?"
+    )
     assert step.answer == "Paris" and step.query is None
     assert step.valid and BOTH_DECISIONS in step.issues
     assert not parse_step(step.raw, strict=True).valid
@@ -163,13 +174,21 @@ def test_format_step_round_trip():
     for step in (Step(index=2, analysis="a", query="q?"), Step(index=11, analysis="a", answer="yes")):
         parsed = parse_step(format_step(step), expected_index=step.index, strict=True)
         assert (parsed.index, parsed.analysis, parsed.query, parsed.answer) == (
-            step.index, step.analysis, step.query, step.answer)
+            step.index,
+            step.analysis,
+            step.query,
+            step.answer,
+        )
 
 
 def test_render_context_matches_the_paper_layout():
     steps = [
-        Step(index=1, analysis="Find the director.", query="Who directed Jaws?",
-             passages=[_passage("Jaws", "A 1975 film by Steven Spielberg."), _passage("Jaws 2", "A sequel.")]),
+        Step(
+            index=1,
+            analysis="Find the director.",
+            query="Who directed Jaws?",
+            passages=[_passage("Jaws", "A 1975 film by Steven Spielberg."), _passage("Jaws 2", "A sequel.")],
+        ),
         Step(index=2, analysis="Find the birth year.", query="When was Spielberg born?", passages=[]),
     ]
     assert render_context("Q?", steps) == (
@@ -223,7 +242,9 @@ def test_render_prompt_with_a_real_hf_chat_template():
     from tokenizers import Tokenizer, models
     from transformers import PreTrainedTokenizerFast
 
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"[UNK]": 0}, unk_token="[UNK]")))
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer(models.WordLevel({"[UNK]": 0}, unk_token="[UNK]"))
+    )
     tokenizer.chat_template = (
         "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}\n{% endfor %}"
         "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
@@ -234,10 +255,28 @@ def test_render_prompt_with_a_real_hf_chat_template():
 
 # ------------------------------------------------------------------------------------------ property tests
 
-_FRAGMENTS = st.sampled_from([
-    "Step 1:", "Step 12:", "step 3 :", "The problem analysis:", "The retrieval query:", "The final answer:",
-    "The retrieval documents:", "###", "\n", "\nStep 2:", "?", " ", "\\n", "#", "Step", "analysis:", "é", "\u200b",
-])
+_FRAGMENTS = st.sampled_from(
+    [
+        "Step 1:",
+        "Step 12:",
+        "step 3 :",
+        "The problem analysis:",
+        "The retrieval query:",
+        "The final answer:",
+        "The retrieval documents:",
+        "###",
+        "\n",
+        "\nStep 2:",
+        "?",
+        " ",
+        "\\n",
+        "#",
+        "Step",
+        "analysis:",
+        "é",
+        "\u200b",
+    ]
+)
 _MODEL_OUTPUT = st.one_of(
     st.text(max_size=300),
     st.lists(st.one_of(_FRAGMENTS, st.text(max_size=20)), max_size=25).map("".join),
@@ -257,16 +296,25 @@ def test_parser_never_raises_and_is_consistent(text, expected, strict):
         assert step.valid == (not step.issues)
 
 
-_FIELD = st.text(
-    alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="#\r\n\x1c\x1d\x1e\x85\u2028\u2029"),
-    min_size=1, max_size=60,
-).map(str.strip).filter(lambda s: s and "\\n" not in s and ":" not in s)
+_FIELD = (
+    st.text(
+        alphabet=st.characters(
+            blacklist_categories=("Cs",), blacklist_characters="#\r\n\x1c\x1d\x1e\x85\u2028\u2029"
+        ),
+        min_size=1,
+        max_size=60,
+    )
+    .map(str.strip)
+    .filter(lambda s: s and "\\n" not in s and ":" not in s)
+)
 
 
 @settings(max_examples=500, deadline=None)
 @given(index=st.integers(1, 10**6), analysis=_FIELD, value=_FIELD, is_query=st.booleans())
 def test_format_then_parse_recovers_the_step(index, analysis, value, is_query):
-    step = Step(index=index, analysis=analysis, query=value if is_query else None, answer=None if is_query else value)
+    step = Step(
+        index=index, analysis=analysis, query=value if is_query else None, answer=None if is_query else value
+    )
     parsed = parse_step(format_step(step), expected_index=index, strict=True)
     assert parsed.valid, parsed.issues
     assert (parsed.analysis, parsed.query, parsed.answer) == (analysis, step.query, step.answer)

@@ -11,7 +11,9 @@ from r3rag.config import WorldConfig
 from r3rag.data.world import generate_world, hop_hit_rates, write_world
 from r3rag.schema import Passage, QAExample, SubQuestion
 
-SMALL = dict(people=160, cities=30, countries=6, organisations=40, works=90, train_questions=150, dev_questions=40)
+SMALL = dict(
+    people=160, cities=30, countries=6, organisations=40, works=90, train_questions=150, dev_questions=40
+)
 
 
 @pytest.fixture(scope="module")
@@ -101,8 +103,11 @@ def test_difficulty_is_built_in(default_world):
     assert len(namesakes) >= 50
     titles = Counter(p.title for p in default_world.passages)
     assert sum(1 for c in titles.values() if c >= 3) >= 300  # people's facts spread over same-title passages
-    phrasings = {re.sub(r"\b[A-Z][\w'&]*(?: [A-Z][\w'&]*)*", "X", e.decomposition[0].question)
-                 for e in default_world.train if e.decomposition[0].question.startswith(("When", "In what", "What"))}
+    phrasings = {
+        re.sub(r"\b[A-Z][\w'&]*(?: [A-Z][\w'&]*)*", "X", e.decomposition[0].question)
+        for e in default_world.train
+        if e.decomposition[0].question.startswith(("When", "In what", "What"))
+    }
     assert len(phrasings) >= 10
 
 
@@ -130,8 +135,20 @@ def test_write_world(tmp_path, world):
 def test_hop_hit_rates_counts_hops_and_whole_questions():
     gold = {"q1": "p1", "q2": "p2", "q3": "p3"}
     examples = [
-        QAExample("a", "?", ["x"], type="chain", decomposition=[SubQuestion("q1", "x", ["p1"]), SubQuestion("q2", "x", ["p2"])]),
-        QAExample("b", "?", ["x"], type="chain", decomposition=[SubQuestion("q3", "x", ["p3"]), SubQuestion("q1", "x", ["p1"])]),
+        QAExample(
+            "a",
+            "?",
+            ["x"],
+            type="chain",
+            decomposition=[SubQuestion("q1", "x", ["p1"]), SubQuestion("q2", "x", ["p2"])],
+        ),
+        QAExample(
+            "b",
+            "?",
+            ["x"],
+            type="chain",
+            decomposition=[SubQuestion("q3", "x", ["p3"]), SubQuestion("q1", "x", ["p1"])],
+        ),
     ]
 
     def search(queries: list[str], k: int) -> list[list[Passage]]:

@@ -25,7 +25,7 @@ class RecordError(ValueError):
 
 
 def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Yield ``(line_number, record)`` for each non-blank line; a line that is not a JSON object is an error."""
+    """Yield ``(line_number, record)`` for each non-blank line; a line that is no JSON object is an error."""
     with open(path, encoding="utf-8") as f:
         for line_no, line in enumerate(f, start=1):
             if not line.strip():

@@ -52,7 +52,9 @@ class Passage:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Passage:
         score = d.get("score")
-        return cls(id=str(d["id"]), title=d["title"], text=d["text"], score=None if score is None else float(score))
+        return cls(
+            id=str(d["id"]), title=d["title"], text=d["text"], score=None if score is None else float(score)
+        )
 
 
 @dataclass(slots=True)

@@ -248,7 +248,9 @@ def _flashrag_contexts(f: _Fields, metadata: dict[str, Any]) -> list[Passage]:
         return []
     titles, sentences = context.get("title"), context.get("sentences")
     if not isinstance(titles, list) or not isinstance(sentences, list) or len(titles) != len(sentences):
-        raise f.error("metadata.context", "expected {'title': [...], 'sentences': [[...], ...]} of equal length")
+        raise f.error(
+            "metadata.context", "expected {'title': [...], 'sentences': [[...], ...]} of equal length"
+        )
     passages = []
     for title, sents in zip(titles, sentences, strict=True):
         text = _join_sentences(sents)
@@ -330,7 +332,12 @@ def to_flashrag(example: QAExample) -> dict[str, Any]:
         supporting_titles=list(example.supporting_titles),
         decomposition=[h.to_dict() for h in example.decomposition],
     )
-    return {"id": example.id, "question": example.question, "golden_answers": list(example.answers), "metadata": metadata}
+    return {
+        "id": example.id,
+        "question": example.question,
+        "golden_answers": list(example.answers),
+        "metadata": metadata,
+    }
 
 
 def write_flashrag(path: str | Path, examples: Iterable[QAExample]) -> int:

@@ -71,24 +71,140 @@ class World:
 
 # ------------------------------------------------------------------------------------------------- names
 
-_ONSETS = ["b", "d", "f", "g", "h", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "dr", "kr", "st", "th"]
+_ONSETS = [
+    "b",
+    "d",
+    "f",
+    "g",
+    "h",
+    "k",
+    "l",
+    "m",
+    "n",
+    "p",
+    "r",
+    "s",
+    "t",
+    "v",
+    "z",
+    "br",
+    "dr",
+    "kr",
+    "st",
+    "th",
+]
 _VOWELS = ["a", "e", "i", "o", "u", "a", "e", "i", "o", "ai", "ei", "au"]
 _FIRST_ENDS = ["", "n", "s", "a", "o", "el", "ia", "in", "ar", "is"]
-_SURNAME_ENDS = ["ov", "ard", "ski", "en", "ley", "ton", "ez", "berg", "ani", "ell", "ski", "ius", "wick", "ac"]
-_CITY_ENDS = ["by", "ora", "holm", "grad", "mouth", "vale", "stead", "ford", "heim", "ona", "ium", "wick", "port"]
+_SURNAME_ENDS = [
+    "ov",
+    "ard",
+    "ski",
+    "en",
+    "ley",
+    "ton",
+    "ez",
+    "berg",
+    "ani",
+    "ell",
+    "ski",
+    "ius",
+    "wick",
+    "ac",
+]
+_CITY_ENDS = [
+    "by",
+    "ora",
+    "holm",
+    "grad",
+    "mouth",
+    "vale",
+    "stead",
+    "ford",
+    "heim",
+    "ona",
+    "ium",
+    "wick",
+    "port",
+]
 _COUNTRY_ENDS = ["ia", "land", "mark", "istan", "ovia", "ara", "enia", "ay"]
-_ADJECTIVES = (
-    "Silver Hollow Northern Quiet Crimson Last Distant Broken Golden Winter Paper Glass Silent Burning Lonely "
-    "Iron Velvet Hidden Amber Pale Bitter Endless Secret Wild Salt Copper Scarlet Frozen Sleeping Painted"
-).split()
-_NOUNS = (
-    "Harbour Lantern Orchard Tide Garden Mirror Bridge River Season Letter Kingdom Crown Shadow Field Tower Island "
-    "Compass Song Window Road Feather Meadow Signal Voyage Canal Horizon Chapel Furnace Archive Lighthouse"
-).split()
+_ADJECTIVES = [
+    "Silver",
+    "Hollow",
+    "Northern",
+    "Quiet",
+    "Crimson",
+    "Last",
+    "Distant",
+    "Broken",
+    "Golden",
+    "Winter",
+    "Paper",
+    "Glass",
+    "Silent",
+    "Burning",
+    "Lonely",
+    "Iron",
+    "Velvet",
+    "Hidden",
+    "Amber",
+    "Pale",
+    "Bitter",
+    "Endless",
+    "Secret",
+    "Wild",
+    "Salt",
+    "Copper",
+    "Scarlet",
+    "Frozen",
+    "Sleeping",
+    "Painted",
+]
+_NOUNS = [
+    "Harbour",
+    "Lantern",
+    "Orchard",
+    "Tide",
+    "Garden",
+    "Mirror",
+    "Bridge",
+    "River",
+    "Season",
+    "Letter",
+    "Kingdom",
+    "Crown",
+    "Shadow",
+    "Field",
+    "Tower",
+    "Island",
+    "Compass",
+    "Song",
+    "Window",
+    "Road",
+    "Feather",
+    "Meadow",
+    "Signal",
+    "Voyage",
+    "Canal",
+    "Horizon",
+    "Chapel",
+    "Furnace",
+    "Archive",
+    "Lighthouse",
+]
 _OCCUPATIONS_BY_WORK = {"film": "film director", "novel": "novelist", "album": "singer"}
 _OTHER_OCCUPATIONS = [
-    "architect", "engineer", "physician", "painter", "lawyer", "chemist", "sculptor", "economist",
-    "photographer", "diplomat", "journalist", "botanist",
+    "architect",
+    "engineer",
+    "physician",
+    "painter",
+    "lawyer",
+    "chemist",
+    "sculptor",
+    "economist",
+    "photographer",
+    "diplomat",
+    "journalist",
+    "botanist",
 ]
 _ORG_SUFFIXES = {
     "studio": ["Pictures", "Films", "Studios", "Motion Pictures"],
@@ -96,8 +212,12 @@ _ORG_SUFFIXES = {
     "label": ["Records", "Music", "Sound Recordings", "Audio"],
     "company": ["Shipping Company", "Textiles", "Engineering", "Brewery", "Instruments", "Trading Company"],
 }
-_ORG_KIND_NAMES = {"studio": "film studio", "publisher": "publishing house", "label": "record label",
-                   "company": "company"}
+_ORG_KIND_NAMES = {
+    "studio": "film studio",
+    "publisher": "publishing house",
+    "label": "record label",
+    "company": "company",
+}
 _PRODUCER_KIND = {"film": "studio", "novel": "publisher", "album": "label"}
 
 
@@ -124,12 +244,14 @@ class _Names:
 
 
 def _near_surname(surname: str, rng: random.Random) -> str:
-    """A surname one small edit away (Varga -> Vargas, Vargae, Vergan): mostly edits an English stemmer undoes,
+    """A surname one small edit away (Varga -> Vargas, Vargae, Vergan), mostly ones an English stemmer undoes,
     so that BM25 cannot tell the two people apart and only reading the passage can."""
     vowel = next((i for i in range(len(surname) - 1, 0, -1) if surname[i] in "aeiou"), None)
     edits = [surname + "s", surname + "s", surname + "e", surname + "n"]
     if vowel is not None:
-        edits.append(surname[:vowel] + rng.choice([v for v in "aeiou" if v != surname[vowel]]) + surname[vowel + 1 :])
+        edits.append(
+            surname[:vowel] + rng.choice([v for v in "aeiou" if v != surname[vowel]]) + surname[vowel + 1 :]
+        )
     return rng.choice(edits)
 
 
@@ -155,8 +277,13 @@ def _article(noun: str) -> str:
 
 def _pronouns(p: Entity) -> dict[str, str]:
     he = p.pronoun
-    return {"he": he, "He": he.capitalize(), "his": {"he": "his", "she": "her"}[he],
-            "His": {"he": "His", "she": "Her"}[he], "child": {"he": "son", "she": "daughter"}[he]}
+    return {
+        "he": he,
+        "He": he.capitalize(),
+        "his": {"he": "his", "she": "her"}[he],
+        "His": {"he": "His", "she": "Her"}[he],
+        "child": {"he": "son", "she": "daughter"}[he],
+    }
 
 
 # Passage sentences. Placeholders: {name} the subject, {o} the object, {year}, pronouns from _pronouns().
@@ -185,13 +312,22 @@ _FATHER = [
     "{o} was {his} father.",
     "{He} was raised by {his} father, {o}.",
 ]
-_OCCUPATION = ["{name} is {a} {occupation}.", "{name} works as {a} {occupation}.",
-               "By profession, {name} is {a} {occupation}."]
-_FREELANCE = ["{He} worked independently as {a} {occupation} all {his} life.",
-              "{He} never held a salaried post and worked on commission.",
-              "{He} ran a small practice of {his} own."]
-_RESIDENCE = ["{He} lives in {o}.", "{He} later settled in {o}.", "{He} has a house in {o}.",
-              "{He} moved to {o} in later life."]
+_OCCUPATION = [
+    "{name} is {a} {occupation}.",
+    "{name} works as {a} {occupation}.",
+    "By profession, {name} is {a} {occupation}.",
+]
+_FREELANCE = [
+    "{He} worked independently as {a} {occupation} all {his} life.",
+    "{He} never held a salaried post and worked on commission.",
+    "{He} ran a small practice of {his} own.",
+]
+_RESIDENCE = [
+    "{He} lives in {o}.",
+    "{He} later settled in {o}.",
+    "{He} has a house in {o}.",
+    "{He} moved to {o} in later life.",
+]
 _EMPLOYER = [
     "{name} worked for {o}.",
     "{He} spent most of {his} career at {o}.",
@@ -229,15 +365,22 @@ _CITY_COUNTRY = [
     "The town of {name} belongs to {o}.",
     "{name} is one of the oldest settlements of {o}.",
 ]
-_CITY_FOUNDED = ["It was founded in {year}.", "Its founding dates to {year}.", "The settlement was first recorded in {year}."]
+_CITY_FOUNDED = [
+    "It was founded in {year}.",
+    "Its founding dates to {year}.",
+    "The settlement was first recorded in {year}.",
+]
 _COUNTRY_CAPITAL = [
     "The capital of {name} is {o}.",
     "{o} is the capital of {name}.",
     "{name}'s seat of government is {o}.",
     "The government of {name} sits in {o}.",
 ]
-_COUNTRY_INTRO = ["{name}, officially the Republic of {name}, is a country.", "{name} is a small republic.",
-                  "{name} is a country with a long coastline."]
+_COUNTRY_INTRO = [
+    "{name}, officially the Republic of {name}, is a country.",
+    "{name} is a small republic.",
+    "{name} is a country with a long coastline.",
+]
 _ORG_FOUNDER = [
     "{name} is a {kind} founded by {o}.",
     "{o} founded {name}.",
@@ -245,23 +388,42 @@ _ORG_FOUNDER = [
     "The founder of {name} was {o}.",
     "{o} started {name} with a small loan.",
 ]
-_ORG_FOUNDED = ["It was founded in {year}.", "It opened its doors in {year}.", "The firm dates from {year}.",
-                "{name} has existed since {year}."]
+_ORG_FOUNDED = [
+    "It was founded in {year}.",
+    "It opened its doors in {year}.",
+    "The firm dates from {year}.",
+    "{name} has existed since {year}.",
+]
 _ORG_HQ = [
     "It is headquartered in {o}.",
     "Its head office is in {o}.",
     "{name} has its headquarters in {o}.",
     "The firm is based in {o}.",
 ]
-_ORG_MENTION = ["{o} later served as its chairman.", "{o} was among its first employees.",
-                "{o} once tried to buy the firm."]
+_ORG_MENTION = [
+    "{o} later served as its chairman.",
+    "{o} was among its first employees.",
+    "{o} once tried to buy the firm.",
+]
 _WORK_CREATOR = {
-    "film": ["{name} is a film directed by {o}.", "{name} is a film by the director {o}.",
-             "{o} directed {name}.", "Directed by {o}, {name} was shot on location."],
-    "novel": ["{name} is a novel by {o}.", "{o} wrote {name}.", "{name} was written by {o}.",
-              "The novel {name} is the work of {o}."],
-    "album": ["{name} is an album by {o}.", "{o} recorded {name}.", "{name} is a studio album by the singer {o}.",
-              "The album {name} was recorded by {o}."],
+    "film": [
+        "{name} is a film directed by {o}.",
+        "{name} is a film by the director {o}.",
+        "{o} directed {name}.",
+        "Directed by {o}, {name} was shot on location.",
+    ],
+    "novel": [
+        "{name} is a novel by {o}.",
+        "{o} wrote {name}.",
+        "{name} was written by {o}.",
+        "The novel {name} is the work of {o}.",
+    ],
+    "album": [
+        "{name} is an album by {o}.",
+        "{o} recorded {name}.",
+        "{name} is a studio album by the singer {o}.",
+        "The album {name} was recorded by {o}.",
+    ],
 }
 _WORK_YEAR = {
     "film": ["It was released in {year}.", "It premiered in {year}.", "The film came out in {year}."],
@@ -279,30 +441,66 @@ _WORK_MENTION = {
     "album": ["It features guest vocals by {o}.", "{o} plays piano on two tracks."],
 }
 
-# Questions. ``_ASK`` asks for a relation of {x} (a name or a noun phrase); ``_NP`` names the related entity as
-# a noun phrase, so chains compose: "When was the founder of the studio that produced X born?".
+# Questions. ``_ASK`` asks for a relation of {x} (a name or a noun phrase); ``_NP`` names the related entity
+# as a noun phrase, so chains compose: "When was the founder of the studio that produced X born?".
 _ASK: dict[str, list[str]] = {
-    "birth_year": ["When was {x} born?", "In what year was {x} born?", "What is the birth year of {x}?",
-                   "What year did {x} come into the world?"],
-    "birthplace": ["Where was {x} born?", "In which city was {x} born?", "What is the birthplace of {x}?",
-                   "What town is {x} a native of?"],
+    "birth_year": [
+        "When was {x} born?",
+        "In what year was {x} born?",
+        "What is the birth year of {x}?",
+        "What year did {x} come into the world?",
+    ],
+    "birthplace": [
+        "Where was {x} born?",
+        "In which city was {x} born?",
+        "What is the birthplace of {x}?",
+        "What town is {x} a native of?",
+    ],
     "father": ["Who is the father of {x}?", "Who was {x}'s father?", "Who fathered {x}?"],
     "spouse": ["Who is {x} married to?", "Who is the spouse of {x}?", "Whom did {x} marry?"],
-    "employer": ["Which organisation did {x} work for?", "Who employed {x}?", "Where did {x} spend most of their career?"],
+    "employer": [
+        "Which organisation did {x} work for?",
+        "Who employed {x}?",
+        "Where did {x} spend most of their career?",
+    ],
     "country": ["In which country is {x}?", "Which country is {x} located in?", "{x} is in which country?"],
-    "capital": ["What is the capital of {x}?", "Which city is the capital of {x}?", "Where is the seat of government of {x}?"],
+    "capital": [
+        "What is the capital of {x}?",
+        "Which city is the capital of {x}?",
+        "Where is the seat of government of {x}?",
+    ],
     "founder": ["Who founded {x}?", "Who was the founder of {x}?", "Who established {x}?"],
-    "founded": ["When was {x} founded?", "In what year was {x} established?", "What is the founding year of {x}?"],
-    "headquarters": ["Where is {x} headquartered?", "In which city is {x} based?", "Where is the head office of {x}?"],
+    "founded": [
+        "When was {x} founded?",
+        "In what year was {x} established?",
+        "What is the founding year of {x}?",
+    ],
+    "headquarters": [
+        "Where is {x} headquartered?",
+        "In which city is {x} based?",
+        "Where is the head office of {x}?",
+    ],
     "creator:film": ["Who directed {x}?", "Who was the director of {x}?", "Which filmmaker made {x}?"],
     "creator:novel": ["Who wrote {x}?", "Who is the author of {x}?", "Which writer wrote {x}?"],
     "creator:album": ["Who recorded {x}?", "Which singer recorded {x}?", "Whose album is {x}?"],
     "year:film": ["When was {x} released?", "In what year did {x} premiere?", "What year did {x} come out?"],
-    "year:novel": ["When was {x} published?", "In what year did {x} first appear?", "What year did {x} come out?"],
+    "year:novel": [
+        "When was {x} published?",
+        "In what year did {x} first appear?",
+        "What year did {x} come out?",
+    ],
     "year:album": ["When was {x} released?", "In what year did {x} come out?", "What year was {x} released?"],
-    "producer:film": ["Which studio produced {x}?", "What company produced {x}?", "Who was the production company of {x}?"],
+    "producer:film": [
+        "Which studio produced {x}?",
+        "What company produced {x}?",
+        "Who was the production company of {x}?",
+    ],
     "producer:novel": ["Who published {x}?", "Which publisher published {x}?", "What company put out {x}?"],
-    "producer:album": ["Which label released {x}?", "On what record label did {x} come out?", "Who released {x}?"],
+    "producer:album": [
+        "Which label released {x}?",
+        "On what record label did {x} come out?",
+        "Who released {x}?",
+    ],
 }
 _NP: dict[str, list[str]] = {
     "birthplace": ["the birthplace of {x}", "the city where {x} was born", "the hometown of {x}"],
@@ -333,19 +531,33 @@ _NP_FUSED = {
 # Question shapes: compositional (2 hops) and chain (3-4 hops) paths from a start entity kind.
 _PATHS: dict[str, list[tuple[str, tuple[str, ...]]]] = {
     "compositional": [
-        ("work", ("creator", "birth_year")), ("work", ("creator", "birthplace")), ("work", ("producer", "founder")),
-        ("work", ("producer", "founded")), ("work", ("producer", "headquarters")), ("work", ("creator", "employer")),
-        ("person", ("birthplace", "country")), ("person", ("employer", "founder")),
-        ("person", ("employer", "headquarters")), ("person", ("spouse", "birthplace")),
-        ("person", ("spouse", "birth_year")), ("person", ("father", "birthplace")),
-        ("org", ("founder", "birth_year")), ("org", ("founder", "birthplace")), ("org", ("headquarters", "country")),
+        ("work", ("creator", "birth_year")),
+        ("work", ("creator", "birthplace")),
+        ("work", ("producer", "founder")),
+        ("work", ("producer", "founded")),
+        ("work", ("producer", "headquarters")),
+        ("work", ("creator", "employer")),
+        ("person", ("birthplace", "country")),
+        ("person", ("employer", "founder")),
+        ("person", ("employer", "headquarters")),
+        ("person", ("spouse", "birthplace")),
+        ("person", ("spouse", "birth_year")),
+        ("person", ("father", "birthplace")),
+        ("org", ("founder", "birth_year")),
+        ("org", ("founder", "birthplace")),
+        ("org", ("headquarters", "country")),
     ],
     "chain": [
-        ("work", ("creator", "birthplace", "country")), ("work", ("producer", "founder", "birth_year")),
-        ("work", ("producer", "founder", "birthplace")), ("work", ("producer", "headquarters", "country")),
-        ("work", ("creator", "employer", "founder")), ("work", ("creator", "father", "birth_year")),
-        ("org", ("founder", "birthplace", "country")), ("person", ("employer", "founder", "birth_year")),
-        ("person", ("employer", "headquarters", "country")), ("person", ("spouse", "birthplace", "country")),
+        ("work", ("creator", "birthplace", "country")),
+        ("work", ("producer", "founder", "birth_year")),
+        ("work", ("producer", "founder", "birthplace")),
+        ("work", ("producer", "headquarters", "country")),
+        ("work", ("creator", "employer", "founder")),
+        ("work", ("creator", "father", "birth_year")),
+        ("org", ("founder", "birthplace", "country")),
+        ("person", ("employer", "founder", "birth_year")),
+        ("person", ("employer", "headquarters", "country")),
+        ("person", ("spouse", "birthplace", "country")),
         ("work", ("creator", "birthplace", "country", "capital")),
         ("work", ("producer", "founder", "birthplace", "country")),
         ("work", ("creator", "employer", "founder", "birth_year")),
@@ -355,31 +567,81 @@ _PATHS: dict[str, list[tuple[str, tuple[str, ...]]]] = {
 }
 # Inference: a kinship term that names a composition of relations (2Wiki's "inference" type).
 _INFERENCE = [
-    (("father", "father"), ["Who is the paternal grandfather of {x}?", "Who was {x}'s paternal grandfather?",
-                            "Who is the father of {x}'s father?"]),
+    (
+        ("father", "father"),
+        [
+            "Who is the paternal grandfather of {x}?",
+            "Who was {x}'s paternal grandfather?",
+            "Who is the father of {x}'s father?",
+        ],
+    ),
     (("spouse", "father"), ["Who is the father-in-law of {x}?", "Who was {x}'s father-in-law?"]),
     (("father", "spouse"), ["Who did the father of {x} marry?", "Who was {x}'s father married to?"]),
 ]
 # Comparison and bridge-comparison: (start kind, bridge relations, compared attribute, question templates).
 # Templates with {which} ask for the earlier or later one; "same" templates are yes/no.
 _COMPARE_ORDER = [
-    ("person", (), "birth_year", ["Who was born {first}, {a} or {b}?", "Which of {a} and {b} was born {first}?"]),
+    (
+        "person",
+        (),
+        "birth_year",
+        ["Who was born {first}, {a} or {b}?", "Which of {a} and {b} was born {first}?"],
+    ),
     ("work", (), "year", ["Which came out {first}, {a} or {b}?", "Which was released {first}, {a} or {b}?"]),
     ("org", (), "founded", ["Which was founded {first}, {a} or {b}?", "Which is {older}, {a} or {b}?"]),
-    ("work", ("creator",), "birth_year", ["Whose creator was born {first}, {a} or {b}?",
-                                          "Which work's creator was born {first}: {a} or {b}?"]),
-    ("org", ("founder",), "birth_year", ["Which organisation's founder was born {first}, {a} or {b}?",
-                                         "The founder of which was born {first}, {a} or {b}?"]),
-    ("work", ("producer",), "founded", ["Which was made by the {older} company, {a} or {b}?",
-                                        "Whose producing company was founded {first}, {a} or {b}?"]),
-    ("person", ("father",), "birth_year", ["Whose father was born {first}, {a} or {b}?",
-                                           "Which of {a} and {b} has the {older} father?"]),
+    (
+        "work",
+        ("creator",),
+        "birth_year",
+        ["Whose creator was born {first}, {a} or {b}?", "Which work's creator was born {first}: {a} or {b}?"],
+    ),
+    (
+        "org",
+        ("founder",),
+        "birth_year",
+        [
+            "Which organisation's founder was born {first}, {a} or {b}?",
+            "The founder of which was born {first}, {a} or {b}?",
+        ],
+    ),
+    (
+        "work",
+        ("producer",),
+        "founded",
+        [
+            "Which was made by the {older} company, {a} or {b}?",
+            "Whose producing company was founded {first}, {a} or {b}?",
+        ],
+    ),
+    (
+        "person",
+        ("father",),
+        "birth_year",
+        ["Whose father was born {first}, {a} or {b}?", "Which of {a} and {b} has the {older} father?"],
+    ),
 ]
 _COMPARE_SAME = [
-    ("person", (), "birthplace", ["Were {a} and {b} born in the same city?", "Do {a} and {b} share a hometown?"]),
-    ("work", (), "creator", ["Do {a} and {b} have the same creator?", "Were {a} and {b} made by the same person?"]),
-    ("work", ("creator",), "birthplace", ["Were the creators of {a} and {b} born in the same city?",
-                                          "Do the creators of {a} and {b} come from the same town?"]),
+    (
+        "person",
+        (),
+        "birthplace",
+        ["Were {a} and {b} born in the same city?", "Do {a} and {b} share a hometown?"],
+    ),
+    (
+        "work",
+        (),
+        "creator",
+        ["Do {a} and {b} have the same creator?", "Were {a} and {b} made by the same person?"],
+    ),
+    (
+        "work",
+        ("creator",),
+        "birthplace",
+        [
+            "Were the creators of {a} and {b} born in the same city?",
+            "Do the creators of {a} and {b} come from the same town?",
+        ],
+    ),
     ("org", ("founder",), "birthplace", ["Were the founders of {a} and {b} born in the same city?"]),
     ("work", ("creator",), "employer", ["Did the creators of {a} and {b} work for the same organisation?"]),
 ]
@@ -403,7 +665,9 @@ class _WorldBuilder:
         return entity
 
     def of_kind(self, kind: str, subtype: str | None = None) -> list[Entity]:
-        return [e for e in self.entities.values() if e.kind == kind and (subtype is None or e.subtype == subtype)]
+        return [
+            e for e in self.entities.values() if e.kind == kind and (subtype is None or e.subtype == subtype)
+        ]
 
     def phrase(self, options: Sequence[str]) -> str:
         return _pick(self.rng, options, self.cfg.paraphrase_variety)
@@ -412,12 +676,20 @@ class _WorldBuilder:
 
     def build_places(self) -> None:
         cfg, rng = self.cfg, self.rng
-        countries = [self.add(Entity(f"country{i}", "country", n))
-                     for i, n in enumerate(self.names.pool(cfg.countries, (1, 2), _COUNTRY_ENDS))]
+        countries = [
+            self.add(Entity(f"country{i}", "country", n))
+            for i, n in enumerate(self.names.pool(cfg.countries, (1, 2), _COUNTRY_ENDS))
+        ]
         for i, name in enumerate(self.names.pool(cfg.cities, (1, 2), _CITY_ENDS)):
             country = countries[i] if i < len(countries) else rng.choice(countries)
-            self.add(Entity(f"city{i}", "city", name, attrs={"country": country.key,
-                                                             "founded": str(rng.randint(850, 1850))}))
+            self.add(
+                Entity(
+                    f"city{i}",
+                    "city",
+                    name,
+                    attrs={"country": country.key, "founded": str(rng.randint(850, 1850))},
+                )
+            )
             if i < len(countries):
                 country.attrs["capital"] = f"city{i}"
         for country in countries:
@@ -434,15 +706,22 @@ class _WorldBuilder:
         people: list[Entity] = []
 
         def person(first: str, last: str, year: int) -> Entity:
-            entity = Entity(f"person{len(people)}", "person", f"{first} {last}",
-                            attrs={"birth_year": str(year), "birthplace": rng.choice(cities).key},
-                            pronoun=rng.choice(["he", "she"]), occupation=rng.choice(occupations))
+            entity = Entity(
+                f"person{len(people)}",
+                "person",
+                f"{first} {last}",
+                attrs={"birth_year": str(year), "birthplace": rng.choice(cities).key},
+                pronoun=rng.choice(["he", "she"]),
+                occupation=rng.choice(occupations),
+            )
             taken.add(entity.name)
             people.append(self.add(entity))
             return entity
 
         for year in sorted(rng.randint(1860, 1995) for _ in range(base)):
-            fathers = [p for p in people if p.pronoun == "he" and 20 <= year - int(p.attrs["birth_year"]) <= 45]
+            fathers = [
+                p for p in people if p.pronoun == "he" and 20 <= year - int(p.attrs["birth_year"]) <= 45
+            ]
             father = rng.choice(fathers) if fathers and rng.random() < 0.55 else None
             last = father.name.split()[1] if father else rng.choice(surnames)
             first = rng.choice(firsts)
@@ -463,8 +742,14 @@ class _WorldBuilder:
             if "spouse" in p.attrs:
                 continue
             age = int(p.attrs["birth_year"])
-            partners = [q for q in people if q is not p and abs(int(q.attrs["birth_year"]) - age) <= 8
-                        and "spouse" not in q.attrs and q.attrs.get("father") != p.attrs.get("father")]
+            partners = [
+                q
+                for q in people
+                if q is not p
+                and abs(int(q.attrs["birth_year"]) - age) <= 8
+                and "spouse" not in q.attrs
+                and q.attrs.get("father") != p.attrs.get("father")
+            ]
             if partners:
                 p.attrs["spouse"] = rng.choice(partners[:50]).key
 
@@ -480,12 +765,25 @@ class _WorldBuilder:
             founders = [p for p in people if int(p.attrs["birth_year"]) <= 1975]
             founder = rng.choice(founders)
             founded = int(founder.attrs["birth_year"]) + rng.randint(22, 50)
-            self.add(Entity(f"org{i}", "org", name, subtype=kind, attrs={
-                "founder": founder.key, "founded": str(founded), "headquarters": rng.choice(cities).key}))
+            self.add(
+                Entity(
+                    f"org{i}",
+                    "org",
+                    name,
+                    subtype=kind,
+                    attrs={
+                        "founder": founder.key,
+                        "founded": str(founded),
+                        "headquarters": rng.choice(cities).key,
+                    },
+                )
+            )
         orgs = self.of_kind("org")
         for p in people:
             born = int(p.attrs["birth_year"])
-            options = [o for o in orgs if int(o.attrs["founded"]) <= born + 40 and o.attrs["founder"] != p.key]
+            options = [
+                o for o in orgs if int(o.attrs["founded"]) <= born + 40 and o.attrs["founder"] != p.key
+            ]
             if options and rng.random() < 0.7:
                 p.attrs["employer"] = rng.choice(options).key
 
@@ -495,35 +793,54 @@ class _WorldBuilder:
         work_kinds = list(_OCCUPATIONS_BY_WORK)
         for i in range(cfg.works):
             kind = work_kinds[i % 3]
-            creators = [p for p in self.of_kind("person")
-                        if p.occupation == _OCCUPATIONS_BY_WORK[kind] and int(p.attrs["birth_year"]) <= 1995]
+            creators = [
+                p
+                for p in self.of_kind("person")
+                if p.occupation == _OCCUPATIONS_BY_WORK[kind] and int(p.attrs["birth_year"]) <= 1995
+            ]
             creator = rng.choice(creators)
             born = int(creator.attrs["birth_year"])
             year = rng.randint(born + 20, min(born + 70, 2024))
-            producers = [o for o in self.of_kind("org", _PRODUCER_KIND[kind]) if int(o.attrs["founded"]) <= year]
+            producers = [
+                o for o in self.of_kind("org", _PRODUCER_KIND[kind]) if int(o.attrs["founded"]) <= year
+            ]
             if not producers:
                 continue
             echo = bool(originals) and rng.random() < cfg.title_echo_rate
-            if echo:
-                make = lambda: _echo_title(rng.choice(originals), rng)  # noqa: E731
-            else:
-                make = lambda: rng.choice([  # noqa: E731
-                    f"The {rng.choice(_ADJECTIVES)} {rng.choice(_NOUNS)}",
-                    f"{rng.choice(_NOUNS)} of {rng.choice(self.of_kind('city')).name}",
-                    f"{rng.choice(_ADJECTIVES)} {rng.choice(_NOUNS)}s",
-                    f"A {rng.choice(_NOUNS)} for {rng.choice(self.of_kind('person')).name.split()[0]}",
-                ])
-            title = self.names.fresh(make)
+            title = self.names.fresh(lambda echo=echo: self.title(originals if echo else None))
             if not echo:
                 originals.append(title)
-            work = self.add(Entity(f"work{i}", "work", title, subtype=kind, attrs={
-                "creator": creator.key, "year": str(year), "producer": rng.choice(producers).key}))
+            work = self.add(
+                Entity(
+                    f"work{i}",
+                    "work",
+                    title,
+                    subtype=kind,
+                    attrs={"creator": creator.key, "year": str(year), "producer": rng.choice(producers).key},
+                )
+            )
             if title.startswith("The "):
                 work.aliases = [title.removeprefix("The ")]
 
+    def title(self, echo_of: list[str] | None) -> str:
+        """A new work title, or, given earlier titles, an echo of one of them."""
+        rng = self.rng
+        if echo_of:
+            return _echo_title(rng.choice(echo_of), rng)
+        return rng.choice(
+            [
+                f"The {rng.choice(_ADJECTIVES)} {rng.choice(_NOUNS)}",
+                f"{rng.choice(_NOUNS)} of {rng.choice(self.of_kind('city')).name}",
+                f"{rng.choice(_ADJECTIVES)} {rng.choice(_NOUNS)}s",
+                f"A {rng.choice(_NOUNS)} for {rng.choice(self.of_kind('person')).name.split()[0]}",
+            ]
+        )
+
     # -- passages -----------------------------------------------------------------------------------------
 
-    def add_passage(self, title: str, sentences: list[str], facts: list[tuple[Entity, str]], lead: int = 1) -> None:
+    def add_passage(
+        self, title: str, sentences: list[str], facts: list[tuple[Entity, str]], lead: int = 1
+    ) -> None:
         """Render a passage (the first ``lead`` sentences stay first, the rest are shuffled) and record it as
         the source of each (entity, relation) in ``facts``."""
         head, tail = sentences[:lead], sentences[lead:]
@@ -537,24 +854,37 @@ class _WorldBuilder:
     def name(self, key: str) -> str:
         return self.entities[key].name
 
-    def mentions(self, templates: Sequence[str], fill: dict[str, str], exclude: set[str], most: int) -> list[str]:
-        """Up to ``most`` sentences naming other, unrelated people: noise for retrieval, never a queried fact."""
-        chosen = [t for t in self.rng.sample(list(templates), min(most, len(templates)))
-                  if self.rng.random() < self.cfg.mention_rate]
+    def mentions(
+        self, templates: Sequence[str], fill: dict[str, str], exclude: set[str], most: int
+    ) -> list[str]:
+        """Up to ``most`` sentences naming other, unrelated people: retrieval noise, never a queried fact."""
+        chosen = [
+            t
+            for t in self.rng.sample(list(templates), min(most, len(templates)))
+            if self.rng.random() < self.cfg.mention_rate
+        ]
         others = [o for o in self.rng.sample(self.people, len(chosen)) if o.key not in exclude]
         return [t.format(**fill | {"o": o.name}) for t, o in zip(chosen, others, strict=False)]
 
     def person_passages(self, p: Entity) -> None:
         """Three passages with the same title, as an article cut into chunks: early life (birth, father),
-        career (employer), personal life (spouse, where they live). A name query alone cannot tell them apart."""
+        career (employer), personal life (spouse, residence). A name query alone cannot tell them apart."""
         rng, pro = self.rng, _pronouns(p)
-        fill = {"name": p.name, **pro, "occupation": p.occupation, "a": _article(p.occupation),
-                "city": self.name(p.attrs["birthplace"]), "year": p.attrs["birth_year"]}
+        fill = {
+            "name": p.name,
+            **pro,
+            "occupation": p.occupation,
+            "a": _article(p.occupation),
+            "city": self.name(p.attrs["birthplace"]),
+            "year": p.attrs["birth_year"],
+        }
         early = [self.phrase(_OCCUPATION).format(**fill)]
         if rng.random() < self.cfg.indirect_rate:
             age = rng.choice([30, 40, 50, 60])
-            early += [f"{pro['He']} turned {age} in {int(p.attrs['birth_year']) + age}.",
-                      self.phrase(_BIRTH_PLACE).format(**fill)]
+            early += [
+                f"{pro['He']} turned {age} in {int(p.attrs['birth_year']) + age}.",
+                self.phrase(_BIRTH_PLACE).format(**fill),
+            ]
         elif rng.random() < 0.4:
             early.append(self.phrase(_BIRTH_BOTH).format(**fill))
         else:
@@ -571,16 +901,24 @@ class _WorldBuilder:
             career = [self.phrase(_EMPLOYER).format(**named, o=self.name(p.attrs["employer"]))]
         else:
             career = [self.phrase(_FREELANCE).format(**named)]
-        self.add_passage(p.name, career + self.mentions(_MENTION_PERSON, fill, exclude, 2),
-                         [(p, "employer")] if "employer" in p.attrs else [])
+        self.add_passage(
+            p.name,
+            career + self.mentions(_MENTION_PERSON, fill, exclude, 2),
+            [(p, "employer")] if "employer" in p.attrs else [],
+        )
 
         personal = [self.phrase(_RESIDENCE).format(**named, o=rng.choice(self.cities).name)]
         if "spouse" in p.attrs:
             personal.append(self.phrase(_SPOUSE).format(**fill, o=self.name(p.attrs["spouse"])))
-        self.add_passage(p.name, personal + self.mentions(_MENTION_FRIEND, fill, exclude, 2),
-                         [(p, "spouse")] if "spouse" in p.attrs else [])
+        self.add_passage(
+            p.name,
+            personal + self.mentions(_MENTION_FRIEND, fill, exclude, 2),
+            [(p, "spouse")] if "spouse" in p.attrs else [],
+        )
 
-        if rng.random() < 0.5:  # a fourth chunk: dates and places that answer nothing, but look like they might
+        if (
+            rng.random() < 0.5
+        ):  # a fourth chunk: dates and places that answer nothing, but look like they might
             year = int(p.attrs["birth_year"]) + rng.randint(25, 60)
             honour = self.phrase(_HONOUR).format(**named | {"year": year, "o": rng.choice(self.cities).name})
             self.add_passage(p.name, [honour, *self.mentions(_MENTION_PERSON, fill, exclude, 1)], [])
@@ -593,23 +931,36 @@ class _WorldBuilder:
         for country in self.of_kind("country"):
             fill = {"name": country.name, "o": self.name(country.attrs["capital"])}
             neighbour = self.rng.choice([c for c in self.of_kind("country") if c is not country])
-            sentences = [self.phrase(_COUNTRY_INTRO).format(**fill), self.phrase(_COUNTRY_CAPITAL).format(**fill),
-                         f"It shares a border with {neighbour.name}."]
+            sentences = [
+                self.phrase(_COUNTRY_INTRO).format(**fill),
+                self.phrase(_COUNTRY_CAPITAL).format(**fill),
+                f"It shares a border with {neighbour.name}.",
+            ]
             self.add_passage(country.name, sentences, [(country, "capital")])
 
     def org_passages(self, org: Entity) -> None:
-        fill = {"name": org.name, "kind": _ORG_KIND_NAMES[org.subtype], "year": org.attrs["founded"],
-                "o": self.name(org.attrs["founder"])}
-        sentences = [self.phrase(_ORG_FOUNDER).format(**fill), self.phrase(_ORG_FOUNDED).format(**fill),
-                     self.phrase(_ORG_HQ).format(**fill | {"o": self.name(org.attrs["headquarters"])})]
+        fill = {
+            "name": org.name,
+            "kind": _ORG_KIND_NAMES[org.subtype],
+            "year": org.attrs["founded"],
+            "o": self.name(org.attrs["founder"]),
+        }
+        sentences = [
+            self.phrase(_ORG_FOUNDER).format(**fill),
+            self.phrase(_ORG_FOUNDED).format(**fill),
+            self.phrase(_ORG_HQ).format(**fill | {"o": self.name(org.attrs["headquarters"])}),
+        ]
         sentences += self.mentions(_ORG_MENTION, fill, {org.attrs["founder"]}, 1)
         self.add_passage(org.name, sentences, [(org, "founder"), (org, "founded"), (org, "headquarters")])
 
     def work_passages(self, work: Entity) -> None:
         kind = work.subtype
         fill = {"name": work.name, "year": work.attrs["year"], "o": self.name(work.attrs["creator"])}
-        sentences = [self.phrase(_WORK_CREATOR[kind]).format(**fill), self.phrase(_WORK_YEAR[kind]).format(**fill),
-                     self.phrase(_WORK_PRODUCER[kind]).format(**fill | {"o": self.name(work.attrs["producer"])})]
+        sentences = [
+            self.phrase(_WORK_CREATOR[kind]).format(**fill),
+            self.phrase(_WORK_YEAR[kind]).format(**fill),
+            self.phrase(_WORK_PRODUCER[kind]).format(**fill | {"o": self.name(work.attrs["producer"])}),
+        ]
         sentences += self.mentions(_WORK_MENTION[kind], fill, {work.attrs["creator"]}, 2)
         self.add_passage(work.name, sentences, [(work, "creator"), (work, "year"), (work, "producer")])
 
@@ -649,7 +1000,9 @@ class _QuestionMaker:
         pid = entity.facts[relation]
         question = self.b.phrase(_ASK[_relation_key(relation, entity)]).format(x=entity.name)
         value, _ = self.value(entity, relation)
-        return SubQuestion(question=question, answer=value, supporting_ids=[pid], supporting_titles=[entity.name])
+        return SubQuestion(
+            question=question, answer=value, supporting_ids=[pid], supporting_titles=[entity.name]
+        )
 
     def walk(self, start: Entity, path: Sequence[str]) -> tuple[list[SubQuestion], list[Entity], str] | None:
         """Follow a path of relations; None when some entity on it lacks the relation."""
@@ -681,13 +1034,28 @@ class _QuestionMaker:
                 i += 1
         return _capitalise(self.b.phrase(_ASK[_relation_key(path[last], chain[last])]).format(x=x))
 
-    def example(self, qtype: str, question: str, answer: str, hops: list[SubQuestion], aliases: Sequence[str],
-                **metadata: Any) -> QAExample:
+    def example(
+        self,
+        qtype: str,
+        question: str,
+        answer: str,
+        hops: list[SubQuestion],
+        aliases: Sequence[str],
+        **metadata: Any,
+    ) -> QAExample:
         supporting = list(dict.fromkeys(pid for h in hops for pid in h.supporting_ids))
         titles = list(dict.fromkeys(t for h in hops for t in h.supporting_titles))
-        return QAExample(id="", question=question, answers=[answer, *aliases], supporting_ids=supporting,
-                         supporting_titles=titles, decomposition=hops, dataset="world", type=qtype,
-                         metadata={"hops": len(hops), **metadata})
+        return QAExample(
+            id="",
+            question=question,
+            answers=[answer, *aliases],
+            supporting_ids=supporting,
+            supporting_titles=titles,
+            decomposition=hops,
+            dataset="world",
+            type=qtype,
+            metadata={"hops": len(hops), **metadata},
+        )
 
     def aliases(self, target: Entity | None) -> list[str]:
         return list(target.aliases) if target else []
@@ -700,8 +1068,9 @@ class _QuestionMaker:
             return None
         hops, chain, answer = walked
         target = self.entities.get(chain[-1].attrs[path[-1]])
-        return self.example(qtype, self.phrase_path(start, chain, path), answer, hops, self.aliases(target),
-                            path=list(path))
+        return self.example(
+            qtype, self.phrase_path(start, chain, path), answer, hops, self.aliases(target), path=list(path)
+        )
 
     def inference(self, pool: list[Entity]) -> QAExample | None:
         path, templates = self.rng.choice(_INFERENCE)
@@ -723,7 +1092,8 @@ class _QuestionMaker:
         """
         bridged = qtype == "bridge_comparison"
         kind, bridge, attribute, templates = self.rng.choice(
-            [c for c in _COMPARE_ORDER + _COMPARE_SAME if bool(c[1]) == bridged])
+            [c for c in _COMPARE_ORDER + _COMPARE_SAME if bool(c[1]) == bridged]
+        )
         path = (*bridge, attribute)
         a = self.rng.choice([e for e in pool if e.kind == kind])
         walked_a = self.walk(a, path)
@@ -745,16 +1115,31 @@ class _QuestionMaker:
         fill = {"a": a.name, "b": b.name}
         if yes_no:
             question = self.b.phrase(templates).format(**fill)
-            return self.example(qtype, question, "yes" if want_same else "no", hops, [], compare=attribute,
-                                bridge=list(bridge))
+            return self.example(
+                qtype,
+                question,
+                "yes" if want_same else "no",
+                hops,
+                [],
+                compare=attribute,
+                bridge=list(bridge),
+            )
         earlier = self.rng.random() < 0.5
         words = {"first": "first", "older": "older"} if earlier else {"first": "later", "older": "younger"}
         if not earlier and attribute == "founded":
             words["older"] = "newer"
         winner = a if (int(value_a) < int(value_b)) == earlier else b
         question = self.b.phrase(templates).format(**fill, **words)
-        return self.example(qtype, question, winner.name, hops, list(winner.aliases), compare=attribute,
-                            bridge=list(bridge), order="earlier" if earlier else "later")
+        return self.example(
+            qtype,
+            question,
+            winner.name,
+            hops,
+            list(winner.aliases),
+            compare=attribute,
+            bridge=list(bridge),
+            order="earlier" if earlier else "later",
+        )
 
     def make(self, qtype: str, pool: list[Entity]) -> QAExample | None:
         if qtype in ("compositional", "chain"):
@@ -774,13 +1159,21 @@ def _type_quotas(count: int, type_mix: dict[str, float]) -> dict[str, int]:
     total = sum(weights.values())
     shares = {t: count * w / total for t, w in weights.items()}
     quotas = {t: int(s) for t, s in shares.items()}
-    for t in sorted(shares, key=lambda t: shares[t] - quotas[t], reverse=True)[: count - sum(quotas.values())]:
+    for t in sorted(shares, key=lambda t: shares[t] - quotas[t], reverse=True)[
+        : count - sum(quotas.values())
+    ]:
         quotas[t] += 1
     return quotas
 
 
-def _questions(maker: _QuestionMaker, pool: list[Entity], count: int, type_mix: dict[str, float],
-               split: str, seen: set[str]) -> list[QAExample]:
+def _questions(
+    maker: _QuestionMaker,
+    pool: list[Entity],
+    count: int,
+    type_mix: dict[str, float],
+    split: str,
+    seen: set[str],
+) -> list[QAExample]:
     """``count`` distinct questions in the proportions of ``type_mix``, shuffled, with ids in final order."""
     out: list[QAExample] = []
     for qtype, quota in _type_quotas(count, type_mix).items():
@@ -788,8 +1181,10 @@ def _questions(maker: _QuestionMaker, pool: list[Entity], count: int, type_mix: 
         while made < quota:
             attempts += 1
             if attempts > 500 * quota:
-                raise RuntimeError(f"could not make {quota} {qtype} {split} questions; enlarge the world "
-                                   "or lower this type's weight in type_mix")
+                raise RuntimeError(
+                    f"could not make {quota} {qtype} {split} questions; enlarge the world "
+                    "or lower this type's weight in type_mix"
+                )
             example = maker.make(qtype, pool)
             if example is None or example.question in seen:
                 continue
@@ -821,8 +1216,11 @@ def generate_world(config: WorldConfig | None = None) -> World:
     dev_share = config.dev_questions / total if total else 0.0
     dev_pool, train_pool = [], []
     for entity in starts:
-        (dev_pool if builder.rng.random() < max(dev_share, 0.15 if config.dev_questions else 0) else train_pool).append(
-            entity)
+        (
+            dev_pool
+            if builder.rng.random() < max(dev_share, 0.15 if config.dev_questions else 0)
+            else train_pool
+        ).append(entity)
     maker = _QuestionMaker(builder)
     seen: set[str] = set()
     train = _questions(maker, train_pool, config.train_questions, dict(config.type_mix), "train", seen)
@@ -834,8 +1232,12 @@ def write_world(world: World, out_dir: str | Path) -> dict[str, Path]:
     """Write ``corpus.jsonl``, ``train.jsonl``, ``dev.jsonl`` and ``world.yaml`` (the config) to a folder."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    paths = {"corpus": out / "corpus.jsonl", "train": out / "train.jsonl", "dev": out / "dev.jsonl",
-             "config": out / "world.yaml"}
+    paths = {
+        "corpus": out / "corpus.jsonl",
+        "train": out / "train.jsonl",
+        "dev": out / "dev.jsonl",
+        "config": out / "world.yaml",
+    }
     write_corpus(paths["corpus"], world.passages)
     write_flashrag(paths["train"], world.train)
     write_flashrag(paths["dev"], world.dev)
@@ -876,7 +1278,9 @@ def hop_hit_rates(examples: Sequence[QAExample], search: SearchFn, k: int = 2) -
     rates: dict[str, HopHitRate] = defaultdict(HopHitRate)
     for example in examples:
         rate = rates[example.type]
-        found = [bool(set(hop.supporting_ids) & {p.id for p in next(results)}) for hop in example.decomposition]
+        found = [
+            bool(set(hop.supporting_ids) & {p.id for p in next(results)}) for hop in example.decomposition
+        ]
         rate.hops += len(found)
         rate.hops_found += sum(found)
         rate.questions += 1
