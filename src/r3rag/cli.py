@@ -18,7 +18,9 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
 )
-data_app = typer.Typer(help="Make and convert data: the synthetic world, and HotpotQA/2Wiki/MuSiQue -> FlashRAG jsonl.")
+data_app = typer.Typer(
+    help="Make and convert data: the synthetic world, and HotpotQA/2Wiki/MuSiQue -> FlashRAG jsonl."
+)
 app.add_typer(data_app, name="data")
 
 console = Console(stderr=True)
@@ -56,9 +58,12 @@ def existing_file(path: Path) -> Path:
 
 @data_app.command("world")
 def data_world(
-    out: Annotated[Path, typer.Option("--out", help="Folder for corpus.jsonl, train.jsonl, dev.jsonl, world.yaml.")],
+    out: Annotated[
+        Path, typer.Option("--out", help="Folder for corpus.jsonl, train.jsonl, dev.jsonl, world.yaml.")
+    ],
     difficulty: Annotated[
-        str, typer.Option(help="Preset: easy (2-hop templated; a cold start alone solves it), standard, hard.")
+        str,
+        typer.Option(help="Preset: easy (2-hop templated; a cold start alone solves it), standard, hard."),
     ] = "standard",
     seed: Annotated[int, typer.Option(help="Everything in the world follows from the seed.")] = 0,
     train_questions: Annotated[int | None, typer.Option(help="Train questions (default 1000).")] = None,
@@ -67,10 +72,12 @@ def data_world(
         float, typer.Option(help="Multiply the number of people, places, organisations and works.")
     ] = 1.0,
     config: Annotated[
-        Path | None, typer.Option(help="A world.yaml with any WorldConfig field; flags given here override it.")
+        Path | None,
+        typer.Option(help="A world.yaml with any WorldConfig field; flags given here override it."),
     ] = None,
     report: Annotated[
-        bool, typer.Option(help="Measure how often BM25 finds each gold hop's passage with the gold sub-question.")
+        bool,
+        typer.Option(help="Measure how often BM25 finds each gold hop's passage with the gold sub-question."),
     ] = True,
     k: Annotated[int, typer.Option(help="Top-k of the difficulty report (the paper's RL uses 2).")] = 2,
 ) -> None:
@@ -88,7 +95,8 @@ def data_world(
         sizes = ("people", "cities", "countries", "organisations", "works")
         overrides |= {f: round((base.get(f) or WorldConfig.model_fields[f].default) * scale) for f in sizes}
         world_config = WorldConfig.for_difficulty(
-            difficulty, **(base | {key: v for key, v in overrides.items() if v is not None})  # type: ignore[arg-type]
+            difficulty,
+            **(base | {key: v for key, v in overrides.items() if v is not None}),  # type: ignore[arg-type]
         )
     except (ValidationError, ValueError) as e:
         raise fail(str(e)) from None
@@ -118,15 +126,23 @@ def _print_world_report(world: World, k: int) -> None:
     for column in ("type", "questions", "hops", "hop found", "all hops found"):
         table.add_column(column, justify="left" if column == "type" else "right")
     for qtype, rate in rates.items():
-        table.add_row(qtype, str(rate.questions), str(rate.hops), f"{rate.hop_rate:.0%}", f"{rate.question_rate:.0%}")
+        table.add_row(
+            qtype, str(rate.questions), str(rate.hops), f"{rate.hop_rate:.0%}", f"{rate.question_rate:.0%}"
+        )
     console.print(table)
 
 
 @data_app.command("convert")
 def data_convert(
-    inputs: Annotated[list[Path], typer.Argument(help="Dataset files (HotpotQA, 2Wiki, MuSiQue, FlashRAG) or "
-                                                      "{title, text} corpus lists.")],
-    out: Annotated[Path, typer.Option("--out", help="Folder for <name>.jsonl question files and corpus.jsonl.")],
+    inputs: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Dataset files (HotpotQA, 2Wiki, MuSiQue, FlashRAG) or {title, text} corpus lists."
+        ),
+    ],
+    out: Annotated[
+        Path, typer.Option("--out", help="Folder for <name>.jsonl question files and corpus.jsonl.")
+    ],
     format: Annotated[
         str | None, typer.Option(help="hotpotqa, 2wiki, musique, flashrag or corpus; detected when omitted.")
     ] = None,
@@ -168,7 +184,9 @@ def data_convert(
     console.print(table)
     if corpus and paragraphs:
         written = write_corpus(out / "corpus.jsonl", dedupe_passages(paragraphs))
-        console.print(f"[green]corpus.jsonl[/]: {written:,} passages ({len(paragraphs) - written:,} duplicates dropped)")
+        console.print(
+            f"[green]corpus.jsonl[/]: {written:,} passages ({len(paragraphs) - written:,} duplicates dropped)"
+        )
 
 
 @app.command()
@@ -201,7 +219,7 @@ def ask(
     concurrency: Annotated[int, typer.Option(min=1, help="Parallel requests to the server.")] = 8,
     timeout: Annotated[float, typer.Option(min=0.1, help="Seconds per request to the server.")] = 120.0,
     bf16: Annotated[
-        bool, typer.Option(help="Local model: bf16 autocast on CPU (faster from batch ~8).")
+        bool, typer.Option(help="Local model: bf16 autocast for batched forward passes (faster on CPU).")
     ] = False,
     max_steps: Annotated[int, typer.Option(min=1)] = 5,
     top_k: Annotated[int, typer.Option(min=1, help="Passages per retrieval.")] = 5,
@@ -247,6 +265,9 @@ def ask(
         **({} if system_prompt is None else {"system_prompt": system_prompt}),
     )
     examples = _ask_examples(question, questions, out, limit)
+    if not examples:
+        console.print(f"nothing to do: every question is already in {out}", highlight=False)
+        return
     agent = Agent(
         _ask_generator(model, base_url, api_key_env, concurrency, timeout, batch_size, bf16),
         _ask_retriever(index),
@@ -278,8 +299,8 @@ def ask(
             progress.advance(task, len(examples[start : start + batch_size]))
     minutes = (time.perf_counter() - started) / 60
     console.print(
-        f"{len(finished)} trajectories -> {out} ({status_counts(finished) or 'nothing to do'}; "
-        f"{len(finished) / minutes if minutes else 0:.1f}/min)",
+        f"{len(finished)} trajectories -> {out} "
+        f"({status_counts(finished)}; {len(finished) / minutes:.1f}/min)",
         highlight=False,
     )
 
@@ -339,3 +360,185 @@ def _ask_retriever(index: Path):
         return load_index(index)
     except (OSError, ValueError) as e:
         raise fail(f"{index}: {e}") from None
+
+
+# ----------------------------------------------------------------------------------------- r3rag index, serve
+
+index_app = typer.Typer(
+    help="Build a BM25 or dense index from a corpus jsonl, and search it.", no_args_is_help=True
+)
+app.add_typer(index_app, name="index")
+serve_app = typer.Typer(
+    help="Serve over HTTP: the retriever, for many rollout workers.", no_args_is_help=True
+)
+app.add_typer(serve_app, name="serve")
+
+
+@index_app.command("build")
+def index_build(
+    corpus: Annotated[Path, typer.Option(help="Corpus jsonl: FlashRAG {id, contents} or {id, title, text}.")],
+    out: Annotated[Path, typer.Option(help="Index folder to write (an existing index there is replaced).")],
+    retriever: Annotated[str, typer.Option(help="bm25 or dense.")] = "bm25",
+    encoder: Annotated[
+        str,
+        typer.Option(
+            help="Dense: preset (minilm = embedded all-MiniLM-L6-v2, e5, bge) or a model path/hub name."
+        ),
+    ] = "minilm",
+    conventions: Annotated[
+        str, typer.Option(help="Dense: auto (from the preset or the model name), plain, e5 or bge.")
+    ] = "auto",
+    query_prefix: Annotated[
+        str | None, typer.Option(help="Dense: override the conventions' query prefix.")
+    ] = None,
+    passage_prefix: Annotated[str | None, typer.Option(help="Dense: override the passage prefix.")] = None,
+    pooling: Annotated[str | None, typer.Option(help="Dense: override pooling: model, mean or cls.")] = None,
+    index_type: Annotated[str, typer.Option("--index", help="Dense: flat (exact) or hnsw.")] = "flat",
+    batch_size: Annotated[int, typer.Option(help="Dense: passages per forward pass.")] = 64,
+    bf16: Annotated[
+        bool, typer.Option(help="Dense: bfloat16 autocast (about 3x faster on AVX-512 BF16 CPUs).")
+    ] = True,
+    device: Annotated[str, typer.Option(help="Dense: torch device.")] = "cpu",
+    stemmer: Annotated[str, typer.Option(help="BM25: PyStemmer algorithm, or 'none'.")] = "english",
+    stopwords: Annotated[str, typer.Option(help="BM25: en, en_plus or none.")] = "en",
+    k1: Annotated[float, typer.Option(help="BM25 k1.")] = 1.5,
+    b: Annotated[float, typer.Option(help="BM25 b.")] = 0.75,
+) -> None:
+    """Build an index folder (with manifest.json) from a corpus jsonl."""
+    from pydantic import ValidationError
+
+    from r3rag.config import IndexBuildConfig
+    from r3rag.jsonl import RecordError
+    from r3rag.retrieval.index import build_index
+
+    existing_file(corpus)
+    try:
+        config = IndexBuildConfig(
+            corpus=corpus,
+            out=out,
+            retriever=retriever,  # type: ignore[arg-type]
+            bm25={
+                "stemmer": None if stemmer == "none" else stemmer,
+                "stopwords": stopwords,
+                "k1": k1,
+                "b": b,
+            },
+            dense={
+                "index": index_type,
+                "encoder": {
+                    "model": encoder,
+                    "conventions": conventions,
+                    "query_prefix": query_prefix,
+                    "passage_prefix": passage_prefix,
+                    "pooling": pooling,
+                    "batch_size": batch_size,
+                    "bf16": bf16,
+                    "device": device,
+                },
+            },
+        )
+        manifest = build_index(config, progress=True)
+    except (ValidationError, RecordError, OSError, ValueError) as e:
+        raise fail(str(e)) from None
+    what = manifest.retriever if manifest.encoder is None else f"dense ({manifest.encoder.name})"
+    console.print(
+        f"[green]built[/] {what} index of {manifest.passages:,} passages in {manifest.build_seconds:.1f} s "
+        f"-> {out}/ ({manifest.sizes['bytes'] / 1e6:.1f} MB)",
+        highlight=False,
+    )
+
+
+@index_app.command("search")
+def index_search(
+    index: Annotated[Path, typer.Argument(help="Index folder built by `r3rag index build`.")],
+    query: Annotated[str, typer.Argument(help="The query.")],
+    k: Annotated[int, typer.Option("-k", "--k", min=1, help="Passages to show.")] = 5,
+    expect_corpus: Annotated[
+        Path | None, typer.Option(help="Refuse an index built from another corpus.")
+    ] = None,
+    expect_encoder: Annotated[
+        str | None, typer.Option(help="Refuse an index built with another encoder.")
+    ] = None,
+) -> None:
+    """Search an index and print the top-k passages."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from r3rag.retrieval.index import load_index
+
+    try:
+        (hits,) = load_index(index, expect_corpus, expect_encoder).search([query], k)
+    except (OSError, ValueError) as e:
+        raise fail(str(e)) from None
+    table = Table(title=f"top {k} for {query!r} in {index}", show_lines=True)
+    for column, justify in (
+        ("#", "right"),
+        ("score", "right"),
+        ("id", "left"),
+        ("title", "left"),
+        ("text", "left"),
+    ):
+        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    for rank, passage in enumerate(hits, start=1):
+        text = passage.text if len(passage.text) <= 300 else passage.text[:300] + "..."
+        table.add_row(str(rank), f"{passage.score:.4f}", passage.id, passage.title, text)
+    Console().print(table)
+    if not hits:
+        console.print("no passage matches the query", highlight=False)
+
+
+@serve_app.command("retriever")
+def serve_retriever(
+    index: Annotated[Path, typer.Argument(help="Index folder built by `r3rag index build`.")],
+    host: Annotated[
+        str, typer.Option(help="Interface to listen on (loopback: the server has no authentication).")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port (8001 as in the paper's code).")] = 8001,
+    expect_corpus: Annotated[
+        Path | None, typer.Option(help="Refuse an index built from another corpus.")
+    ] = None,
+    expect_encoder: Annotated[
+        str | None, typer.Option(help="Refuse an index built with another encoder.")
+    ] = None,
+    n_threads: Annotated[int, typer.Option(min=0, help="BM25: threads per batched search.")] = 0,
+    device: Annotated[str | None, typer.Option(help="Dense: device for the query encoder.")] = None,
+    max_queries: Annotated[int, typer.Option(help="Queries per request.")] = 256,
+    max_k: Annotated[int, typer.Option(help="Largest k a request may ask for.")] = 100,
+    max_query_chars: Annotated[int, typer.Option(help="Longest query in characters.")] = 2000,
+    max_batch_queries: Annotated[
+        int, typer.Option(help="Queries of concurrent requests searched together.")
+    ] = 512,
+    batch_wait_ms: Annotated[
+        float, typer.Option(help="Extra wait for concurrent requests before a search.")
+    ] = 0.0,
+    cache_size: Annotated[int, typer.Option(help="LRU cache entries; 0 disables it.")] = 100_000,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+) -> None:
+    """Serve an index: POST /search {queries, k}, GET /health, GET /stats."""
+    from pydantic import ValidationError
+
+    from r3rag.config import RetrieverServerConfig
+    from r3rag.retrieval.server import serve
+
+    try:
+        config = RetrieverServerConfig(
+            host=host,
+            port=port,
+            max_queries=max_queries,
+            max_k=max_k,
+            max_query_chars=max_query_chars,
+            max_batch_queries=max_batch_queries,
+            batch_wait_ms=batch_wait_ms,
+            cache_size=cache_size,
+        )
+        serve(
+            index,
+            config,
+            expect_corpus=expect_corpus,
+            expect_encoder=expect_encoder,
+            n_threads=n_threads,
+            device=device,
+            log_level=log_level,
+        )
+    except (ValidationError, OSError, ValueError) as e:
+        raise fail(str(e)) from None

@@ -15,13 +15,18 @@ Conversation = list[dict[str, str]]
 
 @dataclass(frozen=True, slots=True)
 class SamplingParams:
-    """How to sample one completion. ``temperature == 0`` means greedy decoding."""
+    """How to sample one completion. ``temperature == 0`` means greedy decoding.
+
+    ``stop`` strings end the completion and are left out of its text; ``stop_token_ids`` end it too, in
+    addition to the model's own end-of-turn tokens (remote backends pass them on where the server allows).
+    """
 
     temperature: float = 0.0
     top_p: float = 1.0
     max_new_tokens: int = 512
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    stop_token_ids: tuple[int, ...] = ()
 
 
 @dataclass(slots=True)
@@ -43,9 +48,19 @@ class Completion:
 
 @runtime_checkable
 class Generator(Protocol):
-    """Batched chat generation. ``sampling`` is one setting for all, or one per conversation (the paper samples
-    each prompt at several temperatures in one rollout)."""
+    """Batched chat generation. ``sampling`` is one setting for all, or one per conversation (the paper
+    samples each prompt at several temperatures in one rollout)."""
 
     def generate(
         self, conversations: Sequence[Conversation], sampling: SamplingParams | Sequence[SamplingParams]
     ) -> list[Completion]: ...
+
+
+def per_row(sampling: SamplingParams | Sequence[SamplingParams], n: int) -> list[SamplingParams]:
+    """One SamplingParams per conversation, whether one was given for all or one for each."""
+    if isinstance(sampling, SamplingParams):
+        return [sampling] * n
+    rows = list(sampling)
+    if len(rows) != n:
+        raise ValueError(f"{len(rows)} sampling settings for {n} conversations")
+    return rows

@@ -1,0 +1,194 @@
+"""Index folders: build one from a corpus, with a manifest; load one only if it is what the caller expects.
+
+The manifest (``manifest.json``) records what the index was built from: the corpus checksum, the retriever
+and its settings, the encoder and its conventions, sizes, build time and the r3rag version. Loading with
+``expect_corpus`` / ``expect_encoder`` refuses an index built from anything else: a stale index silently
+answering from another corpus would corrupt every reward computed from its passages.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from r3rag import __version__
+from r3rag.config import IndexBuildConfig
+from r3rag.data.corpus import corpus_checksum
+from r3rag.retrieval.base import Retriever
+from r3rag.retrieval.encoders import EncoderSpec
+from r3rag.retrieval.store import PassageStore
+
+MANIFEST_FILE = "manifest.json"
+FORMAT_VERSION = 1
+
+
+class IndexFormatError(ValueError):
+    """Not a readable r3rag index: no manifest, a broken one, or a format this version cannot read."""
+
+
+class IndexMismatchError(ValueError):
+    """An index was built from another corpus or with another encoder than the caller expects."""
+
+
+class IndexManifest(BaseModel):
+    """What an index folder holds and how it was made; written last, so a folder with one is complete."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    format: int = FORMAT_VERSION
+    r3rag_version: str
+    retriever: Literal["bm25", "dense"]
+    corpus: str
+    corpus_sha256: str
+    passages: int
+    encoder: EncoderSpec | None = None
+    config: dict[str, Any]
+    sizes: dict[str, int]
+    build_seconds: float
+    built_at: str
+
+
+def read_manifest(directory: str | Path) -> IndexManifest:
+    path = Path(directory) / MANIFEST_FILE
+    if not path.is_file():
+        raise IndexFormatError(
+            f"{directory}: not an r3rag index (no {MANIFEST_FILE}); build one with `r3rag index build`"
+        )
+    try:
+        manifest = IndexManifest.model_validate_json(path.read_text(encoding="utf-8"))
+    except ValidationError as e:
+        raise IndexFormatError(f"{path}: not a valid index manifest: {e}") from None
+    if manifest.format != FORMAT_VERSION:
+        raise IndexFormatError(
+            f"{path}: index format {manifest.format}, but this r3rag ({__version__}) reads format "
+            f"{FORMAT_VERSION}; rebuild the index"
+        )
+    return manifest
+
+
+def check_manifest(
+    manifest: IndexManifest,
+    directory: str | Path,
+    expect_corpus: str | Path | None,
+    expect_encoder: str | None,
+) -> None:
+    """Raise IndexMismatchError, naming both sides, if the index is not built from what the caller expects."""
+    if expect_corpus is not None:
+        if not Path(expect_corpus).is_file():
+            raise FileNotFoundError(f"expect_corpus: {expect_corpus}: no such file")
+        checksum = corpus_checksum(expect_corpus)
+        if checksum != manifest.corpus_sha256:
+            raise IndexMismatchError(
+                f"{directory} was built from another corpus: its manifest records {manifest.corpus} "
+                f"(sha256 {manifest.corpus_sha256[:12]}), but {expect_corpus} has sha256 {checksum[:12]}; "
+                f"rebuild it with `r3rag index build --corpus {expect_corpus} --out {directory}`"
+            )
+    if expect_encoder is not None:
+        if manifest.encoder is None:
+            if expect_encoder != "bm25":
+                raise IndexMismatchError(
+                    f"{directory} is a BM25 index, which has no encoder, "
+                    f"but encoder {expect_encoder!r} was expected"
+                )
+        elif not manifest.encoder.same_encoder(expect_encoder):
+            raise IndexMismatchError(
+                f"{directory} was built with encoder {manifest.encoder.name!r} ({manifest.encoder.model}, "
+                f"{manifest.encoder.conventions} conventions), but encoder {expect_encoder!r} was expected"
+            )
+
+
+def _folder_bytes(directory: Path) -> int:
+    return sum(f.stat().st_size for f in directory.rglob("*") if f.is_file())
+
+
+def _prepare_out(out: Path) -> Path:
+    """A fresh staging folder next to ``out``; refuses to replace a non-empty folder that is not an index."""
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MANIFEST_FILE).is_file())):
+        raise FileExistsError(f"{out}: exists and is not an r3rag index; refusing to replace it")
+    staging = out.parent / f".{out.name}.partial"
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    return staging
+
+
+def build_index(config: IndexBuildConfig, progress: bool = True) -> IndexManifest:
+    """Build the index ``config`` describes into ``config.out`` (built aside, then moved into place)."""
+    if not config.corpus.is_file():
+        raise FileNotFoundError(f"corpus: {config.corpus}: no such file")
+    staging = _prepare_out(config.out)
+    try:
+        manifest = _build_into(staging, config, progress)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if config.out.exists():
+        shutil.rmtree(config.out)
+    os.replace(staging, config.out)
+    return manifest
+
+
+def _build_into(staging: Path, config: IndexBuildConfig, progress: bool) -> IndexManifest:
+    from r3rag.retrieval.bm25 import BM25Retriever
+    from r3rag.retrieval.dense import DenseRetriever
+
+    started = time.perf_counter()
+    checksum = corpus_checksum(config.corpus)
+    store = PassageStore.from_corpus(config.corpus)
+    if not len(store):
+        raise ValueError(f"corpus: {config.corpus}: no passages")
+    encoder: EncoderSpec | None = None
+    if config.retriever == "bm25":
+        bm25 = BM25Retriever.build(store, config.bm25, progress=progress)
+        bm25.save(staging)
+        sizes = {"vocabulary": bm25.vocabulary_size}
+        settings = config.bm25.model_dump(mode="json")
+    else:
+        dense = DenseRetriever.build(store, config.dense, progress=progress)
+        dense.save(staging)
+        encoder, sizes = dense.encoder.spec, {"dimension": dense.dimension}
+        settings = config.dense.model_dump(mode="json")
+    manifest = IndexManifest(
+        r3rag_version=__version__,
+        retriever=config.retriever,
+        corpus=str(config.corpus.resolve()),
+        corpus_sha256=checksum,
+        passages=len(store),
+        encoder=encoder,
+        config=settings,
+        sizes={"passages": len(store), "bytes": _folder_bytes(staging), **sizes},
+        build_seconds=round(time.perf_counter() - started, 3),
+        built_at=datetime.now(UTC).isoformat(timespec="seconds"),
+    )
+    (staging / MANIFEST_FILE).write_text(manifest.model_dump_json(indent=2), encoding="utf-8")
+    return manifest
+
+
+def load_index(
+    directory: str | Path,
+    expect_corpus: str | Path | None = None,
+    expect_encoder: str | None = None,
+    *,
+    n_threads: int = 0,
+    device: str | None = None,
+) -> Retriever:
+    """Load an index folder as a Retriever, after checking its manifest against what the caller expects.
+
+    ``n_threads`` (BM25) spreads batched searches over threads; ``device`` (dense) places the query encoder.
+    """
+    from r3rag.retrieval.bm25 import BM25Retriever
+    from r3rag.retrieval.dense import DenseRetriever
+
+    manifest = read_manifest(directory)
+    check_manifest(manifest, directory, expect_corpus, expect_encoder)
+    if manifest.retriever == "bm25":
+        retriever = BM25Retriever.load(directory)
+        retriever.n_threads = n_threads
+        return retriever
+    return DenseRetriever.load(directory, device=device)

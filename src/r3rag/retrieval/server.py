@@ -1,0 +1,337 @@
+"""The retrieval server: one index behind HTTP, shared by many rollout workers.
+
+``POST /search {"queries": [...], "k": 5}`` -> ``{"results": [[{id, title, text, score}, ...], ...]}``,
+``GET /health`` (status, index and limits) and ``GET /stats`` (counters). Three things make it fast under
+many small concurrent requests: an LRU cache answers repeated (query, k) pairs without searching; the
+queries of requests that arrive while a search runs are searched together in the next call (micro-batching,
+one worker thread, so the index is never searched concurrently); and a bad request is refused with a 4xx
+naming the field before it costs a search.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import FastAPI, HTTPException, Request, Response
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    create_model,
+)
+
+from r3rag.config import RetrieverServerConfig
+from r3rag.retrieval.base import Retriever
+from r3rag.retrieval.index import IndexManifest, load_index, read_manifest
+from r3rag.schema import Passage
+
+_MAX_ERRORS_SHOWN = 5
+
+Hits = list[dict[str, Any]]
+
+
+class ServerBusy(Exception):
+    """More requests wait for a search than the server accepts: answered with 503, which clients retry."""
+
+
+@dataclass
+class _Pending:
+    queries: list[str]
+    k: int
+    future: asyncio.Future[list[list[Passage]]]
+
+
+@dataclass
+class _Counters:
+    started: float = field(default_factory=time.monotonic)
+    requests: int = 0
+    queries: int = 0
+    cache_hits: int = 0
+    cache_misses: int = 0
+    batches: int = 0
+    batched_queries: int = 0
+    search_seconds: float = 0.0
+    rejected: int = 0
+    busy: int = 0
+    errors: int = 0
+
+
+class SearchBatcher:
+    """Runs the queries of concurrent requests as one ``search`` call on a single worker thread.
+
+    Requests queue while a search runs; the next call takes everything queued (up to about
+    ``max_batch_queries``: the request that crosses the limit is still included), searches the distinct
+    queries once with the largest k asked for, and gives each request its own top-k prefix back.
+    """
+
+    def __init__(self, retriever: Retriever, config: RetrieverServerConfig, counters: _Counters):
+        self._retriever = retriever
+        self._max_batch = config.max_batch_queries
+        self._wait_s = config.batch_wait_ms / 1000
+        self._max_pending = config.max_pending
+        self._counters = counters
+        self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="r3rag-search")
+
+    @property
+    def pending(self) -> int:
+        return self._queue.qsize()
+
+    async def search(self, queries: list[str], k: int) -> list[list[Passage]]:
+        if self._queue.qsize() >= self._max_pending:
+            raise ServerBusy(f"{self._queue.qsize()} requests are already waiting for a search")
+        future: asyncio.Future[list[list[Passage]]] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Pending(queries, k, future))
+        return await future
+
+    async def run(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            if self._wait_s:
+                await asyncio.sleep(self._wait_s)
+            size = len(batch[0].queries)
+            while size < self._max_batch and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+                size += len(batch[-1].queries)
+            await self._search(batch)
+
+    async def _search(self, batch: list[_Pending]) -> None:
+        unique = list(dict.fromkeys(q for pending in batch for q in pending.queries))
+        k = max(pending.k for pending in batch)
+        started = time.perf_counter()
+        try:
+            hits = await asyncio.get_running_loop().run_in_executor(
+                self._executor, self._retriever.search, unique, k
+            )
+        except Exception as e:  # every waiting request learns of the failure; the loop keeps serving
+            for pending in batch:
+                if not pending.future.done():
+                    pending.future.set_exception(e)
+            return
+        self._counters.batches += 1
+        self._counters.batched_queries += len(unique)
+        self._counters.search_seconds += time.perf_counter() - started
+        by_query = dict(zip(unique, hits, strict=True))
+        for pending in batch:
+            if not pending.future.done():  # done = cancelled: the client went away
+                pending.future.set_result([by_query[q][: pending.k] for q in pending.queries])
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+class LRUCache:
+    """(query, k) -> hits as JSON-ready dicts, least recently used dropped first; capacity 0 keeps nothing."""
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self._entries: OrderedDict[tuple[str, int], Hits] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: tuple[str, int]) -> Hits | None:
+        hits = self._entries.get(key)
+        if hits is not None:
+            self._entries.move_to_end(key)
+        return hits
+
+    def put(self, key: tuple[str, int], hits: Hits) -> None:
+        if self.capacity == 0:
+            return
+        self._entries[key] = hits
+        self._entries.move_to_end(key)
+        if len(self._entries) > self.capacity:
+            self._entries.popitem(last=False)
+
+
+def _not_blank(query: str) -> str:
+    if not query.strip():
+        raise ValueError("query is empty or only whitespace")
+    return query
+
+
+def _request_model(config: RetrieverServerConfig) -> type[BaseModel]:
+    """The /search body schema, with this server's limits in it."""
+    query = Annotated[str, StringConstraints(max_length=config.max_query_chars), AfterValidator(_not_blank)]
+    return create_model(
+        "SearchRequest",
+        __config__=ConfigDict(extra="forbid"),
+        queries=(Annotated[list[query], Field(min_length=1, max_length=config.max_queries)], ...),
+        k=(Annotated[int, Field(ge=1, le=config.max_k)], ...),
+    )
+
+
+def _describe(error: ValidationError) -> str:
+    """'queries.3: String should have at most 2000 characters; k: ...': the field, then what is wrong."""
+    parts = [
+        f"{'.'.join(str(part) for part in e['loc']) or 'body'}: {e['msg']}"
+        for e in error.errors(include_url=False)[:_MAX_ERRORS_SHOWN]
+    ]
+    more = error.error_count() - len(parts)
+    return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The raw body, refused with 413 as soon as it is known to exceed ``limit`` (declared or streamed)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise HTTPException(413, f"request body is {declared} bytes; the limit is {limit}")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise HTTPException(413, f"request body exceeds the limit of {limit} bytes")
+    return bytes(body)
+
+
+def create_app(
+    retriever: Retriever, config: RetrieverServerConfig | None = None, manifest: IndexManifest | None = None
+) -> FastAPI:
+    """A FastAPI app serving ``retriever``; ``manifest`` (of an index folder) is shown in /health."""
+    config = config or RetrieverServerConfig()
+    counters = _Counters()
+    cache = LRUCache(config.cache_size)
+    request_model = _request_model(config)
+    state: dict[str, SearchBatcher] = {}
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        batcher = state["batcher"] = SearchBatcher(retriever, config, counters)
+        runner = asyncio.create_task(batcher.run())
+        yield
+        runner.cancel()
+        batcher.close()
+
+    app = FastAPI(title="r3rag retriever", lifespan=lifespan)
+    index_summary = (
+        manifest.model_dump(
+            include={"retriever", "corpus", "corpus_sha256", "passages", "encoder", "built_at"}
+        )
+        if manifest
+        else {"retriever": type(retriever).__name__}
+    )
+    limits = config.model_dump(include={"max_queries", "max_k", "max_query_chars", "max_body_bytes"})
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "index": index_summary, "limits": limits}
+
+    @app.get("/stats")
+    async def stats() -> dict[str, Any]:
+        return {
+            "uptime_s": round(time.monotonic() - counters.started, 3),
+            "requests": counters.requests,
+            "queries": counters.queries,
+            "cache": {
+                "size": len(cache),
+                "capacity": cache.capacity,
+                "hits": counters.cache_hits,
+                "misses": counters.cache_misses,
+            },
+            "batches": counters.batches,
+            "mean_batch_queries": round(counters.batched_queries / counters.batches, 3)
+            if counters.batches
+            else 0.0,
+            "search_seconds": round(counters.search_seconds, 3),
+            "pending": state["batcher"].pending,
+            "rejected": counters.rejected,
+            "busy": counters.busy,
+            "errors": counters.errors,
+        }
+
+    @app.post("/search")
+    async def search(request: Request) -> Response:
+        counters.requests += 1
+        try:
+            body = request_model.model_validate_json(await _read_body(request, config.max_body_bytes))
+        except HTTPException:
+            counters.rejected += 1
+            raise
+        except ValidationError as e:
+            counters.rejected += 1
+            raise HTTPException(422, _describe(e)) from None
+        queries: list[str] = body.queries  # type: ignore[attr-defined]
+        k: int = body.k  # type: ignore[attr-defined]
+        counters.queries += len(queries)
+        results = [cache.get((q, k)) for q in queries]
+        missing = [i for i, hits in enumerate(results) if hits is None]
+        counters.cache_hits += len(queries) - len(missing)
+        counters.cache_misses += len(missing)
+        if missing:
+            found = await _search_missing(state["batcher"], [queries[i] for i in missing], k, counters)
+            for i, passages in zip(missing, found, strict=True):
+                results[i] = hits = [p.to_dict() for p in passages]
+                cache.put((queries[i], k), hits)
+        return Response(json.dumps({"results": results}, ensure_ascii=False), media_type="application/json")
+
+    return app
+
+
+async def _search_missing(
+    batcher: SearchBatcher, queries: Sequence[str], k: int, counters: _Counters
+) -> list[list[Passage]]:
+    try:
+        return await batcher.search(list(queries), k)
+    except ServerBusy as e:
+        counters.busy += 1
+        raise HTTPException(503, f"server busy: {e}; retry later") from None
+    except Exception as e:
+        counters.errors += 1
+        raise HTTPException(500, f"search failed: {type(e).__name__}: {e}") from None
+
+
+def serve(
+    directory: str | Path,
+    config: RetrieverServerConfig | None = None,
+    *,
+    expect_corpus: str | Path | None = None,
+    expect_encoder: str | None = None,
+    n_threads: int = 0,
+    device: str | None = None,
+    log_level: str = "info",
+) -> None:
+    """Load the index in ``directory`` and serve it with uvicorn until interrupted."""
+    import uvicorn
+
+    config = config or RetrieverServerConfig()
+    retriever = load_index(directory, expect_corpus, expect_encoder, n_threads=n_threads, device=device)
+    app = create_app(retriever, config, read_manifest(directory))
+    uvicorn.run(app, host=config.host, port=config.port, log_level=log_level, access_log=False)
+
+
+@contextmanager
+def serve_in_thread(
+    app: FastAPI, host: str = "127.0.0.1", port: int = 0, timeout: float = 30.0
+) -> Iterator[str]:
+    """Run ``app`` with uvicorn in a background thread; yield its base URL (port 0 picks a free port)."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False))
+    thread = threading.Thread(target=server.run, name="r3rag-retrieval-server", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            server.should_exit = True
+            raise RuntimeError(f"the retrieval server did not start on {host}:{port}")
+        time.sleep(0.01)
+    bound_port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://{host}:{bound_port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout)

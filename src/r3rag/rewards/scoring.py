@@ -1,0 +1,98 @@
+"""From finished trajectories to per-step rewards: the judges in two batches, then the shaping arithmetic.
+
+This is the one place that decides what each judge sees: the correctness judge gets the final answer with
+every gold alias, and the relevance judge gets, for each valid retrieval step, only the passages that step
+newly retrieved (a passage fetched again later is not credited twice, as in the official rollout, which
+deduplicates across the trajectory). An RL trainer or a veRL adapter calls :meth:`TrajectoryScorer.score`
+once per rollout.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from r3rag.config import RewardConfig
+from r3rag.rewards.judges import CorrectnessItem, CorrectnessJudge, RelevanceItem, RelevanceJudge
+from r3rag.rewards.shaping import TrajectoryReward, shape_rewards
+from r3rag.schema import Passage, QAExample, Trajectory, TrajectoryStatus
+
+
+def relevance_items(example: QAExample, trajectory: Trajectory) -> list[RelevanceItem]:
+    """One item per valid retrieval step, in order, holding the passages no earlier step retrieved."""
+    seen: set[str] = set()
+    items = []
+    for step in trajectory.steps:
+        if not step.is_retrieval:
+            continue
+        new: list[Passage] = []
+        for passage in step.passages:
+            if passage.id not in seen:
+                seen.add(passage.id)
+                new.append(passage)
+        items.append(RelevanceItem(example, step, tuple(new)))
+    return items
+
+
+def _final_answer(trajectory: Trajectory) -> str | None:
+    if trajectory.final_answer is not None:
+        return trajectory.final_answer
+    return trajectory.steps[-1].answer if trajectory.steps else None
+
+
+class TrajectoryScorer:
+    """The hybrid reward for a batch of trajectories, each paired with the example it answers.
+
+    A relevance judge is needed unless the reward is outcome-only, which asks for no relevance at all.
+    """
+
+    def __init__(
+        self, config: RewardConfig, correctness: CorrectnessJudge, relevance: RelevanceJudge | None = None
+    ) -> None:
+        if relevance is None and config.mode != "outcome":
+            raise ValueError(f"reward mode {config.mode!r} needs a relevance judge")
+        self.config = config
+        self.correctness = correctness
+        self.relevance = relevance
+
+    def score(
+        self, examples: Sequence[QAExample], trajectories: Sequence[Trajectory]
+    ) -> list[TrajectoryReward]:
+        """Rewards for ``trajectories[i]`` answering ``examples[i]``."""
+        if len(examples) != len(trajectories):
+            raise ValueError(f"{len(examples)} examples for {len(trajectories)} trajectories")
+        for example, trajectory in zip(examples, trajectories, strict=True):
+            if example.id != trajectory.example_id:
+                raise ValueError(
+                    f"trajectory of {trajectory.example_id!r} paired with example {example.id!r}"
+                )
+
+        answered = [i for i, t in enumerate(trajectories) if t.status == TrajectoryStatus.ANSWERED]
+        verdicts = self.correctness.judge_many(
+            [
+                CorrectnessItem(
+                    examples[i].question, _final_answer(trajectories[i]), tuple(examples[i].answers)
+                )
+                for i in answered
+            ]
+        )
+        correct: list[bool | None] = [None] * len(trajectories)
+        for i, verdict in zip(answered, verdicts, strict=True):
+            correct[i] = verdict.correct
+
+        per_trajectory = [relevance_items(ex, t) for ex, t in zip(examples, trajectories, strict=True)]
+        relevances: list[list[float] | None] = [None] * len(trajectories)
+        if self.relevance is not None and self.config.mode != "outcome":
+            flat = self.relevance.score_many([item for items in per_trajectory for item in items])
+            start = 0
+            for i, items in enumerate(per_trajectory):
+                relevances[i] = flat[start : start + len(items)]
+                start += len(items)
+
+        return [shape_rewards(t, correct[i], relevances[i], self.config) for i, t in enumerate(trajectories)]
+
+    def stats(self) -> dict[str, int]:
+        """Both judges' counters, prefixed, for one metrics log line."""
+        out = {f"correctness/{k}": v for k, v in self.correctness.stats.as_dict().items()}
+        if self.relevance is not None:
+            out.update({f"relevance/{k}": v for k, v in self.relevance.stats.as_dict().items()})
+        return out

@@ -1,0 +1,96 @@
+"""`r3rag ask` as a user runs it: a saved (tiny) model folder, a BM25 index, one question or a file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from r3rag.cli import app
+from r3rag.config import IndexBuildConfig
+from r3rag.data.corpus import write_corpus
+from r3rag.jsonl import iter_jsonl
+from r3rag.retrieval.index import build_index
+from r3rag.schema import Passage, Trajectory, TrajectoryStatus
+from tiny_llm import tiny_model, tiny_tokenizer
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("ask")
+    model_dir = root / "model"
+    tiny_model().save_pretrained(model_dir)
+    tiny_tokenizer().save_pretrained(model_dir)
+    passages = [
+        Passage(id=f"p{i}", title=f"Film {i}", text=f"Film {i} was directed by Ada {i}.") for i in range(8)
+    ]
+    write_corpus(root / "corpus.jsonl", passages)
+    build_index(IndexBuildConfig(corpus=root / "corpus.jsonl", out=root / "index"), progress=False)
+    questions = root / "questions.jsonl"
+    records = [
+        {"id": f"q{i}", "question": f"Who directed film {i}?", "golden_answers": [f"Ada {i}"]}
+        for i in range(3)
+    ]
+    questions.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return {"model": model_dir, "index": root / "index", "questions": questions}
+
+
+def ask(setup: dict[str, Path], *args: str):
+    common = ["--model", str(setup["model"]), "--index", str(setup["index"]), "--max-new-tokens", "4"]
+    return runner.invoke(app, ["ask", *args, *common])
+
+
+def test_one_question_as_json(setup: dict[str, Path]) -> None:
+    result = ask(setup, "Who directed film 3?", "--json", "--max-format-retries", "1")
+    assert result.exit_code == 0, result.output
+    trajectory = Trajectory.from_dict(json.loads(result.stdout))  # the view went to stderr
+    assert trajectory.question == "Who directed film 3?"
+    assert trajectory.status is TrajectoryStatus.FORMAT_ERROR  # a random model writes no valid step
+    assert trajectory.metadata["regenerations"] == 1
+    assert trajectory.completion_tokens <= 2 * 4
+
+
+def test_one_question_prints_the_steps(setup: dict[str, Path]) -> None:
+    result = ask(setup, "Who directed film 3?")
+    assert result.exit_code == 0, result.output
+    assert "Step 1" in result.output and "format error" in result.output and "format-error" in result.output
+
+
+def test_a_question_file_is_written_incrementally_and_resumed(setup: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "trajectories.jsonl"
+    first = ask(setup, "--questions", str(setup["questions"]), "--out", str(out), "--limit", "2")
+    assert first.exit_code == 0, first.output
+    assert [r["example_id"] for _, r in iter_jsonl(out)] == ["q0", "q1"]
+    second = ask(setup, "--questions", str(setup["questions"]), "--out", str(out), "--batch-size", "2")
+    assert second.exit_code == 0, second.output
+    assert "resuming: 2 already" in second.output
+    assert [r["example_id"] for _, r in iter_jsonl(out)] == ["q0", "q1", "q2"]
+    third = ask(setup, "--questions", str(setup["questions"]), "--out", str(out))
+    assert third.exit_code == 0 and "nothing to do" in third.output
+    assert len(list(iter_jsonl(out))) == 3
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ((), "give either a question or --questions"),
+        (("--questions", "x.jsonl"), "--questions needs --out"),
+        (("Who?", "--out", "o.jsonl"), "--out is for --questions"),
+    ],
+)
+def test_usage_errors(setup: dict[str, Path], args: tuple[str, ...], message: str) -> None:
+    result = ask(setup, *args)
+    assert result.exit_code == 2
+    assert message in result.output
+
+
+def test_a_missing_index_is_a_clear_error(setup: dict[str, Path], tmp_path: Path) -> None:
+    result = runner.invoke(
+        app, ["ask", "Who?", "--model", str(setup["model"]), "--index", str(tmp_path / "none")]
+    )
+    assert result.exit_code == 2
+    assert "no such index folder" in result.output

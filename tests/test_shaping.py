@@ -1,0 +1,215 @@
+"""The hybrid reward per step, against the table of the reference (§3.2) and each ablation switch."""
+
+from __future__ import annotations
+
+import pytest
+
+from r3rag.config import JudgeConfig, RewardConfig
+from r3rag.rewards.judges import CorrectnessJudge, ReferenceRelevanceJudge
+from r3rag.rewards.scoring import TrajectoryScorer, relevance_items
+from r3rag.rewards.shaping import StepKind, lambda_t, shape_rewards
+from r3rag.schema import Passage, QAExample, Step, Trajectory, TrajectoryStatus
+
+ANSWERED, OUT, FORMAT = (
+    TrajectoryStatus.ANSWERED,
+    TrajectoryStatus.OUT_OF_STEPS,
+    TrajectoryStatus.FORMAT_ERROR,
+)
+
+
+def retrieval(index: int, *ids: str) -> Step:
+    passages = [Passage(id=i, title=f"T{i}", text=f"text {i}") for i in ids]
+    return Step(index=index, analysis="think", query=f"query {index}", passages=passages)
+
+
+def answer(index: int, text: str = "Velmora") -> Step:
+    return Step(index=index, analysis="so", answer=text)
+
+
+def invalid(index: int) -> Step:
+    return Step(index=index, raw="Step 3: rambling", valid=False, issues=["missing 'The problem analysis:'"])
+
+
+def trajectory(status: TrajectoryStatus, *steps: Step) -> Trajectory:
+    final = steps[-1].answer if status == ANSWERED else None
+    return Trajectory(example_id="q1", question="Q?", steps=list(steps), final_answer=final, status=status)
+
+
+CORRECT = trajectory(ANSWERED, retrieval(1), retrieval(2), answer(3))
+WRONG = trajectory(ANSWERED, retrieval(1), retrieval(2), answer(3))
+OUT_OF_STEPS = trajectory(OUT, *(retrieval(i) for i in range(1, 6)))
+FORMAT_ERROR = trajectory(FORMAT, retrieval(1), retrieval(2), invalid(3))
+
+# One row per line of the reference's table, per mode: (trajectory, correct, Rel per retrieval step, rewards).
+TABLE = {
+    "hybrid": [
+        (CORRECT, True, [0.5, 1.0], [0.8, 1.6, 2.0]),  # 1.6 x Rel; 2.0 on the answer
+        (WRONG, False, [0.5, 0.25], [0.4, 0.2, 0.0]),  # 0.8 x Rel; 0 on the answer
+        (OUT_OF_STEPS, None, [0.1, 0.2, 0.3, 0.4, 0.5], [0.09, 0.18, 0.27, 0.36, 0.45]),  # 0.9 x Rel
+        (FORMAT_ERROR, None, [0.7, 0.3], [0.7, 0.3, -1.0]),  # Rel unscaled; -1 on the bad step
+    ],
+    "outcome": [  # official experience_maker_orm.py: the outcome on every step, no Rel
+        (CORRECT, True, [0.5, 1.0], [2.0, 2.0, 2.0]),
+        (WRONG, False, [0.5, 0.25], [0.0, 0.0, 0.0]),
+        (OUT_OF_STEPS, None, [0.1, 0.2, 0.3, 0.4, 0.5], [0.0] * 5),
+        (FORMAT_ERROR, None, [0.7, 0.3], [0.0, 0.0, -1.0]),
+    ],
+    "process": [  # official experience_maker_only_prm.py: Rel unscaled, 0 on the answer
+        (CORRECT, True, [0.5, 1.0], [0.5, 1.0, 0.0]),
+        (WRONG, False, [0.5, 0.25], [0.5, 0.25, 0.0]),
+        (OUT_OF_STEPS, None, [0.1, 0.2, 0.3, 0.4, 0.5], [0.1, 0.2, 0.3, 0.4, 0.5]),
+        (FORMAT_ERROR, None, [0.7, 0.3], [0.7, 0.3, -1.0]),
+    ],
+}
+
+
+@pytest.mark.parametrize(
+    ("mode", "traj", "correct", "rels", "expected"),
+    [(mode, *row) for mode, rows in TABLE.items() for row in rows],
+    ids=[f"{mode}-{name}" for mode in TABLE for name in ("correct", "wrong", "out-of-steps", "format-error")],
+)
+def test_reward_table(
+    mode: str, traj: Trajectory, correct: bool | None, rels: list[float], expected: list[float]
+):
+    result = shape_rewards(traj, correct, rels, RewardConfig(mode=mode))
+    assert result.rewards == pytest.approx(expected, abs=1e-12)
+    assert [s.total for s in result.steps] == pytest.approx(
+        [s.format + s.outcome + s.process for s in result.steps]
+    )
+
+
+def test_official_constants_format_penalty_and_rounding() -> None:
+    config = RewardConfig.official()
+    assert shape_rewards(FORMAT_ERROR, None, [0.7, 0.3], config).rewards == [0.7, 0.3, -0.9]
+    # 1.6 x 0.333 = 0.5328 and 0.8 x 0.7 = 0.5599999999999999 without rounding
+    assert shape_rewards(CORRECT, True, [0.333, 0.7], config).rewards == [0.533, 1.12, 2.0]
+    assert shape_rewards(WRONG, False, [0.7, 0.0], config).rewards == [0.56, 0.0, 0.0]
+    assert shape_rewards(WRONG, False, [0.7, 0.0], RewardConfig()).rewards[0] == 0.8 * 0.7
+
+
+def test_breakdown_of_a_correct_trajectory() -> None:
+    result = shape_rewards(CORRECT, True, [0.5, 1.0], RewardConfig())
+    assert result.lambda_t == 1.6 and result.correct is True and result.status == ANSWERED
+    first, _, last = result.steps
+    assert (first.kind, first.relevance, first.process, first.outcome, first.format) == (
+        StepKind.RETRIEVAL,
+        0.5,
+        0.8,
+        0.0,
+        0.0,
+    )
+    assert (last.kind, last.relevance, last.outcome, last.index) == (StepKind.ANSWER, None, 2.0, 3)
+    logged = result.to_dict()
+    assert logged["rewards"] == [0.8, 1.6, 2.0] and logged["steps"][0]["kind"] == "retrieval"
+
+
+def test_format_error_breakdown_puts_the_penalty_on_the_offending_step_only() -> None:
+    result = shape_rewards(FORMAT_ERROR, None, [0.7, 0.3], RewardConfig())
+    assert result.lambda_t == 1.0
+    assert [s.kind for s in result.steps] == [StepKind.RETRIEVAL, StepKind.RETRIEVAL, StepKind.INVALID]
+    assert [s.format for s in result.steps] == [0.0, 0.0, -1.0]
+
+
+def test_lambda_t_per_status_and_mode() -> None:
+    config = RewardConfig(
+        lambda_correct=1.5, lambda_wrong=0.5, lambda_out_of_steps=0.7, lambda_format_error=0.9
+    )
+    assert lambda_t(ANSWERED, True, config) == 1.5
+    assert lambda_t(ANSWERED, False, config) == 0.5
+    assert lambda_t(OUT, None, config) == 0.7
+    assert lambda_t(FORMAT, None, config) == 0.9
+    assert lambda_t(ANSWERED, True, RewardConfig(mode="process")) == 1.0
+    assert shape_rewards(CORRECT, True, [0.5, 1.0], RewardConfig(mode="outcome")).lambda_t is None
+
+
+def test_configured_values_are_used() -> None:
+    config = RewardConfig(correct_reward=1.0, wrong_reward=-0.5, format_reward=-2.0)
+    assert shape_rewards(WRONG, False, [0.0, 0.0], config).rewards == [0.0, 0.0, -0.5]
+    assert shape_rewards(FORMAT_ERROR, None, [0.0, 0.0], config).rewards == [0.0, 0.0, -2.0]
+    assert shape_rewards(
+        CORRECT, True, [0.0, 0.0], config.model_copy(update={"mode": "outcome"})
+    ).rewards == [
+        1.0,
+        1.0,
+        1.0,
+    ]
+
+
+def test_edge_shapes() -> None:
+    direct = trajectory(ANSWERED, answer(1))
+    assert shape_rewards(direct, True, [], RewardConfig()).rewards == [2.0]
+    # A failed attempt kept in an answered trajectory is still penalised; lambda_T follows the outcome.
+    kept = trajectory(ANSWERED, retrieval(1), invalid(2), answer(3))
+    assert shape_rewards(kept, True, [0.5], RewardConfig()).rewards == [0.8, -1.0, 2.0]
+    # Format error on the very first step.
+    assert shape_rewards(trajectory(FORMAT, invalid(1)), None, [], RewardConfig()).rewards == [-1.0]
+    # Outcome-only mode needs no relevance scores.
+    assert shape_rewards(CORRECT, True, None, RewardConfig(mode="outcome")).rewards == [2.0, 2.0, 2.0]
+
+
+@pytest.mark.parametrize(
+    ("traj", "correct", "rels", "message"),
+    [
+        (trajectory(TrajectoryStatus.RUNNING, retrieval(1)), None, [0.5], "still running"),
+        (CORRECT, None, [0.5, 1.0], "verdict"),
+        (OUT_OF_STEPS, True, [0.1] * 5, "verdict"),
+        (CORRECT, True, [0.5], "1 relevance scores for 2 retrieval steps"),
+        (CORRECT, True, None, "needs a relevance score"),
+        (CORRECT, True, [0.5, 1.2], r"\[0, 1\]"),
+        (trajectory(FORMAT, retrieval(1), retrieval(2)), None, [0.1, 0.2], "last step is valid"),
+        (trajectory(ANSWERED, retrieval(1), retrieval(2)), True, [0.1, 0.2], "does not end with an answer"),
+        (trajectory(OUT, answer(1), retrieval(2)), None, [0.1], "answer step comes before"),
+        (trajectory(OUT, Step(index=1, analysis="x")), None, [], "neither a query nor an answer"),
+        (Trajectory(example_id="q", question="Q", status=OUT), None, [], "no steps"),
+    ],
+)
+def test_inconsistent_trajectories_are_refused(traj, correct, rels, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        shape_rewards(traj, correct, rels, RewardConfig())
+
+
+# ------------------------------------------------------------------------------------ scoring end to end
+
+
+EXAMPLE = QAExample(id="q1", question="Q?", answers=["Velmora", "Velmora City"], supporting_ids=["g1", "g2"])
+
+
+def test_relevance_items_hold_only_new_passages() -> None:
+    traj = trajectory(OUT, retrieval(1, "g1", "x"), retrieval(2, "g1", "g2"), retrieval(3, "x", "g2"))
+    items = relevance_items(EXAMPLE, traj)
+    assert [[p.id for p in item.passages] for item in items] == [["g1", "x"], ["g2"], []]
+    assert [item.step.index for item in items] == [1, 2, 3]
+
+
+def test_scorer_judges_and_shapes_a_batch() -> None:
+    judges = JudgeConfig(correctness_llm=False, relevance="reference")
+    scorer = TrajectoryScorer(RewardConfig(), CorrectnessJudge(judges), ReferenceRelevanceJudge(judges))
+    right = trajectory(
+        ANSWERED, retrieval(1, "g1", "x"), retrieval(2, "g1", "g2"), answer(3, "velmora city.")
+    )
+    wrong = trajectory(ANSWERED, retrieval(1, "x", "y"), answer(2, "Paris"))
+    stuck = trajectory(OUT, retrieval(1, "g2"), retrieval(2, "g2"))
+    broken = trajectory(FORMAT, retrieval(1, "g1", "g2"), invalid(2))
+    results = scorer.score([EXAMPLE] * 4, [right, wrong, stuck, broken])
+    # Rel = share of new passages that are gold: 1/2, then 1/1 (g1 was already seen).
+    assert results[0].rewards == pytest.approx([0.8, 1.6, 2.0])
+    assert results[1].rewards == pytest.approx([0.0, 0.0])
+    assert results[2].rewards == pytest.approx([0.9, 0.0])  # the repeated g2 is not credited again
+    assert results[3].rewards == pytest.approx([1.0, -1.0])
+    assert [r.correct for r in results] == [True, False, None, None]
+    stats = scorer.stats()
+    assert stats["correctness/items"] == 2 and stats["relevance/items"] == 6
+    assert stats["relevance/decided/no_new_passages"] == 1
+
+
+def test_scorer_checks_its_inputs() -> None:
+    judges = JudgeConfig(correctness_llm=False, relevance="reference")
+    with pytest.raises(ValueError, match="needs a relevance judge"):
+        TrajectoryScorer(RewardConfig(), CorrectnessJudge(judges))
+    outcome_only = TrajectoryScorer(RewardConfig(mode="outcome"), CorrectnessJudge(judges))
+    assert outcome_only.score([EXAMPLE], [CORRECT])[0].rewards == [2.0, 2.0, 2.0]
+    other = QAExample(id="q2", question="Q?", answers=["x"])
+    with pytest.raises(ValueError, match="paired with"):
+        outcome_only.score([other], [CORRECT])
+    with pytest.raises(ValueError, match="1 examples for 2"):
+        outcome_only.score([EXAMPLE], [CORRECT, WRONG])
