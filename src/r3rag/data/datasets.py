@@ -143,26 +143,38 @@ def _answer(f: _Fields, field: str = "answer") -> str:
     return str(answer)
 
 
-def _parse_hotpotqa(f: _Fields) -> tuple[QAExample, list[Passage]]:
-    contexts = _title_sentence_contexts(f, "context")
+def _title_sentence_example(
+    f: _Fields,
+    dataset: str,
+    metadata_keys: tuple[str, ...],
+    contexts: list[Passage],
+    decomposition: list[SubQuestion] | None = None,
+) -> tuple[QAExample, list[Passage]]:
+    """HotpotQA and 2Wiki share a layout: ``_id``, ``question``, ``answer``, ``type``, ``context`` and
+    ``supporting_facts``; they differ in their extra keys and 2Wiki's evidence triples."""
     titles = _supporting_titles(f, "supporting_facts")
-    metadata = {k: f.record[k] for k in ("level", "supporting_facts") if k in f.record}
     example = QAExample(
         id=str(f.get("_id", (str, int))),
         question=f.get("question", str),
         answers=[_answer(f)],
         supporting_ids=_ids_for_titles(titles, contexts),
         supporting_titles=titles,
-        dataset="hotpotqa",
+        decomposition=decomposition or [],
+        dataset=dataset,
         type=f.get("type", str, default=""),
-        metadata=metadata,
+        metadata={k: f.record[k] for k in metadata_keys if k in f.record},
     )
     return example, contexts
 
 
-def _parse_2wiki(f: _Fields) -> tuple[QAExample, list[Passage]]:
+def _parse_hotpotqa(f: _Fields) -> tuple[QAExample, list[Passage]]:
     contexts = _title_sentence_contexts(f, "context")
-    titles = _supporting_titles(f, "supporting_facts")
+    return _title_sentence_example(f, "hotpotqa", ("level", "supporting_facts"), contexts)
+
+
+def _parse_2wiki(f: _Fields) -> tuple[QAExample, list[Passage]]:
+    """2Wiki's evidence triples become the gold decomposition, one ``"subject >> relation"`` hop each."""
+    contexts = _title_sentence_contexts(f, "context")
     decomposition = []
     for i, triple in enumerate(f.get("evidences", list, default=[])):
         if not isinstance(triple, list) or len(triple) != 3 or not all(isinstance(t, str) for t in triple):
@@ -177,18 +189,7 @@ def _parse_2wiki(f: _Fields) -> tuple[QAExample, list[Passage]]:
             )
         )
     extras = ("supporting_facts", "evidences", "entity_ids", "evidences_id", "answer_id")
-    example = QAExample(
-        id=str(f.get("_id", (str, int))),
-        question=f.get("question", str),
-        answers=[_answer(f)],
-        supporting_ids=_ids_for_titles(titles, contexts),
-        supporting_titles=titles,
-        decomposition=decomposition,
-        dataset="2wiki",
-        type=f.get("type", str, default=""),
-        metadata={k: f.record[k] for k in extras if k in f.record},
-    )
-    return example, contexts
+    return _title_sentence_example(f, "2wiki", extras, contexts, decomposition)
 
 
 def _parse_musique(f: _Fields) -> tuple[QAExample, list[Passage]]:
