@@ -27,6 +27,7 @@ class Reply:
     status: int = 200
     delay_s: float = 0.0
     finish_reason: str = "stop"
+    logprobs: tuple[float, ...] = ()  # sent, one entry per value, when the request asks for logprobs
 
 
 @dataclass
@@ -70,18 +71,23 @@ class ScriptedOpenAIServer:
             return JSONResponse(
                 {"error": {"message": "scripted failure", "type": "server_error"}}, status_code=reply.status
             )
+        choice: dict[str, Any] = {
+            "index": 0,
+            "message": {"role": "assistant", "content": reply.text},
+            "finish_reason": reply.finish_reason,
+        }
+        if body.get("logprobs"):
+            choice["logprobs"] = {
+                "content": [
+                    {"token": f"t{i}", "logprob": v, "top_logprobs": []} for i, v in enumerate(reply.logprobs)
+                ]
+            }
         return {
             "id": "chatcmpl-stub",
             "object": "chat.completion",
             "created": 0,
             "model": body.get("model", "stub"),
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": reply.text},
-                    "finish_reason": reply.finish_reason,
-                }
-            ],
+            "choices": [choice],
             "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
         }
 

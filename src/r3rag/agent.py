@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from r3rag.config import AgentConfig
 from r3rag.llm.base import Completion, Conversation, Generator, SamplingParams
 from r3rag.retrieval.base import Retriever
-from r3rag.schema import QAExample, Step, Trajectory, TrajectoryStatus
+from r3rag.schema import Passage, QAExample, Step, Trajectory, TrajectoryStatus
 from r3rag.steps import build_messages, parse_step
 
 StepCallback = Callable[[Trajectory, Step], None]
@@ -199,16 +199,25 @@ class Agent:
         extra = max(len(row.seen) for row in rows) if c.dedup_passages else 0
         queries = [row.trajectory.steps[-1].query or "" for row in rows]
         for row, hits in zip(rows, self.retriever.search(queries, c.top_k + extra), strict=True):
-            chosen, ids = [], set()
-            for passage in hits:
-                if passage.id in ids or (c.dedup_passages and passage.id in row.seen):
-                    continue
-                chosen.append(passage)
-                ids.add(passage.id)
-                if len(chosen) == c.top_k:
-                    break
-            row.seen |= ids
+            chosen = select_passages(hits, row.seen, c.top_k, c.dedup_passages)
+            row.seen |= {p.id for p in chosen}
             row.trajectory.steps[-1].passages = chosen
+
+
+def select_passages(hits: Sequence[Passage], seen: set[str], k: int, dedup: bool) -> list[Passage]:
+    """What a retrieval step keeps of a ranking: the first ``k`` distinct hits, minus those already ``seen``
+    in the trajectory when ``dedup``. The oracle teacher retrieves through this too, so its trajectories
+    hold exactly the documents the agent would have put in front of the policy."""
+    chosen: list[Passage] = []
+    ids: set[str] = set()
+    for passage in hits:
+        if passage.id in ids or (dedup and passage.id in seen):
+            continue
+        chosen.append(passage)
+        ids.add(passage.id)
+        if len(chosen) == k:
+            break
+    return chosen
 
 
 def _derive_seed(seed: int, row: _Row, index: int, attempt: int) -> int:

@@ -19,6 +19,8 @@ class SamplingParams:
 
     ``stop`` strings end the completion and are left out of its text; ``stop_token_ids`` end it too, in
     addition to the model's own end-of-turn tokens (remote backends pass them on where the server allows).
+    ``logprobs`` asks for the log-probability of every generated token (FLARE retrieves when the model is
+    unsure of its next sentence); it is off by default because remote servers charge for it.
     """
 
     temperature: float = 0.0
@@ -27,6 +29,7 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     seed: int | None = None
     stop_token_ids: tuple[int, ...] = ()
+    logprobs: bool = False
 
 
 @dataclass(slots=True)
@@ -34,7 +37,10 @@ class Completion:
     """One generated completion. ``finish_reason`` is ``"stop"``, ``"length"`` or ``"error"``.
 
     Token ids are filled by local backends (the PPO trainer needs them); remote backends may leave them empty
-    and report only counts.
+    and report only counts. ``token_logprobs`` (only when ``SamplingParams.logprobs`` asked for them) holds
+    the model's log-probability of each generated token, at temperature 1 before top-p, whatever the
+    sampling temperature: local backends align it with ``completion_token_ids``; servers give what they
+    report.
     """
 
     text: str
@@ -44,6 +50,7 @@ class Completion:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     error: str | None = None
+    token_logprobs: list[float] = field(default_factory=list)
 
 
 @runtime_checkable

@@ -28,6 +28,8 @@ The other levers (whole-rollout figures in ``benchmarks/rollout.py``):
 Token ids: ``prompt_token_ids`` is the rendered prompt (no padding); ``completion_token_ids`` is exactly what
 was sampled, including the stop token (EOS is an action the policy must learn), and including the tokens of
 a stop string, which ``text`` leaves out. A PPO trainer scores the sampled tokens, not a re-tokenisation.
+Rows that ask for ``logprobs`` get one log-probability per completion token, read off the logits the loop
+already has (a log-softmax over the vocabulary per token: no extra forward pass).
 """
 
 from __future__ import annotations
@@ -78,6 +80,7 @@ class _Row:
     stop_ids: frozenset[int]
     generator: torch.Generator | None
     generated: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
 
 
 class HFGenerator:
@@ -149,17 +152,23 @@ class HFGenerator:
         active = list(range(len(rows)))  # batch position -> row index
         temperatures = torch.tensor([r.params.temperature for r in rows], dtype=torch.float32)
         top_ps = torch.tensor([r.params.top_p for r in rows], dtype=torch.float32)
+        want_logprobs = any(r.params.logprobs for r in rows)
         cache = DynamicCache(config=self.model.config)
         with torch.inference_mode():
             logits = self._forward(input_ids, attention, positions, cache)
             next_positions = positions[:, -1] + 1
             while True:
-                tokens = sample_next_tokens(
+                sampled = sample_next_tokens(
                     logits, temperatures, top_ps, [rows[i].generator for i in active]
-                ).tolist()
+                )
+                if want_logprobs:
+                    chosen = torch.log_softmax(logits, dim=-1).gather(1, sampled[:, None])[:, 0].tolist()
+                tokens = sampled.tolist()
                 keep = []
                 for b, (i, token) in enumerate(zip(active, tokens, strict=True)):
                     rows[i].generated.append(token)
+                    if rows[i].params.logprobs:
+                        rows[i].logprobs.append(chosen[b])
                     done = self._finish(rows[i])
                     if done is None:
                         keep.append(b)
@@ -220,6 +229,7 @@ class HFGenerator:
             completion_token_ids=list(row.generated),
             prompt_tokens=len(row.prompt_ids),
             completion_tokens=len(row.generated),
+            token_logprobs=list(row.logprobs),
         )
 
 

@@ -10,7 +10,9 @@ a rollout or an evaluation.
 The API key is read from the environment variable named by ``api_key_env``; when it is unset the key
 ``"EMPTY"`` is sent, which servers started without a key (vLLM's default) accept. With
 ``return_token_ids`` the request asks vLLM (0.10.2 and later) for the prompt and completion token ids, which
-a PPO trainer needs; other servers ignore the field and only token counts are reported.
+a PPO trainer needs; other servers ignore the field and only token counts are reported. ``logprobs`` in the
+sampling params becomes the API's ``logprobs: true``; a server that does not support it returns none and
+``token_logprobs`` stays empty.
 """
 
 from __future__ import annotations
@@ -72,6 +74,7 @@ class OpenAIGenerator:
         extra = choice.model_extra or {}
         prompt_ids = list((response.model_extra or {}).get("prompt_token_ids") or [])
         completion_ids = list(extra.get("token_ids") or [])
+        logprobs = [t.logprob for t in (choice.logprobs.content or [])] if choice.logprobs else []
         return Completion(
             text=choice.message.content or "",
             finish_reason=choice.finish_reason or "stop",  # "content_filter" etc. are kept as the server said
@@ -79,6 +82,7 @@ class OpenAIGenerator:
             completion_token_ids=completion_ids,
             prompt_tokens=usage.prompt_tokens if usage else len(prompt_ids),
             completion_tokens=usage.completion_tokens if usage else len(completion_ids),
+            token_logprobs=logprobs,
         )
 
     def _request(self, conversation: Conversation, params: SamplingParams) -> dict[str, Any]:
@@ -93,6 +97,8 @@ class OpenAIGenerator:
             request["stop"] = list(params.stop)
         if params.seed is not None:
             request["seed"] = params.seed
+        if params.logprobs:
+            request["logprobs"] = True
         extra_body: dict[str, Any] = {}
         if params.stop_token_ids:
             extra_body["stop_token_ids"] = list(params.stop_token_ids)
