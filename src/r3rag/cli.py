@@ -542,3 +542,607 @@ def serve_retriever(
         )
     except (ValidationError, OSError, ValueError) as e:
         raise fail(str(e)) from None
+
+
+# ------------------------------------------------------------------------------------------------ r3rag eval
+
+
+@app.command("eval")
+def eval_command(
+    dataset: Annotated[
+        list[str],
+        typer.Option(
+            "--dataset",
+            "-d",
+            help="Question file, or NAME=FILE; repeat for more. Files with one NAME form one table column.",
+        ),
+    ],
+    out: Annotated[Path, typer.Option(help="Run folder: predictions, manifest, report (resumed).")] = Path(
+        "runs/eval"
+    ),
+    index: Annotated[
+        str | None, typer.Option(help="Index folder (`r3rag index build`) or retrieval server URL.")
+    ] = None,
+    corpus_from_datasets: Annotated[
+        bool,
+        typer.Option(
+            help="Build a BM25 index from the question files' own context paragraphs (distractor setting)."
+        ),
+    ] = False,
+    method: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--method",
+            "-m",
+            help="cot, rag-cot, react, self-ask, iter-retgen, ircot, flare, r3rag (default all).",
+        ),
+    ] = None,
+    model: Annotated[
+        str, typer.Option(help="smollm2-135m-instruct (embedded), a model folder, a .gguf, or a hub id.")
+    ] = "smollm2-135m-instruct",
+    base_url: Annotated[
+        str | None, typer.Option(help="OpenAI-compatible server for the model (e.g. http://host:8000/v1).")
+    ] = None,
+    api_key_env: Annotated[
+        str, typer.Option(help="Environment variable holding the API key.")
+    ] = "OPENAI_API_KEY",
+    concurrency: Annotated[int, typer.Option(min=1, help="Parallel requests to the server.")] = 8,
+    timeout: Annotated[float, typer.Option(min=0.1, help="Seconds per request to the server.")] = 120.0,
+    bf16: Annotated[
+        bool, typer.Option(help="Local model: bf16 autocast for batched forward passes.")
+    ] = False,
+    config: Annotated[
+        Path | None, typer.Option(help="An EvalConfig YAML; flags given here override it.")
+    ] = None,
+    max_steps: Annotated[
+        int | None, typer.Option(min=1, help="Step budget of every iterative method (5).")
+    ] = None,
+    top_k: Annotated[int | None, typer.Option(min=1, help="Passages per retrieval (5).")] = None,
+    rag_top_k: Annotated[int | None, typer.Option(min=1, help="Passages of RAG with CoT (16).")] = None,
+    top_k_sweep: Annotated[
+        str | None, typer.Option(help="More top-k values to run, comma-separated (e.g. 1,3,10).")
+    ] = None,
+    sweep_method: Annotated[
+        list[str] | None, typer.Option(help="Methods the sweep runs (default: every retrieving method).")
+    ] = None,
+    max_new_tokens: Annotated[
+        list[str] | None, typer.Option(help="Tokens per call: N for every method, or METHOD=N; repeatable.")
+    ] = None,
+    r3rag_format_retries: Annotated[
+        int | None, typer.Option(min=0, help="Re-generations of a malformed R3-RAG step (0).")
+    ] = None,
+    r3rag_max_doc_chars: Annotated[
+        int | None, typer.Option(min=1, help="Cut each R3-RAG step's documents (none).")
+    ] = None,
+    passage_chars: Annotated[
+        int | None, typer.Option(min=1, help="Cut every retrieved passage to N characters (no cut).")
+    ] = None,
+    ircot_max_passages: Annotated[int | None, typer.Option(min=1, help="IRCoT's document cap (15).")] = None,
+    flare_threshold: Annotated[
+        float | None,
+        typer.Option(min=0.0, max=1.0, help="FLARE retrieves below this token probability (0.4)."),
+    ] = None,
+    temperature: Annotated[float | None, typer.Option(min=0.0, help="0 = greedy (default).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Sampling seed (0).")] = None,
+    batch_size: Annotated[int | None, typer.Option(min=1, help="Questions advanced together (32).")] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="Only the first N questions of each file.")] = None,
+    judge_endpoint: Annotated[
+        str | None,
+        typer.Option(help="OpenAI-compatible server of an LLM correctness judge (off by default)."),
+    ] = None,
+    judge_model: Annotated[
+        str | None,
+        typer.Option(help="Judge model at --judge-endpoint (paper evaluation: Qwen2.5-72B-Instruct)."),
+    ] = None,
+    judge_api_key_env: Annotated[
+        str | None, typer.Option(help="Environment variable of the judge's key.")
+    ] = None,
+    judge_match: Annotated[
+        str | None, typer.Option(help="Match tried before the judge: em or cover_em.")
+    ] = None,
+) -> None:
+    """Evaluate R3-RAG and the baselines on question files: Table 1, step-budget and top-k curves."""
+    from pydantic import ValidationError
+
+    from r3rag.config import EvalConfig, RetrievalConfig
+    from r3rag.evaluation.manifest import (
+        build_manifest,
+        describe_model,
+        describe_retriever,
+        differences,
+        merge_manifests,
+        read_run_manifest,
+        write_run_manifest,
+    )
+    from r3rag.evaluation.report import write_report
+    from r3rag.evaluation.runner import (
+        NO_RETRIEVAL,
+        EvalRunner,
+        Progress,
+        build_context_index,
+        load_datasets,
+    )
+    from r3rag.jsonl import RecordError
+    from r3rag.retrieval import open_retriever
+    from r3rag.rewards.judges import CorrectnessJudge, endpoint_generator
+
+    flags = {
+        "methods": None if not method or method == ["all"] else _methods(method, "--method"),
+        "max_steps": max_steps,
+        "top_k": top_k,
+        "rag_top_k": rag_top_k,
+        "top_k_sweep": _int_list(top_k_sweep, "--top-k-sweep"),
+        "sweep_methods": None if sweep_method is None else _methods(sweep_method, "--sweep-method"),
+        "max_new_tokens": _token_budgets(max_new_tokens),
+        "r3rag_format_retries": r3rag_format_retries,
+        "r3rag_max_doc_chars": r3rag_max_doc_chars,
+        "passage_chars": passage_chars,
+        "ircot_max_passages": ircot_max_passages,
+        "flare_threshold": flare_threshold,
+        "temperature": temperature,
+        "seed": seed,
+        "batch_size": batch_size,
+    }
+    judge_flags = {
+        "correctness_llm": True if judge_endpoint else None,
+        "endpoint": judge_endpoint,
+        "model": judge_model,
+        "api_key_env": judge_api_key_env,
+        "correctness_match": judge_match,
+    }
+    try:
+        base = (EvalConfig.from_yaml(existing_file(config)) if config else EvalConfig()).model_dump()
+        given = {k: v for k, v in flags.items() if v is not None}
+        given["max_new_tokens"] = base["max_new_tokens"] | given.get("max_new_tokens", {})
+        given["judge"] = base["judge"] | {k: v for k, v in judge_flags.items() if v is not None}
+        eval_config = EvalConfig.model_validate(base | given)
+        datasets = load_datasets(dataset, limit)
+    except (ValidationError, ValueError, FileNotFoundError, RecordError) as e:
+        raise fail(str(e)) from None
+
+    retrieving = any(m not in NO_RETRIEVAL for m in eval_config.methods)
+    if corpus_from_datasets and index is not None:
+        raise fail("give --index or --corpus-from-datasets, not both")
+    try:
+        if corpus_from_datasets:
+            with console.status("building the BM25 index of the datasets' context paragraphs"):
+                index = str(
+                    build_context_index([f for d in datasets for f in d.files], out / "context-corpus")
+                )
+        if index is None and retrieving:
+            raise fail("the retrieving methods need --index (a folder or URL) or --corpus-from-datasets")
+        retriever = (
+            open_retriever(RetrievalConfig(source=index)) if index is not None and retrieving else None
+        )
+        manifest = build_manifest(
+            eval_config,
+            describe_model(model, base_url),
+            describe_retriever(index) if index is not None else {"kind": "none", "source": None},
+            {d.name: d.describe() for d in datasets},
+        )
+    except (OSError, ValueError, RecordError) as e:
+        raise fail(str(e)) from None
+    old = read_run_manifest(out)
+    if old is not None:
+        changed = differences(old, manifest)
+        if changed:
+            raise fail(f"{out} holds results of another setting ({'; '.join(changed)}); use another --out")
+        manifest = merge_manifests(old, manifest)
+    write_run_manifest(out, manifest)
+    eval_config.to_yaml(out / "config.yaml")
+
+    generator = _ask_generator(
+        model, base_url, api_key_env, concurrency, timeout, eval_config.batch_size, bf16
+    )
+    judge = CorrectnessJudge(eval_config.judge, endpoint_generator(eval_config.judge))
+
+    def show(progress: Progress) -> None:
+        k = "" if progress.top_k is None else f" (top-{progress.top_k})"
+        console.print(
+            f"{progress.method}{k}: {progress.done}/{progress.total} questions "
+            f"(last chunk {progress.seconds:.0f} s)",
+            highlight=False,
+        )
+
+    records = EvalRunner(eval_config, generator, retriever, judge, out, on_progress=show).run(datasets)
+    _print_report(write_report(out, records, eval_config, manifest))
+
+
+def _methods(values: list[str], flag: str) -> list[str]:
+    from r3rag.evaluation.baselines import METHODS
+
+    unknown = [v for v in values if v not in METHODS]
+    if unknown:
+        raise fail(f"{flag}: unknown method {unknown[0]!r}; expected one of {', '.join(METHODS)} (or all)")
+    return values
+
+
+def _int_list(value: str | None, flag: str) -> list[int] | None:
+    if value is None:
+        return None
+    try:
+        return [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise fail(f"{flag} takes comma-separated integers, not {value!r}") from None
+
+
+def _token_budgets(values: list[str] | None) -> dict[str, int] | None:
+    """``N`` (every method) and ``METHOD=N`` entries, later ones winning."""
+    from r3rag.evaluation.baselines import METHODS
+
+    if not values:
+        return None
+    budgets: dict[str, int] = {}
+    for value in values:
+        name, sep, number = value.rpartition("=")
+        if not number.strip().isdigit() or (sep and name not in METHODS):
+            raise fail(
+                f"--max-new-tokens takes N or METHOD=N (METHOD one of {', '.join(METHODS)}), not {value!r}"
+            )
+        budgets |= {name: int(number)} if sep else dict.fromkeys(METHODS, int(number))
+    return budgets
+
+
+def _print_report(paths: dict[str, Path]) -> None:
+    text = paths["markdown"].read_text(encoding="utf-8")
+    table = text.split("## Table 1", 1)[1].split("\n## ", 1)[0] if "## Table 1" in text else ""
+    print("## Table 1" + table.rstrip() if table else text)
+    console.print("wrote " + ", ".join(str(p) for p in paths.values()), highlight=False)
+
+
+# ------------------------------------------------------------------------------------- r3rag coldstart, sft
+
+
+@app.command()
+def coldstart(
+    questions: Annotated[
+        list[Path], typer.Option(help="Question file (FlashRAG jsonl or a dataset); repeat for more.")
+    ],
+    index: Annotated[str, typer.Option(help="Index folder (`r3rag index build`) or retrieval server URL.")],
+    out: Annotated[
+        Path, typer.Option(help="Folder: coldstart.yaml, trajectories.jsonl, sft.jsonl, stats.json.")
+    ],
+    teacher: Annotated[
+        str | None, typer.Option(help="oracle (gold decompositions, offline) or llm (a model + judge).")
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="A ColdStartConfig YAML; flags given here override it.")
+    ] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="Only the first N questions of each file.")] = None,
+    top_k: Annotated[
+        int | None, typer.Option(min=1, help="Policy: passages per retrieval (default 2).")
+    ] = None,
+    max_doc_chars: Annotated[
+        int | None, typer.Option(min=0, help="Policy: cut each step's documents (default 512; 0: no cut).")
+    ] = None,
+    max_steps: Annotated[
+        int | None, typer.Option(min=1, help="Policy: steps per question (default 5).")
+    ] = None,
+    system_prompt: Annotated[str | None, typer.Option(help="Policy: system turn of the SFT prompts.")] = None,
+    batch_size: Annotated[int | None, typer.Option(min=1, help="Questions in flight at once.")] = None,
+    max_queries_per_hop: Annotated[
+        int | None, typer.Option(min=1, help="Oracle: searches per hop, reformulations included.")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Oracle: seed of the phrasings.")] = None,
+    teacher_model: Annotated[
+        str, typer.Option(help="LLM teacher: a local model (folder, .gguf, hub id) or the endpoint's model.")
+    ] = "smollm2-135m-instruct",
+    base_url: Annotated[
+        str | None, typer.Option(help="LLM teacher: OpenAI-compatible server (vLLM, DeepSeek, ...).")
+    ] = None,
+    api_key_env: Annotated[
+        str, typer.Option(help="LLM teacher: variable holding the API key.")
+    ] = "OPENAI_API_KEY",
+    concurrency: Annotated[int, typer.Option(min=1, help="LLM teacher: parallel requests.")] = 8,
+    timeout: Annotated[float, typer.Option(min=0.1, help="LLM teacher: seconds per request.")] = 120.0,
+    bf16: Annotated[bool, typer.Option(help="LLM teacher, local model: bf16 autocast.")] = False,
+    attempts: Annotated[
+        int | None, typer.Option(min=1, help="LLM teacher: attempts per question (7).")
+    ] = None,
+    retry_temperature: Annotated[
+        float | None, typer.Option(min=0.0, help="LLM teacher: temperature after the first attempt (0.9).")
+    ] = None,
+    teacher_max_steps: Annotated[
+        int | None, typer.Option(min=1, help="Teacher: steps per attempt (default: --max-steps).")
+    ] = None,
+    judge_llm: Annotated[
+        bool | None, typer.Option(help="LLM teacher: ask the teacher model when the answer match fails.")
+    ] = None,
+    judge_match: Annotated[str | None, typer.Option(help="Answer match: em or cover_em.")] = None,
+) -> None:
+    """Build cold-start data: teacher trajectories (resumable), then the SFT examples and statistics."""
+    from pydantic import ValidationError
+
+    from r3rag.coldstart.build import SFT_FILE, STATS_FILE, TRAJECTORIES_FILE, build
+    from r3rag.config import ColdStartConfig, RetrievalConfig
+    from r3rag.data.datasets import load_dataset
+    from r3rag.jsonl import RecordError
+    from r3rag.retrieval import open_retriever
+
+    try:
+        base = ColdStartConfig.from_yaml(existing_file(config)) if config else ColdStartConfig()
+        agent = {"top_k": top_k, "max_steps": max_steps, "system_prompt": system_prompt}
+        if max_doc_chars is not None:
+            agent["max_doc_chars"] = max_doc_chars or None
+        judge = {"correctness_llm": judge_llm, "correctness_match": judge_match}
+        oracle = {"max_queries_per_hop": max_queries_per_hop, "seed": seed}
+        top = {
+            "teacher": teacher,
+            "batch_size": batch_size,
+            "attempts": attempts,
+            "retry_temperature": retry_temperature,
+            "teacher_max_steps": teacher_max_steps,
+        }
+        data = base.model_dump()
+        data.update(_given(top))
+        for section, values in (("agent", agent), ("judge", judge), ("oracle", oracle)):
+            data[section] = {**data[section], **_given(values)}
+        cold = ColdStartConfig.model_validate(data)
+        examples = [ex for path in questions for ex in load_dataset(existing_file(path))[:limit]]
+        retriever = open_retriever(RetrievalConfig(source=index))
+    except (ValidationError, RecordError, OSError, ValueError) as e:
+        raise fail(str(e)) from None
+    if cold.teacher == "oracle":
+        from r3rag.coldstart.oracle import OracleTeacher
+
+        chosen = OracleTeacher(retriever, cold)
+    else:
+        from r3rag.coldstart.teacher import LLMTeacher
+        from r3rag.rewards.judges import CorrectnessJudge
+
+        generator = _ask_generator(
+            teacher_model, base_url, api_key_env, concurrency, timeout, cold.batch_size, bf16
+        )
+        judge_generator = generator if cold.judge.correctness_llm else None
+        chosen = LLMTeacher(
+            generator, retriever, cold, CorrectnessJudge(cold.judge, judge_generator), f"llm:{teacher_model}"
+        )
+
+    from rich.progress import Progress
+
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task(f"{cold.teacher} teacher", total=len(examples))
+        try:
+            summary, stats = build(cold, chosen, examples, out, on_result=lambda _: progress.advance(task))
+        except (RecordError, ValueError) as e:
+            raise fail(str(e)) from None
+    _print_coldstart(summary, stats)
+    console.print(
+        f"wrote {out / TRAJECTORIES_FILE}, {out / SFT_FILE} ({stats['sft_examples']:,} examples), "
+        f"{out / STATS_FILE}",
+        highlight=False,
+    )
+
+
+def _given(values: dict) -> dict:
+    """The flags the user gave (typer reports the others as None)."""
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def _print_coldstart(summary, stats: dict) -> None:
+    from rich.table import Table
+
+    console.print(
+        f"{summary.written} questions done this run ({summary.kept} kept), {summary.skipped} already done",
+        highlight=False,
+    )
+    table = Table(title="cold-start trajectories kept")
+    for column in ("dataset/type", "kept", "attempted", "yield"):
+        table.add_column(column, justify="left" if column == "dataset/type" else "right")
+    for group, row in stats["per_group"].items():
+        table.add_row(group, str(row["kept"]), str(row["attempted"]), f"{row['yield']:.0%}")
+    console.print(table)
+    steps = stats["steps_per_trajectory"]
+    console.print(
+        f"steps per trajectory {steps['mean']:.2f} {steps['histogram']}; documents per retrieval step "
+        f"{stats['documents_per_retrieval_step']:.2f}; rejections {stats['rejections']}",
+        highlight=False,
+    )
+
+
+@app.command()
+def sft(
+    data: Annotated[
+        Path | None, typer.Option(help="SFT examples (sft.jsonl from `r3rag coldstart`).")
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="Run folder: config, log, checkpoints/, final/.")] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="An SFTConfig YAML; flags given here override it.")
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option(help="Starting model: smollm2-135m-instruct, a folder, a .gguf, a hub id.")
+    ] = None,
+    epochs: Annotated[float | None, typer.Option(help="Passes over the examples (official: 3).")] = None,
+    max_steps: Annotated[int | None, typer.Option(min=1, help="Optimizer steps instead of epochs.")] = None,
+    max_examples: Annotated[int | None, typer.Option(min=1, help="Train on a random subset.")] = None,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate (official: 1e-5).")] = None,
+    warmup_ratio: Annotated[float | None, typer.Option(help="Warmup share of the steps (0.1).")] = None,
+    micro_batch_size: Annotated[int | None, typer.Option(min=1, help="Examples per forward pass.")] = None,
+    grad_accum: Annotated[int | None, typer.Option(min=1, help="Micro-batches per optimizer step.")] = None,
+    max_length: Annotated[int | None, typer.Option(min=16, help="Drop longer examples (tokens).")] = None,
+    val_fraction: Annotated[float | None, typer.Option(help="Share of questions held out (0.1).")] = None,
+    eval_every: Annotated[int | None, typer.Option(min=1, help="Steps between eval losses.")] = None,
+    save_every: Annotated[int | None, typer.Option(min=1, help="Steps between checkpoints.")] = None,
+    bf16: Annotated[bool | None, typer.Option(help="bf16 autocast (default on).")] = None,
+    threads: Annotated[
+        int | None, typer.Option(min=1, help="torch CPU threads (1 on a busy machine).")
+    ] = None,
+    seed: Annotated[int | None, typer.Option()] = None,
+    lora: Annotated[bool | None, typer.Option(help="Train LoRA adapters (needs peft).")] = None,
+    lora_rank: Annotated[int | None, typer.Option(min=1)] = None,
+    lora_alpha: Annotated[float | None, typer.Option()] = None,
+) -> None:
+    """Fine-tune a causal LM on cold-start step examples (R3-RAG-CS); resumes from its last checkpoint."""
+    from pydantic import ValidationError
+
+    from r3rag.coldstart.sft import train
+    from r3rag.config import SFTConfig
+    from r3rag.jsonl import RecordError
+
+    flags = {
+        "data": data,
+        "out": out,
+        "model": model,
+        "epochs": epochs,
+        "max_steps": max_steps,
+        "max_examples": max_examples,
+        "learning_rate": lr,
+        "warmup_ratio": warmup_ratio,
+        "micro_batch_size": micro_batch_size,
+        "grad_accum": grad_accum,
+        "max_length": max_length,
+        "val_fraction": val_fraction,
+        "eval_every": eval_every,
+        "save_every": save_every,
+        "bf16": bf16,
+        "threads": threads,
+        "seed": seed,
+        "lora": lora,
+        "lora_rank": lora_rank,
+        "lora_alpha": lora_alpha,
+    }
+    try:
+        base = SFTConfig.from_yaml(existing_file(config)).model_dump() if config else {}
+        sft_config = SFTConfig.model_validate({**base, **_given(flags)})
+        existing_file(sft_config.data)
+        result = train(sft_config)
+    except (ValidationError, RecordError, FileExistsError, FileNotFoundError, RuntimeError, ValueError) as e:
+        raise fail(str(e)) from None
+    eval_loss = "n/a" if result.eval_loss is None else f"{result.eval_loss:.4f}"
+    console.print(
+        f"[green]trained[/] {result.steps} steps ({result.train_examples:,} examples, "
+        f"{result.train_tokens:,} tokens) in {result.wall_seconds / 60:.1f} min: train loss "
+        f"{result.last_loss:.4f}, eval loss {eval_loss}, peak RSS {result.peak_rss_bytes / 2**30:.1f} GiB "
+        f"-> {result.final}",
+        highlight=False,
+    )
+
+
+# ------------------------------------------------------------------------------------------------ r3rag train
+
+_TCMALLOC = Path("/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4")
+
+
+@app.command("train")
+def train_command(
+    model: Annotated[
+        str | None, typer.Option(help="The cold-start model R3-RAG-CS (a model folder).")
+    ] = None,
+    train: Annotated[
+        Path | None, typer.Option(help="Training questions (FlashRAG jsonl or a dataset).")
+    ] = None,
+    index: Annotated[str | None, typer.Option(help="Index folder, or the URL of a retrieval server.")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Run folder; a folder holding a run resumes it from its checkpoint.")
+    ] = None,
+    dev: Annotated[Path | None, typer.Option(help="Dev questions for the greedy accuracy curve.")] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="A PPOConfig YAML; flags given here override it.")
+    ] = None,
+    preset: Annotated[
+        str, typer.Option(help="paper (the official hyperparameters) or small (a ~100M model on a CPU).")
+    ] = "paper",
+    iterations: Annotated[int | None, typer.Option(min=1, help="Rollout + update rounds.")] = None,
+    questions_per_iteration: Annotated[int | None, typer.Option(min=1, help="Questions per rollout.")] = None,
+    samples_per_question: Annotated[
+        int | None, typer.Option(min=1, help="Trajectories per question.")
+    ] = None,
+    critic: Annotated[str | None, typer.Option(help="separate (official) or shared (a value head).")] = None,
+    lora_rank: Annotated[
+        int | None, typer.Option(min=0, help="LoRA rank of the actor; 0: all weights.")
+    ] = None,
+    actor_lr: Annotated[float | None, typer.Option(help="Actor learning rate (official: 5e-7).")] = None,
+    critic_lr: Annotated[float | None, typer.Option(help="Critic learning rate (official: 9e-6).")] = None,
+    kl_coef: Annotated[float | None, typer.Option(help="KL penalty coefficient (official: 0.01).")] = None,
+    kl_estimator: Annotated[str | None, typer.Option(help="k1 (official) or k3.")] = None,
+    ppo_epochs: Annotated[int | None, typer.Option(min=1, help="Passes over each rollout buffer.")] = None,
+    minibatch_size: Annotated[
+        int | None, typer.Option(min=1, help="Step-samples per optimizer step.")
+    ] = None,
+    micro_batch_tokens: Annotated[
+        int | None, typer.Option(min=1, help="Padded tokens per forward pass (the memory knob).")
+    ] = None,
+    rollout_batch_size: Annotated[
+        int | None, typer.Option(min=1, help="Conversations per generate call.")
+    ] = None,
+    max_steps: Annotated[int | None, typer.Option(min=1, help="Agent steps per question.")] = None,
+    top_k: Annotated[int | None, typer.Option(min=1, help="Passages per retrieval.")] = None,
+    max_doc_chars: Annotated[int | None, typer.Option(min=1, help="Cut each step's documents.")] = None,
+    eval_every: Annotated[int | None, typer.Option(min=0, help="Iterations between dev evaluations.")] = None,
+    eval_questions: Annotated[int | None, typer.Option(min=1, help="Dev questions evaluated.")] = None,
+    max_minutes: Annotated[float | None, typer.Option(help="Stop before running past this budget.")] = None,
+    seed: Annotated[int | None, typer.Option()] = None,
+    bf16: Annotated[bool | None, typer.Option(help="bf16 autocast (default on).")] = None,
+    tensorboard: Annotated[
+        bool | None, typer.Option(help="Also write TensorBoard events (default on).")
+    ] = None,
+) -> None:
+    """PPO with the hybrid reward: train R3-RAG-CS into R3-RAG. Run the same command again to resume."""
+    import os
+
+    import yaml
+    from pydantic import ValidationError
+
+    from r3rag.config import PPOConfig
+    from r3rag.jsonl import RecordError
+    from r3rag.rl.ppo import PPOTrainer
+
+    if preset not in ("paper", "small"):
+        raise fail(f"--preset must be paper or small, not {preset!r}")
+    flags = _given(
+        {
+            "model": model,
+            "train": train,
+            "index": index,
+            "out": out,
+            "dev": dev,
+            "iterations": iterations,
+            "questions_per_iteration": questions_per_iteration,
+            "samples_per_question": samples_per_question,
+            "critic": critic,
+            "lora_rank": lora_rank,
+            "actor_lr": actor_lr,
+            "critic_lr": critic_lr,
+            "kl_coef": kl_coef,
+            "kl_estimator": kl_estimator,
+            "ppo_epochs": ppo_epochs,
+            "minibatch_size": minibatch_size,
+            "micro_batch_tokens": micro_batch_tokens,
+            "rollout_batch_size": rollout_batch_size,
+            "eval_every": eval_every,
+            "eval_questions": eval_questions,
+            "max_minutes": max_minutes,
+            "seed": seed,
+            "bf16": bf16,
+            "tensorboard": tensorboard,
+        }
+    )
+    rollout = _given({"max_steps": max_steps, "top_k": top_k, "max_doc_chars": max_doc_chars})
+    try:
+        base = yaml.safe_load(existing_file(config).read_text(encoding="utf-8")) or {} if config else {}
+        if not isinstance(base, dict):
+            raise fail(f"{config}: expected a mapping of PPOConfig fields")
+        if rollout:
+            flags["rollout"] = {**base.get("rollout", {}), **rollout}
+        values = {**base, **flags}
+        ppo_config = (
+            PPOConfig.small_model(**values) if preset == "small" else PPOConfig.model_validate(values)
+        )
+        if _TCMALLOC.exists() and "tcmalloc" not in os.environ.get("LD_PRELOAD", ""):
+            console.print(
+                f"tip: LD_PRELOAD={_TCMALLOC} makes training steps up to 2.5x faster", highlight=False
+            )
+        trainer = PPOTrainer.from_config(ppo_config)
+        records = trainer.train()
+    except (ValidationError, RecordError, FileNotFoundError, RuntimeError, ValueError) as e:
+        raise fail(str(e)) from None
+    dev_points = [(r["iteration"], r["dev/accuracy"]) for r in records if r.get("dev/accuracy") is not None]
+    summary = ""
+    if len(dev_points) >= 2:
+        (first, before), (last, after) = dev_points[0], dev_points[-1]
+        summary = f"; dev accuracy {before:.1%} (iteration {first}) -> {after:.1%} (iteration {last})"
+    console.print(
+        f"[green]trained[/] {records[-1]['iteration'] if records else 0} iterations{summary} -> "
+        f"{ppo_config.out}/final (curve: {ppo_config.out}/curve.png)",
+        highlight=False,
+    )

@@ -399,3 +399,415 @@ class AgentConfig(StageConfig):
     record_token_ids: bool = Field(
         False, description="Keep each step's prompt and completion token ids in the trajectory (for RL)."
     )
+
+
+# ------------------------------------------------------------------------------------------------ cold start
+
+
+def _policy_agent() -> AgentConfig:
+    """The rollout settings of the official RL code: the cold start should train for the prompts RL shows."""
+    return AgentConfig(top_k=2, max_doc_chars=512)
+
+
+class OracleConfig(StageConfig):
+    """The oracle teacher: trajectories from gold decompositions, checked against the real retriever."""
+
+    max_queries_per_hop: int = Field(
+        3,
+        ge=1,
+        description="Searches a hop may take: its sub-question, then reformulations after a miss (our "
+        "choice; a trajectory whose hop is still not found is not kept).",
+    )
+    skip_found_hops: bool = Field(
+        True,
+        description="Do not search for a hop whose passage an earlier search already brought (our choice: "
+        "the analysis says the fact is already known).",
+    )
+    seed: int = Field(0, description="Seeds the choice of phrasings; each question gets its own stream.")
+
+
+class ColdStartConfig(StageConfig):
+    """``r3rag coldstart``: expert trajectories from a teacher, filtered, and the SFT dataset built from them.
+
+    ``agent`` is the policy's inference setting. The teacher retrieves with it (``top_k``, ``dedup_passages``,
+    ``max_doc_chars``: the teacher sees exactly the documents the policy will see) and the SFT prompts are
+    rendered with it (``system_prompt``, ``max_doc_chars``), so R3-RAG-CS must later be run with the same
+    values. Its defaults are the official RL rollout's (top-2 passages, 512 characters per step, 5 steps).
+    """
+
+    teacher: Literal["oracle", "llm"] = Field(
+        "oracle",
+        description="oracle: gold decompositions + the real retriever (offline); llm: any Generator with our "
+        "teacher prompt (paper: DeepSeek-V3), filtered by the correctness judge.",
+    )
+    agent: AgentConfig = Field(default_factory=_policy_agent)
+    attempts: int = Field(
+        7, ge=1, description="LLM teacher: attempts per question (official num_attempts_one_question = 7)."
+    )
+    first_temperature: float = Field(
+        0.0, ge=0, description="LLM teacher: temperature of the first attempt (official: 0, greedy)."
+    )
+    retry_temperature: float = Field(
+        0.9, ge=0, description="LLM teacher: temperature of the later attempts (official: 0.9)."
+    )
+    teacher_max_steps: int | None = Field(
+        None,
+        ge=1,
+        description="Steps per teacher attempt; None: the policy's agent.max_steps (paper Alg. 1: 5; the "
+        "official generation code uses 7, but the policy cannot finish a longer trajectory).",
+    )
+    format_retries: int = Field(
+        1,
+        ge=0,
+        description="LLM teacher: re-prompts of a malformed step (official num_attempts_one_generation = 2, "
+        "i.e. one re-prompt).",
+    )
+    teacher_max_new_tokens: int = Field(
+        256, ge=1, description="LLM teacher: tokens per step (official generation code: max_tokens=256)."
+    )
+    batch_size: int = Field(
+        16,
+        ge=1,
+        description="Questions in flight at once (one Agent batch; a crash loses at most these). Requests "
+        "to an endpoint are further bounded by its own concurrency.",
+    )
+    judge: JudgeConfig = Field(
+        default_factory=lambda: JudgeConfig(correctness_llm=False),
+        description="Correctness judge of the LLM teacher's answers (paper: the teacher itself, DeepSeek-V3; "
+        "here a match against every gold alias unless correctness_llm is on).",
+    )
+    oracle: OracleConfig = Field(default_factory=OracleConfig)
+
+
+class SFTConfig(StageConfig):
+    """``r3rag sft``: fine-tune a causal LM on the cold-start step examples (the paper's R3-RAG-CS).
+
+    Defaults are the official LLaMA-Factory recipe for Llama-3.1-8B (``llama3_full_sft_llama.yaml``); a
+    135M model on a CPU wants a higher learning rate and fewer epochs (see the README's measured run).
+    """
+
+    data: Path = Field(description="SFT examples jsonl written by `r3rag coldstart` (chat messages).")
+    out: Path = Field(description="Run folder: config.yaml, log.jsonl, checkpoints/, final/.")
+    model: str = Field(
+        "smollm2-135m-instruct", description="Starting model: the embedded default, a folder, .gguf, hub id."
+    )
+    epochs: float = Field(3.0, gt=0, description="Passes over the training examples (official: 3).")
+    max_steps: int | None = Field(
+        None, ge=1, description="Stop after this many optimizer steps instead (schedules follow it)."
+    )
+    max_examples: int | None = Field(
+        None, ge=1, description="Train on a random subset of this many training examples (a time budget)."
+    )
+    learning_rate: float = Field(
+        1e-5, gt=0, description="Peak learning rate (official: 1e-5 for Llama-3.1-8B, 7e-6 for Qwen2.5-7B)."
+    )
+    warmup_ratio: float = Field(
+        0.1, ge=0, lt=1, description="Share of steps with linear warmup (official: 0.1)."
+    )
+    min_lr_ratio: float = Field(
+        0.0, ge=0, le=1, description="Cosine decays to this share of the peak (official: cosine to 0)."
+    )
+    micro_batch_size: int = Field(2, ge=1, description="Examples per forward pass (official Llama: 2).")
+    grad_accum: int = Field(
+        4, ge=1, description="Micro-batches per optimizer step (official Llama: 4; paper: batch size 8)."
+    )
+    max_length: int = Field(
+        4096, ge=16, description="Longest example in tokens (official cutoff_len: 4096); longer are dropped."
+    )
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay (LLaMA-Factory default: 0).")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping (LLaMA-Factory default: 1.0).")
+    val_fraction: float = Field(
+        0.1, ge=0, lt=1, description="Share of questions held out for the eval loss (official val_size: 0.1)."
+    )
+    eval_every: int = Field(500, ge=1, description="Optimizer steps between eval losses (official: 500).")
+    save_every: int = Field(200, ge=1, description="Optimizer steps between checkpoints (official: 200).")
+    keep_checkpoints: int = Field(2, ge=1, description="Checkpoints kept; older ones are deleted.")
+    bf16: bool = Field(True, description="bfloat16 autocast on CPU (official: bf16 on GPU); fp32 weights.")
+    threads: int | None = Field(
+        None,
+        ge=1,
+        description="torch CPU threads (default: torch's, one per core). On a CPU shared with other jobs, "
+        "fewer threads than cores avoid waiting on descheduled ones (measured here: 1 thread 2.7x faster "
+        "than 2 on 2 busy cores).",
+    )
+    seed: int = Field(42, description="Shuffling, the held-out split and initialisation of LoRA weights.")
+    lora: bool = Field(False, description="Train LoRA adapters (needs peft) instead of all weights.")
+    lora_rank: int = Field(16, ge=1, description="LoRA rank (our default).")
+    lora_alpha: float = Field(32.0, gt=0, description="LoRA scaling numerator (our default: 2 x rank).")
+    lora_dropout: float = Field(0.05, ge=0, lt=1, description="LoRA dropout (our default).")
+    lora_targets: list[str] | Literal["all-linear"] = Field(
+        "all-linear", description="Modules that get adapters: peft's 'all-linear' or a list of names."
+    )
+
+
+# ------------------------------------------------------------------------------------------------------- PPO
+
+
+def _rollout_agent() -> AgentConfig:
+    """The official RL rollout: top-2 passages, each step's documents cut to 512 characters, 5 steps."""
+    return AgentConfig(top_k=2, max_doc_chars=512)
+
+
+class PPOConfig(StageConfig):
+    """``r3rag train``: PPO with the hybrid reward, from the cold-start model (R3-RAG-CS) to R3-RAG.
+
+    Defaults are the official run (``examples/RLHF.sh`` on OpenRLHF 0.5.7, reference §1.5) where it has a
+    value, else OpenRLHF's defaults it ran with. :meth:`small_model` is the preset for a ~100M model on a CPU
+    (the embedded SmolLM2): learning rates scaled up and a smaller rollout per iteration (see its docstring).
+    """
+
+    model: str = Field(description="The cold-start policy R3-RAG-CS: a model folder (or any model name).")
+    train: Path = Field(description="Training questions (FlashRAG jsonl or any dataset r3rag reads).")
+    index: str = Field(description="Index folder, or the URL of `r3rag serve retriever`.")
+    out: Path = Field(description="Run folder: config.yaml, metrics.jsonl, curve.png, checkpoints/, final/.")
+    dev: Path | None = Field(None, description="Dev questions for the periodic greedy evaluation.")
+    rollout: AgentConfig = Field(
+        default_factory=_rollout_agent,
+        description="Agent settings of rollouts and dev evaluations (official RL: top-2, 512 characters). "
+        "Use the values R3-RAG-CS was trained with.",
+    )
+    reward: RewardConfig = Field(default_factory=RewardConfig)
+    judges: JudgeConfig = Field(
+        default_factory=lambda: JudgeConfig(correctness_llm=False, relevance="reference"),
+        description="Offline by default: exact match against every alias, gold-passage relevance (the paper "
+        "uses Qwen2.5-14B-Instruct for both; point `endpoint` at one and switch them on).",
+    )
+    iterations: int = Field(
+        512,
+        ge=1,
+        description="Rollout + update rounds (official: 4 episodes x 8,192 questions / 64 per rollout).",
+    )
+    questions_per_iteration: int = Field(64, ge=1, description="Questions per rollout (official: 64).")
+    samples_per_question: int = Field(
+        4, ge=1, description="Trajectories per question (official n_samples_per_prompt: 4)."
+    )
+    temperatures: list[float] = Field(
+        default_factory=lambda: [0.1, 0.4, 0.7, 1.0],
+        min_length=1,
+        description="Temperature of the i-th trajectory of a question, cycled (official: 0.1 + 0.3 i).",
+    )
+    critic: Literal["separate", "shared"] = Field(
+        "separate",
+        description="separate: the critic is a copy of the actor with a value head (official). shared: a "
+        "value head on the actor's trunk (our low-cost option: one pass instead of two; a deviation).",
+    )
+    vf_coef: float = Field(
+        0.5,
+        ge=0,
+        description="shared critic: weight of the value loss in the trunk's gradient (CleanRL's 0.5). A "
+        "separate critic trains on the value loss alone.",
+    )
+    lora_rank: int = Field(
+        0, ge=0, description="Train the actor through LoRA adapters of this rank; 0: all weights (official)."
+    )
+    lora_alpha: float = Field(16.0, gt=0, description="LoRA scaling numerator (our default: 2 x rank 8).")
+    lora_targets: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        description="Linear layers that get adapters (Llama/Qwen/SmolLM names).",
+    )
+    kl_coef: float = Field(
+        0.01, ge=0, description="beta of the per-token KL penalty (official init_kl_coef 0.01, fixed)."
+    )
+    kl_estimator: Literal["k1", "k3"] = Field(
+        "k1", description="Per-token KL estimator (official: k1, log pi - log pi_ref; k3 is never negative)."
+    )
+    gamma: float = Field(1.0, ge=0, le=1, description="GAE discount within a step-sample (official: 1.0).")
+    lam: float = Field(1.0, ge=0, le=1, description="GAE lambda (official: 1.0).")
+    normalize_advantages: bool = Field(
+        True, description="Whiten advantages over the rollout buffer (OpenRLHF does)."
+    )
+    clip_ratio: float = Field(0.2, gt=0, description="PPO ratio clip epsilon (official eps_clip: 0.2).")
+    value_clip: float = Field(
+        0.2, gt=0, description="Value clip around the rollout's values (official: 0.2)."
+    )
+    ent_coef: float = Field(0.0, ge=0, description="Entropy bonus (OpenRLHF has none; entropy is logged).")
+    max_grad_norm: float = Field(
+        1.0, gt=0, description="Gradient clipping, actor and critic each (official: 1.0)."
+    )
+    actor_lr: float = Field(5e-7, gt=0, description="Actor learning rate (official: 5e-7).")
+    critic_lr: float = Field(9e-6, gt=0, description="Critic learning rate (official: 9e-6).")
+    adam_betas: tuple[float, float] = Field((0.9, 0.95), description="AdamW betas (OpenRLHF: 0.9, 0.95).")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay (OpenRLHF: 0).")
+    warmup_ratio: float = Field(
+        0.03, ge=0, lt=1, description="Linear warmup share of the run (OpenRLHF: 3%)."
+    )
+    min_lr_ratio: float = Field(
+        0.1,
+        ge=0,
+        le=1,
+        description="Cosine decay to this share of the peak (OpenRLHF cosine_with_min_lr: 0.1).",
+    )
+    ppo_epochs: int = Field(1, ge=1, description="Passes over each rollout buffer (official max_epochs: 1).")
+    minibatch_size: int = Field(
+        64, ge=1, description="Step-samples per optimizer step (official train_batch_size: 64)."
+    )
+    micro_batch_tokens: int = Field(
+        4096,
+        ge=1,
+        description="Padded tokens per forward pass (gradients accumulate over micro-batches up to a "
+        "minibatch): the memory knob. Samples are grouped by length.",
+    )
+    share_prefixes: bool = Field(
+        True,
+        description="Compute the prompt a trajectory's step-samples share once, in one row with a tree "
+        "attention mask (our optimisation: the same log-probs, ~0.57x the tokens). Off: one row per step.",
+    )
+    bf16: bool = Field(True, description="bfloat16 autocast for every forward pass on CPU; fp32 weights.")
+    rollout_batch_size: int = Field(64, ge=1, description="Conversations per batched generate call.")
+    seed: int = Field(0, description="Question order, rollout sampling, minibatch order, LoRA init.")
+    eval_every: int = Field(
+        1, ge=0, description="Iterations between dev evaluations (0: only before and after)."
+    )
+    eval_questions: int = Field(100, ge=1, description="Dev questions evaluated (the first N), greedy.")
+    save_every: int = Field(
+        1, ge=1, description="Iterations between checkpoints (the last one is always saved)."
+    )
+    keep_checkpoints: int = Field(1, ge=1, description="Checkpoints kept; older ones are deleted.")
+    max_minutes: float | None = Field(
+        None, gt=0, description="Stop before an iteration that would end past this wall-clock budget."
+    )
+    tensorboard: bool = Field(True, description="Also write the metrics as TensorBoard events.")
+
+    @classmethod
+    def small_model(cls, **overrides: Any) -> PPOConfig:
+        """Preset for a ~100M-parameter model on a CPU (the embedded SmolLM2-135M): the measured run.
+
+        Learning rates: the paper's ratios, applied to the cold start's own rate (the official actor rate is
+        1/20 of its SFT rate, 5e-7 vs 1e-5, and the critic's 18x the actor's) give 5e-6 and 9e-5 for
+        SmolLM2's 1e-4. An hour on a CPU holds about 50 optimizer steps instead of the paper's ~10k, so the
+        actor takes the largest rate that stays inside PPO's trust region on this task: at 2e-5 the clip
+        fraction is about 5% and KL(old || new) about 0.02 per update round (CleanRL's target_kl is 0.015),
+        with 9e-5 kept for the value head. A rollout is 4 questions x 4 samples (about 50 step-samples),
+        updated twice in minibatches of 8, so an iteration is minutes, not hours; the critic shares the
+        actor's trunk (half the update cost and memory). Dev points: 48 questions every 3 iterations.
+        """
+        preset: dict[str, Any] = {
+            "actor_lr": 2e-5,
+            "critic_lr": 9e-5,
+            "questions_per_iteration": 4,
+            "iterations": 6,
+            "ppo_epochs": 2,
+            "minibatch_size": 8,
+            "micro_batch_tokens": 2048,
+            "critic": "shared",
+            "eval_questions": 48,
+            "eval_every": 3,
+        }
+        return cls(**{**preset, **overrides})
+
+
+# ------------------------------------------------------------------------------------------------ evaluation
+
+EvalMethod = Literal["cot", "rag-cot", "react", "self-ask", "iter-retgen", "ircot", "flare", "r3rag"]
+
+
+def _eval_judge() -> JudgeConfig:
+    """Match-only Acc by default, so evaluation runs offline; the LLM judge needs an endpoint: opt-in."""
+    return JudgeConfig(correctness_llm=False, relevance="reference")
+
+
+def _eval_new_tokens() -> dict[str, int]:
+    """Per-call generation budgets sized to what each method writes in one call (our choice, except R3-RAG's
+    512 per step from the official code): a whole reasoning, one turn, or one sentence."""
+    return {
+        "cot": 256,
+        "rag-cot": 256,
+        "react": 128,
+        "self-ask": 128,
+        "iter-retgen": 256,
+        "ircot": 64,
+        "flare": 64,
+        "r3rag": 512,
+    }
+
+
+class EvalConfig(StageConfig):
+    """``r3rag eval``: the methods compared, the budgets they share, and how their answers are judged.
+
+    Defaults are the paper's evaluation setting: a budget of 5 steps for R3-RAG and every iterative baseline,
+    top-5 passages per retrieval (top-16 for RAG with CoT), greedy decoding, and Acc = normalised exact match,
+    or an LLM judge when the match fails (when one is configured). The model, retriever and datasets are not
+    fields: the run's manifest records them, with checksums.
+    """
+
+    methods: list[EvalMethod] = Field(
+        default_factory=lambda: [
+            "cot",
+            "rag-cot",
+            "react",
+            "self-ask",
+            "iter-retgen",
+            "ircot",
+            "flare",
+            "r3rag",
+        ],
+        description="Methods to run (paper Table 1 rows).",
+    )
+    max_steps: int = Field(
+        5,
+        ge=1,
+        description="Step budget of R3-RAG and of every iterative baseline (paper: 5). Accuracy at every "
+        "budget 1..max_steps comes from the same run (paper Fig. 3; official cal_metric.py).",
+    )
+    top_k: int = Field(5, ge=1, description="Passages per retrieval (paper evaluation: top-5).")
+    rag_top_k: int = Field(
+        16, ge=1, description="Passages of RAG with CoT's one retrieval (paper: 16; official scripts: 17)."
+    )
+    top_k_sweep: list[int] = Field(
+        default_factory=list,
+        description="More top-k values to run the sweep methods with (paper Fig. 4: 1..10).",
+    )
+    sweep_methods: list[EvalMethod] | None = Field(
+        None, description="Methods the top-k sweep runs (default: every selected method that retrieves)."
+    )
+    max_new_tokens: dict[EvalMethod, int] = Field(
+        default_factory=_eval_new_tokens,
+        description="Tokens per generation call, per method; methods left out keep their defaults.",
+    )
+    answer_tokens: int = Field(
+        32, ge=1, description="Tokens of the direct-answer fallback of cot, rag-cot and iter-retgen."
+    )
+    r3rag_format_retries: int = Field(
+        0, ge=0, description="Re-generations of a malformed R3-RAG step (official inference: 0; RL: 3)."
+    )
+    r3rag_max_doc_chars: int | None = Field(
+        None,
+        ge=1,
+        description="Cut each R3-RAG step's joined documents (paper evaluation: no cut; a model trained on "
+        "512-character steps, as the official RL and our cold start do, may be run with 512).",
+    )
+    passage_chars: int | None = Field(
+        None,
+        ge=1,
+        description="Cut the text of every retrieved passage to about this many characters, for every method "
+        "alike (paper evaluation: whole passages; the cost of long prompts on CPU is why to cut).",
+    )
+    ircot_max_passages: int = Field(
+        15, ge=1, description="IRCoT's cap on the documents in its prompt (IRCoT paper: 15 paragraphs)."
+    )
+    flare_threshold: float = Field(
+        0.4,
+        ge=0,
+        le=1,
+        description="FLARE retrieves when a look-ahead token is less likely than this (our choice; FLARE "
+        "tunes it per dataset).",
+    )
+    system_prompt: str | None = Field(
+        "You are a helpful assistant.", description="System turn of every method (the paper's SFT/RL prompt)."
+    )
+    temperature: float = Field(0.0, ge=0, description="Sampling temperature; 0 is greedy (paper evaluation).")
+    seed: int | None = Field(0, description="Sampling seed per question and call (matters only above 0).")
+    batch_size: int = Field(
+        32, ge=1, description="Questions advanced together; also how many are written to the file at a time."
+    )
+    judge: JudgeConfig = Field(
+        default_factory=_eval_judge,
+        description="Acc: the correctness judge (match, then the LLM judge if correctness_llm is on).",
+    )
+
+    def model_post_init(self, context: Any) -> None:
+        """Methods left out of ``max_new_tokens`` keep their default budgets; every budget must be >= 1."""
+        if any(v < 1 for v in self.max_new_tokens.values()):
+            raise ValueError("max_new_tokens must be >= 1 for every method")
+        if set(self.max_new_tokens) != set(_eval_new_tokens()):
+            self.max_new_tokens = {**_eval_new_tokens(), **self.max_new_tokens}

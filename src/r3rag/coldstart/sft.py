@@ -1,0 +1,350 @@
+"""Supervised fine-tuning on the cold-start step examples: the paper's R3-RAG-CS, as one readable loop.
+
+The official cold start trains with LLaMA-Factory (full fine-tuning, 3 epochs, cosine schedule with 10%
+warmup, loss on the step only). This loop does the same for any causal LM with a chat template, on a CPU or
+a GPU, with nothing hidden:
+
+- examples are the SFT jsonl of ``r3rag coldstart`` (chat messages), tokenised as the agent's generator
+  tokenises prompts (:mod:`~r3rag.coldstart.dataset`); too-long examples are dropped, never cut;
+- whole questions are held out for the evaluation loss, so no step of a held-out trajectory is trained on;
+- micro-batches are length-bucketed (shuffled, sorted by length within windows, the batches shuffled), so a
+  batch pads little; gradients accumulate over ``grad_accum`` micro-batches and the loss is the mean over
+  all target tokens of the optimizer step, whatever their split into micro-batches;
+- logits are computed only for the positions from the earliest target token on (``logits_to_keep``), not for
+  the prompt: a 49k-token vocabulary over a 900-token prompt would otherwise dominate memory;
+- bf16 autocast on CPU (fp32 master weights), AdamW, cosine schedule with linear warmup, gradient clipping;
+- checkpoints every ``save_every`` steps resume exactly (weights, optimizer, scheduler, RNG and position in
+  the epoch); the final model is written to ``final/`` only once training is complete (a temporary folder
+  renamed into place), with ``agent.yaml``, the agent settings it was trained for, beside it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+import resource
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+from transformers import get_cosine_with_min_lr_schedule_with_warmup
+
+from r3rag.coldstart.build import CONFIG_FILE as COLDSTART_FILE
+from r3rag.coldstart.checkpoints import latest_checkpoint, load_state, save_checkpoint
+from r3rag.coldstart.dataset import IGNORE_INDEX, TokenizedExample, end_of_turn, read_sft, tokenize_example
+from r3rag.config import ColdStartConfig, SFTConfig
+from r3rag.llm.models import load_model
+
+FINAL = "final"
+AGENT_FILE = "agent.yaml"
+
+_BUCKET_BATCHES = 64  # micro-batches per length-sorting window
+# Fields that may change between a run and its resumption without changing what is trained.
+_RESUMABLE_CHANGES = frozenset({"eval_every", "save_every", "keep_checkpoints", "threads"})
+
+
+@dataclass(slots=True)
+class SFTData:
+    train: list[TokenizedExample]
+    val: list[TokenizedExample]
+    dropped_long: int
+    fingerprint: str
+
+
+@dataclass(slots=True)
+class SFTResult:
+    final: Path
+    steps: int
+    resumed_from: int
+    train_examples: int
+    val_examples: int
+    train_tokens: int
+    last_loss: float
+    eval_loss: float | None
+    wall_seconds: float
+    peak_rss_bytes: int
+
+
+def prepare_data(config: SFTConfig, tokenizer: Any) -> SFTData:
+    """Tokenised examples, split by question into train and held-out, optionally subsampled."""
+    eot = end_of_turn(tokenizer)
+    examples, dropped = [], 0
+    for record in read_sft(config.data):
+        example = tokenize_example(tokenizer, record["messages"], eot, str(record["example_id"]))
+        if len(example.input_ids) > config.max_length:
+            dropped += 1
+        else:
+            examples.append(example)
+    questions = sorted({e.example_id for e in examples})
+    random.Random(config.seed).shuffle(questions)
+    held_out = set(questions[: round(config.val_fraction * len(questions))])
+    train = [e for e in examples if e.example_id not in held_out]
+    val = [e for e in examples if e.example_id in held_out]
+    if config.max_examples is not None and len(train) > config.max_examples:
+        keep = set(random.Random(config.seed + 1).sample(range(len(train)), config.max_examples))
+        train = [e for i, e in enumerate(train) if i in keep]
+    if not train:
+        raise ValueError(f"{config.data}: no training examples (all held out, or longer than max_length)")
+    digest = hashlib.sha1(json.dumps([(e.example_id, e.input_ids) for e in train]).encode()).hexdigest()
+    return SFTData(train, val, dropped, digest)
+
+
+def micro_batches(lengths: list[int], size: int, seed: int) -> list[list[int]]:
+    """Example indices in micro-batches of similar length, in a seeded random order."""
+    rng = random.Random(seed)
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    window = size * _BUCKET_BATCHES
+    batches = []
+    for start in range(0, len(order), window):
+        chunk = sorted(order[start : start + window], key=lambda i: lengths[i])
+        batches += [chunk[j : j + size] for j in range(0, len(chunk), size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def collate(examples: list[TokenizedExample], pad_id: int) -> dict[str, Any]:
+    """Right-padded tensors, and how many final positions need logits (from the earliest target on)."""
+    width = max(len(e.input_ids) for e in examples)
+    input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
+    attention = torch.zeros((len(examples), width), dtype=torch.long)
+    for row, e in enumerate(examples):
+        input_ids[row, : len(e.input_ids)] = torch.tensor(e.input_ids)
+        labels[row, : len(e.labels)] = torch.tensor(e.labels)
+        attention[row, : len(e.input_ids)] = 1
+    keep = width - min(e.prompt_length for e in examples) + 1
+    return {"input_ids": input_ids, "attention_mask": attention, "labels": labels, "keep": keep}
+
+
+def loss_sum(model: Any, batch: dict[str, Any], bf16: bool) -> tuple[torch.Tensor, int]:
+    """Summed cross-entropy over the target tokens of a batch, and their count.
+
+    The logit at position p predicts token p + 1; only the last ``keep`` positions get logits, which cover
+    every target token of the batch (the last position predicts nothing and is dropped).
+    """
+    keep, width = batch["keep"], batch["input_ids"].shape[1]
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        out = model(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            logits_to_keep=keep,
+            use_cache=False,
+        )
+    logits = out.logits[:, :-1].float()
+    labels = batch["labels"][:, width - keep + 1 :]
+    loss = F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
+    )
+    return loss, int((labels != IGNORE_INDEX).sum())
+
+
+def evaluate(model: Any, examples: list[TokenizedExample], config: SFTConfig, pad_id: int) -> float:
+    """Mean per-token loss on the held-out examples."""
+    model.eval()
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, len(order), config.micro_batch_size):
+            batch = collate([examples[i] for i in order[start : start + config.micro_batch_size]], pad_id)
+            loss, n = loss_sum(model, batch, config.bf16)
+            total, count = total + loss.item(), count + n
+    model.train()
+    return total / max(count, 1)
+
+
+def train(
+    config: SFTConfig, progress: bool = True, on_step: Callable[[dict[str, Any]], None] | None = None
+) -> SFTResult:
+    """Train as ``config`` says, resuming from the newest checkpoint in ``config.out`` if there is one.
+
+    ``on_step`` is called with each optimizer step's log record (the CLI and tests watch it).
+    """
+    started = time.perf_counter()
+    out = Path(config.out)
+    if (out / FINAL).exists():
+        raise FileExistsError(f"{out / FINAL}: this run is complete; remove it or choose another --out")
+    checkpoint = latest_checkpoint(out)
+    _check_resumable(out, config, checkpoint)
+    config.to_yaml(out / "config.yaml")
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+
+    model, tokenizer = load_model(config.model)
+    data = prepare_data(config, tokenizer)
+    if config.lora:
+        model = _with_lora(model, config, checkpoint)
+    elif checkpoint is not None:
+        model, _ = load_model(checkpoint)
+    model.train()
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+    lengths = [len(e.input_ids) for e in data.train]
+    per_epoch = math.ceil(math.ceil(len(data.train) / config.micro_batch_size) / config.grad_accum)
+    total = config.max_steps or math.ceil(config.epochs * per_epoch)
+    optimizer = _optimizer(model, config)
+    scheduler = get_cosine_with_min_lr_schedule_with_warmup(
+        optimizer, round(config.warmup_ratio * total), total, min_lr_rate=config.min_lr_ratio
+    )
+    start = 0
+    if checkpoint is not None:
+        state = load_state(checkpoint)
+        if state["fingerprint"] != data.fingerprint:
+            raise ValueError(f"{checkpoint}: trained on other examples than {config.data} gives now")
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start = state["step"]
+
+    bar = tqdm(total=total, initial=start, desc="sft", unit="step", disable=not progress, dynamic_ncols=True)
+    if progress:
+        bar.write(
+            f"{len(data.train):,} train / {len(data.val):,} held-out examples ({data.dropped_long} longer "
+            f"than {config.max_length} dropped), {sum(lengths):,} train tokens; {total} optimizer steps"
+            + (f", resuming at step {start}" if start else "")
+        )
+    epoch_batches: dict[int, list[list[int]]] = {}
+    last_loss, eval_loss = float("nan"), None
+    with open(out / "log.jsonl", "a", encoding="utf-8") as log:
+        for step in range(start, total):
+            epoch, group = divmod(step, per_epoch)
+            if epoch not in epoch_batches:
+                epoch_batches = {epoch: micro_batches(lengths, config.micro_batch_size, config.seed + epoch)}
+            group_batches = epoch_batches[epoch][group * config.grad_accum : (group + 1) * config.grad_accum]
+            record = _optimizer_step(model, optimizer, scheduler, data.train, group_batches, config, pad_id)
+            record.update(
+                step=step + 1, epoch=round(step / per_epoch, 4), elapsed_s=time.perf_counter() - started
+            )
+            last_loss = record["loss"]
+            if data.val and ((step + 1) % config.eval_every == 0 or step + 1 == total):
+                eval_loss = record["eval_loss"] = evaluate(model, data.val, config, pad_id)
+            if (step + 1) % config.save_every == 0 and step + 1 < total:
+                state = {
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "fingerprint": data.fingerprint,
+                }
+                save_checkpoint(out, step + 1, model, tokenizer, state, config.keep_checkpoints)
+            log.write(json.dumps(record) + "\n")
+            log.flush()
+            bar.update(1)
+            bar.set_postfix(
+                loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.1e}", tok_s=f"{record['tok_s']:.0f}"
+            )
+            if on_step is not None:
+                on_step(record)
+    bar.close()
+    result = SFTResult(
+        final=out / FINAL,
+        steps=total,
+        resumed_from=start,
+        train_examples=len(data.train),
+        val_examples=len(data.val),
+        train_tokens=sum(lengths),
+        last_loss=last_loss,
+        eval_loss=eval_loss,
+        wall_seconds=time.perf_counter() - started,
+        peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+    )
+    _save_final(out, model, tokenizer, config, result)
+    return result
+
+
+def _optimizer_step(
+    model: Any,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    examples: list[TokenizedExample],
+    batches: list[list[int]],
+    config: SFTConfig,
+    pad_id: int,
+) -> dict[str, Any]:
+    """Accumulate gradients over the micro-batches of one step, then clip and update."""
+    began = time.perf_counter()
+    targets = sum(sum(label != IGNORE_INDEX for label in examples[i].labels) for b in batches for i in b)
+    tokens = sum(len(examples[i].input_ids) for b in batches for i in b)
+    total = 0.0
+    for indices in batches:
+        loss, _ = loss_sum(model, collate([examples[i] for i in indices], pad_id), config.bf16)
+        (loss / targets).backward()
+        total += loss.item()
+    params = [p for p in model.parameters() if p.requires_grad]
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+    lr = scheduler.get_last_lr()[0]
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    seconds = time.perf_counter() - began
+    return {
+        "loss": total / targets,
+        "lr": lr,
+        "grad_norm": float(grad_norm),
+        "tokens": tokens,
+        "target_tokens": targets,
+        "tok_s": tokens / seconds,
+    }
+
+
+def _optimizer(model: Any, config: SFTConfig) -> torch.optim.Optimizer:
+    """AdamW; no weight decay on vectors (norms, biases), as Hugging Face trainers do."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.ndim >= 2], "weight_decay": config.weight_decay},
+        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=config.learning_rate)
+
+
+def _with_lora(model: Any, config: SFTConfig, checkpoint: Path | None) -> Any:
+    try:
+        import peft
+    except ImportError:
+        raise RuntimeError("--lora needs the 'peft' package: pip install peft") from None
+    if checkpoint is not None:
+        return peft.PeftModel.from_pretrained(model, checkpoint, is_trainable=True)
+    lora = peft.LoraConfig(
+        r=config.lora_rank,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=config.lora_targets,
+        task_type="CAUSAL_LM",
+    )
+    return peft.get_peft_model(model, lora)
+
+
+def _check_resumable(out: Path, config: SFTConfig, checkpoint: Path | None) -> None:
+    """Resuming with other training settings would silently train something else: refuse, naming them."""
+    saved = out / "config.yaml"
+    if checkpoint is None or not saved.is_file():
+        return
+    before = SFTConfig.from_yaml(saved).model_dump(mode="json")
+    now = config.model_dump(mode="json")
+    changed = sorted(k for k in now if now[k] != before.get(k) and k not in _RESUMABLE_CHANGES)
+    if changed:
+        raise ValueError(
+            f"{saved}: the checkpoint in {checkpoint.parent} was trained with other settings "
+            f"({', '.join(changed)}); use the same settings or another --out"
+        )
+
+
+def _save_final(out: Path, model: Any, tokenizer: Any, config: SFTConfig, result: SFTResult) -> None:
+    """Write the final model (LoRA merged in) with its agent settings, then rename it into place."""
+    tmp = out / f".{FINAL}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    (model.merge_and_unload() if config.lora else model).save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    coldstart = Path(config.data).parent / COLDSTART_FILE
+    if coldstart.is_file():
+        ColdStartConfig.from_yaml(coldstart).agent.to_yaml(tmp / AGENT_FILE)
+    summary = {**asdict(result), "final": str(result.final)}
+    (tmp / "training.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, out / FINAL)

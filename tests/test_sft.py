@@ -1,0 +1,127 @@
+"""SFT on a tiny random Llama: the loss falls, an interrupted run resumes to the same weights, the final model
+is written only when training is complete, and LoRA merges into a plain checkpoint."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from r3rag.coldstart.build import CONFIG_FILE
+from r3rag.coldstart.checkpoints import checkpoint_dir
+from r3rag.coldstart.dataset import step_conversations
+from r3rag.coldstart.sft import AGENT_FILE, FINAL, micro_batches, train
+from r3rag.config import AgentConfig, ColdStartConfig, SFTConfig
+from r3rag.jsonl import iter_jsonl
+from r3rag.llm.hf import HFGenerator
+from r3rag.schema import Passage, Step, Trajectory, TrajectoryStatus
+from tiny_llm import tiny_model, tiny_tokenizer
+
+AGENT = AgentConfig(top_k=1, max_doc_chars=80)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A tiny model folder and an SFT file of 16 two-step trajectories, as `r3rag coldstart` writes them."""
+    root = tmp_path_factory.mktemp("sft")
+    tiny_model().save_pretrained(root / "model")
+    tiny_tokenizer().save_pretrained(root / "model")
+    records = []
+    for i in range(16):
+        film = Passage(f"p{i}", f"Film {i}", f"Film {i} was directed by Ada {i}.")
+        steps = [
+            Step(1, "First find the film.", query=f"award winning film {i}", passages=[film]),
+            Step(2, "The documents say so.", answer=f"Ada {i}"),
+        ]
+        t = Trajectory(f"q{i}", f"Who directed film {i}?", steps, f"Ada {i}", TrajectoryStatus.ANSWERED)
+        for k, messages in enumerate(step_conversations(t, AGENT), start=1):
+            records.append({"id": f"q{i}#{k}", "example_id": f"q{i}", "step": k, "messages": messages})
+    data = root / "data"
+    data.mkdir()
+    (data / "sft.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    ColdStartConfig(agent=AGENT).to_yaml(data / CONFIG_FILE)
+    return {"model": root / "model", "data": data / "sft.jsonl"}
+
+
+def config(setup: dict[str, Path], out: Path, **overrides) -> SFTConfig:
+    base = dict(
+        data=setup["data"],
+        out=out,
+        model=str(setup["model"]),
+        max_steps=12,
+        learning_rate=3e-3,
+        micro_batch_size=4,
+        grad_accum=2,
+        val_fraction=0.25,
+        eval_every=6,
+        save_every=4,
+        bf16=False,
+    )
+    return SFTConfig(**{**base, **overrides})
+
+
+def test_loss_falls_and_the_final_model_is_complete(setup, tmp_path: Path):
+    log: list[dict] = []
+    result = train(config(setup, tmp_path / "run", max_steps=24), progress=False, on_step=log.append)
+    assert [r["step"] for r in log] == list(range(1, 25))
+    first, last = sum(r["loss"] for r in log[:3]) / 3, sum(r["loss"] for r in log[-3:]) / 3
+    assert last < 0.5 * first, (first, last)
+    assert [r["step"] for r in log if "eval_loss" in r] == [6, 12, 18, 24]
+    assert log[-1]["eval_loss"] < log[5]["eval_loss"]
+    assert (
+        result.train_examples == 24 and result.val_examples == 8
+    )  # 4 of 16 questions held out, 2 steps each
+    final = tmp_path / "run" / FINAL
+    assert result.final == final
+    assert AgentConfig.from_yaml(final / AGENT_FILE) == AGENT  # the settings the model was trained for
+    assert json.loads((final / "training.json").read_text())["steps"] == 24
+    assert not list((tmp_path / "run").glob(".final*"))
+    HFGenerator.from_name(str(final))  # loads as any model folder
+    with pytest.raises(FileExistsError, match="complete"):
+        train(config(setup, tmp_path / "run", max_steps=24), progress=False)
+
+
+def test_interrupted_run_resumes_from_its_checkpoint(setup, tmp_path: Path):
+    train(config(setup, tmp_path / "straight"), progress=False)
+
+    def interrupt(record: dict) -> None:
+        if record["step"] == 6:
+            raise KeyboardInterrupt
+
+    out = tmp_path / "interrupted"
+    with pytest.raises(KeyboardInterrupt):
+        train(config(setup, out), progress=False, on_step=interrupt)
+    assert not (out / FINAL).exists()
+    assert [p.name for p in sorted(checkpoint_dir(out).iterdir())] == ["step-000004"]
+    with pytest.raises(ValueError, match="learning_rate"):
+        train(config(setup, out, learning_rate=1e-3), progress=False)
+    result = train(config(setup, out), progress=False)
+    assert result.resumed_from == 4 and result.steps == 12
+    steps = [r["step"] for _, r in iter_jsonl(out / "log.jsonl")]
+    assert steps == [1, 2, 3, 4, 5, 6, *range(5, 13)]
+    assert [p.name for p in sorted(checkpoint_dir(out).iterdir())] == ["step-000004", "step-000008"]
+    straight = HFGenerator.from_name(str(tmp_path / "straight" / FINAL)).model.state_dict()
+    resumed = HFGenerator.from_name(str(out / FINAL)).model.state_dict()
+    for name, tensor in straight.items():
+        assert torch.allclose(tensor, resumed[name], atol=1e-6), name
+
+
+def test_micro_batches_are_length_bucketed_and_seeded():
+    lengths = [(i * 37) % 101 for i in range(200)]
+    batches = micro_batches(lengths, 4, seed=3)
+    assert sorted(i for b in batches for i in b) == list(range(200))
+    assert micro_batches(lengths, 4, seed=3) == batches and micro_batches(lengths, 4, seed=4) != batches
+    spread = sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches) / len(batches)
+    assert spread < 10  # random batches of 4 would spread about 60
+
+
+def test_lora_is_merged_into_the_final_model(setup, tmp_path: Path):
+    pytest.importorskip("peft")
+    result = train(config(setup, tmp_path / "lora", lora=True, max_steps=3), progress=False)
+    assert (result.final / "config.json").is_file() and not (result.final / "adapter_config.json").exists()
+    base = HFGenerator.from_name(str(setup["model"])).model.state_dict()
+    merged = HFGenerator.from_name(str(result.final)).model.state_dict()
+    assert set(merged) == set(base)
+    assert any(not torch.equal(base[name], merged[name]) for name in base)
