@@ -1,0 +1,141 @@
+"""The PPO formulas, one pure tensor function each, so every one can be checked against hand-computed values.
+
+All tensors are ``[samples, action tokens]`` with a 0/1 ``mask`` marking real action tokens (a sample's
+action tokens are packed to the left, padding to the right). Conventions follow OpenRLHF 0.5.7, which the
+official R3-RAG code trains with (reference §1.5, §3.3): per-token KL penalty in the reward, GAE over the
+action tokens of one sample, advantages whitened over the whole rollout buffer, losses averaged over each
+sample's tokens and then over samples.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+
+KLEstimator = Literal["k1", "k3"]
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    """Mean of ``x`` over the positions where ``mask`` is 1 (over everything, or along ``dim``)."""
+    if dim is None:
+        return (x * mask).sum() / mask.sum().clamp(min=1)
+    return (x * mask).sum(dim) / mask.sum(dim).clamp(min=1)
+
+
+def sample_mean(x: torch.Tensor, mask: torch.Tensor, samples: int | None = None) -> torch.Tensor:
+    """Per-sample token mean, then the mean over samples (OpenRLHF: ``masked_mean(x, mask, -1).mean()``).
+
+    Every step-sample weighs the same whatever its length, so a long analysis is not worth more than a
+    short final answer. ``samples`` is the count to divide by (default: this batch's rows): a minibatch
+    accumulated over micro-batches passes its own total, so the micro-batch losses add up to its loss.
+    """
+    return masked_mean(x, mask, dim=-1).sum() / (x.shape[0] if samples is None else samples)
+
+
+def approx_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: KLEstimator) -> torch.Tensor:
+    """Per-token estimate of KL(pi || pi_ref) from the log-probabilities of the sampled tokens.
+
+    With ``log_r = log pi_ref(a) - log pi(a)`` (Schulman, "Approximating KL divergence"):
+
+    - k1 = -log_r = log pi(a) - log pi_ref(a): unbiased, can be negative per token (official default);
+    - k3 = exp(log_r) - 1 - log_r: unbiased, never negative, lower variance when the policies are close.
+    """
+    log_ratio = logprobs - ref_logprobs
+    if estimator == "k1":
+        return log_ratio
+    if estimator == "k3":
+        log_r = -log_ratio
+        return log_r.exp() - 1 - log_r
+    raise ValueError(f"unknown KL estimator {estimator!r}; use k1 or k3")
+
+
+def token_rewards(
+    step_rewards: torch.Tensor, kl: torch.Tensor, kl_coef: float, mask: torch.Tensor
+) -> torch.Tensor:
+    """r_t = -beta * KL_t on every action token, plus the sample's own reward where it was placed.
+
+    ``step_rewards`` holds the scalar rewards at their token positions (the paper's scheme: the step's reward
+    on its last action token, zero elsewhere).
+    """
+    return (step_rewards - kl_coef * kl) * mask
+
+
+def gae(
+    rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation over the action tokens of each sample; returns (advantages, returns).
+
+    delta_t = r_t + gamma * V_{t+1} - V_t   (V after the last action token is 0: the sample ends there)
+    A_t     = delta_t + gamma * lam * A_{t+1}
+    R_t     = A_t + V_t                     (the value target)
+
+    With the paper's gamma = lam = 1 and the reward on the last token, A_t = (reward - beta * sum of the
+    KL from t on) - V_t. Nothing is bootstrapped across samples: each step is its own episode.
+    """
+    rewards, values = rewards * mask, values * mask
+    advantages = torch.zeros_like(rewards)
+    running = torch.zeros_like(rewards[:, 0])
+    for t in reversed(range(rewards.shape[1])):
+        next_value = values[:, t + 1] if t + 1 < rewards.shape[1] else torch.zeros_like(running)
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        running = delta + gamma * lam * running
+        advantages[:, t] = running
+    advantages = advantages * mask
+    return advantages, (advantages + values) * mask
+
+
+def whiten(
+    advantages: Sequence[torch.Tensor], masks: Sequence[torch.Tensor], eps: float = 1e-8
+) -> list[torch.Tensor]:
+    """(A - mean) / std, with mean and std over every action token of all the tensors given (the whole
+    rollout buffer, its micro-batches together, as OpenRLHF does)."""
+    flat = torch.cat([a[m.bool()] for a, m in zip(advantages, masks, strict=True)])
+    mean, var = flat.mean(), flat.var(unbiased=False)
+    return [(a - mean) * torch.rsqrt(var.clamp(min=eps)) * m for a, m in zip(advantages, masks, strict=True)]
+
+
+def policy_loss(
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    clip: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The clipped surrogate, per token; returns (per-token loss, ratio).
+
+    ratio_t = exp(log pi(a_t) - log pi_old(a_t))
+    loss_t  = -min(ratio_t * A_t, clip(ratio_t, 1 - eps, 1 + eps) * A_t)
+    """
+    ratio = (logprobs - old_logprobs).exp()
+    unclipped = ratio * advantages
+    clipped = ratio.clamp(1 - clip, 1 + clip) * advantages
+    return -torch.min(unclipped, clipped) * mask, ratio
+
+
+def value_loss(
+    values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, clip: float
+) -> torch.Tensor:
+    """The clipped value loss, per token (OpenRLHF ``ValueLoss``; CleanRL's ``clip_vloss``).
+
+    V_clip = V_old + clip(V - V_old, -c, c)
+    loss_t = 0.5 * max((V - R)^2, (V_clip - R)^2)
+    """
+    clipped = old_values + (values - old_values).clamp(-clip, clip)
+    return 0.5 * torch.max((values - returns) ** 2, (clipped - returns) ** 2) * mask
+
+
+def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
+    """H = -sum_v p(v) log p(v) per position, in fp32."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    return -(logp.exp() * logp).sum(-1)
+
+
+def explained_variance(values: torch.Tensor, returns: torch.Tensor) -> float:
+    """1 - Var(R - V) / Var(R) over action tokens (flat tensors): 1 is a perfect critic, 0 no better than a
+    constant, negative worse than one."""
+    var_r = returns.var(unbiased=False)
+    if returns.numel() < 2 or var_r == 0:
+        return float("nan")
+    return float(1 - (returns - values).var(unbiased=False) / var_r)

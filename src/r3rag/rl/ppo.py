@@ -1,0 +1,491 @@
+"""PPO with the hybrid reward: R3-RAG-CS -> R3-RAG on one machine, every step of the algorithm in sight.
+
+One iteration (defaults: the official run, reference §1.5 and §3.3; CleanRL's names in comments):
+
+1. **Rollout.** ``questions_per_iteration`` training questions, each ``samples_per_question`` times at
+   temperatures 0.1/0.4/0.7/1.0, through the agent loop with the real retriever and the *current* actor.
+   The hybrid reward scores every step (:mod:`r3rag.rl.rollout`).
+2. **Samples.** The credit scheme (:func:`r3rag.rl.samples.step_samples`, the paper's) makes one sample per
+   step: its prompt, its action tokens, its reward on the last action token. Samples are sorted by length
+   and cut into micro-batches of at most ``micro_batch_tokens`` padded tokens; the same micro-batches serve
+   the passes below and the updates, so log-probs before the first update match exactly (ratio = 1).
+3. **Experience** (no gradients), per micro-batch: log pi_old and V_old from one actor pass (and the critic
+   trunk if separate), log pi_ref from the reference, then ``KL_t`` (k1 or k3), ``r_t = -beta KL_t`` (plus
+   the step reward on the last token), GAE with gamma = lambda = 1 inside each sample, and advantages
+   whitened over the whole buffer.
+4. **Update**: ``ppo_epochs`` passes; each pass shuffles the micro-batches and accumulates gradients over
+   them up to ``minibatch_size`` samples per optimizer step. Loss = clipped surrogate + value loss (clipped)
+   - entropy bonus, each averaged over a sample's tokens then over samples; gradients clipped to
+   ``max_grad_norm`` for actor and critic separately; AdamW with the actor's and critic's own learning rates,
+   linear warmup then cosine decay to ``min_lr_ratio``, as a function of progress through the run.
+5. **Record**: metrics to jsonl + TensorBoard, a greedy dev evaluation every ``eval_every`` iterations, a
+   checkpoint, the curve png.
+
+Deviations from the official code are deliberate and listed in the README (notes/README-ppo.md): the LR
+schedule follows the real number of updates (the official one is sized for ~5x fewer steps), no padding
+of the buffer by duplicated samples, and optionally a critic sharing the actor's trunk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+import resource
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from r3rag.agent import Agent
+from r3rag.config import PPOConfig
+from r3rag.jsonl import write_jsonl
+from r3rag.llm.hf import HFGenerator
+from r3rag.retrieval.base import Retriever
+from r3rag.rewards.judges import CorrectnessJudge
+from r3rag.rl import checkpoint as ckpt
+from r3rag.rl.dev_eval import evaluate
+from r3rag.rl.losses import (
+    approx_kl,
+    explained_variance,
+    gae,
+    policy_loss,
+    sample_mean,
+    token_rewards,
+    value_loss,
+    whiten,
+)
+from r3rag.rl.models import ActorCritic, ReferencePolicy
+from r3rag.rl.rollout import Rollout, Scorer, collect, repeat, rollout_metrics
+from r3rag.rl.samples import Batch, CreditScheme, Sample, collate, length_groups, pack_samples, step_samples
+from r3rag.rl.tracking import CURVE_FILE, MetricsLog, plot_curve
+from r3rag.schema import QAExample, Trajectory
+
+CONFIG_FILE = "config.yaml"
+RESUMABLE_CHANGES = frozenset({"iterations", "max_minutes", "tensorboard"})
+"""Config fields a resumed run may change; any other difference means another run, in another folder."""
+
+
+@dataclass(slots=True)
+class Experience:
+    """One micro-batch of the rollout buffer with everything the update reads, per action token."""
+
+    batch: Batch
+    old_logprobs: torch.Tensor
+    old_values: torch.Tensor
+    kl: torch.Tensor
+    advantages: torch.Tensor
+    returns: torch.Tensor
+
+
+def derive_seed(*parts: object) -> int:
+    """A 63-bit seed from the run seed and a purpose (``"rollout", 3``): independent streams that depend
+    only on where the run is, so a resumed run draws exactly what an uninterrupted one would."""
+    digest = hashlib.sha256(":".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def lr_factor(progress: float, warmup_ratio: float, min_lr_ratio: float) -> float:
+    """OpenRLHF's ``cosine_with_min_lr`` as a function of progress through the run (0 to 1): linear warmup
+    over ``warmup_ratio``, then cosine from 1 down to ``min_lr_ratio``."""
+    if progress < warmup_ratio:
+        return progress / warmup_ratio
+    cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, (progress - warmup_ratio) / (1 - warmup_ratio))))
+    return min_lr_ratio + (1 - min_lr_ratio) * cosine
+
+
+def minibatches(order: Sequence[int], sizes: Sequence[int], minibatch_size: int) -> list[list[int]]:
+    """Consecutive micro-batches of ``order`` grouped until each group holds ``minibatch_size`` samples or
+    more (the last group takes what is left)."""
+    groups: list[list[int]] = [[]]
+    count = 0
+    for i in order:
+        if count >= minibatch_size:
+            groups.append([])
+            count = 0
+        groups[-1].append(i)
+        count += sizes[i]
+    return [g for g in groups if g]
+
+
+def peak_memory_gb() -> float:
+    """Peak resident memory of this process so far (Linux reports kilobytes)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+
+
+class PPOTrainer:
+    """The PPO loop over an actor, a retriever and a scorer; :meth:`from_config` builds it from files."""
+
+    def __init__(
+        self,
+        config: PPOConfig,
+        actor: nn.Module,
+        tokenizer: Any,
+        retriever: Retriever,
+        scorer: Scorer,
+        judge: CorrectnessJudge,
+        train: Sequence[QAExample],
+        dev: Sequence[QAExample] = (),
+        credit: CreditScheme = step_samples,
+    ) -> None:
+        if not train:
+            raise ValueError("no training questions")
+        self.config = config
+        self.tokenizer = tokenizer
+        self.retriever = retriever
+        self.scorer = scorer
+        self.judge = judge
+        self.train_examples = list(train)
+        self.dev_examples = list(dev)[: config.eval_questions]
+        self.credit = credit
+        self.out = Path(config.out)
+        torch.manual_seed(config.seed)  # LoRA's initial A matrices
+        self.model = ActorCritic(
+            actor, config.critic, config.lora_rank, config.lora_alpha, tuple(config.lora_targets)
+        ).eval()  # no dropout anywhere: log-probs of the update match those of the rollout (as OpenRLHF)
+        self.reference = ReferencePolicy(self.model)
+        self.optimizer = torch.optim.AdamW(
+            [
+                {"params": self.model.actor_parameters(), "lr": config.actor_lr, "base_lr": config.actor_lr},
+                {
+                    "params": self.model.critic_parameters(),
+                    "lr": config.critic_lr,
+                    "base_lr": config.critic_lr,
+                },
+            ],
+            betas=config.adam_betas,
+            weight_decay=config.weight_decay,
+        )
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.pad_id = int(pad or 0)
+        self._orders: dict[int, list[int]] = {}
+        self._eval_seconds = 0.0  # the last dev evaluation's duration, for the time budget
+
+    @classmethod
+    def from_config(cls, config: PPOConfig) -> PPOTrainer:
+        """Load the cold-start model, the retriever, the judges and the questions the config names."""
+        from r3rag.config import RetrievalConfig
+        from r3rag.data.datasets import load_dataset
+        from r3rag.llm.models import load_model
+        from r3rag.retrieval import open_retriever
+        from r3rag.rewards import TrajectoryScorer, build_relevance_judge, endpoint_generator
+
+        actor, tokenizer = load_model(config.model)
+        judge_llm = endpoint_generator(config.judges)
+        judge = CorrectnessJudge(config.judges, judge_llm)
+        relevance = (
+            None if config.reward.mode == "outcome" else build_relevance_judge(config.judges, judge_llm)
+        )
+        return cls(
+            config,
+            actor,
+            tokenizer,
+            open_retriever(RetrievalConfig(source=config.index)),
+            TrajectoryScorer(config.reward, judge, relevance),
+            judge,
+            load_dataset(config.train),
+            load_dataset(config.dev) if config.dev is not None else (),
+        )
+
+    # ------------------------------------------------------------------------------------------ the loop
+
+    def train(self, progress: bool = True) -> list[dict[str, Any]]:
+        """Run (or resume) the whole training; returns the metrics records of the run."""
+        c = self.config
+        started = time.perf_counter()
+        last_done = self._start_run()
+        log = MetricsLog(self.out, resume_after=last_done if last_done > 0 else -1, tensorboard=c.tensorboard)
+        bar = tqdm(
+            total=c.iterations, initial=last_done, disable=not progress, unit="iter", dynamic_ncols=True
+        )
+        try:
+            if last_done == 0 and self.dev_examples:
+                bar.set_description("dev eval (R3-RAG-CS)")
+                log.log({"iteration": 0, **self._evaluate(0), "memory/peak_rss_gb": peak_memory_gb()})
+            iteration = last_done
+            while iteration < c.iterations:
+                iteration += 1
+                iter_started = time.perf_counter()
+                metrics = self.iteration(iteration, bar)
+                out_of_time = self._out_of_time(started, iter_started)
+                last = iteration == c.iterations or out_of_time
+                if self.dev_examples and ((c.eval_every and iteration % c.eval_every == 0) or last):
+                    bar.set_description(f"iter {iteration}: dev eval")
+                    metrics.update(self._evaluate(iteration))
+                metrics["time/iteration"] = time.perf_counter() - iter_started
+                metrics["memory/peak_rss_gb"] = peak_memory_gb()
+                log.log(metrics)
+                plot_curve(log.records, self.out / CURVE_FILE)
+                if iteration % c.save_every == 0 or last:
+                    bar.set_description(f"iter {iteration}: checkpoint")
+                    self._save(iteration)
+                bar.update(1)
+                bar.set_postfix(self._postfix(metrics))
+                if out_of_time:
+                    break
+            bar.set_description("saving the final actor")
+            self.model.save_actor(self.out / "final", self.tokenizer)
+            return log.records
+        finally:
+            bar.close()
+            log.close()
+
+    def _out_of_time(self, started: float, iter_started: float) -> bool:
+        """Would one more iteration, and the final dev evaluation after it, end past ``max_minutes``?
+
+        Both are estimated by the last ones (an iteration takes about as long as the one before it), so the
+        run stops, evaluates and saves within its budget instead of overrunning it by an iteration.
+        """
+        if self.config.max_minutes is None:
+            return False
+        now = time.perf_counter()
+        next_end = now - started + (now - iter_started) + (self._eval_seconds if self.dev_examples else 0.0)
+        return next_end / 60 > self.config.max_minutes
+
+    def iteration(self, iteration: int, bar: tqdm | None = None) -> dict[str, Any]:
+        """Rollout, samples, experience, update: one PPO iteration; returns its metrics."""
+        c = self.config
+
+        def phase(name: str) -> None:
+            if bar is not None:
+                bar.set_description(f"iter {iteration}: {name}")
+
+        phase("rollout")
+        examples, temperatures = repeat(self._questions(iteration), c.samples_per_question, c.temperatures)
+        agent_config = c.rollout.model_copy(
+            update={"record_token_ids": True, "seed": derive_seed(c.seed, "rollout", iteration)}
+        )
+        rollout = collect(
+            Agent(self._generator(), self.retriever, agent_config), self.scorer, examples, temperatures
+        )
+        self._write_trajectories(
+            self.out / "rollouts" / f"iter-{iteration:05d}.jsonl", rollout.trajectories, rollout
+        )
+        metrics: dict[str, Any] = {"iteration": iteration, **rollout_metrics(rollout)}
+        metrics["time/rollout"] = rollout.generate_seconds
+        metrics["time/scoring"] = rollout.score_seconds
+
+        samples = self.credit(rollout.trajectories, rollout.rewards)
+        if not samples:
+            raise RuntimeError(f"iteration {iteration}: the rollout gave no samples to learn from")
+        phase("log-probs")
+        buffer, experience_metrics = self._experience(samples)
+        metrics.update(experience_metrics)
+        phase("update")
+        metrics.update(self._update(buffer, iteration))
+        return metrics
+
+    # ------------------------------------------------------------------------------------------- phases
+
+    def _experience(self, samples: list[Sample]) -> tuple[list[Experience], dict[str, float]]:
+        """The rollout buffer, per micro-batch: old log-probs and values, reference log-probs, KL, GAE."""
+        c = self.config
+        buffer: list[Experience] = []
+        policy_seconds = reference_seconds = 0.0
+        packs = pack_samples(samples, c.share_prefixes)
+        for group in length_groups([pack.length(samples) for pack in packs], c.micro_batch_tokens):
+            batch = collate(samples, [packs[i] for i in group], self.pad_id)
+            mask = batch.action_mask
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                old = self.model(batch, c.bf16, values=True)
+            t1 = time.perf_counter()
+            ref_logprobs = self.reference.logprobs(batch, c.bf16)
+            reference_seconds += time.perf_counter() - t1
+            policy_seconds += t1 - t0
+            assert old.values is not None
+            # KL_t = log pi_old(a_t) - log pi_ref(a_t)  (k1), or k3; per token, on the sampled tokens
+            kl = approx_kl(old.logprobs, ref_logprobs, c.kl_estimator) * mask
+            # r_t = -beta * KL_t, plus the step's reward on its last action token
+            rewards = token_rewards(batch.rewards, kl, c.kl_coef, mask)
+            # GAE in each sample: delta_t = r_t + gamma V_{t+1} - V_t; A_t = delta_t + gamma lambda A_{t+1}
+            advantages, returns = gae(rewards, old.values * mask, mask, c.gamma, c.lam)
+            buffer.append(Experience(batch, old.logprobs, old.values * mask, kl, advantages, returns))
+
+        masks = [e.batch.action_mask for e in buffer]
+        flat = {
+            name: torch.cat([getattr(e, name)[m.bool()] for e, m in zip(buffer, masks, strict=True)])
+            for name in ("kl", "advantages", "returns", "old_values")
+        }
+        if c.normalize_advantages:  # A <- (A - mean) / std over every action token of the buffer
+            for e, whitened in zip(buffer, whiten([e.advantages for e in buffer], masks), strict=True):
+                e.advantages = whitened
+        tokens = sum(e.batch.tokens for e in buffer)
+        sample_kl = torch.cat([(e.kl).sum(-1) for e in buffer])
+        return buffer, {
+            "samples": float(len(samples)),
+            "samples/action_tokens": float(flat["kl"].numel()),
+            "samples/tokens": float(tokens),
+            "ppo/kl": float(flat["kl"].mean()),
+            "ppo/kl_per_sample": float(sample_kl.mean()),
+            "ppo/advantage_raw_mean": float(flat["advantages"].mean()),
+            "ppo/advantage_raw_std": float(flat["advantages"].std(unbiased=False)),
+            "ppo/return_mean": float(flat["returns"].mean()),
+            "ppo/value_mean": float(flat["old_values"].mean()),
+            "ppo/explained_variance": explained_variance(flat["old_values"], flat["returns"]),
+            "time/policy_pass": policy_seconds,
+            "time/reference_pass": reference_seconds,
+            "passes/tokens_per_s": 2 * tokens / max(policy_seconds + reference_seconds, 1e-9),
+        }
+
+    def _update(self, buffer: list[Experience], iteration: int) -> dict[str, float]:
+        """``ppo_epochs`` passes over the buffer in shuffled minibatches; returns the update's metrics."""
+        c = self.config
+        started = time.perf_counter()
+        generator = torch.Generator().manual_seed(derive_seed(c.seed, "minibatches", iteration))
+        sizes = [e.batch.size for e in buffer]
+        value_weight = c.vf_coef if c.critic == "shared" else 1.0
+        actor_params, critic_params = self.model.actor_parameters(), self.model.critic_parameters()
+        sums: dict[str, float] = defaultdict(float)
+        tokens = steps = 0
+        for epoch in range(c.ppo_epochs):
+            order = torch.randperm(len(buffer), generator=generator).tolist()
+            groups = minibatches(order, sizes, c.minibatch_size)
+            for k, group in enumerate(groups):
+                n = sum(sizes[i] for i in group)
+                self.optimizer.zero_grad(set_to_none=True)
+                for i in group:
+                    e = buffer[i]
+                    mask = e.batch.action_mask
+                    new = self.model(e.batch, c.bf16, values=True, entropy_grad=c.ent_coef > 0)
+                    assert new.values is not None
+                    # ratio_t = pi(a_t) / pi_old(a_t);  L_clip = -min(ratio A, clip(ratio, 1-eps, 1+eps) A)
+                    pg_tokens, ratio = policy_loss(
+                        new.logprobs, e.old_logprobs, e.advantages, mask, c.clip_ratio
+                    )
+                    # L_V = 0.5 max((V - R)^2, (V_old + clip(V - V_old, -c, c) - R)^2)
+                    v_tokens = value_loss(new.values, e.old_values, e.returns, mask, c.value_clip)
+                    pg = sample_mean(pg_tokens, mask, n)
+                    vl = sample_mean(v_tokens, mask, n)
+                    entropy = sample_mean(new.entropy, mask, n)
+                    (pg + value_weight * vl - c.ent_coef * entropy).backward()
+                    with torch.no_grad():
+                        log_ratio = ratio.log()
+                        sums["policy_loss"] += float(pg)
+                        sums["value_loss"] += float(vl)
+                        sums["entropy"] += float(entropy)
+                        # the share of tokens whose ratio left [1 - eps, 1 + eps], and KL(pi_old || pi)
+                        sums["clip_fraction"] += float(
+                            sample_mean(((ratio - 1).abs() > c.clip_ratio).float(), mask, n)
+                        )
+                        sums["approx_kl_old"] += float(sample_mean((ratio - 1) - log_ratio, mask, n))
+                    tokens += e.batch.tokens
+                # clip each network's gradient norm on its own, as the official actor and critic engines do
+                sums["grad_norm_actor"] += float(nn.utils.clip_grad_norm_(actor_params, c.max_grad_norm))
+                sums["grad_norm_critic"] += float(nn.utils.clip_grad_norm_(critic_params, c.max_grad_norm))
+                progress = (iteration - 1 + (epoch + (k + 1) / len(groups)) / c.ppo_epochs) / c.iterations
+                factor = lr_factor(progress, c.warmup_ratio, c.min_lr_ratio)
+                for param_group in self.optimizer.param_groups:
+                    param_group["lr"] = param_group["base_lr"] * factor
+                self.optimizer.step()
+                steps += 1
+        seconds = time.perf_counter() - started
+        out = {f"ppo/{k}": v / steps for k, v in sums.items()}
+        out.update(
+            {
+                "ppo/optimizer_steps": float(steps),
+                "ppo/lr_actor": self.optimizer.param_groups[0]["lr"],
+                "ppo/lr_critic": self.optimizer.param_groups[1]["lr"],
+                "time/update": seconds,
+                "update/tokens_per_s": tokens / max(seconds, 1e-9),
+            }
+        )
+        return out
+
+    def _evaluate(self, iteration: int) -> dict[str, float]:
+        started = time.perf_counter()
+        agent_config = self.config.rollout.model_copy(
+            update={"temperature": 0.0, "seed": self.config.seed, "record_token_ids": False}
+        )
+        metrics, trajectories = evaluate(
+            Agent(self._generator(), self.retriever, agent_config), self.judge, self.dev_examples
+        )
+        self._write_trajectories(self.out / "dev" / f"iter-{iteration:05d}.jsonl", trajectories)
+        metrics["dev/questions"] = float(len(self.dev_examples))
+        metrics["time/dev_eval"] = self._eval_seconds = time.perf_counter() - started
+        return metrics
+
+    # -------------------------------------------------------------------------------------------- helpers
+
+    def _generator(self) -> HFGenerator:
+        """Generation with the actor's current weights (the model object being trained, not a copy)."""
+        return HFGenerator(
+            self.model.actor, self.tokenizer, batch_size=self.config.rollout_batch_size, bf16=self.config.bf16
+        )
+
+    def _questions(self, iteration: int) -> list[QAExample]:
+        """This iteration's questions: the training set in a seeded shuffled order, epoch after epoch."""
+        q, n = self.config.questions_per_iteration, len(self.train_examples)
+        chosen = []
+        for position in range((iteration - 1) * q, iteration * q):
+            epoch, k = divmod(position, n)
+            if epoch not in self._orders:
+                order = list(range(n))
+                random.Random(derive_seed(self.config.seed, "epoch", epoch)).shuffle(order)
+                self._orders[epoch] = order
+            chosen.append(self.train_examples[self._orders[epoch][k]])
+        return chosen
+
+    def _start_run(self) -> int:
+        """Check or write config.yaml; restore the latest checkpoint; return its iteration (or 0)."""
+        path = self.out / CONFIG_FILE
+        if path.exists():
+            saved = PPOConfig.from_yaml(path)
+            changed = sorted(
+                name
+                for name in PPOConfig.model_fields
+                if name not in RESUMABLE_CHANGES and getattr(saved, name) != getattr(self.config, name)
+            )
+            if changed:
+                raise ValueError(
+                    f"{self.out} holds a run with other settings ({', '.join(changed)} differ); "
+                    "resume it with the same settings or start the new run in another folder"
+                )
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.config.to_yaml(path)
+        found = ckpt.checkpoints(self.out / "checkpoints")
+        if not found:
+            return 0
+        state = ckpt.load_checkpoint(found[-1])
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        ckpt.set_rng_state(state["rng"])
+        return int(state["iteration"])
+
+    def _save(self, iteration: int) -> None:
+        ckpt.save_checkpoint(
+            self.out / "checkpoints",
+            iteration,
+            {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()},
+            keep=self.config.keep_checkpoints,
+        )
+
+    @staticmethod
+    def _write_trajectories(
+        path: Path, trajectories: Sequence[Trajectory], rollout: Rollout | None = None
+    ) -> None:
+        """The trajectories (and their rewards) as jsonl, without the token ids (they are in the samples)."""
+        records = []
+        for i, trajectory in enumerate(trajectories):
+            record = trajectory.to_dict()
+            record["metadata"].pop("step_token_ids", None)
+            if rollout is not None:
+                record["reward"] = rollout.rewards[i].to_dict()
+            records.append(record)
+        write_jsonl(path, records)
+
+    @staticmethod
+    def _postfix(metrics: dict[str, Any]) -> dict[str, str]:
+        keys = {
+            "reward/trajectory_mean": "reward",
+            "rollout/accuracy": "acc",
+            "dev/accuracy": "dev",
+            "ppo/kl": "kl",
+        }
+        return {short: f"{metrics[key]:.3g}" for key, short in keys.items() if key in metrics}

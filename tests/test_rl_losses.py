@@ -1,0 +1,140 @@
+"""The PPO formulas against values computed by hand."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from r3rag.rl.losses import (
+    approx_kl,
+    explained_variance,
+    gae,
+    policy_loss,
+    sample_mean,
+    token_rewards,
+    value_loss,
+    whiten,
+)
+from r3rag.rl.ppo import lr_factor, minibatches
+
+# two samples: 3 action tokens, and 2 action tokens + one padding slot (garbage values that must not leak)
+MASK = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
+VALUES = torch.tensor([[0.5, 0.2, 0.8], [0.1, -0.3, 9.0]])
+REWARDS = torch.tensor([[0.0, 0.0, 1.0], [0.0, -1.0, 5.0]])
+
+
+def test_gae_with_gamma_and_lambda_one_is_reward_minus_value() -> None:
+    advantages, returns = gae(REWARDS, VALUES, MASK, gamma=1.0, lam=1.0)
+    # sample 1: A_t = 1 - V_t; sample 2: A_t = -1 - V_t; the padding slot gets nothing
+    expected = torch.tensor([[0.5, 0.8, 0.2], [-1.1, -0.7, 0.0]])
+    assert torch.allclose(advantages, expected)
+    assert torch.allclose(returns, torch.tensor([[1.0, 1.0, 1.0], [-1.0, -1.0, 0.0]]))
+
+
+def test_gae_with_discount_by_hand() -> None:
+    advantages, returns = gae(REWARDS[:1], VALUES[:1], MASK[:1], gamma=0.9, lam=0.5)
+    # delta_2 = 1 - 0.8 = 0.2;  delta_1 = 0.9*0.8 - 0.2 = 0.52;  delta_0 = 0.9*0.2 - 0.5 = -0.32
+    a2 = 0.2
+    a1 = 0.52 + 0.45 * a2
+    a0 = -0.32 + 0.45 * a1
+    assert torch.allclose(advantages, torch.tensor([[a0, a1, a2]]))
+    assert torch.allclose(returns, torch.tensor([[a0 + 0.5, a1 + 0.2, a2 + 0.8]]))
+
+
+def test_token_rewards_put_the_kl_penalty_on_every_token_and_the_reward_where_it_was_placed() -> None:
+    kl = torch.tensor([[0.1, -0.2, 0.3]])
+    rewards = token_rewards(torch.tensor([[0.0, 0.0, 2.0]]), kl, kl_coef=0.01, mask=torch.ones(1, 3))
+    assert torch.allclose(rewards, torch.tensor([[-0.001, 0.002, 2.0 - 0.003]]))
+
+
+def test_whiten_uses_the_statistics_of_every_tensor_together() -> None:
+    a, b = torch.tensor([[1.0, 2.0]]), torch.tensor([[3.0, 100.0]])
+    mask_b = torch.tensor([[1.0, 0.0]])  # the 100 is padding
+    wa, wb = whiten([a, b], [torch.ones(1, 2), mask_b])
+    std = math.sqrt(2 / 3)  # of 1, 2, 3
+    assert torch.allclose(wa, torch.tensor([[-1 / std, 0.0]]), atol=1e-6)
+    assert torch.allclose(wb, torch.tensor([[1 / std, 0.0]]), atol=1e-6)
+
+
+def test_clipped_policy_loss_on_a_hand_made_batch() -> None:
+    ratios = torch.tensor([[1.5, 1.5, 0.5, 0.5, 1.1]])
+    advantages = torch.tensor([[1.0, -1.0, 1.0, -1.0, 2.0]])
+    old = torch.zeros(1, 5)
+    loss, ratio = policy_loss(ratios.log(), old, advantages, torch.ones(1, 5), clip=0.2)
+    # min(r A, clip(r) A): 1.5*1 -> clipped 1.2; 1.5*-1 -> -1.5 (the clip would be optimistic);
+    # 0.5*1 -> 0.5 (unclipped is lower); 0.5*-1 -> clipped -0.8; 1.1*2 inside the range -> 2.2
+    assert torch.allclose(loss, -torch.tensor([[1.2, -1.5, 0.5, -0.8, 2.2]]))
+    assert torch.allclose(ratio, ratios)
+
+
+def test_clipped_value_loss_on_a_hand_made_batch() -> None:
+    new = torch.tensor([[0.5, 0.1, -0.5, 0.9]])
+    old = torch.zeros(1, 4)
+    returns = torch.tensor([[1.0, 1.0, -1.0, 0.0]])
+    loss = value_loss(new, old, returns, torch.ones(1, 4), clip=0.2)
+    # V_clip = 0.2, 0.1, -0.2, 0.2; loss = 0.5 * max((V - R)^2, (V_clip - R)^2)
+    expected = 0.5 * torch.tensor([[max(0.25, 0.64), 0.81, max(0.25, 0.64), max(0.81, 0.04)]])
+    assert torch.allclose(loss, expected)
+
+
+def test_masked_positions_contribute_nothing() -> None:
+    mask = torch.tensor([[1.0, 0.0]])
+    loss, _ = policy_loss(
+        torch.tensor([[0.0, 5.0]]), torch.zeros(1, 2), torch.tensor([[1.0, 1.0]]), mask, 0.2
+    )
+    assert loss[0, 1] == 0
+    assert value_loss(torch.tensor([[0.0, 7.0]]), torch.zeros(1, 2), torch.zeros(1, 2), mask, 0.2)[0, 1] == 0
+
+
+def test_sample_mean_weighs_samples_equally_and_accumulates() -> None:
+    x = torch.tensor([[1.0, 3.0, 0.0], [10.0, 0.0, 0.0]])
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+    assert float(sample_mean(x, mask)) == pytest.approx((2.0 + 10.0) / 2)
+    # two micro-batches of one sample each, divided by the minibatch's 2 samples, add up to the same
+    halves = sample_mean(x[:1], mask[:1], samples=2) + sample_mean(x[1:], mask[1:], samples=2)
+    assert float(halves) == pytest.approx(6.0)
+
+
+def test_k1_and_k3_on_one_token() -> None:
+    logp, ref = torch.tensor([math.log(0.5)]), torch.tensor([math.log(0.25)])
+    assert float(approx_kl(logp, ref, "k1")) == pytest.approx(math.log(2))
+    # k3 = r - 1 - log r with r = pi_ref / pi = 0.5
+    assert float(approx_kl(logp, ref, "k3")) == pytest.approx(0.5 - 1 - math.log(0.5))
+    with pytest.raises(ValueError, match="k2"):
+        approx_kl(logp, ref, "k2")  # type: ignore[arg-type]
+
+
+def test_k1_and_k3_are_unbiased_estimates_of_the_kl() -> None:
+    pi = torch.tensor([0.6, 0.3, 0.1])
+    ref = torch.tensor([0.2, 0.5, 0.3])
+    exact = float((pi * (pi / ref).log()).sum())
+    for estimator in ("k1", "k3"):
+        per_token = approx_kl(pi.log(), ref.log(), estimator)
+        assert float((pi * per_token).sum()) == pytest.approx(exact)  # expectation under pi
+    assert bool((approx_kl(pi.log(), ref.log(), "k3") >= 0).all())
+    assert bool((approx_kl(pi.log(), ref.log(), "k1") < 0).any())  # k1 can be negative per token
+
+
+def test_explained_variance() -> None:
+    returns = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    assert explained_variance(returns, returns) == pytest.approx(1.0)
+    assert explained_variance(torch.full((4,), 2.5), returns) == pytest.approx(0.0)
+    assert explained_variance(returns + 1.0, returns) == pytest.approx(
+        1.0
+    )  # a constant offset is not variance
+    assert math.isnan(explained_variance(torch.zeros(3), torch.ones(3)))
+
+
+def test_learning_rate_schedule() -> None:
+    assert lr_factor(0.05, warmup_ratio=0.1, min_lr_ratio=0.1) == pytest.approx(0.5)
+    assert lr_factor(0.1, 0.1, 0.1) == pytest.approx(1.0)
+    assert lr_factor(0.55, 0.1, 0.1) == pytest.approx(0.1 + 0.9 * 0.5)
+    assert lr_factor(1.0, 0.1, 0.1) == pytest.approx(0.1)
+    assert lr_factor(0.0, 0.0, 0.1) == pytest.approx(1.0)
+
+
+def test_minibatches_accumulate_micro_batches_up_to_the_size() -> None:
+    assert minibatches([2, 0, 1, 3], sizes=[3, 2, 4, 1], minibatch_size=4) == [[2], [0, 1], [3]]
+    assert minibatches([0, 1, 2, 3], sizes=[1, 1, 1, 1], minibatch_size=8) == [[0, 1, 2, 3]]

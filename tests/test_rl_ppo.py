@@ -1,0 +1,95 @@
+"""The PPO trainer end to end on the tiny Llama: it learns a toy reward, and a resumed run is the same run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from r3rag.rl.checkpoint import checkpoints
+from rl_fixtures import ToyScorer, tiny_config, tiny_trainer
+
+TIMING = ("time/", "memory/", "tokens_per_s")
+
+
+def comparable(records: list[dict]) -> list[dict]:
+    """Metrics without wall-clock figures, which differ between any two runs."""
+    return [{k: v for k, v in r.items() if not any(t in k for t in TIMING)} for r in records]
+
+
+def test_before_the_first_update_the_policy_is_the_rollout_policy_and_the_reference(tmp_path: Path) -> None:
+    config = tiny_config(tmp_path, ppo_epochs=1, minibatch_size=10_000)  # one optimizer step per iteration
+    metrics = tiny_trainer(config).iteration(1)
+    assert metrics["ppo/optimizer_steps"] == 1
+    assert metrics["ppo/clip_fraction"] == 0.0 and metrics["ppo/approx_kl_old"] == 0.0  # ratio == 1 exactly
+    assert metrics["ppo/kl"] == 0.0  # the actor is still the reference
+    assert metrics["ppo/value_mean"] == 0.0 and metrics["samples"] == 12  # 6 questions x 2, one step each
+    assert metrics["rollout/format_error"] == 1.0  # the random tiny model never writes a valid step
+
+
+def test_mean_reward_rises_on_a_toy_reward(tmp_path: Path) -> None:
+    """A one-token bandit: reward 1 when the token is in TARGET_IDS (about 1 in 5 tokens at the start)."""
+    rollout = {"max_steps": 1, "max_format_retries": 0, "max_new_tokens": 1}
+    config = tiny_config(
+        tmp_path,
+        iterations=3,
+        questions_per_iteration=12,
+        samples_per_question=4,
+        rollout=rollout,
+        ppo_epochs=1,
+        minibatch_size=12,
+        eval_questions=1,
+    )
+    records = tiny_trainer(config).train(progress=False)
+    rewards = [r["reward/step_mean"] for r in records if r["iteration"] > 0]
+    assert rewards[0] < 0.3 and rewards[-1] > rewards[0] + 0.4, rewards
+    assert records[-1]["ppo/kl"] > 0  # it moved away from the reference to get there
+
+
+def test_a_resumed_run_continues_with_identical_state(tmp_path: Path) -> None:
+    straight = tiny_trainer(tiny_config(tmp_path / "a"))
+    expected = straight.train(progress=False)
+
+    crashed = tiny_trainer(tiny_config(tmp_path / "b"), ToyScorer(fail_on=2))  # dies in iteration 2's rollout
+    with pytest.raises(KeyboardInterrupt):
+        crashed.train(progress=False)
+    assert [p.name for p in checkpoints(tmp_path / "b" / "checkpoints")] == ["iter-00001"]
+
+    resumed = tiny_trainer(tiny_config(tmp_path / "b"))
+    records = resumed.train(progress=False)
+    assert [r["iteration"] for r in records] == [0, 1, 2]
+    assert comparable(records) == comparable(expected)
+    on_disk = [json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert comparable(on_disk) == comparable(expected)
+    for (name, p), (_, q) in zip(
+        straight.model.state_dict().items(), resumed.model.state_dict().items(), strict=True
+    ):
+        assert torch.equal(p, q), name
+    assert str(straight.optimizer.state_dict()["state"]) == str(resumed.optimizer.state_dict()["state"])
+
+    run = tmp_path / "a"
+    assert {"config.yaml", "metrics.jsonl", "curve.png", "final", "checkpoints", "rollouts", "dev"} <= {
+        p.name for p in run.iterdir()
+    }
+    assert [p.name for p in checkpoints(run / "checkpoints")] == ["iter-00002"]  # keep_checkpoints = 1
+    assert sorted(p.name for p in (run / "dev").iterdir()) == ["iter-00000.jsonl", "iter-00002.jsonl"]
+    final = AutoModelForCausalLM.from_pretrained(run / "final")
+    assert torch.equal(final.model.embed_tokens.weight, straight.model.actor.model.embed_tokens.weight)
+
+
+def test_a_run_folder_refuses_other_settings(tmp_path: Path) -> None:
+    tiny_trainer(tiny_config(tmp_path, iterations=1, eval_questions=1)).train(progress=False)
+    with pytest.raises(ValueError, match="kl_coef differ"):
+        tiny_trainer(tiny_config(tmp_path, iterations=1, eval_questions=1, kl_coef=0.5)).train(progress=False)
+    records = tiny_trainer(tiny_config(tmp_path, iterations=2, eval_questions=1)).train(progress=False)
+    assert [r["iteration"] for r in records] == [0, 1, 2]  # more iterations: the run goes on
+
+
+def test_a_time_budget_stops_the_run_evaluated_and_saved(tmp_path: Path) -> None:
+    records = tiny_trainer(tiny_config(tmp_path, iterations=5, max_minutes=1e-4)).train(progress=False)
+    assert [r["iteration"] for r in records] == [0, 1]
+    assert "dev/accuracy" in records[-1]
+    assert (tmp_path / "final" / "config.json").is_file()
