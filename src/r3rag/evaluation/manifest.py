@@ -1,0 +1,172 @@
+"""The manifest of an evaluation run: everything that defines its setting, with checksums.
+
+Two result tables are comparable only if they come from the same model, retriever, index, questions and
+protocol (budgets, top-k, decoding, judge). The manifest records each of them in a form that can be compared:
+a fingerprint of the model's files, the index's corpus checksum and settings (from the index manifest), the
+sha256 of every question file, the evaluation config and the judge. A run directory refuses to resume under
+a different setting (:func:`differences`), so one table never mixes two settings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from r3rag import __version__
+from r3rag.config import EvalConfig
+
+MANIFEST_FILE = "manifest.json"
+RUN_ONLY_FIELDS = ("methods", "top_k_sweep", "sweep_methods", "batch_size")
+"""Config fields that choose what to run, not how: a run may be resumed with more methods or top-k values."""
+
+_CHUNK = 1 << 20
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def folder_fingerprint(folder: str | Path) -> str:
+    """A fast fingerprint of a model folder: every file's name and size, and a hash of its first and last
+    MiB. Weights that differ anywhere near their start or end (any fine-tuning does) change it; hashing every
+    byte of a 15 GB checkpoint would take a minute for the same answer."""
+    folder = Path(folder)
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        size = path.stat().st_size
+        digest.update(f"{path.relative_to(folder).as_posix()}\0{size}\0".encode())
+        with open(path, "rb") as f:
+            digest.update(f.read(_CHUNK))
+            if size > 2 * _CHUNK:
+                f.seek(-_CHUNK, 2)
+                digest.update(f.read(_CHUNK))
+    return digest.hexdigest()
+
+
+def describe_model(name: str, base_url: str | None = None) -> dict[str, Any]:
+    """The policy model: a local folder with its fingerprint, a hub id, or a model name at an endpoint."""
+    if base_url is not None:
+        return {"backend": "openai-compatible", "name": name, "base_url": base_url, "fingerprint": None}
+    from r3rag.llm.models import resolve_model
+
+    source = Path(resolve_model(name))
+    if source.is_dir():
+        return {
+            "backend": "local",
+            "name": name,
+            "path": str(source.resolve()),
+            "fingerprint": folder_fingerprint(source),
+        }
+    return {"backend": "local", "name": name, "path": None, "fingerprint": None}
+
+
+def describe_retriever(source: str) -> dict[str, Any]:
+    """The retriever: an index folder (its manifest's corpus checksum and settings) or a server URL."""
+    if source.startswith(("http://", "https://")):
+        return {"source": source, "kind": "server", "fingerprint": None}
+    from r3rag.retrieval.index import read_manifest
+
+    manifest = read_manifest(source)
+    identity = {
+        "retriever": manifest.retriever,
+        "corpus_sha256": manifest.corpus_sha256,
+        "passages": manifest.passages,
+        "encoder": None if manifest.encoder is None else manifest.encoder.model_dump(mode="json"),
+        "config": manifest.config,
+    }
+    fingerprint = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+    return {
+        "source": str(Path(source).resolve()),
+        "kind": manifest.retriever,
+        "encoder": None if manifest.encoder is None else manifest.encoder.name,
+        "corpus": manifest.corpus,
+        "corpus_sha256": manifest.corpus_sha256,
+        "passages": manifest.passages,
+        "fingerprint": fingerprint,
+    }
+
+
+def describe_judge(config: EvalConfig) -> str:
+    """One line saying how Acc was decided."""
+    judge = config.judge
+    match = "exact match" if judge.correctness_match == "em" else "cover-EM"
+    if not judge.correctness_llm:
+        return f"{match} only (no LLM judge)"
+    return f"{match}, then LLM judge {judge.model} at {judge.endpoint}"
+
+
+def build_manifest(
+    config: EvalConfig,
+    model: dict[str, Any],
+    retriever: dict[str, Any],
+    datasets: dict[str, dict[str, Any]],
+) -> dict[str, Any]:
+    """The manifest of a run. ``datasets`` maps each dataset name to its files (path, sha256, questions)."""
+    settings = config.model_dump(mode="json")
+    return {
+        "r3rag_version": __version__,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "model": model,
+        "retriever": retriever,
+        "datasets": datasets,
+        "judge": describe_judge(config),
+        "top_k": config.top_k,
+        "max_steps": config.max_steps,
+        "seed": config.seed,
+        "settings": {k: v for k, v in settings.items() if k not in RUN_ONLY_FIELDS},
+        "run": {k: settings[k] for k in RUN_ONLY_FIELDS},
+    }
+
+
+def _identity(part: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    return {k: part.get(k) for k in keys}
+
+
+def differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """What makes ``new`` a different setting from ``old`` (empty when results may share a table).
+
+    Model and retriever are compared by fingerprint (by name or URL when there is none), settings field by
+    field, and datasets by the checksums of the files of every dataset both runs have.
+    """
+    found = []
+    model_keys = (
+        ("backend", "fingerprint") if new["model"].get("fingerprint") else ("backend", "name", "base_url")
+    )
+    if _identity(old["model"], model_keys) != _identity(new["model"], model_keys):
+        found.append(f"model: {old['model'].get('name')} -> {new['model'].get('name')}")
+    retriever_keys = ("kind", "fingerprint") if new["retriever"].get("fingerprint") else ("kind", "source")
+    if _identity(old["retriever"], retriever_keys) != _identity(new["retriever"], retriever_keys):
+        found.append(f"retriever: {old['retriever'].get('source')} -> {new['retriever'].get('source')}")
+    for key in sorted(set(old["settings"]) | set(new["settings"])):
+        if old["settings"].get(key) != new["settings"].get(key):
+            found.append(f"{key}: {old['settings'].get(key)!r} -> {new['settings'].get(key)!r}")
+    for name in sorted(set(old["datasets"]) & set(new["datasets"])):
+        old_sums = sorted(f["sha256"] for f in old["datasets"][name]["files"])
+        new_sums = sorted(f["sha256"] for f in new["datasets"][name]["files"])
+        if old_sums != new_sums:
+            found.append(f"dataset {name}: other question files (sha256 differs)")
+    return found
+
+
+def merge_manifests(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """The manifest of a resumed run: the new one, keeping the first creation time and every dataset."""
+    return {**new, "created": old["created"], "datasets": {**old["datasets"], **new["datasets"]}}
+
+
+def read_run_manifest(out: str | Path) -> dict[str, Any] | None:
+    path = Path(out) / MANIFEST_FILE
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def write_run_manifest(out: str | Path, manifest: dict[str, Any]) -> Path:
+    path = Path(out) / MANIFEST_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return path

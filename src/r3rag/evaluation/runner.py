@@ -1,0 +1,235 @@
+"""Run methods x datasets x top-k over one model and retriever, resumably, scoring predictions as they land.
+
+The unit of work is (method, top-k): every question of every dataset still missing for it is run in chunks of
+``batch_size`` questions. Questions of different datasets share a chunk, since a method does not care which
+dataset a question came from, and a fuller batch is a faster one. After each chunk its predictions are scored
+and appended to ``predictions.jsonl``, one record per (method, dataset, top-k, question), with the whole
+trajectory. A rerun reads the keys already there and runs only the rest; the table is computed from the file,
+so an interrupted run, once finished, reports exactly what an uninterrupted one would.
+
+Datasets are question files (any format :func:`~r3rag.data.datasets.load_dataset` reads). Files may share a
+dataset name (``hotpotqa=a.json hotpotqa=b.jsonl``); by default a file's name is the ``dataset`` its loader
+sets (``hotpotqa``, ``2wiki``, ``musique``, ``world``), else the file name. A question id seen twice within
+one dataset is run once.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from r3rag.config import EvalConfig, IndexBuildConfig
+from r3rag.evaluation.baselines import build_method
+from r3rag.evaluation.manifest import file_sha256
+from r3rag.evaluation.scoring import score_trajectories
+from r3rag.jsonl import JsonlAppender, iter_jsonl, read_ids
+from r3rag.llm.base import Generator
+from r3rag.retrieval.base import Retriever
+from r3rag.rewards.judges import CorrectnessJudge
+from r3rag.schema import Passage, QAExample
+
+PREDICTIONS_FILE = "predictions.jsonl"
+NO_RETRIEVAL = ("cot",)
+
+
+@dataclass(slots=True)
+class EvalDataset:
+    """One column of the table: the questions of one or more files under one name."""
+
+    name: str
+    files: list[Path] = field(default_factory=list)
+    examples: list[QAExample] = field(default_factory=list)
+    duplicates: int = 0
+
+    def describe(self) -> dict[str, Any]:
+        """The manifest entry: each file with its checksum, and the questions kept."""
+        return {
+            "files": [{"path": str(f.resolve()), "sha256": file_sha256(f)} for f in self.files],
+            "questions": len(self.examples),
+            "duplicates_dropped": self.duplicates,
+        }
+
+
+def parse_dataset_spec(spec: str) -> tuple[str | None, Path]:
+    """``NAME=FILE`` or ``FILE``. A path that contains ``=`` but exists as a file is taken as a file."""
+    name, sep, path = spec.partition("=")
+    if not sep or Path(spec).is_file():
+        return None, Path(spec)
+    return name.strip() or None, Path(path)
+
+
+def load_datasets(specs: Sequence[str], limit: int | None = None) -> list[EvalDataset]:
+    """The datasets named by ``specs`` in order of first appearance; ``limit`` keeps each file's first N."""
+    from r3rag.data.datasets import load_dataset
+
+    datasets: dict[str, EvalDataset] = {}
+    for spec in specs:
+        name, path = parse_dataset_spec(spec)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such question file")
+        examples = load_dataset(path)[:limit]
+        labels = {ex.dataset for ex in examples}
+        name = name or (labels.pop() if len(labels) == 1 and "" not in labels else path.stem)
+        dataset = datasets.setdefault(name, EvalDataset(name))
+        dataset.files.append(path)
+        seen = {ex.id for ex in dataset.examples}
+        for example in examples:
+            if example.id in seen:
+                dataset.duplicates += 1
+            else:
+                seen.add(example.id)
+                dataset.examples.append(example)
+    return list(datasets.values())
+
+
+def build_context_index(files: Sequence[Path], out: Path) -> Path:
+    """A BM25 index over the context paragraphs of the question files (the distractor setting: one pool of
+    every question's gold and distractor paragraphs, deduplicated). Reused when its corpus is unchanged."""
+    from r3rag.data.corpus import corpus_checksum, dedupe_passages, write_corpus
+    from r3rag.data.datasets import iter_dataset
+    from r3rag.retrieval.index import build_index, read_manifest
+
+    paragraphs = [p for path in files for _, contexts in iter_dataset(path) for p in contexts]
+    if not paragraphs:
+        raise ValueError(
+            "the question files carry no context paragraphs (converted FlashRAG files drop them); pass the "
+            "original dataset files, or an index built with `r3rag index build`"
+        )
+    corpus, index = out / "corpus.jsonl", out / "index"
+    write_corpus(corpus, dedupe_passages(paragraphs))
+    built = (index / "manifest.json").is_file() and read_manifest(index).corpus_sha256 == corpus_checksum(
+        corpus
+    )
+    if not built:
+        build_index(IndexBuildConfig(corpus=corpus, out=index), progress=False)
+    return index
+
+
+@dataclass(frozen=True, slots=True)
+class CutPassages:
+    """A Retriever whose passages keep at most ``chars`` characters of text (cut at a word boundary; id and
+    title kept), so that every method, R3-RAG included, reads the same shortened documents."""
+
+    retriever: Retriever
+    chars: int
+
+    def search(self, queries: Sequence[str], k: int) -> list[list[Passage]]:
+        return [[self._cut(p) for p in hits] for hits in self.retriever.search(queries, k)]
+
+    def _cut(self, passage: Passage) -> Passage:
+        if len(passage.text) <= self.chars:
+            return passage
+        text = passage.text[: self.chars + 1].rsplit(" ", 1)[0] or passage.text[: self.chars]
+        return Passage(passage.id, passage.title, text, passage.score)
+
+
+def main_top_k(method: str, config: EvalConfig) -> int | None:
+    """The top-k of a method's row in the main table: none for CoT, ``rag_top_k`` for RAG with CoT."""
+    if method in NO_RETRIEVAL:
+        return None
+    return config.rag_top_k if method == "rag-cot" else config.top_k
+
+
+def planned_runs(config: EvalConfig) -> list[tuple[str, int | None]]:
+    """Every (method, top-k) to run: each method at its main top-k, then the sweep."""
+    runs = [(method, main_top_k(method, config)) for method in config.methods]
+    sweep = config.sweep_methods if config.sweep_methods is not None else config.methods
+    for k in config.top_k_sweep:
+        runs += [(m, k) for m in sweep if m not in NO_RETRIEVAL and (m, k) not in runs]
+    return runs
+
+
+def record_key(method: str, dataset: str, top_k: int | None, example_id: str) -> str:
+    return f"{method}|{dataset}|{'-' if top_k is None else top_k}|{example_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """What a finished chunk reports: which run, how far it is, and how fast it went."""
+
+    method: str
+    top_k: int | None
+    done: int
+    total: int
+    seconds: float
+
+
+class EvalRunner:
+    """Runs the planned (method, top-k) pairs over the datasets into ``out/predictions.jsonl``."""
+
+    def __init__(
+        self,
+        config: EvalConfig,
+        generator: Generator,
+        retriever: Retriever | None,
+        judge: CorrectnessJudge,
+        out: str | Path,
+        on_progress: Callable[[Progress], None] | None = None,
+    ):
+        self.config = config
+        self.generator = generator
+        self.retriever = (
+            CutPassages(retriever, config.passage_chars)
+            if retriever is not None and config.passage_chars is not None
+            else retriever
+        )
+        self.judge = judge
+        self.path = Path(out) / PREDICTIONS_FILE
+        self.on_progress = on_progress
+
+    def run(self, datasets: Sequence[EvalDataset]) -> list[dict[str, Any]]:
+        """Run what is missing; return every record of the predictions file."""
+        done = read_ids(self.path, key="key")
+        with JsonlAppender(self.path) as writer:
+            for method, top_k in planned_runs(self.config):
+                todo = [
+                    (d.name, ex)
+                    for d in datasets
+                    for ex in d.examples
+                    if record_key(method, d.name, top_k, ex.id) not in done
+                ]
+                self._run_one(method, top_k, todo, writer)
+        return read_records(self.path)
+
+    def _run_one(
+        self, method_name: str, top_k: int | None, todo: list[tuple[str, QAExample]], writer: JsonlAppender
+    ) -> None:
+        if not todo:
+            return
+        method = build_method(method_name, self.generator, self.retriever, self.config, top_k)
+        size = self.config.batch_size
+        for start in range(0, len(todo), size):
+            chunk = todo[start : start + size]
+            examples = [ex for _, ex in chunk]
+            started = time.perf_counter()
+            trajectories = method.run(examples)
+            scores = score_trajectories(examples, trajectories, self.judge, self.config.max_steps)
+            for (dataset, example), trajectory, score in zip(chunk, trajectories, scores, strict=True):
+                writer.write(
+                    {
+                        "key": record_key(method_name, dataset, top_k, example.id),
+                        "method": method_name,
+                        "dataset": dataset,
+                        "top_k": top_k,
+                        "id": example.id,
+                        "question": example.question,
+                        "golds": list(example.answers),
+                        **score,
+                        "trajectory": trajectory.to_dict(),
+                    }
+                )
+            if self.on_progress is not None:
+                elapsed = time.perf_counter() - started
+                self.on_progress(Progress(method_name, top_k, start + len(chunk), len(todo), elapsed))
+
+
+def read_records(path: str | Path) -> list[dict[str, Any]]:
+    """Every record of a predictions file (the last one wins if a key was written twice)."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    records = {record["key"]: record for _, record in iter_jsonl(path)}
+    return list(records.values())

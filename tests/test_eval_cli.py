@@ -1,0 +1,85 @@
+"""`r3rag eval` as a user runs it: a saved (tiny) model, a dataset file with contexts, a run folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from r3rag.cli import app
+from r3rag.jsonl import iter_jsonl
+from tiny_llm import tiny_model, tiny_tokenizer
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("eval")
+    model_dir = root / "model"
+    tiny_model().save_pretrained(model_dir)
+    tiny_tokenizer().save_pretrained(model_dir)
+    records = [
+        {
+            "_id": f"h{i}",
+            "question": f"Who founded the studio that made film {i}?",
+            "answer": f"Founder {i}",
+            "type": "bridge",
+            "level": "easy",
+            "supporting_facts": [[f"Film {i}", 0], [f"Studio {i}", 0]],
+            "context": [
+                [f"Film {i}", [f"Film {i} was made by Studio {i}."]],
+                [f"Studio {i}", [f"Studio {i} was founded by Founder {i}."]],
+            ],
+        }
+        for i in range(3)
+    ]
+    questions = root / "hotpot.json"
+    questions.write_text(json.dumps(records))
+    return {"model": model_dir, "questions": questions, "root": root}
+
+
+def evaluate(setup: dict[str, Path], out: Path, *args: str):
+    common = ["--model", str(setup["model"]), "-d", str(setup["questions"]), "--out", str(out)]
+    common += ["-m", "cot", "-m", "ircot", "-m", "r3rag", "--max-new-tokens", "3", "--max-steps", "2"]
+    return runner.invoke(app, ["eval", *common, *args])
+
+
+def test_a_run_writes_the_report_and_resumes_to_a_no_op(setup: dict[str, Path]) -> None:
+    out = setup["root"] / "run"
+    result = evaluate(setup, out, "--corpus-from-datasets", "--top-k-sweep", "1", "--sweep-method", "r3rag")
+    assert result.exit_code == 0, result.output
+    for name in (
+        "results.md",
+        "results.csv",
+        "results.json",
+        "accuracy_vs_steps.png",
+        "accuracy_vs_top_k.png",
+    ):
+        assert (out / name).is_file(), name
+    assert "| Method | top-k | HotpotQA (n=3) Acc |" in result.stdout
+    keys = [r["key"] for _, r in iter_jsonl(out / "predictions.jsonl")]
+    assert len(keys) == 4 * 3  # cot, ircot@5, r3rag@5, r3rag@1
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["model"]["fingerprint"] and manifest["retriever"]["passages"] == 6
+    assert manifest["datasets"]["hotpotqa"]["questions"] == 3 and manifest["max_steps"] == 2
+
+    again = evaluate(setup, out, "--corpus-from-datasets", "--top-k-sweep", "1", "--sweep-method", "r3rag")
+    assert again.exit_code == 0, again.output
+    assert len(list(iter_jsonl(out / "predictions.jsonl"))) == len(keys)
+    assert again.stdout == result.stdout
+
+    other = evaluate(setup, out, "--corpus-from-datasets", "--top-k", "3")
+    assert other.exit_code == 2
+    assert "another setting" in other.output and "top_k: 5 -> 3" in other.output
+
+
+def test_bad_flags_are_one_line_errors(setup: dict[str, Path]) -> None:
+    out = setup["root"] / "bad"
+    assert "METHOD=N" in evaluate(setup, out, "--max-new-tokens", "cot=x").output
+    missing = evaluate(setup, out)
+    assert missing.exit_code == 2 and "--index" in missing.output
+    unknown = runner.invoke(app, ["eval", "-d", str(setup["questions"]), "-m", "magic", "--out", str(out)])
+    assert unknown.exit_code == 2 and "magic" in unknown.output
