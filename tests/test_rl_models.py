@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
+from transformers import AutoModelForCausalLM
 
-from r3rag.rl.lora import LoRALinear, lora_disabled, merged_copy
 from r3rag.rl.models import ActorCritic, ReferencePolicy
 from r3rag.rl.samples import Sample, collate, pack_samples, step_samples
 from rl_fixtures import ANSWER, QUERY, scripted_rollout
-from tiny_llm import tiny_model
+from tiny_llm import tiny_model, tiny_tokenizer
 
 TARGETS = ("q_proj", "v_proj", "down_proj")
 
@@ -71,30 +73,40 @@ def test_separate_critic_has_its_own_trunk_and_learning_rate_groups() -> None:
     assert len(shared.critic_parameters()) == 2  # the value head's weight and bias only
 
 
-def test_lora_trains_adapters_only_and_the_reference_is_the_actor_without_them() -> None:
+def test_lora_trains_adapters_only_and_the_reference_is_the_actor_without_them(tmp_path: Path) -> None:
+    pytest.importorskip("peft")
+    from peft.tuners.lora import LoraLayer
+
     model = ActorCritic(tiny_model(), "shared", lora_rank=4, lora_alpha=8, lora_targets=TARGETS)
-    assert sum(isinstance(m, LoRALinear) for m in model.actor.modules()) == 2 * len(TARGETS)  # 2 layers
-    assert all(n.endswith(("lora_a", "lora_b")) for n, p in model.actor.named_parameters() if p.requires_grad)
+    assert sum(isinstance(m, LoraLayer) for m in model.actor.modules()) == 2 * len(TARGETS)  # 2 layers
+    trainable = [n for n, p in model.actor.named_parameters() if p.requires_grad]
+    assert trainable and all(".lora_A." in n or ".lora_B." in n for n in trainable)
     reference = ReferencePolicy(model)
+    assert reference._model is None  # no second copy of the weights
     b = batch()
     before = reference.logprobs(b, bf16=False)
     assert torch.equal(before, model(b, bf16=False).logprobs.detach())  # B = 0: no change yet
+    assert torch.allclose(before * b.action_mask, reference_logprobs(tiny_model()), atol=1e-5)
     with torch.no_grad():
-        for layer in model.actor.modules():
-            if isinstance(layer, LoRALinear):
-                layer.lora_b.normal_(std=0.5)
+        for name, p in model.actor.named_parameters():
+            if ".lora_B." in name:
+                p.normal_(std=0.5)
     moved = model(b, bf16=False).logprobs.detach()
     assert not torch.allclose(moved, before)
     assert torch.equal(reference.logprobs(b, bf16=False), before)
-    with lora_disabled(model.actor):
+    with model.actor.disable_adapter():
         assert torch.equal(model(b, bf16=False).logprobs.detach(), before)
-    merged = merged_copy(model.actor)
-    assert not any(isinstance(m, LoRALinear) for m in merged.modules())
+    assert torch.equal(model(b, bf16=False).logprobs.detach(), moved)  # adapters back on after the reference
+    model.save_actor(tmp_path, tiny_tokenizer())  # what final/ holds
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path)
+    assert type(merged) is type(tiny_model()) and set(merged.state_dict()) == set(tiny_model().state_dict())
     assert torch.allclose(reference_logprobs(merged) * b.action_mask, moved * b.action_mask, atol=1e-5)
+    assert torch.equal(reference.logprobs(b, bf16=False), before)  # saving merged a copy, not the actor
 
 
 def test_lora_targets_must_match_something() -> None:
-    with pytest.raises(ValueError, match="no nn.Linear named"):
+    pytest.importorskip("peft")
+    with pytest.raises(ValueError, match="not found in the base model"):
         ActorCritic(tiny_model(), "shared", lora_rank=4, lora_targets=("nope",))
 
 

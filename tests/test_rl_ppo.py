@@ -11,6 +11,7 @@ from transformers import AutoModelForCausalLM
 
 from r3rag.rl.checkpoint import checkpoints
 from rl_fixtures import ToyScorer, tiny_config, tiny_trainer
+from tiny_llm import tiny_model
 
 TIMING = ("time/", "memory/", "tokens_per_s")
 
@@ -49,16 +50,21 @@ def test_mean_reward_rises_on_a_toy_reward(tmp_path: Path) -> None:
     assert records[-1]["ppo/kl"] > 0  # it moved away from the reference to get there
 
 
-def test_a_resumed_run_continues_with_identical_state(tmp_path: Path) -> None:
-    straight = tiny_trainer(tiny_config(tmp_path / "a"))
+@pytest.mark.parametrize("lora_rank", [0, 4])
+def test_a_resumed_run_continues_with_identical_state(tmp_path: Path, lora_rank: int) -> None:
+    if lora_rank:
+        pytest.importorskip("peft")
+    straight = tiny_trainer(tiny_config(tmp_path / "a", lora_rank=lora_rank))
     expected = straight.train(progress=False)
 
-    crashed = tiny_trainer(tiny_config(tmp_path / "b"), ToyScorer(fail_on=2))  # dies in iteration 2's rollout
+    crashed = tiny_trainer(  # dies in iteration 2's rollout
+        tiny_config(tmp_path / "b", lora_rank=lora_rank), ToyScorer(fail_on=2)
+    )
     with pytest.raises(KeyboardInterrupt):
         crashed.train(progress=False)
     assert [p.name for p in checkpoints(tmp_path / "b" / "checkpoints")] == ["iter-00001"]
 
-    resumed = tiny_trainer(tiny_config(tmp_path / "b"))
+    resumed = tiny_trainer(tiny_config(tmp_path / "b", lora_rank=lora_rank))
     records = resumed.train(progress=False)
     assert [r["iteration"] for r in records] == [0, 1, 2]
     assert comparable(records) == comparable(expected)
@@ -76,8 +82,10 @@ def test_a_resumed_run_continues_with_identical_state(tmp_path: Path) -> None:
     }
     assert [p.name for p in checkpoints(run / "checkpoints")] == ["iter-00002"]  # keep_checkpoints = 1
     assert sorted(p.name for p in (run / "dev").iterdir()) == ["iter-00000.jsonl", "iter-00002.jsonl"]
-    final = AutoModelForCausalLM.from_pretrained(run / "final")
-    assert torch.equal(final.model.embed_tokens.weight, straight.model.actor.model.embed_tokens.weight)
+    final = AutoModelForCausalLM.from_pretrained(run / "final")  # a plain model, adapters merged
+    assert set(final.state_dict()) == set(tiny_model().state_dict())
+    trunk = straight.model.actor.get_decoder()  # through a PeftModel with LoRA, .model is not the trunk
+    assert torch.equal(final.model.embed_tokens.weight, trunk.embed_tokens.weight)
 
 
 def test_a_run_folder_refuses_other_settings(tmp_path: Path) -> None:

@@ -43,6 +43,7 @@ from r3rag.coldstart.checkpoints import latest_checkpoint, load_state, save_chec
 from r3rag.coldstart.dataset import IGNORE_INDEX, TokenizedExample, end_of_turn, read_sft, tokenize_example
 from r3rag.config import ColdStartConfig, SFTConfig
 from r3rag.llm.models import load_model
+from r3rag.lora import add_lora, load_lora, merged
 
 FINAL = "final"
 AGENT_FILE = "agent.yaml"
@@ -305,20 +306,10 @@ def _optimizer(model: Any, config: SFTConfig) -> torch.optim.Optimizer:
 
 
 def _with_lora(model: Any, config: SFTConfig, checkpoint: Path | None) -> Any:
-    try:
-        import peft
-    except ImportError:
-        raise RuntimeError("--lora needs the 'peft' package: pip install peft") from None
+    """Fresh adapters, or those of the checkpoint being resumed."""
     if checkpoint is not None:
-        return peft.PeftModel.from_pretrained(model, checkpoint, is_trainable=True)
-    lora = peft.LoraConfig(
-        r=config.lora_rank,
-        lora_alpha=config.lora_alpha,
-        lora_dropout=config.lora_dropout,
-        target_modules=config.lora_targets,
-        task_type="CAUSAL_LM",
-    )
-    return peft.get_peft_model(model, lora)
+        return load_lora(model, checkpoint)
+    return add_lora(model, config.lora_rank, config.lora_alpha, config.lora_targets, config.lora_dropout)
 
 
 def _check_resumable(out: Path, config: SFTConfig, checkpoint: Path | None) -> None:
@@ -340,7 +331,7 @@ def _save_final(out: Path, model: Any, tokenizer: Any, config: SFTConfig, result
     """Write the final model (LoRA merged in) with its agent settings, then rename it into place."""
     tmp = out / f".{FINAL}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    (model.merge_and_unload() if config.lora else model).save_pretrained(tmp)
+    (merged(model, keep=False) if config.lora else model).save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     coldstart = Path(config.data).parent / COLDSTART_FILE
     if coldstart.is_file():

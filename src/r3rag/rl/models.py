@@ -1,7 +1,10 @@
 """The three networks of PPO: the actor, the critic (a value head) and the frozen reference.
 
 - **actor**: the policy, a Hugging Face causal LM started from the cold-start model (R3-RAG-CS); fully
-  fine-tuned (official) or through LoRA adapters (:mod:`r3rag.rl.lora`).
+  fine-tuned (official) or through LoRA adapters (peft, :mod:`r3rag.lora`). With LoRA it is a
+  ``PeftModel``, which passes ``config``, ``get_decoder()`` and ``get_output_embeddings()`` on to the wrapped
+  model; the code here reaches the trunk and the head only through those, never through ``.model`` or
+  ``.lm_head``, whose meaning the wrapper changes.
 - **critic**: a linear value head on a transformer trunk. ``separate`` gives it its own trunk, a copy of
   the actor's (official: the critic is initialised from the actor checkpoint with a fresh value head);
   ``shared`` puts the head on the actor's own trunk: one forward and backward pass per batch instead of
@@ -25,7 +28,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from r3rag.rl.lora import apply_lora, lora_disabled, merged_copy
+from r3rag.lora import add_lora, merged
 from r3rag.rl.losses import entropy_from_logits
 from r3rag.rl.samples import Batch
 
@@ -91,12 +94,10 @@ class ActorCritic(nn.Module):
     ) -> None:
         super().__init__()
         _check_plain_head(actor)
-        self.actor = actor
         self.critic_mode = critic
         self.critic_trunk = copy.deepcopy(actor.get_decoder()) if critic == "separate" else None
         self.lora = lora_rank > 0
-        if self.lora:
-            apply_lora(actor, lora_targets, lora_rank, lora_alpha)
+        self.actor = add_lora(actor, lora_rank, lora_alpha, lora_targets) if self.lora else actor
         self.value_head = nn.Linear(actor.config.hidden_size, 1)
         nn.init.zeros_(self.value_head.weight)  # V = 0 everywhere at the start: no made-up baseline
         nn.init.zeros_(self.value_head.bias)
@@ -130,7 +131,7 @@ class ActorCritic(nn.Module):
 
     def save_actor(self, path: str | Path, tokenizer: Any) -> None:
         """The actor as a plain Hugging Face checkpoint (adapters merged), with its tokenizer."""
-        model = merged_copy(self.actor) if self.lora else self.actor
+        model = merged(self.actor, keep=True) if self.lora else self.actor
         model.save_pretrained(path)
         tokenizer.save_pretrained(path)
 
@@ -151,7 +152,7 @@ class ReferencePolicy:
         if self._model is not None:
             return self._logprobs(self._model, batch, bf16)
         actor = self._actor_critic.actor
-        with lora_disabled(actor):
+        with actor.disable_adapter():
             return self._logprobs(actor, batch, bf16)
 
     @staticmethod
