@@ -11,6 +11,10 @@ run: --requests requests of 1-4 queries from --clients concurrent clients agains
 on), every answer checked against the local index.
 
 rank_bm25 is a benchmark-only dependency: pip install rank_bm25 (its column is skipped without it).
+
+Headline figures for `make bench`: BM25 batched q/s on the first corpus, the worst BM25 overhead over bare
+bm25s (target <= 10%), the speed vs rank_bm25 per corpus (expectation >= 20x), and the load run's errors
+and wrong answers.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from _summary import report
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -64,6 +69,17 @@ class Row:
     single_qps: float
     latency_1: tuple[float, float]
     latency_16: tuple[float, float]
+
+
+@dataclass
+class BM25Comparison:
+    """One corpus's row of the BM25 table, and the figures of it that have a target."""
+
+    corpus: str
+    row: str
+    overhead_batched: float  # our time / bare bm25s time - 1
+    overhead_single: float
+    speedup: float | None  # vs rank_bm25; None when it is not installed
 
 
 def timed(fn: Callable[[], object]) -> float:
@@ -206,8 +222,8 @@ def paired(a: Callable[[], object], b: Callable[[], object], pairs: int) -> tupl
     )
 
 
-def bm25_comparison(corpus: Corpus, index_dir: Path, args: argparse.Namespace) -> str:
-    """One table row: our search vs a bare bm25s call on the same index, and vs rank_bm25."""
+def bm25_comparison(corpus: Corpus, index_dir: Path, args: argparse.Namespace) -> BM25Comparison:
+    """Our search vs a bare bm25s call on the same index, and vs rank_bm25."""
     import bm25s
     import Stemmer
 
@@ -239,7 +255,8 @@ def bm25_comparison(corpus: Corpus, index_dir: Path, args: argparse.Namespace) -
     try:
         from rank_bm25 import BM25Okapi
     except ImportError:
-        return "| " + " | ".join([*cells, "not installed (pip install rank_bm25)", "-"]) + " |"
+        row = "| " + " | ".join([*cells, "not installed (pip install rank_bm25)", "-"]) + " |"
+        return BM25Comparison(corpus.name, row, ratio_b - 1, ratio_s - 1, None)
     tokenizer = ours.tokenizer  # the same tokens for both, so only the scoring differs
     okapi = BM25Okapi([tokenizer.tokens(p.contents) for p in read_corpus(corpus.path)], k1=1.5, b=0.75)
     sample = single[: args.rank_bm25_queries]
@@ -253,11 +270,14 @@ def bm25_comparison(corpus: Corpus, index_dir: Path, args: argparse.Namespace) -
     rank_s, _, ratio = paired(rank_bm25_search, ours_batched, args.pairs)
     speedup = ratio * len(queries) / len(sample)  # (rank_bm25 s per query) / (our batched s per query)
     cells += [f"{len(sample) / rank_s:,.0f}", f"{speedup:.0f}x"]
-    return "| " + " | ".join(cells) + " |"
+    return BM25Comparison(corpus.name, "| " + " | ".join(cells) + " |", ratio_b - 1, ratio_s - 1, speedup)
 
 
-def load_run(corpus: Corpus, index_dir: Path, args: argparse.Namespace) -> str:
-    """--requests requests of 1-4 queries, k 3 or 5, from --clients clients; every answer checked."""
+def load_run(corpus: Corpus, index_dir: Path, args: argparse.Namespace) -> tuple[str, int, int]:
+    """--requests requests of 1-4 queries, k 3 or 5, from --clients clients; every answer checked.
+
+    Returns the table row, the failed requests and the wrong answers.
+    """
     rng = random.Random(1)
     pool = corpus.queries
     requests = [
@@ -307,7 +327,7 @@ def load_run(corpus: Corpus, index_dir: Path, args: argparse.Namespace) -> str:
         f"{stats['cache']['hits'] / max(1, stats['queries']):.0%}",
         f"{stats['mean_batch_queries']:.1f}",
     ]
-    return "| " + " | ".join(cells) + " |"
+    return "| " + " | ".join(cells) + " |", len(errors), wrong[0]
 
 
 def same_hits(got: list[Passage], want: list[Passage]) -> bool:
@@ -344,15 +364,16 @@ def main() -> None:
         ]
         for path in args.corpus:
             corpora.append(Corpus(path.name, path, passage_queries(read_corpus(path), args.queries)))
-        rows, bm25_rows, bm25_indexes = [], [], []
+        rows, comparisons, bm25_indexes = [], [], []
         for corpus in corpora:
             for retriever in args.retrievers.split(","):
                 row, index_dir = measure(corpus, retriever, workdir, args)
                 rows.append(row)
                 if retriever == "bm25":
-                    bm25_rows.append(bm25_comparison(corpus, index_dir, args))
+                    comparisons.append(bm25_comparison(corpus, index_dir, args))
                     bm25_indexes.append((corpus, index_dir))
-        print_tables(rows, bm25_rows, args)
+        print_tables(rows, [c.row for c in comparisons], args)
+        load: tuple[int, int] | None = None
         if args.requests and bm25_indexes:
             print(f"\nLoad run: {args.requests:,} requests of 1-4 queries, {args.clients} concurrent clients")
             print(
@@ -360,7 +381,10 @@ def main() -> None:
                 "| p50 / p99 ms | cache hits | mean batch |"
             )
             print("|---|---|---|---|---|---|---|---|---|---|")
-            print(load_run(*bm25_indexes[0], args))
+            load_row, errors, wrong = load_run(*bm25_indexes[0], args)
+            print(load_row)
+            load = (errors, wrong)
+    report_headlines(rows, comparisons, load, args)
 
 
 def print_tables(rows: list[Row], bm25_rows: list[str], args: argparse.Namespace) -> None:
@@ -390,6 +414,38 @@ def print_tables(rows: list[Row], bm25_rows: list[str], args: argparse.Namespace
         )
         print("|---|---|---|---|---|---|---|---|---|")
         print("\n".join(bm25_rows))
+
+
+def report_headlines(
+    rows: list[Row],
+    comparisons: list[BM25Comparison],
+    load: tuple[int, int] | None,
+    args: argparse.Namespace,
+) -> None:
+    """The few figures `make bench` shows: the BM25 speed on the first corpus, and those with a target.
+
+    The overhead is the worst over corpora and over batched / single, since the target holds for all.
+    ``load`` is the load run's (failed requests, wrong answers), None when it was skipped.
+    """
+    first = next((r for r in rows if r.retriever == "bm25"), None)
+    if first is not None:
+        report(f"BM25 batched q/s, {first.corpus}", f"{first.batched_qps:,.0f}")
+    if comparisons:
+        overhead, where = max(
+            (value, f"{mode} on {c.corpus}")
+            for c in comparisons
+            for value, mode in ((c.overhead_batched, "batched"), (c.overhead_single, "single"))
+        )
+        report(f"BM25 overhead vs bare bm25s, worst: {where}", f"{overhead:+.1%}", "<= 10%")
+    for c in comparisons:
+        if c.speedup is not None:
+            report(f"BM25 (batched) speed vs rank_bm25, {c.corpus}", f"{c.speedup:.0f}x", ">= 20x")
+    if load is not None:
+        report(
+            f"load run ({args.requests:,} requests, {args.clients} clients): failed requests / wrong answers",
+            f"{load[0]} / {load[1]}",
+            "0 / 0",
+        )
 
 
 if __name__ == "__main__":
