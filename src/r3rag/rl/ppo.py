@@ -21,9 +21,9 @@ One iteration (defaults: the official run, reference §1.5 and §3.3; CleanRL's 
 5. **Record**: metrics to jsonl + TensorBoard, a greedy dev evaluation every ``eval_every`` iterations, a
    checkpoint, the curve png.
 
-Deviations from the official code are deliberate and listed in the README (notes/README-ppo.md): the LR
-schedule follows the real number of updates (the official one is sized for ~5x fewer steps), no padding
-of the buffer by duplicated samples, and optionally a critic sharing the actor's trunk.
+Deviations from the official code are deliberate and listed in the README (section "PPO with the hybrid
+reward"): the LR schedule follows the real number of updates (the official one is sized for ~5x fewer
+steps), no padding of the buffer by duplicated samples, and optionally a critic sharing the actor's trunk.
 """
 
 from __future__ import annotations
