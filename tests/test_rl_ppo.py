@@ -9,6 +9,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from r3rag.config import AgentConfig
 from r3rag.rl.checkpoint import checkpoints
 from rl_fixtures import ToyScorer, tiny_config, tiny_trainer
 from tiny_llm import tiny_model
@@ -86,6 +87,9 @@ def test_a_resumed_run_continues_with_identical_state(tmp_path: Path, lora_rank:
     assert set(final.state_dict()) == set(tiny_model().state_dict())
     trunk = straight.model.actor.get_decoder()  # through a PeftModel with LoRA, .model is not the trunk
     assert torch.equal(final.model.embed_tokens.weight, trunk.embed_tokens.weight)
+    agent = AgentConfig.from_yaml(run / "final" / "agent.yaml")  # the settings to run R3-RAG with
+    assert agent == straight.config.rollout.model_copy(update={"temperature": 0.0, "record_token_ids": False})
+    assert not (run / ".final.tmp").exists()
 
 
 def test_a_run_folder_refuses_other_settings(tmp_path: Path) -> None:

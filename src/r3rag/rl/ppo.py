@@ -30,8 +30,10 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import random
 import resource
+import shutil
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -44,6 +46,7 @@ from torch import nn
 from tqdm import tqdm
 
 from r3rag.agent import Agent
+from r3rag.coldstart.sft import AGENT_FILE
 from r3rag.config import PPOConfig
 from r3rag.jsonl import write_jsonl
 from r3rag.llm.hf import HFGenerator
@@ -68,6 +71,7 @@ from r3rag.rl.tracking import CURVE_FILE, MetricsLog, plot_curve
 from r3rag.schema import QAExample, Trajectory
 
 CONFIG_FILE = "config.yaml"
+FINAL_DIR = "final"
 RESUMABLE_CHANGES = frozenset({"iterations", "max_minutes", "tensorboard"})
 """Config fields a resumed run may change; any other difference means another run, in another folder."""
 
@@ -230,11 +234,24 @@ class PPOTrainer:
                 if out_of_time:
                     break
             bar.set_description("saving the final actor")
-            self.model.save_actor(self.out / "final", self.tokenizer)
+            self._save_final()
             return log.records
         finally:
             bar.close()
             log.close()
+
+    def _save_final(self) -> None:
+        """Write ``final/``: the actor, its tokenizer and ``agent.yaml`` (the rollout's agent settings,
+        greedy), which R3-RAG must be run with, as R3-RAG-CS is with its own. Written beside and renamed into
+        place, so a ``final/`` that exists is complete (a crash while saving leaves the checkpoints)."""
+        final, tmp = self.out / FINAL_DIR, self.out / f".{FINAL_DIR}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        self.model.save_actor(tmp, self.tokenizer)
+        self.config.rollout.model_copy(update={"temperature": 0.0, "record_token_ids": False}).to_yaml(
+            tmp / AGENT_FILE
+        )
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
 
     def _out_of_time(self, started: float, iter_started: float) -> bool:
         """Would one more iteration, and the final dev evaluation after it, end past ``max_minutes``?
