@@ -165,6 +165,12 @@ class _Baseline(ABC):
         assert self.retriever is not None
         return self.retriever.search(list(queries), self.settings.top_k) if queries else []
 
+    def _search_last_queries(self, rows: Sequence[_Row]) -> None:
+        """Search each row's latest query (one batched call) and attach the passages to that step, where the
+        next prompt shows them: the turn-based methods (Self-Ask, ReAct) retrieve after they ask."""
+        for row, found in zip(rows, self._search([r.trajectory.steps[-1].query for r in rows]), strict=True):
+            row.trajectory.steps[-1].passages = found
+
     @staticmethod
     def _answered(row: _Row, step: Step) -> None:
         row.trajectory.steps.append(step)
@@ -440,10 +446,7 @@ class SelfAsk(_Baseline):
                         Step(index=index, analysis=reply.lead, query=reply.follow_up, raw=completion.text)
                     )
                     retrieving.append(row)
-            for row, found in zip(
-                retrieving, self._search([r.trajectory.steps[-1].query for r in retrieving]), strict=True
-            ):
-                row.trajectory.steps[-1].passages = found
+            self._search_last_queries(retrieving)
             open_rows = retrieving
         for row in open_rows:
             row.trajectory.status = TrajectoryStatus.OUT_OF_STEPS
@@ -502,10 +505,7 @@ class ReAct(_Baseline):
                     )
                 row.trajectory.steps.append(step)
                 still_open.append(row)
-            for row, found in zip(
-                retrieving, self._search([r.trajectory.steps[-1].query for r in retrieving]), strict=True
-            ):
-                row.trajectory.steps[-1].passages = found
+            self._search_last_queries(retrieving)
             open_rows = still_open
         for row in open_rows:
             row.trajectory.status = TrajectoryStatus.OUT_OF_STEPS
