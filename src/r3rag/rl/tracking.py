@@ -8,6 +8,7 @@ of a resumed run is the file an uninterrupted run would have written (timings as
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -65,30 +66,34 @@ def plot_curve(records: list[dict[str, Any]], path: Path) -> None:
     from matplotlib.ticker import MaxNLocator
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    for key, label in (
-        ("reward/trajectory_mean", "reward per trajectory"),
-        ("reward/step_mean", "reward per step"),
-    ):
-        points = [(r["iteration"], r[key]) for r in records if _finite(r.get(key))]
-        if points:
-            left.plot(*zip(*points, strict=True), marker="o", label=label)
+    _plot_series(
+        left,
+        records,
+        {"reward/trajectory_mean": "reward per trajectory", "reward/step_mean": "reward per step"},
+    )
     left.set(xlabel="iteration", ylabel="reward", title="rollout reward")
-    left.legend()
-    for key, label in (
-        ("dev/accuracy", "dev accuracy (greedy)"),
-        ("rollout/accuracy", "rollout accuracy (sampled)"),
-    ):
-        points = [(r["iteration"], r[key]) for r in records if _finite(r.get(key))]
-        if points:
-            right.plot(*zip(*points, strict=True), marker="o", label=label)
+    _plot_series(
+        right,
+        records,
+        {"dev/accuracy": "dev accuracy (greedy)", "rollout/accuracy": "rollout accuracy (sampled)"},
+    )
     right.set(xlabel="iteration", ylabel="accuracy", title="accuracy (iteration 0: the cold-start model)")
-    right.legend()
     for ax in (left, right):
         ax.grid(alpha=0.3)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def _plot_series(ax: Any, records: Sequence[dict[str, Any]], series: dict[str, str]) -> None:
+    """One line per metric key, over the iterations where it has a value (dev accuracy is only measured on
+    some iterations), with a legend."""
+    for key, label in series.items():
+        points = [(r["iteration"], r[key]) for r in records if _finite(r.get(key))]
+        if points:
+            ax.plot(*zip(*points, strict=True), marker="o", label=label)
+    ax.legend()
 
 
 def _finite(value: Any) -> bool:
