@@ -964,10 +964,10 @@ class PipelineConfig(StageConfig):
 
     @classmethod
     def preset(cls, name: Literal["small", "tiny"]) -> PipelineConfig:
-        """``small``: the embedded SmolLM2-135M-Instruct on the default world, sized for a 2-core CPU (aimed
-        at 20 minutes; measured 29 with one core busy with another job, and too short a training for the
-        trained models to beat the untrained baselines: see the README). ``tiny``: a random 2-layer model on
-        a tiny world, the whole chain in about a minute; its accuracies mean nothing, it checks the plumbing.
+        """``small``: the embedded SmolLM2-135M-Instruct on the default world, sized for <= 20 minutes on a
+        2-core CPU (measured: 17 on an idle machine; too short a training for the trained models to beat the
+        untrained baselines yet, see the README). ``tiny``: a random 2-layer model on a tiny world, the whole
+        chain in about a minute; its accuracies mean nothing, it checks the plumbing.
 
         ``small``, from runs measured on the project's 2-core machine:
 
