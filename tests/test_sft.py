@@ -12,8 +12,8 @@ import torch
 from r3rag.coldstart.build import CONFIG_FILE
 from r3rag.coldstart.checkpoints import checkpoint_dir
 from r3rag.coldstart.dataset import step_conversations
-from r3rag.coldstart.sft import AGENT_FILE, FINAL, micro_batches, train
-from r3rag.config import AgentConfig, ColdStartConfig, SFTConfig
+from r3rag.coldstart.sft import FINAL, micro_batches, train
+from r3rag.config import AGENT_FILE, AgentConfig, ColdStartConfig, SFTConfig
 from r3rag.jsonl import iter_jsonl
 from r3rag.llm.hf import HFGenerator
 from r3rag.schema import Passage, Step, Trajectory, TrajectoryStatus

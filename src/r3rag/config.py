@@ -351,6 +351,10 @@ class RetrieverServerConfig(StageConfig):
     cache_size: int = Field(100_000, ge=0, description="LRU cache entries (query, k); 0 disables the cache.")
 
 
+AGENT_FILE = "agent.yaml"
+"""The AgentConfig a trained model's folder carries (SFT and PPO write it): the settings to run it with."""
+
+
 class AgentConfig(StageConfig):
     """The reason-retrieve loop (``r3rag ask``, evaluation, RL rollouts): budgets, documents and sampling.
 

@@ -41,12 +41,11 @@ from transformers import get_cosine_with_min_lr_schedule_with_warmup
 from r3rag.coldstart.build import CONFIG_FILE as COLDSTART_FILE
 from r3rag.coldstart.checkpoints import latest_checkpoint, load_state, save_checkpoint
 from r3rag.coldstart.dataset import IGNORE_INDEX, TokenizedExample, end_of_turn, read_sft, tokenize_example
-from r3rag.config import ColdStartConfig, SFTConfig
+from r3rag.config import AGENT_FILE, ColdStartConfig, SFTConfig
 from r3rag.llm.models import load_model
 from r3rag.lora import add_lora, load_lora, merged
 
 FINAL = "final"
-AGENT_FILE = "agent.yaml"
 
 _BUCKET_BATCHES = 64  # micro-batches per length-sorting window
 # Fields that may change between a run and its resumption without changing what is trained.

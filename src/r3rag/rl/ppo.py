@@ -46,8 +46,7 @@ from torch import nn
 from tqdm import tqdm
 
 from r3rag.agent import Agent
-from r3rag.coldstart.sft import AGENT_FILE
-from r3rag.config import PPOConfig
+from r3rag.config import AGENT_FILE, PPOConfig
 from r3rag.jsonl import write_jsonl
 from r3rag.llm.hf import HFGenerator
 from r3rag.retrieval.base import Retriever
