@@ -11,8 +11,17 @@ import torch
 
 from r3rag.coldstart.build import CONFIG_FILE
 from r3rag.coldstart.checkpoints import checkpoint_dir
-from r3rag.coldstart.dataset import step_conversations
-from r3rag.coldstart.sft import FINAL, micro_batches, train
+from r3rag.coldstart.dataset import IGNORE_INDEX, end_of_turn, step_conversations, tokenize_example
+from r3rag.coldstart.sft import (
+    FINAL,
+    as_samples,
+    loss_sum,
+    micro_batches,
+    prepare_data,
+    row_length,
+    train,
+    training_rows,
+)
 from r3rag.config import AGENT_FILE, AgentConfig, ColdStartConfig, SFTConfig
 from r3rag.jsonl import iter_jsonl
 from r3rag.llm.hf import HFGenerator
@@ -106,6 +115,76 @@ def test_interrupted_run_resumes_from_its_checkpoint(setup, tmp_path: Path):
     resumed = HFGenerator.from_name(str(out / FINAL)).model.state_dict()
     for name, tensor in straight.items():
         assert torch.allclose(tensor, resumed[name], atol=1e-6), name
+
+
+def three_step_examples() -> list:
+    """Tokenised examples of two three-step trajectories (their prompts grow step by step)."""
+    tokenizer = tiny_tokenizer()
+    examples = []
+    for i in range(2):
+        doc = Passage(f"p{i}", f"Film {i}", f"Film {i} was directed by Ada {i} in the year {1990 + i}.")
+        bio = Passage(f"b{i}", f"Ada {i}", f"Ada {i} was born in Rome {i}.")
+        steps = [
+            Step(1, "First find the film.", query=f"film {i} director", passages=[doc]),
+            Step(2, f"Ada {i} directed it; now her birthplace.", query=f"Ada {i} born", passages=[bio]),
+            Step(3, "The documents say so.", answer=f"Rome {i}"),
+        ]
+        t = Trajectory(f"q{i}", f"Where was the director of film {i} born?", steps, f"Rome {i}")
+        for messages in step_conversations(t, AGENT):
+            examples.append(tokenize_example(tokenizer, messages, end_of_turn(tokenizer), f"q{i}"))
+    return examples
+
+
+def test_packed_loss_and_gradients_equal_the_separate_examples():
+    torch.manual_seed(0)
+    model = tiny_model()
+    examples = three_step_examples()
+    samples = as_samples(examples)
+    rows = training_rows(samples, share_prefixes=True)
+    assert rows == [[0, 1, 2], [3, 4, 5]]  # one row per question
+    assert training_rows(samples, share_prefixes=False) == [[i] for i in range(6)]
+    packed_tokens = sum(row_length(samples, row) for row in rows)
+    assert packed_tokens < 0.75 * sum(len(e.input_ids) for e in examples)
+
+    # Reference: Hugging Face's own shifted cross-entropy, one example at a time.
+    expected, count = torch.tensor(0.0), 0
+    for e in examples:
+        n = sum(label != IGNORE_INDEX for label in e.labels)
+        out = model(input_ids=torch.tensor([e.input_ids]), labels=torch.tensor([e.labels]))
+        expected, count = expected + out.loss * n, count + n
+    expected.backward()
+    reference = {name: p.grad.clone() for name, p in model.named_parameters()}
+
+    for share in (True, False):
+        model.zero_grad()
+        loss, n = loss_sum(model, samples, share, pad_id=0, bf16=False)
+        assert n == count
+        assert torch.allclose(loss, expected.detach(), rtol=1e-5), (share, loss, expected)
+        loss.backward()
+        for name, p in model.named_parameters():  # fp32 sums in another order: agree to 1e-4 of the scale
+            scale = reference[name].abs().max()
+            assert (p.grad - reference[name]).abs().max() <= 1e-4 * scale, (share, name)
+
+
+def test_max_examples_keeps_whole_questions(setup, tmp_path: Path):
+    cfg = config(setup, tmp_path / "subset", max_examples=7, val_fraction=0.0)
+    data = prepare_data(cfg, tiny_tokenizer())
+    per_question: dict[str, int] = {}
+    for e in data.train:
+        per_question[e.example_id] = per_question.get(e.example_id, 0) + 1
+    assert len(data.train) == 6 and set(per_question.values()) == {2}  # 3 two-step questions fit in 7
+
+
+@pytest.mark.parametrize("share_prefixes", [True, False])
+def test_both_layouts_train(setup, tmp_path: Path, share_prefixes: bool):
+    log: list[dict] = []
+    cfg = config(setup, tmp_path / "run", max_steps=4, share_prefixes=share_prefixes, eval_every=4)
+    result = train(cfg, progress=False, on_step=log.append)
+    assert result.steps == 4 and [r["step"] for r in log] == [1, 2, 3, 4]
+    assert log[-1]["eval_loss"] > 0 and all(r["target_tokens"] > 0 for r in log)
+    # 24 examples of 12 two-step questions; a step is 2 micro-batches of 4 rows: 16 examples packed, 8 not
+    epochs = [0.0, 0.5, 1.0, 1.5] if share_prefixes else [0.0, 0.3333, 0.6667, 1.0]
+    assert result.train_examples == 24 and [r["epoch"] for r in log] == epochs
 
 
 def test_micro_batches_are_length_bucketed_and_seeded():

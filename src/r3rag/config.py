@@ -511,7 +511,18 @@ class SFTConfig(StageConfig):
     min_lr_ratio: float = Field(
         0.0, ge=0, le=1, description="Cosine decays to this share of the peak (official: cosine to 0)."
     )
-    micro_batch_size: int = Field(2, ge=1, description="Examples per forward pass (official Llama: 2).")
+    share_prefixes: bool = Field(
+        True,
+        description="Compute the step examples of one trajectory in one row, sharing the prompt they have in "
+        "common: the same loss, ~1.7x fewer tokens. micro_batch_size then counts trajectories (3.7 examples "
+        "each in the default world's cold-start data).",
+    )
+    micro_batch_size: int = Field(
+        2,
+        ge=1,
+        description="Rows per forward pass: examples, or trajectories with share_prefixes (official "
+        "Llama: 2 examples).",
+    )
     grad_accum: int = Field(
         4, ge=1, description="Micro-batches per optimizer step (official Llama: 4; paper: batch size 8)."
     )

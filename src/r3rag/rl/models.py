@@ -45,7 +45,7 @@ class PolicyOutput:
     values: torch.Tensor | None
 
 
-def _check_plain_head(model: Any) -> None:
+def check_plain_head(model: Any) -> None:
     """Log-probs are computed as head(trunk(x)); models that rescale or cap logits after the head would get
     wrong ones silently, so they are refused."""
     for name in _LOGIT_RESCALING:
@@ -78,6 +78,13 @@ def _token_logprobs(logits: torch.Tensor, action_ids: torch.Tensor) -> torch.Ten
     return logits.gather(-1, action_ids.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
 
 
+def action_logprobs(model: nn.Module, batch: Batch, bf16: bool) -> torch.Tensor:
+    """log pi(a) of a causal LM for each of the batch's action tokens: ``[N, A]`` (padding included; mask it
+    with ``batch.action_mask``). The reference policy's pass, and the SFT loss's."""
+    hidden = action_hidden(model.get_decoder(), batch, bf16)
+    return _token_logprobs(_head_logits(model.get_output_embeddings(), hidden), batch.action_ids)
+
+
 class ActorCritic(nn.Module):
     """The trained networks: the actor LM, the value head and, in ``separate`` mode, the critic's trunk.
 
@@ -93,7 +100,7 @@ class ActorCritic(nn.Module):
         lora_targets: tuple[str, ...] = (),
     ) -> None:
         super().__init__()
-        _check_plain_head(actor)
+        check_plain_head(actor)
         self.critic_mode = critic
         self.critic_trunk = copy.deepcopy(actor.get_decoder()) if critic == "separate" else None
         self.lora = lora_rank > 0
@@ -150,12 +157,7 @@ class ReferencePolicy:
     @torch.no_grad()
     def logprobs(self, batch: Batch, bf16: bool) -> torch.Tensor:
         if self._model is not None:
-            return self._logprobs(self._model, batch, bf16)
+            return action_logprobs(self._model, batch, bf16)
         actor = self._actor_critic.actor
         with actor.disable_adapter():
-            return self._logprobs(actor, batch, bf16)
-
-    @staticmethod
-    def _logprobs(model: nn.Module, batch: Batch, bf16: bool) -> torch.Tensor:
-        hidden = action_hidden(model.get_decoder(), batch, bf16)
-        return _token_logprobs(_head_logits(model.get_output_embeddings(), hidden), batch.action_ids)
+            return action_logprobs(actor, batch, bf16)
