@@ -922,10 +922,18 @@ def sft(
     ] = None,
     epochs: Annotated[float | None, typer.Option(help="Passes over the examples (official: 3).")] = None,
     max_steps: Annotated[int | None, typer.Option(min=1, help="Optimizer steps instead of epochs.")] = None,
-    max_examples: Annotated[int | None, typer.Option(min=1, help="Train on a random subset.")] = None,
+    max_examples: Annotated[
+        int | None, typer.Option(min=1, help="Train on random whole questions, up to this many examples.")
+    ] = None,
     lr: Annotated[float | None, typer.Option(help="Peak learning rate (official: 1e-5).")] = None,
     warmup_ratio: Annotated[float | None, typer.Option(help="Warmup share of the steps (0.1).")] = None,
-    micro_batch_size: Annotated[int | None, typer.Option(min=1, help="Examples per forward pass.")] = None,
+    share_prefixes: Annotated[
+        bool | None,
+        typer.Option(help="One row per trajectory, its shared prompt computed once (default on; same loss)."),
+    ] = None,
+    micro_batch_size: Annotated[
+        int | None, typer.Option(min=1, help="Rows per forward pass: trajectories, or examples unshared.")
+    ] = None,
     grad_accum: Annotated[int | None, typer.Option(min=1, help="Micro-batches per optimizer step.")] = None,
     max_length: Annotated[int | None, typer.Option(min=16, help="Drop longer examples (tokens).")] = None,
     val_fraction: Annotated[float | None, typer.Option(help="Share of questions held out (0.1).")] = None,
@@ -956,6 +964,7 @@ def sft(
         "max_examples": max_examples,
         "learning_rate": lr,
         "warmup_ratio": warmup_ratio,
+        "share_prefixes": share_prefixes,
         "micro_batch_size": micro_batch_size,
         "grad_accum": grad_accum,
         "max_length": max_length,

@@ -966,13 +966,14 @@ class PipelineConfig(StageConfig):
 
     def r3rag_eval(self) -> EvalConfig:
         """The evaluation of R3-RAG-CS and R3-RAG: method r3rag in the cold start's agent settings (top-k,
-        document cut, system turn), everything else as the baselines'."""
+        document cut, re-generations of a malformed step, system turn), everything else as the baselines'."""
         agent = self.coldstart.agent
         return self.eval.model_copy(
             update={
                 "methods": ["r3rag"],
                 "top_k": agent.top_k,
                 "r3rag_max_doc_chars": agent.max_doc_chars,
+                "r3rag_format_retries": agent.max_format_retries,
                 "system_prompt": agent.system_prompt,
             }
         )
