@@ -871,15 +871,21 @@ class TinyModelConfig(StageConfig):
         return self
 
 
+def _quickstart_world() -> WorldConfig:
+    """The small quickstart's world: the default world's noise (namesakes, title echoes, mentions, every
+    phrasing) with 2-hop compositional questions only (reasons in :meth:`PipelineConfig.preset`)."""
+    return WorldConfig(type_mix={"compositional": 1.0})
+
+
 def _quickstart_sft() -> SFTConfig:
     """The small quickstart's cold start (reasons in :meth:`PipelineConfig.preset`)."""
     return SFTConfig(
         data=Path("coldstart/sft.jsonl"),
         out=Path("sft"),
         epochs=1,
-        max_examples=256,
-        learning_rate=1e-4,
-        micro_batch_size=8,
+        max_examples=384,
+        learning_rate=2e-4,
+        micro_batch_size=2,
         grad_accum=1,
         val_fraction=0.02,
         eval_every=32,
@@ -917,7 +923,7 @@ class PipelineConfig(StageConfig):
     based_on: Literal["small", "tiny", "custom"] = Field(
         "custom", description="The preset this config was made from: a label; the fields are what runs."
     )
-    world: WorldConfig = Field(default_factory=WorldConfig)
+    world: WorldConfig = Field(default_factory=_quickstart_world)
     bm25: BM25Config = Field(default_factory=BM25Config)
     tiny_model: TinyModelConfig | None = Field(
         None,
