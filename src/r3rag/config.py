@@ -894,13 +894,15 @@ def _quickstart_sft() -> SFTConfig:
 
 
 def _quickstart_ppo() -> PPOConfig:
-    """The small quickstart's PPO (reasons in :meth:`PipelineConfig.preset`): the CPU preset, 2 iterations."""
+    """The small quickstart's PPO (reasons in :meth:`PipelineConfig.preset`): the CPU preset for 2 iterations,
+    at half its actor learning rate."""
     return PPOConfig.small_model(
         model="sft/final",
         train=Path("world/train.jsonl"),
         index="index",
         out=Path("ppo"),
         iterations=2,
+        actor_lr=1e-5,
     )
 
 
@@ -986,27 +988,34 @@ class PipelineConfig(StageConfig):
 
     @classmethod
     def preset(cls, name: Literal["small", "tiny"]) -> PipelineConfig:
-        """``small``: the embedded SmolLM2-135M-Instruct on the default world, sized for <= 20 minutes on a
-        2-core CPU (measured: 17 on an idle machine; too short a training for the trained models to beat the
-        untrained baselines yet, see the README). ``tiny``: a random 2-layer model on a tiny world, the whole
-        chain in about a minute; its accuracies mean nothing, it checks the plumbing.
+        """``small``: the embedded SmolLM2-135M-Instruct on a 2-hop version of the default world, sized for
+        <= 20 minutes on a 2-core CPU. ``tiny``: a random 2-layer model on a tiny world, the whole chain in
+        about a minute; its accuracies mean nothing, it checks the plumbing.
 
         ``small``, from runs measured on the project's 2-core machine:
 
-        - world and cold-start data: the default world (1,000 train / 200 dev questions) and the oracle
-          teacher over every train question: about 3 s together, 3,189 SFT examples;
-        - SFT: 256 examples (32 steps of 8, 1 epoch, lr 1e-4, no gradient accumulation). An example is ~340
-          tokens (72 of them the target step) and SFT ran ~200 training tokens/s on one thread under load
-          with tcmalloc, so 256 examples are ~7-10 minutes (a 720-example run took 27 minutes under heavy
-          load); 1e-4 is the rate a 135M model wants (the official 1e-5 is for 8B). 2% of the questions (~65
-          examples) are held out, their loss computed once, at the end; one checkpoint halfway, since each
-          writes ~1.6 GB (weights and AdamW state);
+        - world: the default world's entities and noise (near-namesakes, echoed titles, other people named in
+          passages, every phrasing of every relation), but 2-hop compositional questions only. On the full
+          mix (3-4-hop chains, inference, comparisons) a 135M model learns little in minutes: 512 examples
+          of SFT (12 min on one busy core) gave R3-RAG-CS 8.3% on 48 dev questions (RAG with CoT 10.4%).
+          With comparisons in the mix, which untrained RAG with CoT answers by picking one of the two names,
+          the trained models only tie it (12.5% each on 60% 2-hop, 40% comparison questions). On 2-hop
+          questions alone, 384 examples gave 20.8%, and every untrained baseline 0%. The full mix is what
+          ``r3rag data world`` makes and the README's longer runs use;
+        - cold-start data: the oracle teacher over every train question (about a second);
+        - SFT: 384 examples of whole questions (~128 trajectories), packed 2 trajectories per step (~57
+          steps), 1 epoch, lr 2e-4 (a 135M model wants a rate the official 1e-5 for 8B is far below; 1e-4
+          over 32 steps of 8 single examples left R3-RAG-CS at 4.2%). ~110k trained tokens: ~7 minutes on
+          one busy core, ~3.5 idle. 2% of the questions held out; a checkpoint every 16 steps;
         - PPO: :meth:`PPOConfig.small_model` (4 questions x 4 samples per iteration, shared critic) for 2
-          iterations: an iteration took 6-8 minutes under load, about 3 idle. No dev evaluation inside PPO:
-          the evaluation stage measures R3-RAG on the same questions as the other rows;
+          iterations at actor lr 1e-5 (half the preset's): an iteration took 6-8 minutes under load, about 2
+          idle. Two iterations (32 trajectories) demonstrate the stage but cannot improve on R3-RAG-CS: from
+          the same R3-RAG-CS (20.8%), R3-RAG scored 8.3% at the preset's 2e-5, 18.8% at 1e-5 and 14.6% at
+          5e-6: noise, whose harm the lower rate limits. No dev evaluation inside PPO: the evaluation stage
+          measures R3-RAG on the same questions as the other rows;
         - evaluation: the first 48 dev questions; the baselines in the paper's evaluation setting (5 steps,
-          top-5, top-16 for RAG with CoT, greedy), R3-RAG-CS and R3-RAG at the cold start's top-2 and
-          512-character documents; bf16 batched generation.
+          top-5, top-16 for RAG with CoT, greedy), R3-RAG-CS and R3-RAG in the cold start's agent settings
+          (top-2, 512-character documents, 3 re-generations of a malformed step); bf16 batched generation.
         """
         if name == "small":
             return cls(based_on="small")
