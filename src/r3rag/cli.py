@@ -1140,7 +1140,7 @@ def quickstart(
     preset: Annotated[
         str | None,
         typer.Option(
-            help="small (default: embedded SmolLM2, ~17 min on 2 cores) or tiny (a random model, ~1 min)."
+            help="small (default: embedded SmolLM2, ~15 min on 2 cores) or tiny (a random model, ~1 min)."
         ),
     ] = None,
     config: Annotated[

@@ -989,8 +989,8 @@ class PipelineConfig(StageConfig):
     @classmethod
     def preset(cls, name: Literal["small", "tiny"]) -> PipelineConfig:
         """``small``: the embedded SmolLM2-135M-Instruct on a 2-hop version of the default world, sized for
-        <= 20 minutes on a 2-core CPU. ``tiny``: a random 2-layer model on a tiny world, the whole chain in
-        about a minute; its accuracies mean nothing, it checks the plumbing.
+        <= 20 minutes on a 2-core CPU (measured: 15 on an idle machine). ``tiny``: a random 2-layer model on a
+        tiny world, the whole chain in about a minute; its accuracies mean nothing, it checks the plumbing.
 
         ``small``, from runs measured on the project's 2-core machine:
 
@@ -1004,15 +1004,15 @@ class PipelineConfig(StageConfig):
           ``r3rag data world`` makes and the README's longer runs use;
         - cold-start data: the oracle teacher over every train question (about a second);
         - SFT: 384 examples of whole questions (~128 trajectories), packed 2 trajectories per step (~57
-          steps), 1 epoch, lr 2e-4 (a 135M model wants a rate the official 1e-5 for 8B is far below; 1e-4
-          over 32 steps of 8 single examples left R3-RAG-CS at 4.2%). ~110k trained tokens: ~7 minutes on
-          one busy core, ~3.5 idle. 2% of the questions held out; a checkpoint every 16 steps;
+          steps), 1 epoch, lr 2e-4 (a 135M model in a few dozen steps wants a rate far above the official
+          1e-5 for 8B). ~110k trained tokens: ~7 minutes on one busy core, ~4 idle. 2% of the questions
+          held out; a checkpoint every 16 steps;
         - PPO: :meth:`PPOConfig.small_model` (4 questions x 4 samples per iteration, shared critic) for 2
           iterations at actor lr 1e-5 (half the preset's): an iteration took 6-8 minutes under load, about 2
           idle. Two iterations (32 trajectories) demonstrate the stage but cannot improve on R3-RAG-CS: from
-          the same R3-RAG-CS (20.8%), R3-RAG scored 8.3% at the preset's 2e-5, 18.8% at 1e-5 and 14.6% at
-          5e-6: noise, whose harm the lower rate limits. No dev evaluation inside PPO: the evaluation stage
-          measures R3-RAG on the same questions as the other rows;
+          the same R3-RAG-CS (20.8%), R3-RAG scored 8.3% at the preset's 2e-5, 14.6% at 5e-6, 18.8% and
+          20.8% in two runs at 1e-5: noise, whose harm the lower rate limits. No dev evaluation inside PPO:
+          the evaluation stage measures R3-RAG on the same questions as the other rows;
         - evaluation: the first 48 dev questions; the baselines in the paper's evaluation setting (5 steps,
           top-5, top-16 for RAG with CoT, greedy), R3-RAG-CS and R3-RAG in the cold start's agent settings
           (top-2, 512-character documents, 3 re-generations of a malformed step); bf16 batched generation.
