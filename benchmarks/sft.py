@@ -77,6 +77,9 @@ def main() -> int:
     batches = {name: _micro_batches(name, samples) for name in LAYOUTS}
     seconds: dict[str, list[float]] = {name: [] for name in LAYOUTS}
     losses: dict[str, float] = {}
+    for name in LAYOUTS:  # warm-up, untimed: the allocator's first large buffers would bill the first layout
+        _loss(name, model, batches[name][0], args.bf16).backward()
+        model.zero_grad(set_to_none=True)
     for round_ in range(args.rounds):
         for name in LAYOUTS:
             started, total = time.perf_counter(), 0.0
