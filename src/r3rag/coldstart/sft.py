@@ -136,20 +136,16 @@ def as_samples(examples: list[TokenizedExample]) -> list[Sample]:
 
 
 def training_rows(samples: list[Sample], share_prefixes: bool) -> list[list[int]]:
-    """The units batches are made of: per question, its samples' indices (one packed row), or one per
-    sample."""
-    if not share_prefixes:
-        return [[i] for i in range(len(samples))]
-    rows: dict[int, list[int]] = {}
-    for i, sample in enumerate(samples):
-        rows.setdefault(sample.trajectory, []).append(i)
-    return list(rows.values())
+    """The units batches are made of: the samples' indices of each pack (per question when sharing, else
+    one per sample), in order."""
+    return [sorted(pack.members) for pack in pack_samples(samples, share_prefixes)]
 
 
 def row_length(samples: list[Sample], row: list[int]) -> int:
     """Tokens a row takes: with one member its length, packed the trunk plus each branch past the prefix."""
-    (pack,) = pack_samples([samples[i] for i in row], share_prefixes=True)
-    return pack.length([samples[i] for i in row])
+    members = [samples[i] for i in row]
+    (pack,) = pack_samples(members, share_prefixes=True)
+    return pack.length(members)
 
 
 def micro_batches(lengths: list[int], size: int, seed: int) -> list[list[int]]:
