@@ -44,7 +44,7 @@ def test_coldstart_then_sft(world: Path, tmp_path: Path):
     again = runner.invoke(app, [*args, "--out", str(out), "--limit", "20", "--max-doc-chars", "400"])
     assert again.exit_code == 0 and "20 already done" in again.output
     other = runner.invoke(app, [*args, "--out", str(out), "--top-k", "5"])
-    assert other.exit_code == 2 and "another 'agent' setting" in other.output
+    assert other.exit_code == 2 and "agent.top_k: 2 -> 5" in other.output
 
     run = tmp_path / "sft"
     sft = ["sft", "--data", str(out / SFT_FILE), "--out", str(run), "--model", str(world / "model")]

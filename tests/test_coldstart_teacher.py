@@ -200,5 +200,5 @@ def test_resume_refuses_other_policy_settings(tmp_path: Path):
     with server:
         build(config(), teacher(server, config()), [example("A", "Ada")], tmp_path)
         other = config(agent=AgentConfig(top_k=5))
-        with pytest.raises(ValueError, match="another 'agent' setting"):
+        with pytest.raises(ValueError, match="agent.top_k: 2 -> 5"):
             build(other, teacher(server, other), [example("A", "Ada")], tmp_path)

@@ -17,7 +17,7 @@ from r3rag.rl.losses import (
     value_loss,
     whiten,
 )
-from r3rag.rl.ppo import lr_factor, minibatches
+from r3rag.rl.ppo import minibatches, progress_schedule, schedule_to
 
 # two samples: 3 action tokens, and 2 action tokens + one padding slot (garbage values that must not leak)
 MASK = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
@@ -127,12 +127,20 @@ def test_explained_variance() -> None:
     assert math.isnan(explained_variance(torch.zeros(3), torch.ones(3)))
 
 
+def _lr_at(progress: float, warmup_ratio: float, min_lr_ratio: float) -> float:
+    """The trainer's schedule at ``progress``, for a group whose peak learning rate is 1."""
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = progress_schedule(optimizer, warmup_ratio, min_lr_ratio)
+    schedule_to(scheduler, progress)
+    return optimizer.param_groups[0]["lr"]
+
+
 def test_learning_rate_schedule() -> None:
-    assert lr_factor(0.05, warmup_ratio=0.1, min_lr_ratio=0.1) == pytest.approx(0.5)
-    assert lr_factor(0.1, 0.1, 0.1) == pytest.approx(1.0)
-    assert lr_factor(0.55, 0.1, 0.1) == pytest.approx(0.1 + 0.9 * 0.5)
-    assert lr_factor(1.0, 0.1, 0.1) == pytest.approx(0.1)
-    assert lr_factor(0.0, 0.0, 0.1) == pytest.approx(1.0)
+    assert _lr_at(0.05, warmup_ratio=0.1, min_lr_ratio=0.1) == pytest.approx(0.5)
+    assert _lr_at(0.1, 0.1, 0.1) == pytest.approx(1.0)
+    assert _lr_at(0.55, 0.1, 0.1) == pytest.approx(0.1 + 0.9 * 0.5)
+    assert _lr_at(1.0, 0.1, 0.1) == pytest.approx(0.1)
+    assert _lr_at(0.0, 0.0, 0.1) == pytest.approx(1.0)
 
 
 def test_minibatches_accumulate_micro_batches_up_to_the_size() -> None:

@@ -10,7 +10,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from r3rag.config import AgentConfig
-from r3rag.rl.checkpoint import checkpoints
+from r3rag.runs import checkpoints
 from rl_fixtures import ToyScorer, tiny_config, tiny_trainer
 from tiny_llm import tiny_model
 
@@ -94,7 +94,7 @@ def test_a_resumed_run_continues_with_identical_state(tmp_path: Path, lora_rank:
 
 def test_a_run_folder_refuses_other_settings(tmp_path: Path) -> None:
     tiny_trainer(tiny_config(tmp_path, iterations=1, eval_questions=1)).train(progress=False)
-    with pytest.raises(ValueError, match="kl_coef differ"):
+    with pytest.raises(ValueError, match="kl_coef: 0.01 -> 0.5"):
         tiny_trainer(tiny_config(tmp_path, iterations=1, eval_questions=1, kl_coef=0.5)).train(progress=False)
     records = tiny_trainer(tiny_config(tmp_path, iterations=2, eval_questions=1)).train(progress=False)
     assert [r["iteration"] for r in records] == [0, 1, 2]  # more iterations: the run goes on

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from r3rag.coldstart.build import CONFIG_FILE
-from r3rag.coldstart.checkpoints import checkpoint_dir
+from r3rag.coldstart.sft import CHECKPOINTS
 from r3rag.coldstart.dataset import IGNORE_INDEX, end_of_turn, step_conversations, tokenize_example
 from r3rag.coldstart.sft import (
     FINAL,
@@ -103,14 +103,14 @@ def test_interrupted_run_resumes_from_its_checkpoint(setup, tmp_path: Path):
     with pytest.raises(KeyboardInterrupt):
         train(config(setup, out), progress=False, on_step=interrupt)
     assert not (out / FINAL).exists()
-    assert [p.name for p in sorted(checkpoint_dir(out).iterdir())] == ["step-000004"]
+    assert [p.name for p in sorted((out / CHECKPOINTS).iterdir())] == ["step-000004"]
     with pytest.raises(ValueError, match="learning_rate"):
         train(config(setup, out, learning_rate=1e-3), progress=False)
     result = train(config(setup, out), progress=False)
     assert result.resumed_from == 4 and result.steps == 12
     steps = [r["step"] for _, r in iter_jsonl(out / "log.jsonl")]
     assert steps == [1, 2, 3, 4, 5, 6, *range(5, 13)]
-    assert [p.name for p in sorted(checkpoint_dir(out).iterdir())] == ["step-000004", "step-000008"]
+    assert [p.name for p in sorted((out / CHECKPOINTS).iterdir())] == ["step-000004", "step-000008"]
     straight = HFGenerator.from_name(str(tmp_path / "straight" / FINAL)).model.state_dict()
     resumed = HFGenerator.from_name(str(out / FINAL)).model.state_dict()
     for name, tensor in straight.items():

@@ -14,7 +14,6 @@ for the final answer, and a valid one makes the trajectory ``answered`` with ``m
 
 from __future__ import annotations
 
-import hashlib
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from dataclasses import dataclass, field
 from r3rag.config import AgentConfig
 from r3rag.llm.base import Completion, Conversation, Generator, SamplingParams
 from r3rag.retrieval.base import Retriever
+from r3rag.runs import derive_seed
 from r3rag.schema import Passage, QAExample, Step, Trajectory, TrajectoryStatus
 from r3rag.steps import build_messages, parse_step
 
@@ -186,7 +186,7 @@ class Agent:
             top_p=c.top_p,
             max_new_tokens=c.max_new_tokens,
             stop=(*c.stop, f"\nStep {index + 1}:"),
-            seed=None if c.seed is None else _derive_seed(c.seed, row, index, attempt),
+            seed=None if c.seed is None else _row_seed(c.seed, row, index, attempt),
         )
 
     def _retrieve(self, rows: list[_Row]) -> None:
@@ -220,9 +220,7 @@ def select_passages(hits: Sequence[Passage], seen: set[str], k: int, dedup: bool
     return chosen
 
 
-def _derive_seed(seed: int, row: _Row, index: int, attempt: int) -> int:
+def _row_seed(seed: int, row: _Row, index: int, attempt: int) -> int:
     """A seed per (run seed, example, repeat, step, attempt): different for every retry, and the same whatever
     else is in the batch, so a question samples the same trajectory at batch size 1 and 32."""
-    key = f"{seed}:{row.trajectory.example_id}:{row.occurrence}:{index}:{attempt}"
-    digest = hashlib.sha256(key.encode()).digest()
-    return int.from_bytes(digest[:8], "little") >> 1
+    return derive_seed(seed, row.trajectory.example_id, row.occurrence, index, attempt)

@@ -23,10 +23,10 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import yaml
 from rich.console import Console
 from rich.table import Table
 
+from r3rag import runs
 from r3rag.config import TINY_MODEL_DIR, EvalConfig, IndexBuildConfig, PipelineConfig, PPOConfig, SFTConfig
 
 CONFIG_FILE = "quickstart.yaml"
@@ -34,7 +34,6 @@ DONE_DIR = "done"
 TIMINGS_FILE = "timings.json"
 RESULTS_MD = "results.md"
 RESULTS_JSON = "results.json"
-_SHOWN_DIFFERENCES = 8
 
 
 class PipelineError(ValueError):
@@ -128,6 +127,15 @@ def run_pipeline(
     config or a later stage is done while an earlier one is not.
     """
     ctx = Context(config, Path(out).resolve(), console or Console(stderr=True, quiet=True), progress)
+    try:
+        with runs.locked(ctx.out):
+            return _run_stages(ctx)
+    except runs.RunFolderError as e:
+        raise PipelineError(str(e)) from None
+
+
+def _run_stages(ctx: Context) -> PipelineResult:
+    config = ctx.config
     bind_folder(config, ctx.out)
     stages = pipeline_stages(config)
     done = [stage_done(ctx.out, stage) for stage in stages]
@@ -159,9 +167,7 @@ def _run(ctx: Context, stage: Stage, label: str) -> StageReport:
         "finished": datetime.now(UTC).isoformat(timespec="seconds"),
         "summary": summary,
     }
-    path = ctx.out / DONE_DIR / f"{stage.name}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
+    runs.write_text(ctx.out / DONE_DIR / f"{stage.name}.json", json.dumps(marker, indent=2) + "\n")
     _write_timings(ctx.out, [s.name for s in pipeline_stages(ctx.config)])
     ctx.say(f"{label}: done in {_duration(seconds)}; {summary}")
     return StageReport(stage.name, stage.title, seconds, True, summary)
@@ -181,34 +187,11 @@ def _duration(seconds: float) -> str:
 
 def bind_folder(config: PipelineConfig, out: Path) -> None:
     """Save the config in ``out``, or refuse if ``out`` already holds a quickstart of another config."""
-    path = out / CONFIG_FILE
-    new = config.model_dump(mode="json")
-    if path.is_file():
-        old = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        changed = config_differences(old, new)
-        if changed:
-            shown = "; ".join(changed[:_SHOWN_DIFFERENCES])
-            more = (
-                f"; and {len(changed) - _SHOWN_DIFFERENCES} more" if len(changed) > _SHOWN_DIFFERENCES else ""
-            )
-            raise PipelineError(
-                f"{out} holds a quickstart with other settings ({shown}{more}); resume it with the same "
-                f"preset (or --config {path}), or use another --out"
-            )
-        return
-    out.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(new, sort_keys=False), encoding="utf-8")
-
-
-def config_differences(old: Any, new: Any, prefix: str = "") -> list[str]:
-    """``field: old -> new`` for every leaf that differs, with dotted names (``sft.learning_rate``)."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        found = []
-        for key in [*new, *(k for k in old if k not in new)]:
-            name = f"{prefix}.{key}" if prefix else str(key)
-            found += config_differences(old.get(key), new.get(key), name)
-        return found
-    return [] if old == new else [f"{prefix}: {old!r} -> {new!r}"]
+    hint = f"resume it with the same preset (or --config {out / CONFIG_FILE}), or use another --out"
+    try:
+        runs.bind(out, config, holds_results=True, file=CONFIG_FILE, hint=hint)
+    except runs.RunFolderError as e:
+        raise PipelineError(str(e)) from None
 
 
 def pending_stages(config: PipelineConfig, out: str | Path) -> list[str]:
@@ -255,7 +238,7 @@ def _write_timings(out: Path, order: list[str]) -> None:
         if (out / DONE_DIR / f"{name}.json").is_file()
     }
     timings = {"stages": stages, "total_seconds": round(sum(stages.values()), 3)}
-    (out / TIMINGS_FILE).write_text(json.dumps(timings, indent=2) + "\n", encoding="utf-8")
+    runs.write_text(out / TIMINGS_FILE, json.dumps(timings, indent=2) + "\n")
 
 
 # --------------------------------------------------------------------------------------------- the stages
@@ -494,8 +477,8 @@ def write_results(out: Path, result: PipelineResult) -> None:
         "total_seconds": round(sum(s.seconds for s in result.stages), 3),
         "paths": result.paths,
     }
-    (out / RESULTS_JSON).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    (out / RESULTS_MD).write_text(render_markdown(result), encoding="utf-8")
+    runs.write_text(out / RESULTS_JSON, json.dumps(data, indent=2) + "\n")
+    runs.write_text(out / RESULTS_MD, render_markdown(result))
 
 
 def render_markdown(result: PipelineResult) -> str:

@@ -3,7 +3,8 @@
 The folder holds ``coldstart.yaml`` (the config, whose ``agent`` section is how R3-RAG-CS must be run),
 ``trajectories.jsonl`` (the teacher output, appended and resumable), ``sft.jsonl`` (one chat example per
 step of every kept trajectory, rewritten from the whole trajectory file on each run) and ``stats.json``.
-Resuming under other policy settings would mix trajectories written for different prompts, so it is refused.
+Resuming under other settings would mix trajectories written for different prompts or by another teacher, so
+it is refused (naming the fields), and one process writes the folder at a time.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from r3rag import runs
 from r3rag.coldstart.dataset import coldstart_stats, sft_records
 from r3rag.coldstart.records import RunSummary, Teacher, TeacherResult, read_records, run_teacher
 from r3rag.config import ColdStartConfig
@@ -23,20 +25,8 @@ CONFIG_FILE = "coldstart.yaml"
 TRAJECTORIES_FILE = "trajectories.jsonl"
 SFT_FILE = "sft.jsonl"
 STATS_FILE = "stats.json"
-
-
-def check_resumable(config: ColdStartConfig, out: Path) -> None:
-    """Refuse to add to a folder whose trajectories were written for other agent settings or teacher."""
-    saved = out / CONFIG_FILE
-    if not saved.is_file() or not (out / TRAJECTORIES_FILE).is_file():
-        return
-    before = ColdStartConfig.from_yaml(saved)
-    for name in ("teacher", "agent"):
-        if getattr(before, name) != getattr(config, name):
-            raise ValueError(
-                f"{saved}: {out / TRAJECTORIES_FILE} was written with another '{name}' setting; use the same "
-                "settings or another --out"
-            )
+RESUMABLE_CHANGES = frozenset({"batch_size"})
+"""Settings a resumed cold start may change: how many questions are in flight changes no trajectory."""
 
 
 def build(
@@ -48,12 +38,18 @@ def build(
 ) -> tuple[RunSummary, dict[str, Any]]:
     """Run the teacher on the questions not yet done, then rebuild the SFT examples and statistics."""
     out = Path(out)
-    check_resumable(config, out)
-    config.to_yaml(out / CONFIG_FILE)
-    summary = run_teacher(teacher, examples, out / TRAJECTORIES_FILE, config.batch_size, on_result)
-    records = list(read_records(out / TRAJECTORIES_FILE))
-    sft, dropped = sft_records(records, config.agent)
-    write_jsonl(out / SFT_FILE, sft)
-    stats = coldstart_stats(records, sft, dropped)
-    (out / STATS_FILE).write_text(json.dumps(stats, indent=2) + "\n", encoding="utf-8")
+    with runs.locked(out):
+        runs.bind(
+            out,
+            config,
+            holds_results=(out / TRAJECTORIES_FILE).is_file(),
+            may_change=RESUMABLE_CHANGES,
+            file=CONFIG_FILE,
+        )
+        summary = run_teacher(teacher, examples, out / TRAJECTORIES_FILE, config.batch_size, on_result)
+        records = list(read_records(out / TRAJECTORIES_FILE))
+        sft, dropped = sft_records(records, config.agent)
+        write_jsonl(out / SFT_FILE, sft)
+        stats = coldstart_stats(records, sft, dropped)
+        runs.write_text(out / STATS_FILE, json.dumps(stats, indent=2) + "\n")
     return summary, stats

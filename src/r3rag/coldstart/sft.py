@@ -29,13 +29,11 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import random
-import resource
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +41,8 @@ import torch
 from tqdm import tqdm
 from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
+from r3rag import runs
 from r3rag.coldstart.build import CONFIG_FILE as COLDSTART_FILE
-from r3rag.coldstart.checkpoints import latest_checkpoint, load_state, save_checkpoint
 from r3rag.coldstart.dataset import IGNORE_INDEX, TokenizedExample, end_of_turn, read_sft, tokenize_example
 from r3rag.config import AGENT_FILE, ColdStartConfig, SFTConfig
 from r3rag.llm.models import load_model
@@ -53,6 +51,8 @@ from r3rag.rl.models import action_logprobs, check_plain_head
 from r3rag.rl.samples import Sample, collate, pack_samples
 
 FINAL = "final"
+CHECKPOINTS = "checkpoints"
+LOG_FILE = "log.jsonl"
 
 _BUCKET_BATCHES = 64  # micro-batches per length-sorting window
 # Fields that may change between a run and its resumption without changing what is trained.
@@ -195,13 +195,19 @@ def train(
 
     ``on_step`` is called with each optimizer step's log record (the CLI and tests watch it).
     """
-    started = time.perf_counter()
     out = Path(config.out)
+    with runs.locked(out):
+        return _train(config, out, progress, on_step)
+
+
+def _train(
+    config: SFTConfig, out: Path, progress: bool, on_step: Callable[[dict[str, Any]], None] | None
+) -> SFTResult:
+    started = time.perf_counter()
     if (out / FINAL).exists():
         raise FileExistsError(f"{out / FINAL}: this run is complete; remove it or choose another --out")
-    checkpoint = latest_checkpoint(out)
-    _check_resumable(out, config, checkpoint)
-    config.to_yaml(out / "config.yaml")
+    checkpoint = runs.latest_checkpoint(out / CHECKPOINTS)
+    runs.bind(out, config, holds_results=checkpoint is not None, may_change=_RESUMABLE_CHANGES)
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
@@ -228,7 +234,7 @@ def train(
     )
     start = 0
     if checkpoint is not None:
-        state = load_state(checkpoint)
+        state = runs.load_checkpoint(checkpoint)
         if state["fingerprint"] != data.fingerprint:
             raise ValueError(f"{checkpoint}: trained on other examples than {config.data} gives now")
         optimizer.load_state_dict(state["optimizer"])
@@ -246,7 +252,7 @@ def train(
         )
     epoch_batches: dict[int, list[list[int]]] = {}
     last_loss, eval_loss = float("nan"), None
-    with open(out / "log.jsonl", "a", encoding="utf-8") as log:
+    with open(out / LOG_FILE, "a", encoding="utf-8") as log:
         for step in range(start, total):
             epoch, group = divmod(step, per_epoch)
             if epoch not in epoch_batches:
@@ -268,7 +274,14 @@ def train(
                     "scheduler": scheduler.state_dict(),
                     "fingerprint": data.fingerprint,
                 }
-                save_checkpoint(out, step + 1, model, tokenizer, state, config.keep_checkpoints)
+                runs.save_checkpoint(
+                    out / CHECKPOINTS,
+                    "step",
+                    step + 1,
+                    state,
+                    config.keep_checkpoints,
+                    write_files=partial(_save_model, model, tokenizer),
+                )
             log.write(json.dumps(record) + "\n")
             log.flush()
             bar.update(1)
@@ -288,7 +301,7 @@ def train(
         last_loss=last_loss,
         eval_loss=eval_loss,
         wall_seconds=time.perf_counter() - started,
-        peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        peak_rss_bytes=runs.peak_rss_bytes(),
     )
     _save_final(out, model, tokenizer, config, result)
     return result
@@ -349,30 +362,19 @@ def _with_lora(model: Any, config: SFTConfig, checkpoint: Path | None) -> Any:
     return add_lora(model, config.lora_rank, config.lora_alpha, config.lora_targets, config.lora_dropout)
 
 
-def _check_resumable(out: Path, config: SFTConfig, checkpoint: Path | None) -> None:
-    """Resuming with other training settings would silently train something else: refuse, naming them."""
-    saved = out / "config.yaml"
-    if checkpoint is None or not saved.is_file():
-        return
-    before = SFTConfig.from_yaml(saved).model_dump(mode="json")
-    now = config.model_dump(mode="json")
-    changed = sorted(k for k in now if now[k] != before.get(k) and k not in _RESUMABLE_CHANGES)
-    if changed:
-        raise ValueError(
-            f"{saved}: the checkpoint in {checkpoint.parent} was trained with other settings "
-            f"({', '.join(changed)}); use the same settings or another --out"
-        )
+def _save_model(model: Any, tokenizer: Any, folder: Path) -> None:
+    """The model as ``save_pretrained`` writes it (the LoRA adapter alone when training one) and the
+    tokenizer: what a checkpoint holds besides the trainer's state."""
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
 
 
 def _save_final(out: Path, model: Any, tokenizer: Any, config: SFTConfig, result: SFTResult) -> None:
     """Write the final model (LoRA merged in) with its agent settings, then rename it into place."""
-    tmp = out / f".{FINAL}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    (merged(model, keep=False) if config.lora else model).save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    coldstart = Path(config.data).parent / COLDSTART_FILE
-    if coldstart.is_file():
-        ColdStartConfig.from_yaml(coldstart).agent.to_yaml(tmp / AGENT_FILE)
-    summary = {**asdict(result), "final": str(result.final)}
-    (tmp / "training.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, out / FINAL)
+    with runs.atomic_folder(out / FINAL) as tmp:
+        _save_model(merged(model, keep=False) if config.lora else model, tokenizer, tmp)
+        coldstart = Path(config.data).parent / COLDSTART_FILE
+        if coldstart.is_file():
+            ColdStartConfig.from_yaml(coldstart).agent.to_yaml(tmp / AGENT_FILE)
+        summary = {**asdict(result), "final": str(result.final)}
+        (tmp / "training.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")

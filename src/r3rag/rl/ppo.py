@@ -28,12 +28,7 @@ steps), no padding of the buffer by duplicated samples, and optionally a critic 
 
 from __future__ import annotations
 
-import hashlib
-import math
-import os
 import random
-import resource
-import shutil
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -43,15 +38,17 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.optim.lr_scheduler import LambdaLR
 from tqdm import tqdm
+from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
+from r3rag import runs
 from r3rag.agent import Agent
 from r3rag.config import AGENT_FILE, PPOConfig
 from r3rag.jsonl import write_jsonl
 from r3rag.llm.hf import HFGenerator
 from r3rag.retrieval.base import Retriever
 from r3rag.rewards.judges import CorrectnessJudge
-from r3rag.rl import checkpoint as ckpt
 from r3rag.rl.dev_eval import evaluate
 from r3rag.rl.losses import (
     approx_kl,
@@ -69,10 +66,13 @@ from r3rag.rl.samples import Batch, CreditScheme, Sample, collate, length_groups
 from r3rag.rl.tracking import CURVE_FILE, MetricsLog, plot_curve
 from r3rag.schema import QAExample, Trajectory
 
-CONFIG_FILE = "config.yaml"
 FINAL_DIR = "final"
+CHECKPOINTS = "checkpoints"
 RESUMABLE_CHANGES = frozenset({"iterations", "max_minutes", "tensorboard"})
 """Config fields a resumed run may change; any other difference means another run, in another folder."""
+SCHEDULE_RESOLUTION = 1_000_000
+"""Positions of the learning-rate schedule over the whole run: it is a function of progress through the run,
+since the number of optimizer steps depends on how many steps the rollouts take."""
 
 
 @dataclass(slots=True)
@@ -87,20 +87,22 @@ class Experience:
     returns: torch.Tensor
 
 
-def derive_seed(*parts: object) -> int:
-    """A 63-bit seed from the run seed and a purpose (``"rollout", 3``): independent streams that depend
-    only on where the run is, so a resumed run draws exactly what an uninterrupted one would."""
-    digest = hashlib.sha256(":".join(map(str, parts)).encode()).digest()
-    return int.from_bytes(digest[:8], "little") >> 1
+def progress_schedule(optimizer: torch.optim.Optimizer, warmup_ratio: float, min_lr_ratio: float) -> LambdaLR:
+    """OpenRLHF's ``cosine_with_min_lr`` (transformers' scheduler): linear warmup over ``warmup_ratio`` of the
+    run, then cosine from each group's learning rate down to ``min_lr_ratio`` of it. Its positions are
+    progress through the run (:func:`schedule_to`), not optimizer steps, whose number is not known ahead."""
+    return get_cosine_with_min_lr_schedule_with_warmup(
+        optimizer,
+        round(warmup_ratio * SCHEDULE_RESOLUTION),
+        SCHEDULE_RESOLUTION,
+        min_lr_rate=min_lr_ratio,
+    )
 
 
-def lr_factor(progress: float, warmup_ratio: float, min_lr_ratio: float) -> float:
-    """OpenRLHF's ``cosine_with_min_lr`` as a function of progress through the run (0 to 1): linear warmup
-    over ``warmup_ratio``, then cosine from 1 down to ``min_lr_ratio``."""
-    if progress < warmup_ratio:
-        return progress / warmup_ratio
-    cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, (progress - warmup_ratio) / (1 - warmup_ratio))))
-    return min_lr_ratio + (1 - min_lr_ratio) * cosine
+def schedule_to(scheduler: LambdaLR, progress: float) -> None:
+    """Set the learning rates to the schedule's value at ``progress`` (0 to 1) through the run."""
+    scheduler.last_epoch = round(progress * SCHEDULE_RESOLUTION) - 1
+    scheduler.step()
 
 
 def minibatches(order: Sequence[int], sizes: Sequence[int], minibatch_size: int) -> list[list[int]]:
@@ -115,11 +117,6 @@ def minibatches(order: Sequence[int], sizes: Sequence[int], minibatch_size: int)
         groups[-1].append(i)
         count += sizes[i]
     return [g for g in groups if g]
-
-
-def peak_memory_gb() -> float:
-    """Peak resident memory of this process so far (Linux reports kilobytes)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
 
 
 class PPOTrainer:
@@ -155,16 +152,13 @@ class PPOTrainer:
         self.reference = ReferencePolicy(self.model)
         self.optimizer = torch.optim.AdamW(
             [
-                {"params": self.model.actor_parameters(), "lr": config.actor_lr, "base_lr": config.actor_lr},
-                {
-                    "params": self.model.critic_parameters(),
-                    "lr": config.critic_lr,
-                    "base_lr": config.critic_lr,
-                },
+                {"params": self.model.actor_parameters(), "lr": config.actor_lr},
+                {"params": self.model.critic_parameters(), "lr": config.critic_lr},
             ],
             betas=config.adam_betas,
             weight_decay=config.weight_decay,
         )
+        self.scheduler = progress_schedule(self.optimizer, config.warmup_ratio, config.min_lr_ratio)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.pad_id = int(pad or 0)
         self._orders: dict[int, list[int]] = {}
@@ -200,6 +194,10 @@ class PPOTrainer:
 
     def train(self, progress: bool = True) -> list[dict[str, Any]]:
         """Run (or resume) the whole training; returns the metrics records of the run."""
+        with runs.locked(self.out):
+            return self._train(progress)
+
+    def _train(self, progress: bool) -> list[dict[str, Any]]:
         c = self.config
         started = time.perf_counter()
         last_done = self._start_run()
@@ -210,7 +208,7 @@ class PPOTrainer:
         try:
             if last_done == 0 and self.dev_examples:
                 bar.set_description("dev eval (R3-RAG-CS)")
-                log.log({"iteration": 0, **self._evaluate(0), "memory/peak_rss_gb": peak_memory_gb()})
+                log.log({"iteration": 0, **self._evaluate(0), **runs.peak_memory()})
             iteration = last_done
             while iteration < c.iterations:
                 iteration += 1
@@ -222,7 +220,7 @@ class PPOTrainer:
                     bar.set_description(f"iter {iteration}: dev eval")
                     metrics.update(self._evaluate(iteration))
                 metrics["time/iteration"] = time.perf_counter() - iter_started
-                metrics["memory/peak_rss_gb"] = peak_memory_gb()
+                metrics.update(runs.peak_memory())
                 log.log(metrics)
                 plot_curve(log.records, self.out / CURVE_FILE)
                 if iteration % c.save_every == 0 or last:
@@ -243,14 +241,10 @@ class PPOTrainer:
         """Write ``final/``: the actor, its tokenizer and ``agent.yaml`` (the rollout's agent settings,
         greedy), which R3-RAG must be run with, as R3-RAG-CS is with its own. Written beside and renamed into
         place, so a ``final/`` that exists is complete (a crash while saving leaves the checkpoints)."""
-        final, tmp = self.out / FINAL_DIR, self.out / f".{FINAL_DIR}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        self.model.save_actor(tmp, self.tokenizer)
-        self.config.rollout.model_copy(update={"temperature": 0.0, "record_token_ids": False}).to_yaml(
-            tmp / AGENT_FILE
-        )
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
+        with runs.atomic_folder(self.out / FINAL_DIR) as tmp:
+            self.model.save_actor(tmp, self.tokenizer)
+            agent = self.config.rollout.model_copy(update={"temperature": 0.0, "record_token_ids": False})
+            agent.to_yaml(tmp / AGENT_FILE)
 
     def _out_of_time(self, started: float, iter_started: float) -> bool:
         """Would one more iteration, and the final dev evaluation after it, end past ``max_minutes``?
@@ -275,7 +269,7 @@ class PPOTrainer:
         phase("rollout")
         examples, temperatures = repeat(self._questions(iteration), c.samples_per_question, c.temperatures)
         agent_config = c.rollout.model_copy(
-            update={"record_token_ids": True, "seed": derive_seed(c.seed, "rollout", iteration)}
+            update={"record_token_ids": True, "seed": runs.derive_seed(c.seed, "rollout", iteration)}
         )
         rollout = collect(
             Agent(self._generator(), self.retriever, agent_config), self.scorer, examples, temperatures
@@ -354,7 +348,7 @@ class PPOTrainer:
         """``ppo_epochs`` passes over the buffer in shuffled minibatches; returns the update's metrics."""
         c = self.config
         started = time.perf_counter()
-        generator = torch.Generator().manual_seed(derive_seed(c.seed, "minibatches", iteration))
+        generator = torch.Generator().manual_seed(runs.derive_seed(c.seed, "minibatches", iteration))
         sizes = [e.batch.size for e in buffer]
         value_weight = c.vf_coef if c.critic == "shared" else 1.0
         actor_params, critic_params = self.model.actor_parameters(), self.model.critic_parameters()
@@ -396,9 +390,7 @@ class PPOTrainer:
                 sums["grad_norm_actor"] += float(nn.utils.clip_grad_norm_(actor_params, c.max_grad_norm))
                 sums["grad_norm_critic"] += float(nn.utils.clip_grad_norm_(critic_params, c.max_grad_norm))
                 progress = (iteration - 1 + (epoch + (k + 1) / len(groups)) / c.ppo_epochs) / c.iterations
-                factor = lr_factor(progress, c.warmup_ratio, c.min_lr_ratio)
-                for param_group in self.optimizer.param_groups:
-                    param_group["lr"] = param_group["base_lr"] * factor
+                schedule_to(self.scheduler, progress)
                 self.optimizer.step()
                 steps += 1
         seconds = time.perf_counter() - started
@@ -443,43 +435,30 @@ class PPOTrainer:
             epoch, k = divmod(position, n)
             if epoch not in self._orders:
                 order = list(range(n))
-                random.Random(derive_seed(self.config.seed, "epoch", epoch)).shuffle(order)
+                random.Random(runs.derive_seed(self.config.seed, "epoch", epoch)).shuffle(order)
                 self._orders[epoch] = order
             chosen.append(self.train_examples[self._orders[epoch][k]])
         return chosen
 
     def _start_run(self) -> int:
-        """Check or write config.yaml; restore the latest checkpoint; return its iteration (or 0)."""
-        path = self.out / CONFIG_FILE
-        if path.exists():
-            saved = PPOConfig.from_yaml(path)
-            changed = sorted(
-                name
-                for name in PPOConfig.model_fields
-                if name not in RESUMABLE_CHANGES and getattr(saved, name) != getattr(self.config, name)
-            )
-            if changed:
-                raise ValueError(
-                    f"{self.out} holds a run with other settings ({', '.join(changed)} differ); "
-                    "resume it with the same settings or start the new run in another folder"
-                )
-        self.out.mkdir(parents=True, exist_ok=True)
-        self.config.to_yaml(path)
-        found = ckpt.checkpoints(self.out / "checkpoints")
-        if not found:
+        """Bind the folder to the config; restore the latest checkpoint; return its iteration (or 0)."""
+        checkpoint = runs.latest_checkpoint(self.out / CHECKPOINTS)
+        runs.bind(self.out, self.config, holds_results=checkpoint is not None, may_change=RESUMABLE_CHANGES)
+        if checkpoint is None:
             return 0
-        state = ckpt.load_checkpoint(found[-1])
+        state = runs.load_checkpoint(checkpoint)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        ckpt.set_rng_state(state["rng"])
-        return int(state["iteration"])
+        return int(state["step"])
 
     def _save(self, iteration: int) -> None:
-        ckpt.save_checkpoint(
-            self.out / "checkpoints",
+        runs.save_checkpoint(
+            self.out / CHECKPOINTS,
+            "iter",
             iteration,
             {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()},
             keep=self.config.keep_checkpoints,
+            digits=5,
         )
 
     @staticmethod
