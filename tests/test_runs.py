@@ -58,7 +58,13 @@ def test_a_folder_is_locked_against_a_second_writer_naming_the_holder(tmp_path: 
     with runs.locked(tmp_path):
         with pytest.raises(runs.RunFolderError, match=in_use), runs.locked(tmp_path):
             pass
-        other_process = f"from pathlib import Path\nfrom r3rag import runs\nwith runs.locked(Path({str(tmp_path)!r})): pass"
+        other_process = "\n".join(
+            [
+                "from pathlib import Path",
+                "from r3rag import runs",
+                f"with runs.locked(Path({str(tmp_path)!r})): pass",
+            ]
+        )
         holder = subprocess.run([sys.executable, "-c", other_process], capture_output=True, text=True)
         assert holder.returncode == 1 and "RunFolderError" in holder.stderr
     with runs.locked(tmp_path):  # released: the next run takes it
