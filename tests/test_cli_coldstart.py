@@ -35,15 +35,15 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_coldstart_then_sft(world: Path, tmp_path: Path):
     out = tmp_path / "coldstart"
     args = ["coldstart", "--questions", str(world / "world" / "train.jsonl"), "--index", str(world / "index")]
-    result = runner.invoke(app, [*args, "--out", str(out), "--limit", "20", "--max-doc-chars", "400"])
+    result = runner.invoke(app, [*args, "--out", str(out), "--limit", "20", "--agent.max-doc-chars", "400"])
     assert result.exit_code == 0, result.output
     assert "kept" in result.output and "sft.jsonl" in result.output
     assert ColdStartConfig.from_yaml(out / CONFIG_FILE).agent.max_doc_chars == 400
     records = [r for _, r in iter_jsonl(out / TRAJECTORIES_FILE)]
     assert len(records) == 20 and json.loads((out / STATS_FILE).read_text())["questions"] == 20
-    again = runner.invoke(app, [*args, "--out", str(out), "--limit", "20", "--max-doc-chars", "400"])
+    again = runner.invoke(app, [*args, "--out", str(out), "--limit", "20", "--agent.max-doc-chars", "400"])
     assert again.exit_code == 0 and "20 already done" in again.output
-    other = runner.invoke(app, [*args, "--out", str(out), "--top-k", "5"])
+    other = runner.invoke(app, [*args, "--out", str(out), "--agent.top-k", "5"])
     assert other.exit_code == 2 and "agent.top_k: 2 -> 5" in other.output
 
     run = tmp_path / "sft"

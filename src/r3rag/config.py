@@ -53,12 +53,16 @@ class WorldConfig(StageConfig):
 
     seed: int = Field(0, description="Everything in the world follows from this seed.")
     people: int = Field(700, ge=20, description="People, near-namesakes included; two passages each.")
-    cities: int = Field(120, ge=8)
-    countries: int = Field(24, ge=3)
+    cities: int = Field(120, ge=8, description="Cities: birthplaces, headquarters, where works are set.")
+    countries: int = Field(24, ge=3, description="Countries the cities are in.")
     organisations: int = Field(160, ge=12, description="Film studios, publishers, record labels, companies.")
     works: int = Field(420, ge=12, description="Films, novels and albums.")
-    train_questions: int = Field(1000, ge=0)
-    dev_questions: int = Field(200, ge=0)
+    train_questions: int = Field(1000, ge=0, description="Training questions (train.jsonl).")
+    dev_questions: int = Field(
+        200,
+        ge=0,
+        description="Dev questions (dev.jsonl), starting from entities no train question starts from.",
+    )
     namesake_rate: float = Field(
         0.35,
         ge=0,
@@ -88,10 +92,10 @@ class WorldConfig(StageConfig):
         description="Relative weights of question types; 'chain' are 3- and 4-hop compositional questions.",
     )
 
-    @classmethod
-    def for_difficulty(cls, difficulty: Difficulty, **overrides: Any) -> WorldConfig:
-        """Presets: ``easy`` is the 2-hop templated world a cold start alone solves; ``hard`` adds more of
-        everything that defeats a single query."""
+    @staticmethod
+    def difficulty_settings(difficulty: Difficulty) -> dict[str, Any]:
+        """Presets: ``easy`` is the 2-hop templated world a cold start alone solves; ``standard`` the
+        defaults; ``hard`` adds more of everything that defeats a single query."""
         presets: dict[str, dict[str, Any]] = {
             "easy": {
                 "namesake_rate": 0.0,
@@ -115,7 +119,12 @@ class WorldConfig(StageConfig):
                 },
             },
         }
-        return cls(**{**presets[difficulty], **overrides})
+        return presets[difficulty]
+
+    @classmethod
+    def for_difficulty(cls, difficulty: Difficulty, **overrides: Any) -> WorldConfig:
+        """The world of a :meth:`difficulty_settings` preset, with ``overrides``."""
+        return cls(**{**cls.difficulty_settings(difficulty), **overrides})
 
 
 class RewardConfig(StageConfig):
@@ -265,7 +274,7 @@ class BM25Config(StageConfig):
     stopwords: Literal["en", "en_plus", "none"] | list[str] = Field(
         "en", description="bm25s's English list ('en'), its longer one ('en_plus'), 'none', or your own list."
     )
-    lowercase: bool = True
+    lowercase: bool = Field(True, description="Lowercase passages and queries before tokenising.")
 
 
 class EncoderConfig(StageConfig):
@@ -278,7 +287,9 @@ class EncoderConfig(StageConfig):
     """
 
     model: str = Field("minilm", description="Preset (minilm, e5, bge) or a model path / Hugging Face name.")
-    conventions: Literal["auto", "plain", "e5", "bge"] = "auto"
+    conventions: Literal["auto", "plain", "e5", "bge"] = Field(
+        "auto", description="Prefixes, pooling and lengths: from the preset or model name (auto), or named."
+    )
     query_prefix: str | None = Field(None, description="Text put before every query (E5: 'query: ').")
     passage_prefix: str | None = Field(None, description="Text put before every passage (E5: 'passage: ').")
     pooling: Literal["model", "mean", "cls"] | None = Field(
@@ -300,9 +311,14 @@ class DenseConfig(StageConfig):
     """Dense index: exact inner product (faiss Flat) by default, HNSW for corpora too large to scan."""
 
     encoder: EncoderConfig = Field(default_factory=EncoderConfig)
-    index: Literal["flat", "hnsw"] = "flat"
+    index: Literal["flat", "hnsw"] = Field(
+        "flat",
+        description="faiss index: flat (exact inner product) or hnsw (approximate, for large corpora).",
+    )
     hnsw_m: int = Field(32, ge=4, description="HNSW graph degree.")
-    hnsw_ef_construction: int = Field(200, ge=8)
+    hnsw_ef_construction: int = Field(
+        200, ge=8, description="HNSW build breadth: higher is slower and better."
+    )
     hnsw_ef_search: int = Field(64, ge=1, description="HNSW search breadth: higher is slower and more exact.")
 
 
@@ -311,7 +327,9 @@ class IndexBuildConfig(StageConfig):
 
     corpus: Path = Field(description="Corpus jsonl (FlashRAG {id, contents} or {id, title, text}).")
     out: Path = Field(description="Index folder to write (replaced if it already holds an index).")
-    retriever: Literal["bm25", "dense"] = "bm25"
+    retriever: Literal["bm25", "dense"] = Field(
+        "bm25", description="bm25 (bm25s) or dense (an encoder + faiss)."
+    )
     bm25: BM25Config = Field(default_factory=BM25Config)
     dense: DenseConfig = Field(default_factory=DenseConfig)
 
@@ -402,6 +420,26 @@ class AgentConfig(StageConfig):
     seed: int | None = Field(None, description="Sampling seed; each row, step and retry gets its own stream.")
     record_token_ids: bool = Field(
         False, description="Keep each step's prompt and completion token ids in the trajectory (for RL)."
+    )
+
+
+class GeneratorConfig(StageConfig):
+    """The language model a command runs (``ask``, ``eval``, the LLM teacher of ``coldstart``): a local model,
+    or a model served by an OpenAI-compatible endpoint (vLLM, SGLang, DeepSeek, ...)."""
+
+    model: str = Field(
+        "smollm2-135m-instruct",
+        description="smollm2-135m-instruct (embedded), a model folder, a .gguf or a hub id; with --base-url, "
+        "the model's name at the endpoint.",
+    )
+    base_url: str | None = Field(
+        None, description="OpenAI-compatible server of the model, e.g. http://localhost:8000/v1."
+    )
+    api_key_env: str = Field("OPENAI_API_KEY", description="Environment variable holding the endpoint's key.")
+    concurrency: int = Field(8, ge=1, description="Requests to the endpoint in flight at once.")
+    timeout: float = Field(120.0, gt=0, description="Seconds to wait for one response of the endpoint.")
+    bf16: bool = Field(
+        False, description="Local model: bf16 autocast for batched forward passes (faster on CPU)."
     )
 
 
@@ -685,6 +723,11 @@ class PPOConfig(StageConfig):
 
     @classmethod
     def small_model(cls, **overrides: Any) -> PPOConfig:
+        """The :meth:`small_model_settings` preset, with ``overrides``."""
+        return cls(**{**cls.small_model_settings(), **overrides})
+
+    @staticmethod
+    def small_model_settings() -> dict[str, Any]:
         """Preset for a ~100M-parameter model on a CPU (the embedded SmolLM2-135M): the measured run.
 
         Learning rates: the paper's ratios, applied to the cold start's own rate (the official actor rate is
@@ -696,7 +739,7 @@ class PPOConfig(StageConfig):
         updated twice in minibatches of 8, so an iteration is minutes, not hours; the critic shares the
         actor's trunk (half the update cost and memory). Dev points: 48 questions every 3 iterations.
         """
-        preset: dict[str, Any] = {
+        return {
             "actor_lr": 2e-5,
             "critic_lr": 9e-5,
             "questions_per_iteration": 4,
@@ -708,7 +751,6 @@ class PPOConfig(StageConfig):
             "eval_questions": 48,
             "eval_every": 3,
         }
-        return cls(**{**preset, **overrides})
 
 
 # ------------------------------------------------------------------------------------------------ evaluation

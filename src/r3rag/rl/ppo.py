@@ -101,8 +101,10 @@ def progress_schedule(optimizer: torch.optim.Optimizer, warmup_ratio: float, min
 
 def schedule_to(scheduler: LambdaLR, progress: float) -> None:
     """Set the learning rates to the schedule's value at ``progress`` (0 to 1) through the run."""
-    scheduler.last_epoch = round(progress * SCHEDULE_RESOLUTION) - 1
-    scheduler.step()
+    position = round(progress * SCHEDULE_RESOLUTION)
+    groups = scheduler.optimizer.param_groups
+    for group, factor, base in zip(groups, scheduler.lr_lambdas, scheduler.base_lrs, strict=True):
+        group["lr"] = base * factor(position)
 
 
 def minibatches(order: Sequence[int], sizes: Sequence[int], minibatch_size: int) -> list[list[int]]:
