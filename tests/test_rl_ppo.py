@@ -64,6 +64,8 @@ def test_a_resumed_run_continues_with_identical_state(tmp_path: Path, lora_rank:
     with pytest.raises(KeyboardInterrupt):
         crashed.train(progress=False)
     assert [p.name for p in checkpoints(tmp_path / "b" / "checkpoints")] == ["iter-00001"]
+    with open(tmp_path / "b" / "metrics.jsonl", "a") as metrics:  # killed while writing a line
+        metrics.write('{"iteration": 2, "reward/step_me')
 
     resumed = tiny_trainer(tiny_config(tmp_path / "b", lora_rank=lora_rank))
     records = resumed.train(progress=False)

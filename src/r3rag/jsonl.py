@@ -65,6 +65,19 @@ def _drop_partial_last_line(path: Path) -> None:
         f.truncate(f.read().rfind(b"\n") + 1)
 
 
+def rewind(path: str | Path, key: str, last: int) -> list[dict[str, Any]]:
+    """Cut a resumable run's log back to its checkpoint: keep the records whose ``key`` is at most ``last``
+    (a crashed run wrote later ones, which the resumed run is about to redo) and drop a partial final line;
+    rewrite the file atomically and return the records kept."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    _drop_partial_last_line(path)
+    kept = [record for _, record in iter_jsonl(path) if record.get(key, last + 1) <= last]
+    write_jsonl(path, kept)
+    return kept
+
+
 def read_ids(path: str | Path, key: str = "id") -> set[str]:
     """The ``key`` values already written to an append-only results file (empty if it does not exist)."""
     path = Path(path)

@@ -45,6 +45,7 @@ from r3rag import runs
 from r3rag.coldstart.build import CONFIG_FILE as COLDSTART_FILE
 from r3rag.coldstart.dataset import IGNORE_INDEX, TokenizedExample, end_of_turn, read_sft, tokenize_example
 from r3rag.config import AGENT_FILE, ColdStartConfig, SFTConfig
+from r3rag.jsonl import JsonlAppender, rewind
 from r3rag.llm.models import load_model
 from r3rag.lora import add_lora, load_lora, merged
 from r3rag.rl.models import action_logprobs, check_plain_head
@@ -252,7 +253,8 @@ def _train(
         )
     epoch_batches: dict[int, list[list[int]]] = {}
     last_loss, eval_loss = float("nan"), None
-    with open(out / LOG_FILE, "a", encoding="utf-8") as log:
+    rewind(out / LOG_FILE, "step", start)  # the steps a crashed run logged after its checkpoint are redone
+    with JsonlAppender(out / LOG_FILE) as log:
         for step in range(start, total):
             epoch, group = divmod(step, per_epoch)
             if epoch not in epoch_batches:
@@ -282,8 +284,7 @@ def _train(
                     config.keep_checkpoints,
                     write_files=partial(_save_model, model, tokenizer),
                 )
-            log.write(json.dumps(record) + "\n")
-            log.flush()
+            log.write(record)
             bar.update(1)
             bar.set_postfix(
                 loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.1e}", tok_s=f"{record['tok_s']:.0f}"

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from r3rag.jsonl import JsonlAppender, iter_jsonl, write_jsonl
+from r3rag.jsonl import JsonlAppender, rewind
 
 METRICS_FILE = "metrics.jsonl"
 CURVE_FILE = "curve.png"
@@ -23,9 +23,7 @@ class MetricsLog:
 
     def __init__(self, run_dir: Path, resume_after: int, tensorboard: bool) -> None:
         self.path = run_dir / METRICS_FILE
-        kept = [r for _, r in iter_jsonl(self.path)] if self.path.exists() else []
-        self.records = [r for r in kept if r["iteration"] <= resume_after]
-        write_jsonl(self.path, self.records)
+        self.records = rewind(self.path, "iteration", resume_after)
         self._file = JsonlAppender(self.path)
         self._writer = None
         if tensorboard:
