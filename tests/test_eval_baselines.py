@@ -18,13 +18,17 @@ from eval_fixtures import (
     example,
     transcript,
 )
-from r3rag.config import EvalConfig, JudgeConfig
-from r3rag.evaluation.baselines import METHODS, NO_ACTION, NO_ANSWER_LINE, build_method
+from r3rag.config import JudgeConfig
+from r3rag.evaluation.config import EvalConfig
+from r3rag.evaluation.methods.base import NO_ANSWER_LINE
+from r3rag.evaluation.methods.react import NO_ACTION
+from r3rag.evaluation.methods.registry import build_method, method_names
 from r3rag.evaluation.prompts import INVALID_ACTION
 from r3rag.evaluation.scoring import score_trajectories
 from r3rag.rewards.judges import CorrectnessJudge
 from r3rag.schema import Trajectory, TrajectoryStatus
 
+METHODS = method_names()
 TRICKY = f"Tricky: {QUESTION}"  # ReAct first writes a turn without an action
 
 
@@ -166,7 +170,7 @@ def test_ircot_accumulates_new_documents_up_to_its_cap() -> None:
     (trajectory,), generator, _ = run("ircot", [example()])
     assert [[p.id for p in s.passages] for s in trajectory.steps] == [["film"], ["studio"], []]
     assert trajectory.steps[1].query == "Silver Harbour was made by Vale Studio."  # the first line only
-    (capped,), generator, _ = run("ircot", [example()], ircot_max_passages=1)
+    (capped,), generator, _ = run("ircot", [example()], ircot={"max_passages": 1})
     assert capped.status is TrajectoryStatus.OUT_OF_STEPS  # the studio passage never reaches the prompt
     assert all(STUDIO.text not in call[0] for call in generator.calls)
 
@@ -182,7 +186,7 @@ def test_flare_retrieves_only_for_unsure_sentences() -> None:
     # the look-ahead of step 2 sees the film passage retrieved at step 1
     assert FILM.text in generator.calls[2][0]
 
-    (confident,), _, retriever = run("flare", [example()], flare_threshold=0.1)
+    (confident,), _, retriever = run("flare", [example()], flare={"threshold": 0.1})
     assert retriever.calls == [] and confident.status is TrajectoryStatus.OUT_OF_STEPS
 
 
@@ -191,7 +195,7 @@ def test_flare_without_token_probabilities_retrieves_every_step() -> None:
         return sentence_rule(prompt)[0]
 
     generator, retriever = RuleGenerator(no_probabilities), TriggerRetriever()
-    method = build_method("flare", generator, retriever, EvalConfig(flare_threshold=0.0), 2)
+    method = build_method("flare", generator, retriever, EvalConfig(flare={"threshold": 0.0}), 2)
     (trajectory,) = method.run([example()])
     assert trajectory.metadata["confidence"] == [None, None]
     assert len(retriever.calls) == 2 and trajectory.final_answer == "Ada Vale"

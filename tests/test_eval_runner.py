@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from eval_fixtures import FILM, QUESTION, RuleGenerator, TriggerRetriever, example
-from r3rag.config import EvalConfig, JudgeConfig
+from r3rag.config import JudgeConfig
 from r3rag.data.datasets import write_flashrag
+from r3rag.evaluation.config import EvalConfig
 from r3rag.evaluation.manifest import build_manifest, differences, merge_manifests
 from r3rag.evaluation.report import write_report
 from r3rag.evaluation.runner import (
@@ -79,7 +80,7 @@ def report_files(out: Path, records: list[dict]) -> dict[str, str]:
 
 
 def test_plan_runs_each_method_at_its_main_top_k_then_the_sweep() -> None:
-    config = EvalConfig(methods=["cot", "rag-cot", "r3rag"], top_k_sweep=[1, 5], rag_top_k=16)
+    config = EvalConfig(methods=["cot", "rag-cot", "r3rag"], top_k_sweep=[1, 5], rag_cot={"top_k": 16})
     assert planned_runs(config) == [
         ("cot", None),
         ("rag-cot", 16),

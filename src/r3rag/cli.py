@@ -547,6 +547,15 @@ def serve_retriever(
 # ------------------------------------------------------------------------------------------------ r3rag eval
 
 
+def _method_help() -> str:
+    """The --method help: every registered method, and which run by default."""
+    from r3rag.evaluation.methods.registry import method_classes
+
+    others = [cls.name for cls in method_classes() if not cls.by_default]
+    default = "all" + (f" but {', '.join(others)}" if others else "")
+    return f"{', '.join(cls.name for cls in method_classes())} (default {default})."
+
+
 @app.command("eval")
 def eval_command(
     dataset: Annotated[
@@ -574,7 +583,7 @@ def eval_command(
         typer.Option(
             "--method",
             "-m",
-            help="cot, rag-cot, react, self-ask, iter-retgen, ircot, flare, r3rag (default all).",
+            help=_method_help(),
         ),
     ] = None,
     model: Annotated[
@@ -644,29 +653,32 @@ def eval_command(
     """Evaluate R3-RAG and the baselines on question files: Table 1, step-budget and top-k curves."""
     from pydantic import ValidationError
 
-    from r3rag.config import EvalConfig
+    from r3rag.evaluation.config import EvalConfig
     from r3rag.evaluation.manifest import describe_model
+    from r3rag.evaluation.methods.registry import field_name, retrieving
     from r3rag.evaluation.run import open_run, run_and_report
-    from r3rag.evaluation.runner import NO_RETRIEVAL, Progress, build_context_index, load_datasets
+    from r3rag.evaluation.runner import Progress, build_context_index, load_datasets
     from r3rag.jsonl import RecordError
 
     flags = {
         "methods": None if not method or method == ["all"] else _methods(method, "--method"),
         "max_steps": max_steps,
         "top_k": top_k,
-        "rag_top_k": rag_top_k,
         "top_k_sweep": _int_list(top_k_sweep, "--top-k-sweep"),
         "sweep_methods": None if sweep_method is None else _methods(sweep_method, "--sweep-method"),
-        "max_new_tokens": _token_budgets(max_new_tokens),
-        "r3rag_format_retries": r3rag_format_retries,
-        "r3rag_max_doc_chars": r3rag_max_doc_chars,
         "passage_chars": passage_chars,
-        "ircot_max_passages": ircot_max_passages,
-        "flare_threshold": flare_threshold,
         "temperature": temperature,
         "seed": seed,
         "batch_size": batch_size,
     }
+    method_flags: dict[str, dict[str, object]] = {
+        "rag-cot": {"top_k": rag_top_k},
+        "r3rag": {"format_retries": r3rag_format_retries, "max_doc_chars": r3rag_max_doc_chars},
+        "ircot": {"max_passages": ircot_max_passages},
+        "flare": {"threshold": flare_threshold},
+    }
+    for name, budget in (_token_budgets(max_new_tokens) or {}).items():
+        method_flags.setdefault(name, {})["max_new_tokens"] = budget
     judge_flags = {
         "correctness_llm": True if judge_endpoint else None,
         "endpoint": judge_endpoint,
@@ -677,14 +689,15 @@ def eval_command(
     try:
         base = (EvalConfig.from_yaml(existing_file(config)) if config else EvalConfig()).model_dump()
         given = {k: v for k, v in flags.items() if v is not None}
-        given["max_new_tokens"] = base["max_new_tokens"] | given.get("max_new_tokens", {})
+        for name, values in method_flags.items():
+            section = field_name(name)
+            given[section] = base[section] | {k: v for k, v in values.items() if v is not None}
         given["judge"] = base["judge"] | {k: v for k, v in judge_flags.items() if v is not None}
         eval_config = EvalConfig.model_validate(base | given)
         datasets = load_datasets(dataset, limit)
     except (ValidationError, ValueError, FileNotFoundError, RecordError) as e:
         raise fail(str(e)) from None
 
-    retrieving = any(m not in NO_RETRIEVAL for m in eval_config.methods)
     if corpus_from_datasets and index is not None:
         raise fail("give --index or --corpus-from-datasets, not both")
     try:
@@ -693,7 +706,7 @@ def eval_command(
                 index = str(
                     build_context_index([f for d in datasets for f in d.files], out / "context-corpus")
                 )
-        if index is None and retrieving:
+        if index is None and retrieving(eval_config.methods):
             raise fail("the retrieving methods need --index (a folder or URL) or --corpus-from-datasets")
         manifest, retriever = open_run(eval_config, datasets, describe_model(model, base_url), index, out)
     except (OSError, ValueError, RecordError) as e:
@@ -717,11 +730,13 @@ def eval_command(
 
 
 def _methods(values: list[str], flag: str) -> list[str]:
-    from r3rag.evaluation.baselines import METHODS
+    from r3rag.evaluation.methods.registry import method_names
 
-    unknown = [v for v in values if v not in METHODS]
+    unknown = [v for v in values if v not in method_names()]
     if unknown:
-        raise fail(f"{flag}: unknown method {unknown[0]!r}; expected one of {', '.join(METHODS)} (or all)")
+        raise fail(
+            f"{flag}: unknown method {unknown[0]!r}; expected one of {', '.join(method_names())} (or all)"
+        )
     return values
 
 
@@ -736,18 +751,19 @@ def _int_list(value: str | None, flag: str) -> list[int] | None:
 
 def _token_budgets(values: list[str] | None) -> dict[str, int] | None:
     """``N`` (every method) and ``METHOD=N`` entries, later ones winning."""
-    from r3rag.evaluation.baselines import METHODS
+    from r3rag.evaluation.methods.registry import method_names
 
+    methods = method_names()
     if not values:
         return None
     budgets: dict[str, int] = {}
     for value in values:
         name, sep, number = value.rpartition("=")
-        if not number.strip().isdigit() or (sep and name not in METHODS):
+        if not number.strip().isdigit() or (sep and name not in methods):
             raise fail(
-                f"--max-new-tokens takes N or METHOD=N (METHOD one of {', '.join(METHODS)}), not {value!r}"
+                f"--max-new-tokens takes N or METHOD=N (METHOD one of {', '.join(methods)}), not {value!r}"
             )
-        budgets |= {name: int(number)} if sep else dict.fromkeys(METHODS, int(number))
+        budgets |= {name: int(number)} if sep else dict.fromkeys(methods, int(number))
     return budgets
 
 
@@ -1152,8 +1168,8 @@ def quickstart(
     from pydantic import ValidationError
     from rich.console import Console
 
-    from r3rag.config import PipelineConfig
     from r3rag.pipeline import PipelineError, pending_stages, print_results, run_pipeline
+    from r3rag.pipeline_config import PipelineConfig
 
     if preset is not None and config is not None:
         raise fail("give --preset or --config, not both")
