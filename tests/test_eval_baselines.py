@@ -23,6 +23,7 @@ from r3rag.evaluation.config import EvalConfig
 from r3rag.evaluation.methods.base import NO_ANSWER_LINE
 from r3rag.evaluation.methods.react import NO_ACTION
 from r3rag.evaluation.methods.registry import build_method, method_names
+from r3rag.evaluation.methods.search_r1 import INVALID_NOTE
 from r3rag.evaluation.prompts import INVALID_ACTION
 from r3rag.evaluation.scoring import score_trajectories
 from r3rag.rewards.judges import CorrectnessJudge
@@ -76,6 +77,19 @@ def react_rule(prompt: str) -> str:
     return "Thought: I need the film's studio.\nAction: Search[Silver Harbour]"
 
 
+def search_r1_rule(prompt: str) -> str:
+    t = transcript(prompt)
+    if ANSWER_FACT in t:
+        return "<think>Ada Vale founded it.</think>\n<answer> Ada Vale </answer>"
+    if BRIDGE_FACT in t:
+        return (
+            "<think>Now the founder.</think>\n<search> Vale Studio founder </search>\n\n<information>invented"
+        )
+    if "Tricky" in prompt and INVALID_NOTE not in t:
+        return "<think>Let me think about it.</think>"
+    return "<think>I need the film's studio.</think>\n<search> Silver Harbour </search>"
+
+
 def r3rag_rule(prompt: str) -> str:
     index = len(re.findall(r"(?m)^Step \d+:", prompt)) + 1
     head = f"Step {index}:\nThe problem analysis: "
@@ -94,6 +108,7 @@ RULES = {
     "flare": sentence_rule,
     "self-ask": self_ask_rule,
     "react": react_rule,
+    "search-r1": search_r1_rule,
     "r3rag": r3rag_rule,
 }
 TOP_K = {"cot": None, "rag-cot": 16}
@@ -117,6 +132,7 @@ EXPECTED = {
     "flare": ("answered", "Ada Vale", [1, 2], 2),
     "self-ask": ("answered", "Ada Vale", [1, 2, 3], 2),
     "react": ("answered", "Ada Vale", [1, 2, 3], 2),
+    "search-r1": ("answered", "Ada Vale", [1, 2, 3], 2),
     "r3rag": ("answered", "Ada Vale", [1, 2, 3], 2),
 }
 
