@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from r3rag.cli import app
@@ -83,3 +84,37 @@ def test_bad_flags_are_one_line_errors(setup: dict[str, Path]) -> None:
     assert missing.exit_code == 2 and "--index" in missing.output
     unknown = runner.invoke(app, ["eval", "-d", str(setup["questions"]), "-m", "magic", "--out", str(out)])
     assert unknown.exit_code == 2 and "magic" in unknown.output
+
+
+def test_per_method_flags_set_their_methods_sections_over_a_config_file(setup: dict[str, Path]) -> None:
+    out = setup["root"] / "sections"
+    config = setup["root"] / "eval.yaml"
+    config.write_text("ircot: {max_passages: 3}\nr3rag: {format_retries: 2}\nflare: {threshold: 0.2}\n")
+    args = ["--config", str(config), "--limit", "1", "--rag-top-k", "4", "--ircot-max-passages", "5"]
+    args += ["--r3rag-max-doc-chars", "256", "--max-new-tokens", "2", "--max-new-tokens", "search-r1=7"]
+    result = runner.invoke(
+        app,
+        [
+            "eval",
+            "--model",
+            str(setup["model"]),
+            "-d",
+            str(setup["questions"]),
+            "--out",
+            str(out),
+            "-m",
+            "cot",
+        ]
+        + args,
+    )
+    assert result.exit_code == 0, result.output
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["rag_cot"]["top_k"] == 4 and saved["ircot"]["max_passages"] == 5  # flags win
+    assert saved["r3rag"] == {"max_new_tokens": 2, "format_retries": 2, "max_doc_chars": 256}  # file kept
+    assert saved["flare"]["threshold"] == 0.2
+    assert saved["search_r1"]["max_new_tokens"] == 7 and saved["cot"]["max_new_tokens"] == 2
+
+
+def test_the_method_flag_lists_the_registered_methods() -> None:
+    result = runner.invoke(app, ["eval", "--help"], env={"COLUMNS": "200"})
+    assert "search-r1" in result.output and "default all but search-r1" in result.output

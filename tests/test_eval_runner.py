@@ -201,3 +201,12 @@ def test_cut_passages_shortens_the_documents_at_a_word_boundary(tmp_path: Path) 
     records = runner.run(DATASETS[:1])
     passages = [p for r in records for s in r["trajectory"]["steps"] for p in s["passages"]]
     assert passages and all(len(p["text"]) <= 20 for p in passages)
+
+
+def test_a_changed_method_setting_is_named_by_its_section_and_field() -> None:
+    model = {"backend": "local", "name": "m", "fingerprint": "f1"}
+    retriever = {"kind": "bm25", "source": "/i", "fingerprint": "r1"}
+    ircot = CONFIG.settings("ircot").model_copy(update={"max_passages": 3})
+    old = build_manifest(CONFIG, model, retriever, {})
+    new = build_manifest(CONFIG.model_copy(update={"ircot": ircot}), model, retriever, {})
+    assert differences(old, new) == ["ircot.max_passages: 15 -> 3"]
