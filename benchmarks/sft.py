@@ -143,8 +143,9 @@ def _coldstart_data(tmp: Path) -> Path:
     """The default world, its BM25 index and the oracle cold start (the quickstart's), under ``tmp``."""
     from r3rag.coldstart.build import build
     from r3rag.coldstart.oracle import OracleTeacher
-    from r3rag.config import IndexBuildConfig, PipelineConfig
+    from r3rag.config import IndexBuildConfig
     from r3rag.data.world import generate_world, write_world
+    from r3rag.pipeline_config import PipelineConfig
     from r3rag.retrieval.index import build_index, load_index
 
     world = generate_world()

@@ -46,6 +46,7 @@ def test_every_config_field_is_a_documented_flag(path: tuple[str, ...]) -> None:
 def test_the_config_commands_are_the_stage_commands() -> None:
     assert set(CONFIG_COMMANDS) == {
         ("ask",),
+        ("eval",),
         ("coldstart",),
         ("sft",),
         ("train",),

@@ -18,13 +18,18 @@ from eval_fixtures import (
     example,
     transcript,
 )
-from r3rag.config import EvalConfig, JudgeConfig
-from r3rag.evaluation.baselines import METHODS, NO_ACTION, NO_ANSWER_LINE, build_method
+from r3rag.config import JudgeConfig
+from r3rag.evaluation.config import EvalConfig
+from r3rag.evaluation.methods.base import NO_ANSWER_LINE
+from r3rag.evaluation.methods.react import NO_ACTION
+from r3rag.evaluation.methods.registry import build_method, method_names
+from r3rag.evaluation.methods.search_r1 import INVALID_NOTE
 from r3rag.evaluation.prompts import INVALID_ACTION
 from r3rag.evaluation.scoring import score_trajectories
 from r3rag.rewards.judges import CorrectnessJudge
 from r3rag.schema import Trajectory, TrajectoryStatus
 
+METHODS = method_names()
 TRICKY = f"Tricky: {QUESTION}"  # ReAct first writes a turn without an action
 
 
@@ -72,6 +77,19 @@ def react_rule(prompt: str) -> str:
     return "Thought: I need the film's studio.\nAction: Search[Silver Harbour]"
 
 
+def search_r1_rule(prompt: str) -> str:
+    t = transcript(prompt)
+    if ANSWER_FACT in t:
+        return "<think>Ada Vale founded it.</think>\n<answer> Ada Vale </answer>"
+    if BRIDGE_FACT in t:
+        return (
+            "<think>Now the founder.</think>\n<search> Vale Studio founder </search>\n\n<information>invented"
+        )
+    if "Tricky" in prompt and INVALID_NOTE not in t:
+        return "<think>Let me think about it.</think>"
+    return "<think>I need the film's studio.</think>\n<search> Silver Harbour </search>"
+
+
 def r3rag_rule(prompt: str) -> str:
     index = len(re.findall(r"(?m)^Step \d+:", prompt)) + 1
     head = f"Step {index}:\nThe problem analysis: "
@@ -90,6 +108,7 @@ RULES = {
     "flare": sentence_rule,
     "self-ask": self_ask_rule,
     "react": react_rule,
+    "search-r1": search_r1_rule,
     "r3rag": r3rag_rule,
 }
 TOP_K = {"cot": None, "rag-cot": 16}
@@ -113,6 +132,7 @@ EXPECTED = {
     "flare": ("answered", "Ada Vale", [1, 2], 2),
     "self-ask": ("answered", "Ada Vale", [1, 2, 3], 2),
     "react": ("answered", "Ada Vale", [1, 2, 3], 2),
+    "search-r1": ("answered", "Ada Vale", [1, 2, 3], 2),
     "r3rag": ("answered", "Ada Vale", [1, 2, 3], 2),
 }
 
@@ -166,7 +186,7 @@ def test_ircot_accumulates_new_documents_up_to_its_cap() -> None:
     (trajectory,), generator, _ = run("ircot", [example()])
     assert [[p.id for p in s.passages] for s in trajectory.steps] == [["film"], ["studio"], []]
     assert trajectory.steps[1].query == "Silver Harbour was made by Vale Studio."  # the first line only
-    (capped,), generator, _ = run("ircot", [example()], ircot_max_passages=1)
+    (capped,), generator, _ = run("ircot", [example()], ircot={"max_passages": 1})
     assert capped.status is TrajectoryStatus.OUT_OF_STEPS  # the studio passage never reaches the prompt
     assert all(STUDIO.text not in call[0] for call in generator.calls)
 
@@ -182,7 +202,7 @@ def test_flare_retrieves_only_for_unsure_sentences() -> None:
     # the look-ahead of step 2 sees the film passage retrieved at step 1
     assert FILM.text in generator.calls[2][0]
 
-    (confident,), _, retriever = run("flare", [example()], flare_threshold=0.1)
+    (confident,), _, retriever = run("flare", [example()], flare={"threshold": 0.1})
     assert retriever.calls == [] and confident.status is TrajectoryStatus.OUT_OF_STEPS
 
 
@@ -191,7 +211,7 @@ def test_flare_without_token_probabilities_retrieves_every_step() -> None:
         return sentence_rule(prompt)[0]
 
     generator, retriever = RuleGenerator(no_probabilities), TriggerRetriever()
-    method = build_method("flare", generator, retriever, EvalConfig(flare_threshold=0.0), 2)
+    method = build_method("flare", generator, retriever, EvalConfig(flare={"threshold": 0.0}), 2)
     (trajectory,) = method.run([example()])
     assert trajectory.metadata["confidence"] == [None, None]
     assert len(retriever.calls) == 2 and trajectory.final_answer == "Ada Vale"

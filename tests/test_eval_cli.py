@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from r3rag.cli import app
@@ -43,13 +44,14 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 def evaluate(setup: dict[str, Path], out: Path, *args: str):
     common = ["--model", str(setup["model"]), "-d", str(setup["questions"]), "--out", str(out)]
-    common += ["-m", "cot", "-m", "ircot", "-m", "r3rag", "--max-new-tokens", "3", "--max-steps", "2"]
+    common += ["-m", "cot", "-m", "ircot", "-m", "r3rag", "--max-steps", "2"]
+    common += ["--cot.max-new-tokens", "3", "--ircot.max-new-tokens", "3", "--r3rag.max-new-tokens", "3"]
     return runner.invoke(app, ["eval", *common, *args])
 
 
 def test_a_run_writes_the_report_and_resumes_to_a_no_op(setup: dict[str, Path]) -> None:
     out = setup["root"] / "run"
-    result = evaluate(setup, out, "--corpus-from-datasets", "--top-k-sweep", "1", "--sweep-method", "r3rag")
+    result = evaluate(setup, out, "--corpus-from-datasets", "--top-k-sweep", "1", "--sweep-methods", "r3rag")
     assert result.exit_code == 0, result.output
     for name in (
         "results.md",
@@ -66,7 +68,7 @@ def test_a_run_writes_the_report_and_resumes_to_a_no_op(setup: dict[str, Path]) 
     assert manifest["model"]["fingerprint"] and manifest["retriever"]["passages"] == 6
     assert manifest["datasets"]["hotpotqa"]["questions"] == 3 and manifest["max_steps"] == 2
 
-    again = evaluate(setup, out, "--corpus-from-datasets", "--top-k-sweep", "1", "--sweep-method", "r3rag")
+    again = evaluate(setup, out, "--corpus-from-datasets", "--top-k-sweep", "1", "--sweep-methods", "r3rag")
     assert again.exit_code == 0, again.output
     assert len(list(iter_jsonl(out / "predictions.jsonl"))) == len(keys)
     assert again.stdout == result.stdout
@@ -78,8 +80,45 @@ def test_a_run_writes_the_report_and_resumes_to_a_no_op(setup: dict[str, Path]) 
 
 def test_bad_flags_are_one_line_errors(setup: dict[str, Path]) -> None:
     out = setup["root"] / "bad"
-    assert "METHOD=N" in evaluate(setup, out, "--max-new-tokens", "cot=x").output
+    assert "--cot.max-new-tokens: 'x'" in evaluate(setup, out, "--cot.max-new-tokens", "x").output
     missing = evaluate(setup, out)
     assert missing.exit_code == 2 and "--index" in missing.output
     unknown = runner.invoke(app, ["eval", "-d", str(setup["questions"]), "-m", "magic", "--out", str(out)])
     assert unknown.exit_code == 2 and "magic" in unknown.output
+
+
+def test_per_method_flags_set_their_methods_sections_over_a_config_file(setup: dict[str, Path]) -> None:
+    out = setup["root"] / "sections"
+    config = setup["root"] / "eval.yaml"
+    config.write_text("ircot: {max_passages: 3}\nr3rag: {format_retries: 2}\nflare: {threshold: 0.2}\n")
+    args = ["--config", str(config), "--limit", "1", "--rag-cot.top-k", "4", "--ircot.max-passages", "5"]
+    args += ["--r3rag.max-doc-chars", "256", "--cot.max-new-tokens", "2", "--r3rag.max-new-tokens", "2"]
+    args += ["--search-r1.max-new-tokens", "7"]
+    result = runner.invoke(
+        app,
+        [
+            "eval",
+            "--model",
+            str(setup["model"]),
+            "-d",
+            str(setup["questions"]),
+            "--out",
+            str(out),
+            "-m",
+            "cot",
+        ]
+        + args,
+    )
+    assert result.exit_code == 0, result.output
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["rag_cot"]["top_k"] == 4 and saved["ircot"]["max_passages"] == 5  # flags win
+    assert saved["r3rag"] == {"max_new_tokens": 2, "format_retries": 2, "max_doc_chars": 256}  # file kept
+    assert saved["flare"]["threshold"] == 0.2
+    assert saved["search_r1"]["max_new_tokens"] == 7 and saved["cot"]["max_new_tokens"] == 2
+
+
+def test_the_method_flag_lists_the_registered_methods() -> None:
+    result = runner.invoke(app, ["eval", "--help"], env={"COLUMNS": "200"})
+    text = "".join(result.output.split())  # help lines are wrapped, at spaces and hyphens
+    assert "ofcot,rag-cot,react,self-ask,iter-retgen,ircot,flare,search-r1,r3rag" in text
+    assert "everyonebutsearch-r1" in text

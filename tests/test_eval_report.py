@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from r3rag.config import EvalConfig
+from r3rag.evaluation.config import EvalConfig
 from r3rag.evaluation.manifest import build_manifest
 from r3rag.evaluation.report import write_report
 

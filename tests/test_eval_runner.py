@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from eval_fixtures import FILM, QUESTION, RuleGenerator, TriggerRetriever, example
-from r3rag.config import EvalConfig, JudgeConfig
+from r3rag.config import JudgeConfig
 from r3rag.data.datasets import write_flashrag
+from r3rag.evaluation.config import EvalConfig
 from r3rag.evaluation.manifest import build_manifest, differences, merge_manifests
 from r3rag.evaluation.report import write_report
 from r3rag.evaluation.runner import (
@@ -79,7 +80,7 @@ def report_files(out: Path, records: list[dict]) -> dict[str, str]:
 
 
 def test_plan_runs_each_method_at_its_main_top_k_then_the_sweep() -> None:
-    config = EvalConfig(methods=["cot", "rag-cot", "r3rag"], top_k_sweep=[1, 5], rag_top_k=16)
+    config = EvalConfig(methods=["cot", "rag-cot", "r3rag"], top_k_sweep=[1, 5], rag_cot={"top_k": 16})
     assert planned_runs(config) == [
         ("cot", None),
         ("rag-cot", 16),
@@ -200,3 +201,12 @@ def test_cut_passages_shortens_the_documents_at_a_word_boundary(tmp_path: Path) 
     records = runner.run(DATASETS[:1])
     passages = [p for r in records for s in r["trajectory"]["steps"] for p in s["passages"]]
     assert passages and all(len(p["text"]) <= 20 for p in passages)
+
+
+def test_a_changed_method_setting_is_named_by_its_section_and_field() -> None:
+    model = {"backend": "local", "name": "m", "fingerprint": "f1"}
+    retriever = {"kind": "bm25", "source": "/i", "fingerprint": "r1"}
+    ircot = CONFIG.settings("ircot").model_copy(update={"max_passages": 3})
+    old = build_manifest(CONFIG, model, retriever, {})
+    new = build_manifest(CONFIG.model_copy(update={"ircot": ircot}), model, retriever, {})
+    assert differences(old, new) == ["ircot.max_passages: 15 -> 3"]

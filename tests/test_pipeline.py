@@ -13,8 +13,8 @@ import pytest
 from typer.testing import CliRunner
 
 from r3rag.cli import app
-from r3rag.config import PipelineConfig
 from r3rag.pipeline import PipelineError, bind_folder, run_pipeline
+from r3rag.pipeline_config import PipelineConfig
 from r3rag.rl.ppo import PPOTrainer
 
 runner = CliRunner()
@@ -114,8 +114,8 @@ def test_every_stage_leaves_its_artifacts_and_the_table_has_five_rows(resumed: d
     assert all(system in result.stdout for system in SYSTEMS)
     assert "ppo/final" in result.stdout and "eval-r3rag/results.md" in result.stdout
     cs_eval = read_json(out / "eval-cs" / "manifest.json")
-    assert cs_eval["top_k"] == 2 and cs_eval["settings"]["r3rag_max_doc_chars"] == 512  # trained settings
-    assert cs_eval["settings"]["r3rag_format_retries"] == 3  # as the cold start's agent re-generates
+    assert cs_eval["top_k"] == 2 and cs_eval["settings"]["r3rag"]["max_doc_chars"] == 512  # trained settings
+    assert cs_eval["settings"]["r3rag"]["format_retries"] == 3  # as the cold start's agent re-generates
 
 
 def test_a_finished_quickstart_reruns_as_a_no_op(resumed: dict[str, Any]) -> None:

@@ -25,13 +25,14 @@ from r3rag.config import (
     ColdStartConfig,
     GeneratorConfig,
     IndexBuildConfig,
-    PipelineConfig,
     PPOConfig,
     RetrieverServerConfig,
     SFTConfig,
     WorldConfig,
 )
+from r3rag.evaluation.config import EvalConfig, EvalConfigBase
 from r3rag.flags import ConfigOptions, Presets, with_config
+from r3rag.pipeline_config import PipelineConfig
 
 if TYPE_CHECKING:
     from r3rag.data.world import World
@@ -472,8 +473,12 @@ def serve_retriever(
 # ------------------------------------------------------------------------------------------------ r3rag eval
 
 
-@command(app, "eval")
+@command(
+    app, "eval", ConfigOptions(EvalConfig, extra={"generator": GeneratorConfig}, short={"methods": "-m"})
+)
 def eval_command(
+    config: EvalConfigBase,
+    generator: GeneratorConfig,
     dataset: Annotated[
         list[str],
         typer.Option(
@@ -494,147 +499,28 @@ def eval_command(
             help="Build a BM25 index from the question files' own context paragraphs (distractor setting)."
         ),
     ] = False,
-    method: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--method",
-            "-m",
-            help="cot, rag-cot, react, self-ask, iter-retgen, ircot, flare, r3rag (default all).",
-        ),
-    ] = None,
-    model: Annotated[
-        str, typer.Option(help="smollm2-135m-instruct (embedded), a model folder, a .gguf, or a hub id.")
-    ] = "smollm2-135m-instruct",
-    base_url: Annotated[
-        str | None, typer.Option(help="OpenAI-compatible server for the model (e.g. http://host:8000/v1).")
-    ] = None,
-    api_key_env: Annotated[
-        str, typer.Option(help="Environment variable holding the API key.")
-    ] = "OPENAI_API_KEY",
-    concurrency: Annotated[int, typer.Option(min=1, help="Parallel requests to the server.")] = 8,
-    timeout: Annotated[float, typer.Option(min=0.1, help="Seconds per request to the server.")] = 120.0,
-    bf16: Annotated[
-        bool, typer.Option(help="Local model: bf16 autocast for batched forward passes.")
-    ] = False,
-    config: Annotated[
-        Path | None, typer.Option(help="An EvalConfig YAML; flags given here override it.")
-    ] = None,
-    max_steps: Annotated[
-        int | None, typer.Option(min=1, help="Step budget of every iterative method (5).")
-    ] = None,
-    top_k: Annotated[int | None, typer.Option(min=1, help="Passages per retrieval (5).")] = None,
-    rag_top_k: Annotated[int | None, typer.Option(min=1, help="Passages of RAG with CoT (16).")] = None,
-    top_k_sweep: Annotated[
-        str | None, typer.Option(help="More top-k values to run, comma-separated (e.g. 1,3,10).")
-    ] = None,
-    sweep_method: Annotated[
-        list[str] | None, typer.Option(help="Methods the sweep runs (default: every retrieving method).")
-    ] = None,
-    max_new_tokens: Annotated[
-        list[str] | None, typer.Option(help="Tokens per call: N for every method, or METHOD=N; repeatable.")
-    ] = None,
-    r3rag_format_retries: Annotated[
-        int | None, typer.Option(min=0, help="Re-generations of a malformed R3-RAG step (0).")
-    ] = None,
-    r3rag_max_doc_chars: Annotated[
-        int | None, typer.Option(min=1, help="Cut each R3-RAG step's documents (none).")
-    ] = None,
-    passage_chars: Annotated[
-        int | None, typer.Option(min=1, help="Cut every retrieved passage to N characters (no cut).")
-    ] = None,
-    ircot_max_passages: Annotated[int | None, typer.Option(min=1, help="IRCoT's document cap (15).")] = None,
-    flare_threshold: Annotated[
-        float | None,
-        typer.Option(min=0.0, max=1.0, help="FLARE retrieves below this token probability (0.4)."),
-    ] = None,
-    temperature: Annotated[float | None, typer.Option(min=0.0, help="0 = greedy (default).")] = None,
-    seed: Annotated[int | None, typer.Option(help="Sampling seed (0).")] = None,
-    batch_size: Annotated[int | None, typer.Option(min=1, help="Questions advanced together (32).")] = None,
     limit: Annotated[int | None, typer.Option(min=1, help="Only the first N questions of each file.")] = None,
-    judge_endpoint: Annotated[
-        str | None,
-        typer.Option(help="OpenAI-compatible server of an LLM correctness judge (off by default)."),
-    ] = None,
-    judge_model: Annotated[
-        str | None,
-        typer.Option(help="Judge model at --judge-endpoint (paper evaluation: Qwen2.5-72B-Instruct)."),
-    ] = None,
-    judge_api_key_env: Annotated[
-        str | None, typer.Option(help="Environment variable of the judge's key.")
-    ] = None,
-    judge_match: Annotated[
-        str | None, typer.Option(help="Match tried before the judge: em or cover_em.")
-    ] = None,
 ) -> None:
-    """Evaluate R3-RAG and the baselines on question files: Table 1, step-budget and top-k curves."""
-    from pydantic import ValidationError
+    """Evaluate R3-RAG and the baselines on question files: Table 1, step-budget and top-k curves.
 
-    from r3rag.config import EvalConfig, GeneratorConfig
+    Each method's own settings are its section's flags (--ircot.max-passages, --r3rag.format-retries, ...);
+    --model and --base-url name the model, as for `r3rag ask`."""
     from r3rag.evaluation.manifest import describe_model
+    from r3rag.evaluation.methods.registry import retrieving
     from r3rag.evaluation.run import open_run, run_and_report
-    from r3rag.evaluation.runner import NO_RETRIEVAL, Progress, build_context_index, load_datasets
-    from r3rag.jsonl import RecordError
+    from r3rag.evaluation.runner import Progress, build_context_index, load_datasets
 
-    flags = {
-        "methods": None if not method or method == ["all"] else _methods(method, "--method"),
-        "max_steps": max_steps,
-        "top_k": top_k,
-        "rag_top_k": rag_top_k,
-        "top_k_sweep": _int_list(top_k_sweep, "--top-k-sweep"),
-        "sweep_methods": None if sweep_method is None else _methods(sweep_method, "--sweep-method"),
-        "max_new_tokens": _token_budgets(max_new_tokens),
-        "r3rag_format_retries": r3rag_format_retries,
-        "r3rag_max_doc_chars": r3rag_max_doc_chars,
-        "passage_chars": passage_chars,
-        "ircot_max_passages": ircot_max_passages,
-        "flare_threshold": flare_threshold,
-        "temperature": temperature,
-        "seed": seed,
-        "batch_size": batch_size,
-    }
-    judge_flags = {
-        "correctness_llm": True if judge_endpoint else None,
-        "endpoint": judge_endpoint,
-        "model": judge_model,
-        "api_key_env": judge_api_key_env,
-        "correctness_match": judge_match,
-    }
-    try:
-        base = (EvalConfig.from_yaml(existing_file(config)) if config else EvalConfig()).model_dump()
-        given = {k: v for k, v in flags.items() if v is not None}
-        given["max_new_tokens"] = base["max_new_tokens"] | given.get("max_new_tokens", {})
-        given["judge"] = base["judge"] | {k: v for k, v in judge_flags.items() if v is not None}
-        eval_config = EvalConfig.model_validate(base | given)
-        datasets = load_datasets(dataset, limit)
-    except (ValidationError, ValueError, FileNotFoundError, RecordError) as e:
-        raise fail(str(e)) from None
-
-    retrieving = any(m not in NO_RETRIEVAL for m in eval_config.methods)
+    datasets = load_datasets(dataset, limit)
     if corpus_from_datasets and index is not None:
         raise fail("give --index or --corpus-from-datasets, not both")
-    try:
-        if corpus_from_datasets:
-            with console.status("building the BM25 index of the datasets' context paragraphs"):
-                index = str(
-                    build_context_index([f for d in datasets for f in d.files], out / "context-corpus")
-                )
-        if index is None and retrieving:
-            raise fail("the retrieving methods need --index (a folder or URL) or --corpus-from-datasets")
-        manifest, retriever = open_run(eval_config, datasets, describe_model(model, base_url), index, out)
-    except (OSError, ValueError, RecordError) as e:
-        raise fail(str(e)) from None
-
-    generator = _generator(
-        GeneratorConfig(
-            model=model,
-            base_url=base_url,
-            api_key_env=api_key_env,
-            concurrency=concurrency,
-            timeout=timeout,
-            bf16=bf16,
-        ),
-        eval_config.batch_size,
-    )
+    if corpus_from_datasets:
+        with console.status("building the BM25 index of the datasets' context paragraphs"):
+            index = str(build_context_index([f for d in datasets for f in d.files], out / "context-corpus"))
+    if index is None and retrieving(config.methods):
+        raise fail("the retrieving methods need --index (a folder or URL) or --corpus-from-datasets")
+    model = describe_model(generator.model, generator.base_url)
+    manifest, retriever = open_run(config, datasets, model, index, out)
+    llm = _generator(generator, config.batch_size)
 
     def show(progress: Progress) -> None:
         k = "" if progress.top_k is None else f" (top-{progress.top_k})"
@@ -644,44 +530,7 @@ def eval_command(
             highlight=False,
         )
 
-    _print_report(
-        run_and_report(eval_config, generator, retriever, manifest, datasets, out, on_progress=show)
-    )
-
-
-def _methods(values: list[str], flag: str) -> list[str]:
-    from r3rag.evaluation.baselines import METHODS
-
-    unknown = [v for v in values if v not in METHODS]
-    if unknown:
-        raise fail(f"{flag}: unknown method {unknown[0]!r}; expected one of {', '.join(METHODS)} (or all)")
-    return values
-
-
-def _int_list(value: str | None, flag: str) -> list[int] | None:
-    if value is None:
-        return None
-    try:
-        return [int(v) for v in value.split(",") if v.strip()]
-    except ValueError:
-        raise fail(f"{flag} takes comma-separated integers, not {value!r}") from None
-
-
-def _token_budgets(values: list[str] | None) -> dict[str, int] | None:
-    """``N`` (every method) and ``METHOD=N`` entries, later ones winning."""
-    from r3rag.evaluation.baselines import METHODS
-
-    if not values:
-        return None
-    budgets: dict[str, int] = {}
-    for value in values:
-        name, sep, number = value.rpartition("=")
-        if not number.strip().isdigit() or (sep and name not in METHODS):
-            raise fail(
-                f"--max-new-tokens takes N or METHOD=N (METHOD one of {', '.join(METHODS)}), not {value!r}"
-            )
-        budgets |= {name: int(number)} if sep else dict.fromkeys(METHODS, int(number))
-    return budgets
+    _print_report(run_and_report(config, llm, retriever, manifest, datasets, out, on_progress=show))
 
 
 def _print_report(paths: dict[str, Path]) -> None:

@@ -7,9 +7,9 @@ resumes with its own resume support: the teacher skips the questions already in 
 and PPO restart from their last checkpoint, an evaluation runs only the predictions it is missing. So an
 interrupted quickstart finishes where it stopped, and a finished one only prints its table.
 
-The folder is bound to one :class:`~r3rag.config.PipelineConfig` (``quickstart.yaml``): running another
-config there is refused, naming the fields that differ, because its stages would resume from artifacts made
-under the first one.
+The folder is bound to one :class:`~r3rag.pipeline_config.PipelineConfig` (``quickstart.yaml``): running
+another config there is refused, naming the fields that differ, because its stages would resume from
+artifacts made under the first one.
 """
 
 from __future__ import annotations
@@ -27,7 +27,9 @@ from rich.console import Console
 from rich.table import Table
 
 from r3rag import runs
-from r3rag.config import TINY_MODEL_DIR, EvalConfig, IndexBuildConfig, PipelineConfig, PPOConfig, SFTConfig
+from r3rag.config import IndexBuildConfig, PPOConfig, SFTConfig
+from r3rag.evaluation.config import EvalConfigBase
+from r3rag.pipeline_config import TINY_MODEL_DIR, PipelineConfig
 
 CONFIG_FILE = "quickstart.yaml"
 DONE_DIR = "done"
@@ -76,7 +78,7 @@ class Evaluation:
     system: str | None
     needs: str
     model_of: Callable[[Path, PipelineConfig], str]
-    config_of: Callable[[PipelineConfig], EvalConfig]
+    config_of: Callable[[PipelineConfig], EvalConfigBase]
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,7 +261,7 @@ def _r3rag_model(out: Path, config: PipelineConfig) -> str:
     return str(out / "ppo" / "final")
 
 
-def _baselines(config: PipelineConfig) -> EvalConfig:
+def _baselines(config: PipelineConfig) -> EvalConfigBase:
     """The untrained model's evaluation: the baseline methods in the paper's evaluation setting."""
     return config.eval
 
@@ -423,7 +425,7 @@ def collect_results(out: Path, config: PipelineConfig) -> list[ResultRow]:
 
 def _rows(out: Path, config: PipelineConfig, evaluation: Evaluation) -> list[ResultRow]:
     """Each method of one evaluation at its main top-k (the report's Table 1 cell; one dataset, world)."""
-    from r3rag.evaluation.report import NAMES
+    from r3rag.evaluation.report import method_title
     from r3rag.evaluation.runner import main_top_k
 
     eval_config = evaluation.config_of(config)
@@ -437,7 +439,7 @@ def _rows(out: Path, config: PipelineConfig, evaluation: Evaluation) -> list[Res
         ]
         rows.append(
             ResultRow(
-                system=evaluation.system or f"untrained {NAMES.get(method, method)}",
+                system=evaluation.system or f"untrained {method_title(method)}",
                 method=method,
                 model=evaluation.model_of(out, config),
                 folder=evaluation.folder,

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from r3rag import __version__
-from r3rag.config import EvalConfig
+from r3rag.evaluation.config import EvalConfigBase
 
 MANIFEST_FILE = "manifest.json"
 RUN_ONLY_FIELDS = ("methods", "top_k_sweep", "sweep_methods", "batch_size")
@@ -93,7 +93,7 @@ def describe_retriever(source: str) -> dict[str, Any]:
     }
 
 
-def describe_judge(config: EvalConfig) -> str:
+def describe_judge(config: EvalConfigBase) -> str:
     """One line saying how Acc was decided."""
     judge = config.judge
     match = "exact match" if judge.correctness_match == "em" else "cover-EM"
@@ -103,7 +103,7 @@ def describe_judge(config: EvalConfig) -> str:
 
 
 def build_manifest(
-    config: EvalConfig,
+    config: EvalConfigBase,
     model: dict[str, Any],
     retriever: dict[str, Any],
     datasets: dict[str, dict[str, Any]],
@@ -129,6 +129,18 @@ def _identity(part: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
     return {k: part.get(k) for k in keys}
 
 
+def _dotted(settings: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Settings with their nested sections (a method's own settings, the judge) as dotted keys
+    (``ircot.max_passages``), so that a difference names the field that changed."""
+    flat: dict[str, Any] = {}
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            flat |= _dotted(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 def differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """What makes ``new`` a different setting from ``old`` (empty when results may share a table).
 
@@ -144,9 +156,10 @@ def differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     retriever_keys = ("kind", "fingerprint") if new["retriever"].get("fingerprint") else ("kind", "source")
     if _identity(old["retriever"], retriever_keys) != _identity(new["retriever"], retriever_keys):
         found.append(f"retriever: {old['retriever'].get('source')} -> {new['retriever'].get('source')}")
-    for key in sorted(set(old["settings"]) | set(new["settings"])):
-        if old["settings"].get(key) != new["settings"].get(key):
-            found.append(f"{key}: {old['settings'].get(key)!r} -> {new['settings'].get(key)!r}")
+    old_settings, new_settings = _dotted(old["settings"]), _dotted(new["settings"])
+    for key in sorted(set(old_settings) | set(new_settings)):
+        if old_settings.get(key) != new_settings.get(key):
+            found.append(f"{key}: {old_settings.get(key)!r} -> {new_settings.get(key)!r}")
     for name in sorted(set(old["datasets"]) & set(new["datasets"])):
         old_sums = sorted(f["sha256"] for f in old["datasets"][name]["files"])
         new_sums = sorted(f["sha256"] for f in new["datasets"][name]["files"])

@@ -25,21 +25,11 @@ from pathlib import Path
 from statistics import fmean
 from typing import Any
 
-from r3rag.config import EvalConfig
-from r3rag.evaluation.baselines import METHODS
+from r3rag.evaluation.config import EvalConfigBase
+from r3rag.evaluation.methods.registry import method_classes, method_names
 from r3rag.evaluation.runner import main_top_k
 from r3rag.evaluation.scoring import Summary, summarize
 
-NAMES = {
-    "cot": "CoT",
-    "rag-cot": "RAG with CoT",
-    "react": "ReAct",
-    "self-ask": "Self-Ask",
-    "iter-retgen": "ITER-RETGEN",
-    "ircot": "IRCoT",
-    "flare": "FLARE",
-    "r3rag": "R3-RAG",
-}
 DATASET_NAMES = {"hotpotqa": "HotpotQA", "2wiki": "2Wiki", "musique": "MuSiQue", "world": "World"}
 
 
@@ -51,9 +41,14 @@ def num(value: float | None, digits: int = 1) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def method_title(method: str) -> str:
+    """A method's row name: its registered title, else the name recorded in the predictions."""
+    return next((cls.title for cls in method_classes() if cls.name == method), method)
+
+
 def _method_order(summaries: Sequence[Summary]) -> list[str]:
     present = {s.method for s in summaries}
-    return [m for m in METHODS if m in present] + sorted(present - set(METHODS))
+    return [m for m in method_names() if m in present] + sorted(present - set(method_names()))
 
 
 def _dataset_order(summaries: Sequence[Summary], manifest: dict[str, Any]) -> list[str]:
@@ -62,7 +57,7 @@ def _dataset_order(summaries: Sequence[Summary], manifest: dict[str, Any]) -> li
     return listed + sorted(present - set(listed))
 
 
-def main_table(summaries: Sequence[Summary], config: EvalConfig) -> dict[tuple[str, str], Summary]:
+def main_table(summaries: Sequence[Summary], config: EvalConfigBase) -> dict[tuple[str, str], Summary]:
     """The cells of Table 1: each method at its main top-k, by (method, dataset)."""
     return {(s.method, s.dataset): s for s in summaries if s.top_k == main_top_k(s.method, config)}
 
@@ -78,7 +73,17 @@ def _markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str
     return "\n".join(lines)
 
 
-def _setting(manifest: dict[str, Any], config: EvalConfig) -> str:
+def _own_top_ks(config: EvalConfigBase) -> str:
+    """The methods with a top-k of their own, e.g. `` (RAG with CoT: 16)``."""
+    own = [
+        f"{cls.title}: {cls.main_top_k(config)}"
+        for cls in method_classes()
+        if "top_k" in cls.Settings.model_fields
+    ]
+    return f" ({', '.join(own)})" if own else ""
+
+
+def _setting(manifest: dict[str, Any], config: EvalConfigBase) -> str:
     model, retriever = manifest.get("model", {}), manifest.get("retriever", {})
     fingerprint = model.get("fingerprint")
     lines = [
@@ -91,7 +96,7 @@ def _setting(manifest: dict[str, Any], config: EvalConfig) -> str:
             if retriever.get("corpus_sha256")
             else ""
         ),
-        f"- top-k {config.top_k} (RAG with CoT: {config.rag_top_k}), max steps {config.max_steps}, "
+        f"- top-k {config.top_k}{_own_top_ks(config)}, max steps {config.max_steps}, "
         f"temperature {config.temperature}, seed {config.seed}",
         f"- Acc judge: {manifest.get('judge')}",
     ]
@@ -102,7 +107,7 @@ def _setting(manifest: dict[str, Any], config: EvalConfig) -> str:
     return "\n".join(lines)
 
 
-def render_markdown(summaries: Sequence[Summary], config: EvalConfig, manifest: dict[str, Any]) -> str:
+def render_markdown(summaries: Sequence[Summary], config: EvalConfigBase, manifest: dict[str, Any]) -> str:
     methods, datasets = _method_order(summaries), _dataset_order(summaries, manifest)
     cells = main_table(summaries, config)
     titles = [DATASET_NAMES.get(d, d) for d in datasets]
@@ -114,7 +119,7 @@ def render_markdown(summaries: Sequence[Summary], config: EvalConfig, manifest: 
     header.append("Avg Acc")
     rows = []
     for m in methods:
-        row = [NAMES.get(m, m), num(main_top_k(m, config), 0)]
+        row = [method_title(m), num(main_top_k(m, config), 0)]
         for d in datasets:
             cell = cells.get((m, d))
             row += [pct(cell.acc), pct(cell.f1), pct(cell.em)] if cell else ["-", "-", "-"]
@@ -130,7 +135,7 @@ def render_markdown(summaries: Sequence[Summary], config: EvalConfig, manifest: 
             statuses = ", ".join(f"{k} {v}" for k, v in sorted(cell.statuses.items()))
             efficiency_rows.append(
                 [
-                    NAMES.get(m, m),
+                    method_title(m),
                     DATASET_NAMES.get(d, d),
                     pct(cell.cover_em),
                     pct(cell.recall),
@@ -148,7 +153,7 @@ def render_markdown(summaries: Sequence[Summary], config: EvalConfig, manifest: 
         per_dataset = [cells[(m, d)].budget_acc for d in datasets if (m, d) in cells]
         if per_dataset:
             budget_rows.append(
-                [NAMES.get(m, m), *(pct(fmean(b[t] for b in per_dataset)) for t in range(budgets))]
+                [method_title(m), *(pct(fmean(b[t] for b in per_dataset)) for t in range(budgets))]
             )
 
     parts = [
@@ -206,7 +211,7 @@ def _sweep_table(summaries: Sequence[Summary], methods: Sequence[str], datasets:
     if not curves:
         return ""
     ks = sorted({k for points in curves.values() for k in points})
-    rows = [[NAMES.get(m, m), *(pct(curves[m].get(k)) for k in ks)] for m in methods if m in curves]
+    rows = [[method_title(m), *(pct(curves[m].get(k)) for k in ks)] for m in methods if m in curves]
     return _markdown_table(["Method", *(f"k={k}" for k in ks)], rows)
 
 
@@ -245,7 +250,9 @@ def _percent_axis(ax: Any) -> None:
     ax.grid(alpha=0.3)
 
 
-def plot_steps(path: Path, summaries: Sequence[Summary], config: EvalConfig, datasets: Sequence[str]) -> None:
+def plot_steps(
+    path: Path, summaries: Sequence[Summary], config: EvalConfigBase, datasets: Sequence[str]
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -258,7 +265,7 @@ def plot_steps(path: Path, summaries: Sequence[Summary], config: EvalConfig, dat
         for m in methods:
             if (m, d) in cells:
                 curve = cells[(m, d)].budget_acc
-                ax.plot(range(1, len(curve) + 1), [100 * v for v in curve], marker="o", label=NAMES.get(m, m))
+                ax.plot(range(1, len(curve) + 1), [100 * v for v in curve], marker="o", label=method_title(m))
         _percent_axis(ax)
         ax.set_title(DATASET_NAMES.get(d, d))
         ax.set_xlabel("step budget")
@@ -286,7 +293,7 @@ def plot_top_k(path: Path, summaries: Sequence[Summary], datasets: Sequence[str]
             )
             if len(points) >= 2:
                 ax.plot(
-                    [k for k, _ in points], [100 * a for _, a in points], marker="o", label=NAMES.get(m, m)
+                    [k for k, _ in points], [100 * a for _, a in points], marker="o", label=method_title(m)
                 )
         _percent_axis(ax)
         ax.set_title(DATASET_NAMES.get(d, d))
@@ -299,7 +306,7 @@ def plot_top_k(path: Path, summaries: Sequence[Summary], datasets: Sequence[str]
 
 
 def write_report(
-    out: str | Path, records: Sequence[dict[str, Any]], config: EvalConfig, manifest: dict[str, Any]
+    out: str | Path, records: Sequence[dict[str, Any]], config: EvalConfigBase, manifest: dict[str, Any]
 ) -> dict[str, Path]:
     """Write every report file into ``out``; return them by kind."""
     out = Path(out)

@@ -12,7 +12,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from r3rag.config import EvalConfig, RetrievalConfig
+from r3rag.config import RetrievalConfig
+from r3rag.evaluation.config import EvalConfigBase
 from r3rag.evaluation.manifest import (
     build_manifest,
     describe_retriever,
@@ -21,8 +22,9 @@ from r3rag.evaluation.manifest import (
     read_run_manifest,
     write_run_manifest,
 )
+from r3rag.evaluation.methods.registry import retrieving
 from r3rag.evaluation.report import write_report
-from r3rag.evaluation.runner import NO_RETRIEVAL, EvalDataset, EvalRunner, Progress
+from r3rag.evaluation.runner import EvalDataset, EvalRunner, Progress
 from r3rag.llm.base import Generator
 from r3rag.retrieval import open_retriever
 from r3rag.retrieval.base import Retriever
@@ -30,7 +32,7 @@ from r3rag.rewards.judges import CorrectnessJudge, endpoint_generator
 
 
 def open_run(
-    config: EvalConfig,
+    config: EvalConfigBase,
     datasets: Sequence[EvalDataset],
     model: dict[str, Any],
     index: str | None,
@@ -42,8 +44,8 @@ def open_run(
     the fields that differ, when ``out`` holds results of another setting; otherwise writes the (merged)
     manifest and the config into ``out``, before any model is loaded.
     """
-    retrieving = any(m not in NO_RETRIEVAL for m in config.methods)
-    retriever = open_retriever(RetrievalConfig(source=index)) if index is not None and retrieving else None
+    needed = index is not None and retrieving(config.methods)
+    retriever = open_retriever(RetrievalConfig(source=index)) if needed else None
     manifest = build_manifest(
         config,
         model,
@@ -64,7 +66,7 @@ def open_run(
 
 
 def run_and_report(
-    config: EvalConfig,
+    config: EvalConfigBase,
     generator: Generator,
     retriever: Retriever | None,
     manifest: dict[str, Any],

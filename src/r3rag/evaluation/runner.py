@@ -21,9 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from r3rag.config import EvalConfig, IndexBuildConfig
-from r3rag.evaluation.baselines import build_method
+from r3rag.config import IndexBuildConfig
+from r3rag.evaluation.config import EvalConfigBase
 from r3rag.evaluation.manifest import file_sha256
+from r3rag.evaluation.methods.registry import build_method, method_class, method_classes
 from r3rag.evaluation.scoring import score_trajectories
 from r3rag.jsonl import JsonlAppender, iter_jsonl, read_ids
 from r3rag.llm.base import Generator
@@ -32,7 +33,6 @@ from r3rag.rewards.judges import CorrectnessJudge
 from r3rag.schema import Passage, QAExample
 
 PREDICTIONS_FILE = "predictions.jsonl"
-NO_RETRIEVAL = ("cot",)
 
 
 @dataclass(slots=True)
@@ -126,19 +126,19 @@ class CutPassages:
         return Passage(passage.id, passage.title, text, passage.score)
 
 
-def main_top_k(method: str, config: EvalConfig) -> int | None:
-    """The top-k of a method's row in the main table: none for CoT, ``rag_top_k`` for RAG with CoT."""
-    if method in NO_RETRIEVAL:
-        return None
-    return config.rag_top_k if method == "rag-cot" else config.top_k
+def main_top_k(method: str, config: EvalConfigBase) -> int | None:
+    """The top-k of a method's row in the main table: its own (see the method), none if it does not retrieve;
+    the shared one for a method no longer registered (the predictions of a removed method keep their row)."""
+    registered = next((cls for cls in method_classes() if cls.name == method), None)
+    return config.top_k if registered is None else registered.main_top_k(config)
 
 
-def planned_runs(config: EvalConfig) -> list[tuple[str, int | None]]:
+def planned_runs(config: EvalConfigBase) -> list[tuple[str, int | None]]:
     """Every (method, top-k) to run: each method at its main top-k, then the sweep."""
     runs = [(method, main_top_k(method, config)) for method in config.methods]
     sweep = config.sweep_methods if config.sweep_methods is not None else config.methods
     for k in config.top_k_sweep:
-        runs += [(m, k) for m in sweep if m not in NO_RETRIEVAL and (m, k) not in runs]
+        runs += [(m, k) for m in sweep if method_class(m).retrieves and (m, k) not in runs]
     return runs
 
 
@@ -162,7 +162,7 @@ class EvalRunner:
 
     def __init__(
         self,
-        config: EvalConfig,
+        config: EvalConfigBase,
         generator: Generator,
         retriever: Retriever | None,
         judge: CorrectnessJudge,
