@@ -75,7 +75,7 @@ def test_a_run_writes_the_report_and_resumes_to_a_no_op(setup: dict[str, Path]) 
 
     other = evaluate(setup, out, "--corpus-from-datasets", "--top-k", "3")
     assert other.exit_code == 2
-    assert "another setting" in other.output and "top_k: 5 -> 3" in other.output
+    assert "holds a run with other settings" in other.output and "top_k: 5 -> 3" in other.output
 
 
 def test_bad_flags_are_one_line_errors(setup: dict[str, Path]) -> None:

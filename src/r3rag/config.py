@@ -23,10 +23,14 @@ class StageConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
+    def yaml_text(self) -> str:
+        """The config as YAML, fields in declaration order: what ``--config`` reads back."""
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
     def to_yaml(self, path: str | Path) -> None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False), encoding="utf-8")
+        path.write_text(self.yaml_text(), encoding="utf-8")
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> Self:

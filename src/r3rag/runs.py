@@ -107,8 +107,9 @@ def _may_change(difference: str, may_change: Collection[str]) -> bool:
 
 
 @contextmanager
-def locked(folder: Path) -> Iterator[None]:
-    """Hold ``folder``'s lock for the duration; refuse at once (naming the holder) if another process has it.
+def locked(folder: Path, wait: bool = False) -> Iterator[None]:
+    """Hold ``folder``'s lock for the duration; refuse at once (naming the holder) if another process has it,
+    or, with ``wait``, wait for it (a shared cache that a second process would only fill again).
 
     The lock file stays behind (deleting it would let two processes lock two different files); the lock
     itself dies with its process.
@@ -117,7 +118,7 @@ def locked(folder: Path) -> Iterator[None]:
     path = folder / LOCK_FILE
     with open(path, "a+", encoding="utf-8") as handle:
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except OSError as e:
             if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
                 raise
@@ -145,7 +146,7 @@ def atomic_file(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
     """Open a temporary file beside ``path`` for writing; rename it onto ``path`` when the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
     try:
         with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as handle:
             yield handle
@@ -163,14 +164,14 @@ def write_text(path: str | Path, text: str) -> None:
 
 @contextmanager
 def atomic_folder(final: Path) -> Iterator[Path]:
-    """A temporary folder beside ``final`` to fill; it replaces ``final`` when the block succeeds and is
-    removed when it fails, so a folder under the final name is always complete."""
+    """A temporary folder beside ``final`` (``.<name>.tmp-*``) to fill; it replaces ``final`` when the block
+    succeeds and is removed when it fails, so a folder under the final name is always complete."""
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
     try:
         yield tmp
         if final.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".old", dir=final.parent))
+            old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
             os.replace(final, old / final.name)
             os.replace(tmp, final)
             shutil.rmtree(old, ignore_errors=True)

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from r3rag import __version__
+from r3rag import __version__, runs
 from r3rag.evaluation.config import EvalConfigBase
 
 MANIFEST_FILE = "manifest.json"
@@ -129,18 +129,6 @@ def _identity(part: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
     return {k: part.get(k) for k in keys}
 
 
-def _dotted(settings: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Settings with their nested sections (a method's own settings, the judge) as dotted keys
-    (``ircot.max_passages``), so that a difference names the field that changed."""
-    flat: dict[str, Any] = {}
-    for key, value in settings.items():
-        if isinstance(value, dict):
-            flat |= _dotted(value, f"{prefix}{key}.")
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """What makes ``new`` a different setting from ``old`` (empty when results may share a table).
 
@@ -156,10 +144,7 @@ def differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     retriever_keys = ("kind", "fingerprint") if new["retriever"].get("fingerprint") else ("kind", "source")
     if _identity(old["retriever"], retriever_keys) != _identity(new["retriever"], retriever_keys):
         found.append(f"retriever: {old['retriever'].get('source')} -> {new['retriever'].get('source')}")
-    old_settings, new_settings = _dotted(old["settings"]), _dotted(new["settings"])
-    for key in sorted(set(old_settings) | set(new_settings)):
-        if old_settings.get(key) != new_settings.get(key):
-            found.append(f"{key}: {old_settings.get(key)!r} -> {new_settings.get(key)!r}")
+    found += runs.config_differences(old["settings"], new["settings"])
     for name in sorted(set(old["datasets"]) & set(new["datasets"])):
         old_sums = sorted(f["sha256"] for f in old["datasets"][name]["files"])
         new_sums = sorted(f["sha256"] for f in new["datasets"][name]["files"])
@@ -180,6 +165,5 @@ def read_run_manifest(out: str | Path) -> dict[str, Any] | None:
 
 def write_run_manifest(out: str | Path, manifest: dict[str, Any]) -> Path:
     path = Path(out) / MANIFEST_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    runs.write_text(path, json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
     return path

@@ -2,8 +2,9 @@
 
 A folder is bound to one setting (model, retriever, questions, protocol): :func:`open_run` builds the
 manifest of the setting asked for and refuses a folder whose results come from another one, so a resumed
-run never mixes two settings in one table. :func:`run_and_report` then runs only the missing predictions and
-rewrites the report from the whole predictions file.
+run never mixes two settings in one table. :func:`run_and_report` then binds the folder (once the model has
+loaded: a run that fails to start binds nothing), runs only the missing predictions, holding the folder's
+lock, and rewrites the report from the whole predictions file.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from r3rag import runs
 from r3rag.config import RetrievalConfig
 from r3rag.evaluation.config import EvalConfigBase
 from r3rag.evaluation.manifest import (
@@ -40,9 +42,9 @@ def open_run(
 ) -> tuple[dict[str, Any], Retriever | None]:
     """The run's manifest and retriever (None when no method retrieves), after checking ``out``.
 
-    ``model`` is :func:`~r3rag.evaluation.manifest.describe_model`'s description. Raises ValueError, naming
-    the fields that differ, when ``out`` holds results of another setting; otherwise writes the (merged)
-    manifest and the config into ``out``, before any model is loaded.
+    ``model`` is :func:`~r3rag.evaluation.manifest.describe_model`'s description. Raises
+    :class:`~r3rag.runs.RunFolderError`, naming the fields that differ, when ``out`` holds results of
+    another setting. Writes nothing: the caller loads the model, then :func:`run_and_report` binds ``out``.
     """
     needed = index is not None and retrieving(config.methods)
     retriever = open_retriever(RetrievalConfig(source=index)) if needed else None
@@ -52,17 +54,16 @@ def open_run(
         describe_retriever(index) if index is not None else {"kind": "none", "source": None},
         {d.name: d.describe() for d in datasets},
     )
+    return _resumed(out, manifest), retriever
+
+
+def _resumed(out: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    """The manifest of a run in ``out``: ``manifest`` merged into the one there; refused if they differ."""
     old = read_run_manifest(out)
-    if old is not None:
-        changed = differences(old, manifest)
-        if changed:
-            raise ValueError(
-                f"{out} holds results of another setting ({'; '.join(changed)}); use another --out"
-            )
-        manifest = merge_manifests(old, manifest)
-    write_run_manifest(out, manifest)
-    config.to_yaml(out / "config.yaml")
-    return manifest, retriever
+    if old is None:
+        return manifest
+    runs.refuse_differences(out, differences(old, manifest), "use another --out")
+    return merge_manifests(old, manifest)
 
 
 def run_and_report(
@@ -74,7 +75,12 @@ def run_and_report(
     out: Path,
     on_progress: Callable[[Progress], None] | None = None,
 ) -> dict[str, Path]:
-    """Run the predictions still missing from ``out``, then write the report; return its files by kind."""
-    judge = CorrectnessJudge(config.judge, endpoint_generator(config.judge))
-    records = EvalRunner(config, generator, retriever, judge, out, on_progress=on_progress).run(datasets)
-    return write_report(out, records, config, manifest)
+    """Bind ``out`` to ``manifest``, run the predictions still missing, then write the report; return its
+    files by kind. One process at a time runs in a folder."""
+    with runs.locked(out):
+        manifest = _resumed(out, manifest)  # again, under the lock: another run may have bound it since
+        write_run_manifest(out, manifest)
+        runs.write_text(out / "config.yaml", config.yaml_text())
+        judge = CorrectnessJudge(config.judge, endpoint_generator(config.judge))
+        records = EvalRunner(config, generator, retriever, judge, out, on_progress=on_progress).run(datasets)
+        return write_report(out, records, config, manifest)

@@ -20,18 +20,15 @@ nothing that looks complete.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import os
 import re
 import shutil
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from r3rag import runs
 from r3rag.config import TinyModelConfig
 
 EMBEDDED_POLICY = "smollm2-135m-instruct"
@@ -74,40 +71,28 @@ def resolve_model(name: str | Path) -> str:
     if path.suffix == ".gguf" and path.is_file():
         digest = hashlib.sha1(f"{path.resolve()}:{path.stat().st_size}".encode()).hexdigest()[:12]
         return str(convert_gguf(path, cache_root() / "models" / f"{path.stem}-{digest}"))
-    if _HUB_ID.match(str(name)):
+    if _HUB_ID.match(str(name)) and not path.parent.is_dir():
         return str(name)
+    if path.parent.is_dir() and str(path.parent) != ".":
+        raise FileNotFoundError(
+            f"{path}: no such model folder (and {path.parent}/ is a local folder, not a hub org)"
+        )
     raise FileNotFoundError(
         f"model {str(name)!r} is not '{EMBEDDED_POLICY}', a model folder, a .gguf file or a hub id (org/name)"
     )
-
-
-@contextmanager
-def _locked(lock_path: Path) -> Iterator[None]:
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def convert_gguf(gguf: Path, out_dir: Path) -> Path:
     """Dequantise ``gguf`` once into an fp32 Hugging Face folder at ``out_dir``; return ``out_dir``."""
     if (out_dir / "config.json").is_file():
         return out_dir
-    with _locked(out_dir.with_name(f".{out_dir.name}.lock")):
+    with runs.locked(out_dir.parent, wait=True):
         if (out_dir / "config.json").is_file():  # another process finished while we waited
             return out_dir
         for stale in out_dir.parent.glob(f".{out_dir.name}.tmp-*"):  # left by a crash: we hold the lock
             shutil.rmtree(stale, ignore_errors=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-        try:
+        with runs.atomic_folder(out_dir) as tmp:
             _dequantise(gguf, tmp)
-            os.rename(tmp, out_dir)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
     return out_dir
 
 
@@ -179,14 +164,7 @@ def build_tiny_model(config: TinyModelConfig, out_dir: Path) -> Path:
     )
     torch.manual_seed(config.seed)
     model = AutoModelForCausalLM.from_config(model_config, dtype=torch.float32)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
+    with runs.atomic_folder(out_dir) as tmp:
         model.save_pretrained(tmp)
         AutoTokenizer.from_pretrained(source).save_pretrained(tmp)
-        shutil.rmtree(out_dir, ignore_errors=True)
-        os.rename(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir

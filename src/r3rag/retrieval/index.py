@@ -8,8 +8,6 @@ answering from another corpus would corrupt every reward computed from its passa
 
 from __future__ import annotations
 
-import os
-import shutil
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,7 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from r3rag import __version__
+from r3rag import __version__, runs
 from r3rag.config import IndexBuildConfig
 from r3rag.data.corpus import corpus_checksum
 from r3rag.retrieval.base import Retriever
@@ -107,31 +105,19 @@ def _folder_bytes(directory: Path) -> int:
     return sum(f.stat().st_size for f in directory.rglob("*") if f.is_file())
 
 
-def _prepare_out(out: Path) -> Path:
-    """A fresh staging folder next to ``out``; refuses to replace a non-empty folder that is not an index."""
+def _check_out(out: Path) -> None:
+    """Refuse to replace a folder that is not an index (a typo must not delete someone's data)."""
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MANIFEST_FILE).is_file())):
         raise FileExistsError(f"{out}: exists and is not an r3rag index; refusing to replace it")
-    staging = out.parent / f".{out.name}.partial"
-    if staging.exists():
-        shutil.rmtree(staging)
-    staging.mkdir(parents=True)
-    return staging
 
 
 def build_index(config: IndexBuildConfig, progress: bool = True) -> IndexManifest:
     """Build the index ``config`` describes into ``config.out`` (built aside, then moved into place)."""
     if not config.corpus.is_file():
         raise FileNotFoundError(f"corpus: {config.corpus}: no such file")
-    staging = _prepare_out(config.out)
-    try:
-        manifest = _build_into(staging, config, progress)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    if config.out.exists():
-        shutil.rmtree(config.out)
-    os.replace(staging, config.out)
-    return manifest
+    _check_out(config.out)
+    with runs.atomic_folder(config.out) as staging:
+        return _build_into(staging, config, progress)
 
 
 def _build_into(staging: Path, config: IndexBuildConfig, progress: bool) -> IndexManifest:
