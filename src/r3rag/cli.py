@@ -117,11 +117,14 @@ def _print_world_report(world: World, k: int) -> None:
 
     from r3rag.config import BM25Config
     from r3rag.data.world import hop_hit_rates
+    from r3rag.gold import resolve_gold_match
     from r3rag.retrieval.bm25 import BM25Retriever
     from r3rag.retrieval.store import PassageStore
 
     retriever = BM25Retriever.build(PassageStore(world.passages), BM25Config(), progress=False)
-    rates = hop_hit_rates(world.train + world.dev, retriever.search, k=k)
+    examples = world.train + world.dev
+    gold = resolve_gold_match("auto", {"world": examples}, retriever)
+    rates = hop_hit_rates(examples, retriever.search, k=k, rule=gold.rule)
     table = Table(title=f"BM25 top-{k} with the gold sub-question: is the gold passage found?")
     for column in ("type", "questions", "hops", "hop found", "all hops found"):
         table.add_column(column, justify="left" if column == "type" else "right")
@@ -824,6 +827,7 @@ def coldstart(
     from r3rag.coldstart.build import SFT_FILE, STATS_FILE, TRAJECTORIES_FILE, build
     from r3rag.config import ColdStartConfig, RetrievalConfig
     from r3rag.data.datasets import load_dataset
+    from r3rag.gold import resolve_gold_match
     from r3rag.jsonl import RecordError
     from r3rag.retrieval import open_retriever
 
@@ -846,14 +850,18 @@ def coldstart(
         for section, values in (("agent", agent), ("judge", judge), ("oracle", oracle)):
             data[section] = {**data[section], **_given(values)}
         cold = ColdStartConfig.model_validate(data)
-        examples = [ex for path in questions for ex in load_dataset(existing_file(path))[:limit]]
+        sources = {str(path): load_dataset(existing_file(path))[:limit] for path in questions}
+        examples = [ex for file_examples in sources.values() for ex in file_examples]
         retriever = open_retriever(RetrievalConfig(source=index))
+        oracle_gold = cold.teacher == "oracle"  # how the oracle recognises a hop's gold passages
+        gold = resolve_gold_match(cold.judge.reference_match, sources, retriever) if oracle_gold else None
     except (ValidationError, RecordError, OSError, ValueError) as e:
         raise fail(str(e)) from None
-    if cold.teacher == "oracle":
+    if gold is not None:
         from r3rag.coldstart.oracle import OracleTeacher
 
-        chosen = OracleTeacher(retriever, cold)
+        console.print(f"oracle: {gold.describe()}", highlight=False)
+        chosen = OracleTeacher(retriever, cold, gold)
     else:
         from r3rag.coldstart.teacher import LLMTeacher
         from r3rag.rewards.judges import CorrectnessJudge
@@ -871,7 +879,14 @@ def coldstart(
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task(f"{cold.teacher} teacher", total=len(examples))
         try:
-            summary, stats = build(cold, chosen, examples, out, on_result=lambda _: progress.advance(task))
+            summary, stats = build(
+                cold,
+                chosen,
+                examples,
+                out,
+                on_result=lambda _: progress.advance(task),
+                gold=gold,
+            )
         except (RecordError, ValueError) as e:
             raise fail(str(e)) from None
     _print_coldstart(summary, stats)

@@ -16,6 +16,7 @@ from typing import Any
 from r3rag.coldstart.dataset import coldstart_stats, sft_records
 from r3rag.coldstart.records import RunSummary, Teacher, TeacherResult, read_records, run_teacher
 from r3rag.config import ColdStartConfig
+from r3rag.gold import GoldMatch
 from r3rag.jsonl import write_jsonl
 from r3rag.schema import QAExample
 
@@ -45,8 +46,12 @@ def build(
     examples: Sequence[QAExample],
     out: str | Path,
     on_result: Callable[[TeacherResult], None] | None = None,
+    gold: GoldMatch | None = None,
 ) -> tuple[RunSummary, dict[str, Any]]:
-    """Run the teacher on the questions not yet done, then rebuild the SFT examples and statistics."""
+    """Run the teacher on the questions not yet done, then rebuild the SFT examples and statistics.
+
+    ``gold``, how the teacher recognised gold passages (the oracle's), is recorded in the statistics.
+    """
     out = Path(out)
     check_resumable(config, out)
     config.to_yaml(out / CONFIG_FILE)
@@ -55,5 +60,7 @@ def build(
     sft, dropped = sft_records(records, config.agent)
     write_jsonl(out / SFT_FILE, sft)
     stats = coldstart_stats(records, sft, dropped)
+    if gold is not None:
+        stats["gold_match"] = gold.to_dict()
     (out / STATS_FILE).write_text(json.dumps(stats, indent=2) + "\n", encoding="utf-8")
     return summary, stats
