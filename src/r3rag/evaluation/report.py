@@ -177,9 +177,9 @@ def render_markdown(summaries: Sequence[Summary], config: EvalConfig, manifest: 
             ],
             efficiency_rows,
         )
-        + "\n\ngold recall: share of the gold supporting passages among all passages a question retrieved, "
-        "matched by id when the index holds every gold passage id of the dataset, else by title (the setting "
-        "says which). "
+        + "\n\ngold recall: share of the gold supporting passages among all passages a question retrieved; "
+        "the setting says how each dataset's gold passages were matched (by default by id when the index "
+        "holds every gold passage id of the dataset, else by title). "
         "tokens/correct: mean generated tokens of the correctly answered questions (the paper's Table 4).",
         "## Acc (%) by step budget (mean over datasets; `accuracy_vs_steps.png`)\n\n"
         + _markdown_table(["Method", *(f"{t}" for t in range(1, budgets + 1))], budget_rows)
