@@ -145,6 +145,7 @@ def _coldstart_data(tmp: Path) -> Path:
     from r3rag.coldstart.oracle import OracleTeacher
     from r3rag.config import IndexBuildConfig
     from r3rag.data.world import generate_world, write_world
+    from r3rag.gold import resolve_gold_match
     from r3rag.pipeline_config import PipelineConfig
     from r3rag.retrieval.index import build_index, load_index
 
@@ -152,7 +153,9 @@ def _coldstart_data(tmp: Path) -> Path:
     files = write_world(world, tmp / "world")
     build_index(IndexBuildConfig(corpus=files["corpus"], out=tmp / "index"), progress=False)
     config = PipelineConfig.preset("small").coldstart
-    build(config, OracleTeacher(load_index(tmp / "index"), config), world.train, tmp / "coldstart")
+    retriever = load_index(tmp / "index")
+    gold = resolve_gold_match(config.judge.reference_match, {str(files["train"]): world.train}, retriever)
+    build(config, OracleTeacher(retriever, config, gold), world.train, tmp / "coldstart", gold=gold)
     return tmp / "coldstart" / "sft.jsonl"
 
 

@@ -16,6 +16,7 @@ from _summary import report
 
 from r3rag.config import BM25Config, WorldConfig
 from r3rag.data.world import generate_world, hop_hit_rates
+from r3rag.gold import resolve_gold_match
 from r3rag.retrieval.bm25 import BM25Retriever
 from r3rag.retrieval.store import PassageStore
 
@@ -39,7 +40,9 @@ def main() -> None:
             world = generate_world(config)
             times.append(time.perf_counter() - start)
         retriever = BM25Retriever.build(PassageStore(world.passages), BM25Config(), progress=False)
-        rates = hop_hit_rates(world.train + world.dev, retriever.search, k=args.k)
+        examples = world.train + world.dev
+        gold = resolve_gold_match("auto", {preset: examples}, retriever)
+        rates = hop_hit_rates(examples, retriever.search, k=args.k, rule=gold.rule)
         generate_s[preset] = statistics.median(times)
         all_found[preset] = [rate.question_rate for rate in rates.values()]
         for i, (qtype, rate) in enumerate(rates.items()):

@@ -93,7 +93,8 @@ def scripted_rollout(
     config = AgentConfig(top_k=2, max_format_retries=0, record_token_ids=True)
     trajectories = Agent(ScriptedTokenGenerator(script), FixedRetriever(), config).run(examples)
     judges = JudgeConfig(correctness_llm=False, relevance="reference")
-    scorer = TrajectoryScorer(RewardConfig(), CorrectnessJudge(judges), build_relevance_judge(judges))
+    relevance = build_relevance_judge(judges, match="id")
+    scorer = TrajectoryScorer(RewardConfig(), CorrectnessJudge(judges), relevance)
     return examples, trajectories, scorer.score(examples, trajectories)
 
 

@@ -20,6 +20,7 @@ from r3rag.coldstart.records import TeacherResult
 from r3rag.config import AgentConfig, BM25Config, ColdStartConfig, WorldConfig
 from r3rag.data.datasets import iter_dataset
 from r3rag.data.world import generate_world
+from r3rag.gold import resolve_gold_match
 from r3rag.retrieval.bm25 import BM25Retriever
 from r3rag.retrieval.store import PassageStore
 from r3rag.schema import Passage, QAExample, SubQuestion, TrajectoryStatus
@@ -39,6 +40,14 @@ def world():
 @pytest.fixture(scope="module")
 def world_retriever(world):
     return BM25Retriever.build(PassageStore(world.passages), BM25Config(), progress=False)
+
+
+def oracle(
+    retriever: BM25Retriever, config: ColdStartConfig, examples: list[QAExample]
+) -> list[TeacherResult]:
+    """The oracle's results, with gold passages matched as the run would decide for these questions."""
+    gold = resolve_gold_match(config.judge.reference_match, {"questions": examples}, retriever)
+    return list(OracleTeacher(retriever, config, gold).solve(examples))
 
 
 def retriever_over(passages: list[Passage]) -> BM25Retriever:
@@ -74,7 +83,7 @@ def assert_sound(result: TeacherResult, config: ColdStartConfig) -> None:
 
 def test_world_yield_and_soundness(world, world_retriever):
     config = ColdStartConfig()
-    results = list(OracleTeacher(world_retriever, config).solve(world.train))
+    results = oracle(world_retriever, config, world.train)
     kept = [r for r in results if r.kept is not None]
     assert len(kept) / len(results) > 0.75
     by_type = Counter(r.example.type for r in kept)
@@ -88,7 +97,7 @@ def test_world_yield_and_soundness(world, world_retriever):
 
 
 def test_world_misses_are_noticed_and_reformulated(world, world_retriever):
-    results = list(OracleTeacher(world_retriever, ColdStartConfig()).solve(world.train))
+    results = oracle(world_retriever, ColdStartConfig(), world.train)
     retried = [r.kept for r in results if r.kept is not None and r.kept.metadata["reformulations"]]
     assert retried, "no trajectory in the small world needed a reformulation"
     for trajectory in retried:
@@ -99,7 +108,7 @@ def test_world_misses_are_noticed_and_reformulated(world, world_retriever):
 
 
 def test_comparisons_compare_the_values(world, world_retriever):
-    results = list(OracleTeacher(world_retriever, ColdStartConfig()).solve(world.train))
+    results = oracle(world_retriever, ColdStartConfig(), world.train)
     for result in results:
         if result.kept is None or result.example.type not in ("comparison", "bridge_comparison"):
             continue
@@ -113,27 +122,27 @@ def test_comparisons_compare_the_values(world, world_retriever):
 
 def test_phrasings_vary_and_follow_the_seed(world, world_retriever):
     config = ColdStartConfig()
-    first = [r.kept for r in OracleTeacher(world_retriever, config).solve(world.train) if r.kept]
+    first = [r.kept for r in oracle(world_retriever, config, world.train) if r.kept]
     openings = Counter(t.steps[0].analysis.split(":")[0] for t in first)
     assert len(openings) >= 6
-    again = [r.kept for r in OracleTeacher(world_retriever, config).solve(world.train) if r.kept]
+    again = [r.kept for r in oracle(world_retriever, config, world.train) if r.kept]
     assert [t.to_dict() for t in again] == [t.to_dict() for t in first]
     reseeded = config.model_copy(update={"oracle": config.oracle.model_copy(update={"seed": 1})})
-    other = [r.kept for r in OracleTeacher(world_retriever, reseeded).solve(world.train) if r.kept]
+    other = [r.kept for r in oracle(world_retriever, reseeded, world.train) if r.kept]
     assert [t.steps[0].analysis for t in other] != [t.steps[0].analysis for t in first]
 
 
 def test_documents_cut_away_are_not_evidence(world, world_retriever):
     """With 40 characters per step the answer sentences are never visible, so nothing may be kept."""
     config = ColdStartConfig(agent=AgentConfig(top_k=2, max_doc_chars=40))
-    results = list(OracleTeacher(world_retriever, config).solve(world.train[:30]))
+    results = oracle(world_retriever, config, world.train[:30])
     assert all(r.kept is None for r in results)
     assert any("not found" in r.attempts[0].reason for r in results)
 
 
 def test_step_budget(world, world_retriever):
     config = ColdStartConfig(teacher_max_steps=3)
-    results = list(OracleTeacher(world_retriever, config).solve(world.train))
+    results = oracle(world_retriever, config, world.train)
     for result in results:
         if result.kept is not None:
             assert len(result.kept.steps) <= 3
@@ -183,7 +192,7 @@ def _real_sample(path: Path, config: ColdStartConfig) -> list[TeacherResult]:
         pytest.skip(f"{path} is absent")
     pairs = list(iter_dataset(path))
     retriever = retriever_over([p for _, contexts in pairs for p in contexts])
-    return list(OracleTeacher(retriever, config).solve([example for example, _ in pairs]))
+    return oracle(retriever, config, [example for example, _ in pairs])
 
 
 @pytest.mark.parametrize(

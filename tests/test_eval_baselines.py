@@ -254,10 +254,10 @@ def test_budget_curve_of_one_run_equals_runs_with_smaller_budgets(method: str) -
     judge = CorrectnessJudge(JudgeConfig(correctness_llm=False))
     examples = [example(), example("q2", TRICKY)]
     full, _, _ = run(method, examples, max_steps=5)
-    curves = score_trajectories(examples, full, judge, max_steps=5)
+    curves = score_trajectories(examples, full, judge, max_steps=5, gold="id")
     for budget in range(1, 6):
         alone, _, _ = run(method, examples, max_steps=budget)
-        scores = score_trajectories(examples, alone, judge, max_steps=budget)
+        scores = score_trajectories(examples, alone, judge, max_steps=budget, gold="id")
         for curve, score in zip(curves, scores, strict=True):
             assert curve["budget_acc"][budget - 1] == score["acc"]
             assert curve["budget_em"][budget - 1] == score["em"]

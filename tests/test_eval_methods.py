@@ -137,7 +137,7 @@ def test_a_new_method_is_one_new_file(echo_file: Path, tmp_path: Path) -> None:
     generator = RuleGenerator(lambda prompt: "Ada Vale" if prompt.startswith("Hi: ") else "no")
     judge = CorrectnessJudge(JudgeConfig(correctness_llm=False))
     dataset = EvalDataset("toy", examples=[example()])
-    records = EvalRunner(config, generator, None, judge, tmp_path / "run").run([dataset])
+    records = EvalRunner(config, generator, None, judge, tmp_path / "run", {"toy": "id"}).run([dataset])
     assert [(r["method"], r["top_k"], r["acc"]) for r in records] == [("echo", None, 1.0)]
     markdown = write_report(tmp_path / "run", records, config, MANIFEST)["markdown"]
     assert "| Echo | - | 100.0 |" in markdown.read_text()

@@ -11,6 +11,7 @@ import pytest
 from r3rag.evaluation.config import EvalConfig
 from r3rag.evaluation.manifest import build_manifest
 from r3rag.evaluation.report import write_report
+from r3rag.gold import GoldMatch
 
 CONFIG = EvalConfig(methods=["cot", "r3rag"], top_k=5, max_steps=2)
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -42,6 +43,10 @@ def manifest() -> dict:
         {"backend": "local", "name": "smollm2-135m-instruct", "fingerprint": "cd" * 32},
         {"kind": "bm25", "source": "/index", "passages": 939, "corpus_sha256": "ef" * 32, "fingerprint": "x"},
         {"hotpotqa": files, "2wiki": files},
+        {
+            "hotpotqa": GoldMatch("title", "auto", 128, 0).to_dict(),
+            "2wiki": GoldMatch("id", "auto", 40, 40).to_dict(),
+        },
     )
 
 
@@ -73,6 +78,11 @@ def test_table_one_has_the_papers_shape(tmp_path: Path, manifest: dict) -> None:
     assert lines[3] == "| R3-RAG | 5 | 100.0 | 100.0 | 100.0 | 50.0 | 50.0 | 50.0 | 75.0 |"
     assert "- model: `smollm2-135m-instruct` (local, fingerprint `cdcdcdcdcdcd`)" in text
     assert "939 passages, corpus sha256 `efefefefefef`" in text
+    assert (  # how gold recall matched each dataset's gold passages
+        "questions from `x.jsonl` (sha256 `abababababab`); gold passages matched by title "
+        "(auto: 0 of 128 gold passage ids are in the index)" in text
+    )
+    assert "gold passages matched by id (auto: 40 of 40 gold passage ids are in the index)" in text
     budgets, sweep = text.split("by step budget")[1].split("by top-k")
     assert "| R3-RAG | 0.0 | 75.0 |" in budgets  # mean over datasets at budgets 1 and 2
     assert "| Method | k=1 | k=5 |" in sweep and "| R3-RAG | 50.0 | 75.0 |" in sweep  # k=1: (0 + 100) / 2

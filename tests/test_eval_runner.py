@@ -23,6 +23,7 @@ from r3rag.evaluation.runner import (
     planned_runs,
     record_key,
 )
+from r3rag.gold import GoldMatch
 from r3rag.jsonl import iter_jsonl
 from r3rag.retrieval.index import load_index
 from r3rag.rewards.judges import CorrectnessJudge
@@ -61,17 +62,19 @@ DATASETS = [
     EvalDataset("toy", examples=[example(f"t{i}") for i in range(3)]),
     EvalDataset("other", examples=[example(f"o{i}", f"{QUESTION} ({i})") for i in range(2)]),
 ]
+GOLD = {"toy": "id", "other": "id"}
 MANIFEST = build_manifest(
     CONFIG,
     {"backend": "local", "name": "rules", "fingerprint": None},
     {"kind": "trigger", "source": "toy", "fingerprint": None},
     {d.name: {"files": [], "questions": len(d.examples)} for d in DATASETS},
+    {name: GoldMatch(rule, "auto", 2, 2).to_dict() for name, rule in GOLD.items()},
 )
 
 
 def evaluate(out: Path, generator: RuleGenerator) -> list[dict]:
     judge = CorrectnessJudge(JudgeConfig(correctness_llm=False))
-    return EvalRunner(CONFIG, generator, TriggerRetriever(), judge, out).run(DATASETS)
+    return EvalRunner(CONFIG, generator, TriggerRetriever(), judge, out, GOLD).run(DATASETS)
 
 
 def report_files(out: Path, records: list[dict]) -> dict[str, str]:
@@ -174,21 +177,40 @@ def test_a_run_folder_refuses_another_setting_but_takes_more_methods() -> None:
     model = {"backend": "local", "name": "m", "fingerprint": "f1"}
     retriever = {"kind": "bm25", "source": "/i", "fingerprint": "r1"}
     data = {"toy": {"files": [{"path": "/a", "sha256": "s1"}], "questions": 3}}
-    old = build_manifest(CONFIG, model, retriever, data)
+    by_id = {"toy": GoldMatch("id", "auto", 4, 4).to_dict()}
+    old = build_manifest(CONFIG, model, retriever, data, by_id)
     more = build_manifest(
-        CONFIG.model_copy(update={"methods": ["cot"], "top_k_sweep": []}), model, retriever, data
+        CONFIG.model_copy(update={"methods": ["cot"], "top_k_sweep": []}), model, retriever, data, by_id
     )
     assert differences(old, more) == []
     other_data = {"toy": {"files": [{"path": "/a", "sha256": "s2"}], "questions": 3}}
-    assert differences(old, build_manifest(CONFIG, model, retriever, other_data)) == [
+    assert differences(old, build_manifest(CONFIG, model, retriever, other_data, by_id)) == [
         "dataset toy: other question files (sha256 differs)"
     ]
     changed = build_manifest(
-        CONFIG.model_copy(update={"max_steps": 5}), {**model, "fingerprint": "f2"}, retriever, data
+        CONFIG.model_copy(update={"max_steps": 5}), {**model, "fingerprint": "f2"}, retriever, data, by_id
     )
     assert differences(old, changed) == ["model: m -> m", "max_steps: 3 -> 5"]
-    added = build_manifest(CONFIG, model, retriever, {"new": data["toy"]})
-    assert set(merge_manifests(old, added)["datasets"]) == {"toy", "new"}
+    added = build_manifest(CONFIG, model, retriever, {"new": data["toy"]}, {"new": by_id["toy"]})
+    merged = merge_manifests(old, added)
+    assert set(merged["datasets"]) == set(merged["gold_match"]) == {"toy", "new"}
+
+
+def test_a_run_folder_refuses_another_gold_matching_rule() -> None:
+    """Recall already written was matched by one rule: a resumed run must not add records matched by
+    another (a run from before the rule was recorded matched by id)."""
+    model = {"backend": "local", "name": "m", "fingerprint": "f1"}
+    retriever = {"kind": "bm25", "source": "/i", "fingerprint": "r1"}
+    data = {"toy": {"files": [{"path": "/a", "sha256": "s1"}], "questions": 3}}
+    by_id = build_manifest(CONFIG, model, retriever, data, {"toy": GoldMatch("id", "auto", 4, 4).to_dict()})
+    by_title = build_manifest(
+        CONFIG, model, retriever, data, {"toy": GoldMatch("title", "auto", 4, 0).to_dict()}
+    )
+    expected = ["dataset toy: gold passages matched by id, now by title (other gold recall)"]
+    assert differences(by_id, by_title) == expected
+    unrecorded = {k: v for k, v in by_id.items() if k != "gold_match"}
+    assert differences(unrecorded, by_title) == expected
+    assert differences(unrecorded, by_id) == []
 
 
 def test_cut_passages_shortens_the_documents_at_a_word_boundary(tmp_path: Path) -> None:
@@ -197,7 +219,7 @@ def test_cut_passages_shortens_the_documents_at_a_word_boundary(tmp_path: Path) 
     assert CutPassages(TriggerRetriever(), 1000).search(["silver harbour"], 3) == [[FILM]]
     config = CONFIG.model_copy(update={"passage_chars": 20, "methods": ["r3rag"], "top_k_sweep": []})
     judge = CorrectnessJudge(JudgeConfig(correctness_llm=False))
-    runner = EvalRunner(config, RuleGenerator(dispatching_rule), TriggerRetriever(), judge, tmp_path)
+    runner = EvalRunner(config, RuleGenerator(dispatching_rule), TriggerRetriever(), judge, tmp_path, GOLD)
     records = runner.run(DATASETS[:1])
     passages = [p for r in records for s in r["trajectory"]["steps"] for p in s["passages"]]
     assert passages and all(len(p["text"]) <= 20 for p in passages)
@@ -207,6 +229,6 @@ def test_a_changed_method_setting_is_named_by_its_section_and_field() -> None:
     model = {"backend": "local", "name": "m", "fingerprint": "f1"}
     retriever = {"kind": "bm25", "source": "/i", "fingerprint": "r1"}
     ircot = CONFIG.settings("ircot").model_copy(update={"max_passages": 3})
-    old = build_manifest(CONFIG, model, retriever, {})
-    new = build_manifest(CONFIG.model_copy(update={"ircot": ircot}), model, retriever, {})
+    old = build_manifest(CONFIG, model, retriever, {}, {})
+    new = build_manifest(CONFIG.model_copy(update={"ircot": ircot}), model, retriever, {}, {})
     assert differences(old, new) == ["ircot.max_passages: 15 -> 3"]

@@ -35,7 +35,7 @@ def scored() -> list[dict]:
         trajectory(None, None, [], 30),  # never answered
     ]
     judge = CorrectnessJudge(JudgeConfig(correctness_llm=False))
-    records = score_trajectories(examples, trajectories, judge, max_steps=3)
+    records = score_trajectories(examples, trajectories, judge, max_steps=3, gold="id")
     return [{**r, "method": "m", "dataset": "toy", "top_k": 2} for r in records]
 
 
@@ -98,7 +98,7 @@ def test_the_llm_judge_sees_each_distinct_answer_once() -> None:
     generator = RuleGenerator(lambda prompt: "The answer names the founder.\nVerdict: correct")
     judge = CorrectnessJudge(JudgeConfig(correctness_llm=True), generator)
     t = trajectory(2, "the founder Ada", [FILM], 5)
-    (record,) = score_trajectories([example()], [t], judge, max_steps=4)
+    (record,) = score_trajectories([example()], [t], judge, max_steps=4, gold="id")
     assert record["acc"] == 1.0 and record["judged_by"] == "llm" and record["em"] == 0.0
     assert record["budget_acc"] == [0.0, 1.0, 1.0, 1.0]
     assert [len(call) for call in generator.calls] == [1]  # one batch, one question for three budgets

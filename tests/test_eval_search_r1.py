@@ -23,6 +23,7 @@ from r3rag.evaluation.methods.search_r1 import (
 from r3rag.evaluation.report import write_report
 from r3rag.evaluation.runner import EvalDataset, EvalRunner
 from r3rag.evaluation.scoring import score_trajectories
+from r3rag.gold import GoldMatch
 from r3rag.llm.base import Completion, Conversation, SamplingParams, per_row
 from r3rag.rewards.judges import CorrectnessJudge
 from r3rag.schema import Trajectory, TrajectoryStatus
@@ -109,7 +110,7 @@ def test_malformed_replies_get_a_note_and_cost_their_step() -> None:
     assert retriever.calls == [] and trajectory.final_answer == "Ada Vale"
     second = generator.conversations[1][1]["content"]
     assert second == instruction(QUESTION) + "I am not sure what to do." + INVALID_NOTE
-    (score,) = score_trajectories([example()], [trajectory], JUDGE, max_steps=5)
+    (score,) = score_trajectories([example()], [trajectory], JUDGE, max_steps=5, gold="id")
     assert score["budget_acc"] == [0.0, 0.0, 0.0, 1.0, 1.0]
 
 
@@ -136,7 +137,8 @@ def test_replies_are_read_up_to_their_first_action() -> None:
 def test_search_r1_runs_through_the_runner_into_the_report(tmp_path: Path) -> None:
     config = EvalConfig(methods=["search-r1"], top_k=2, max_steps=3, batch_size=2)
     datasets = [EvalDataset("toy", examples=[example(f"t{i}") for i in range(3)])]
-    runner = EvalRunner(config, RuleGenerator(RULES["search-r1"]), TriggerRetriever(), JUDGE, tmp_path)
+    generator = RuleGenerator(RULES["search-r1"])
+    runner = EvalRunner(config, generator, TriggerRetriever(), JUDGE, tmp_path, {"toy": "id"})
     records = runner.run(datasets)
     assert len(records) == 3
     assert all(r["acc"] == 1.0 and r["recall"] == 1.0 and r["budget_acc"] == [0.0, 0.0, 1.0] for r in records)
@@ -145,6 +147,7 @@ def test_search_r1_runs_through_the_runner_into_the_report(tmp_path: Path) -> No
         {"backend": "openai", "name": "PeterJinGo/SearchR1-nq_hotpotqa_train-qwen2.5-7b-em-ppo"},
         {"kind": "trigger", "source": "toy", "fingerprint": None},
         {d.name: d.describe() for d in datasets},
+        {"toy": GoldMatch("id", "auto", 3, 3).to_dict()},
     )
     paths = write_report(tmp_path, records, config, manifest)
     assert "| Search-R1 | 2 | 100.0 | 100.0 | 100.0 | 100.0 |" in paths["markdown"].read_text()

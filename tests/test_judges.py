@@ -266,22 +266,32 @@ def item(example: QAExample, *passages: Passage) -> RelevanceItem:
 
 
 def test_reference_judge_counts_gold_passages() -> None:
-    judge = ReferenceRelevanceJudge(JudgeConfig(relevance="reference"))
+    judge = ReferenceRelevanceJudge(JudgeConfig(relevance="reference"), match="id")
     gold = Passage("g1", "Night Harbour", "a film")
     other = Passage("x", "Banana", "a fruit")
     same_title = Passage("y", "aldo kresnik", "another passage about him")
     scores = judge.score_many(
         [item(EXAMPLE, gold, other), item(EXAMPLE, gold), item(EXAMPLE, other), item(EXAMPLE, same_title)]
     )
-    assert scores == [0.5, 1.0, 0.0, 0.0]  # ids win over titles when the example has ids
+    assert scores == [0.5, 1.0, 0.0, 0.0]  # by id, the rule in force: ids win over titles
     by_title = ReferenceRelevanceJudge(JudgeConfig(relevance="reference", reference_match="title"))
     assert by_title.score_many([item(EXAMPLE, same_title, other)]) == [0.5]
+    assert by_title.stats.decided == {"gold_by_title": 1}
     assert judge.score_many([item(EXAMPLE)]) == [0.0]
-    assert judge.stats.decided == {"gold_passages": 4, "no_new_passages": 1}
+    assert judge.stats.decided == {"gold_by_id": 4, "no_new_passages": 1}
+
+
+def test_reference_judge_needs_auto_decided() -> None:
+    with pytest.raises(ValueError, match="resolve_gold_match"):
+        ReferenceRelevanceJudge(JudgeConfig(relevance="reference"))
+    with pytest.raises(ValueError, match="resolve_gold_match"):
+        build_relevance_judge(JudgeConfig(relevance="reference"))
+    decided = ReferenceRelevanceJudge(JudgeConfig(relevance="reference", reference_match="id"), match="title")
+    assert decided.match == "title"  # the decided rule, not the configured one
 
 
 def test_reference_judge_without_gold_or_encoder_falls_back() -> None:
-    judge = ReferenceRelevanceJudge(JudgeConfig(relevance="reference", relevance_fallback=0.3))
+    judge = ReferenceRelevanceJudge(JudgeConfig(relevance="reference", relevance_fallback=0.3), match="id")
     assert judge.score_many([item(NO_GOLD, Passage("x", "Banana", "a fruit"))]) == [0.3]
     assert judge.stats.fallbacks == {NO_REFERENCE: 1}
 
@@ -302,7 +312,7 @@ class KeywordEncoder:
 def test_reference_judge_uses_embedding_similarity_without_gold() -> None:
     encoder = KeywordEncoder()
     config = JudgeConfig(relevance="reference", similarity_floor=0.2, similarity_ceiling=1.0)
-    judge = ReferenceRelevanceJudge(config, encoder)
+    judge = ReferenceRelevanceJudge(config, encoder, match="id")
     # The reference text "Where was Aldo born? Velmora" embeds as (1, 1, 0).
     both = Passage("p1", "Aldo Kresnik", "Aldo was born in Velmora.")  # (1, 1, 0): cos 1 -> Rel 1
     fruit = Passage("p2", "Banana", "A fruit.")  # (0, 0, 1): cos 0 -> Rel 0 (clipped)
@@ -317,7 +327,7 @@ def test_reference_judge_uses_embedding_similarity_without_gold() -> None:
 
 def test_reference_judge_rejects_an_empty_similarity_range() -> None:
     with pytest.raises(ValueError, match="similarity_ceiling"):
-        ReferenceRelevanceJudge(JudgeConfig(similarity_floor=0.5, similarity_ceiling=0.5))
+        ReferenceRelevanceJudge(JudgeConfig(similarity_floor=0.5, similarity_ceiling=0.5), match="id")
 
 
 def test_llm_relevance_judge_parses_clamps_caches_and_falls_back() -> None:
@@ -348,7 +358,7 @@ def test_build_relevance_judge() -> None:
     with pytest.raises(ValueError, match="needs a Generator"):
         build_relevance_judge(LLM)
     llm = build_relevance_judge(LLM, ScriptedGenerator(says("Score: 1")))
-    reference = build_relevance_judge(JudgeConfig(relevance="reference"))
+    reference = build_relevance_judge(JudgeConfig(relevance="reference"), match="id")
     assert isinstance(llm, LLMRelevanceJudge) and isinstance(reference, ReferenceRelevanceJudge)
     assert isinstance(llm, RelevanceJudge) and isinstance(reference, RelevanceJudge)
 

@@ -132,17 +132,18 @@ C = Passage(id="c", title="  alpha ", text="...")
 
 
 def test_supporting_recall_by_id_and_title() -> None:
-    assert supporting_recall([A, B], ["a", "x"], []) == 0.5
-    assert supporting_recall([A, A, B], ["a", "b"], []) == 1.0  # a passage found twice counts once
-    assert supporting_recall([A, B], [], ["ALPHA", "Gamma"]) == 0.5  # titles: case and spacing ignored
-    assert supporting_recall([A], ["c"], ["Alpha"]) == 0.0  # auto prefers ids when there are any
-    assert supporting_recall([A], ["c"], ["Alpha"], by="title") == 1.0
-    assert supporting_recall([A], [], []) is None
+    assert supporting_recall([A, B], ["a", "x"], [], "id") == 0.5
+    assert supporting_recall([A, A, B], ["a", "b"], [], "id") == 1.0  # a passage found twice counts once
+    assert supporting_recall([A, B], [], ["ALPHA", "Gamma"], "title") == 0.5  # case and spacing ignored
+    assert supporting_recall([A], ["c"], ["Alpha"], "id") == 0.0  # by id when the example has ids
+    assert supporting_recall([A, B], [], ["Alpha", "Gamma"], "id") == 0.5  # ... else by its titles
+    assert supporting_recall([A], ["c"], ["Alpha"], "title") == 1.0
+    assert supporting_recall([A], [], [], "id") is None
 
 
 def test_supporting_precision() -> None:
-    assert supporting_precision([A, B, C], [], ["Alpha"]) == pytest.approx(2 / 3)
-    assert supporting_precision([A, B, C], ["a"], ["Alpha"]) == pytest.approx(1 / 3)
-    assert supporting_precision([A, B, C], ["a"], ["Alpha"], by="title") == pytest.approx(2 / 3)
-    assert supporting_precision([], ["a"], []) == 0.0
-    assert supporting_precision([A], [], []) is None
+    assert supporting_precision([A, B, C], [], ["Alpha"], "id") == pytest.approx(2 / 3)
+    assert supporting_precision([A, B, C], ["a"], ["Alpha"], "id") == pytest.approx(1 / 3)
+    assert supporting_precision([A, B, C], ["a"], ["Alpha"], "title") == pytest.approx(2 / 3)
+    assert supporting_precision([], ["a"], [], "id") == 0.0
+    assert supporting_precision([A], [], [], "title") is None

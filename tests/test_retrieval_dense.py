@@ -43,6 +43,10 @@ def test_top_k_is_exact_inner_product(retriever: DenseRetriever, tmp_path: Path)
         assert [p.score for p in hits] == pytest.approx(row[order].tolist(), abs=1e-5)
 
 
+def test_the_index_knows_its_passage_ids(retriever: DenseRetriever) -> None:
+    assert retriever.known_ids(["curie", "0", "nile"]) == {"curie", "nile"}
+
+
 def test_embeddings_are_unit_length_so_scores_are_cosines(retriever: DenseRetriever) -> None:
     (hits,) = retriever.search(["Radium"], k=len(PASSAGES) + 5)
     assert len(hits) == len(PASSAGES)

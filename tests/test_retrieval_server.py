@@ -100,6 +100,26 @@ def test_client_raises_the_servers_4xx_message(url: str) -> None:
         client.search(["radium"], 50)
 
 
+def test_the_client_asks_which_ids_the_index_holds(url: str, index: Path) -> None:
+    """Gold matching's one look-up: the server answers as the local index does, in requests of ``max_ids``."""
+    ids = ["curie", "nope", "nile", "0", "seine"]
+    assert load_index(index).known_ids(ids) == {"curie", "nile", "seine"}  # type: ignore[attr-defined]
+    with RetrieverClient(url, max_ids=2) as client:
+        assert client.known_ids(ids) == {"curie", "nile", "seine"}
+        assert client.known_ids([]) == set()
+    response = httpx.post(f"{url}/ids", json={"ids": "curie"})
+    assert response.status_code == 422 and "ids: Input should be a valid array" in response.json()["detail"]
+
+
+def test_a_server_that_cannot_tell_its_ids_says_so() -> None:
+    """A retriever without ids answers null; a server older than /ids answers 404: both mean "cannot tell"."""
+    with serve_in_thread(create_app(SlowRetriever(delay=0.0))) as base, RetrieverClient(base) as client:
+        assert client.known_ids(["a"]) is None
+    old = httpx.MockTransport(lambda request: httpx.Response(404, json={"detail": "Not Found"}))
+    with RetrieverClient("http://old", transport=old) as client:
+        assert client.known_ids(["a"]) is None
+
+
 def test_server_down_is_a_clear_error_naming_the_url(index: Path) -> None:
     with serve_in_thread(create_app(load_index(index))) as base:
         pass  # started, answered nothing, stopped: the port is closed now

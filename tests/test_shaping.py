@@ -183,7 +183,8 @@ def test_relevance_items_hold_only_new_passages() -> None:
 
 def test_scorer_judges_and_shapes_a_batch() -> None:
     judges = JudgeConfig(correctness_llm=False, relevance="reference")
-    scorer = TrajectoryScorer(RewardConfig(), CorrectnessJudge(judges), ReferenceRelevanceJudge(judges))
+    relevance = ReferenceRelevanceJudge(judges, match="id")
+    scorer = TrajectoryScorer(RewardConfig(), CorrectnessJudge(judges), relevance)
     right = trajectory(
         ANSWERED, retrieval(1, "g1", "x"), retrieval(2, "g1", "g2"), answer(3, "velmora city.")
     )

@@ -155,7 +155,7 @@ def test_hop_hit_rates_counts_hops_and_whole_questions():
         assert k == 2
         return [[Passage("px", "", ""), Passage(gold[q] if q != "q3" else "nope", "", "")] for q in queries]
 
-    [(qtype, rate)] = hop_hit_rates(examples, search).items()
+    [(qtype, rate)] = hop_hit_rates(examples, search, rule="id").items()
     assert qtype == "chain"
     assert (rate.hops, rate.hops_found, rate.questions, rate.questions_all_found) == (4, 3, 2, 1)
     assert rate.hop_rate == 0.75 and rate.question_rate == 0.5

@@ -217,11 +217,14 @@ def _print_world_report(world: World, k: int) -> None:
 
     from r3rag.config import BM25Config
     from r3rag.data.world import hop_hit_rates
+    from r3rag.gold import resolve_gold_match
     from r3rag.retrieval.bm25 import BM25Retriever
     from r3rag.retrieval.store import PassageStore
 
     retriever = BM25Retriever.build(PassageStore(world.passages), BM25Config(), progress=False)
-    rates = hop_hit_rates(world.train + world.dev, retriever.search, k=k)
+    examples = world.train + world.dev
+    gold = resolve_gold_match("auto", {"world": examples}, retriever)
+    rates = hop_hit_rates(examples, retriever.search, k=k, rule=gold.rule)
     table = Table(title=f"BM25 top-{k} with the gold sub-question: is the gold passage found?")
     for column in ("type", "questions", "hops", "hop found", "all hops found"):
         table.add_column(column, justify="left" if column == "type" else "right")
@@ -564,19 +567,24 @@ def coldstart(
 
     from r3rag.coldstart.build import SFT_FILE, STATS_FILE, TRAJECTORIES_FILE, build
     from r3rag.config import RetrievalConfig
-    from r3rag.data.datasets import load_dataset
+    from r3rag.data.datasets import load_question_files
+    from r3rag.gold import resolve_gold_match
     from r3rag.retrieval import open_retriever
 
-    examples = [ex for path in questions for ex in load_dataset(existing_file(path))[:limit]]
+    sources = load_question_files([existing_file(path) for path in questions], limit)
+    examples = [example for file_examples in sources.values() for example in file_examples]
     retriever = open_retriever(RetrievalConfig(source=index))
     if config.teacher == "oracle":
         from r3rag.coldstart.oracle import OracleTeacher
 
-        chosen = OracleTeacher(retriever, config)
+        gold = resolve_gold_match(config.judge.reference_match, sources, retriever)  # how it finds each hop
+        console.print(f"oracle: {gold.describe()}", highlight=False)
+        chosen = OracleTeacher(retriever, config, gold)
     else:
         from r3rag.coldstart.teacher import LLMTeacher
         from r3rag.rewards.judges import CorrectnessJudge
 
+        gold = None
         llm = _generator(generator, config.batch_size)
         judge_generator = llm if config.judge.correctness_llm else None
         chosen = LLMTeacher(
@@ -584,7 +592,9 @@ def coldstart(
         )
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task(f"{config.teacher} teacher", total=len(examples))
-        summary, stats = build(config, chosen, examples, out, on_result=lambda _: progress.advance(task))
+        summary, stats = build(
+            config, chosen, examples, out, on_result=lambda _: progress.advance(task), gold=gold
+        )
     _print_coldstart(summary, stats)
     console.print(
         f"wrote {out / TRAJECTORIES_FILE}, {out / SFT_FILE} ({stats['sft_examples']:,} examples), "

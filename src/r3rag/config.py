@@ -227,8 +227,9 @@ class JudgeConfig(StageConfig):
     )
     reference_match: Literal["auto", "id", "title"] = Field(
         "auto",
-        description="How the reference judge recognises gold passages: by id, by title, or auto (ids when "
-        "the example has any, else titles). Use 'title' when corpus ids differ from the dataset's.",
+        description="How gold passages are recognised (reference judge, gold recall, oracle): by id, by "
+        "normalised title, or auto, decided once against the index: ids when it holds every gold passage id "
+        "of the questions, else titles. 'id' with none of a question file's ids in the index is an error.",
     )
     similarity_floor: float = Field(
         0.1,

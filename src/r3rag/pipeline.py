@@ -337,12 +337,15 @@ def _coldstart(ctx: Context) -> str:
     from r3rag.coldstart.build import build
     from r3rag.coldstart.oracle import OracleTeacher
     from r3rag.data.datasets import load_dataset
+    from r3rag.gold import resolve_gold_match
     from r3rag.retrieval.index import load_index
 
     cold = ctx.config.coldstart
-    examples = load_dataset(ctx.out / "world" / "train.jsonl")
-    teacher = OracleTeacher(load_index(ctx.out / "index"), cold)
-    _, stats = build(cold, teacher, examples, ctx.out / "coldstart")
+    questions = ctx.out / "world" / "train.jsonl"
+    examples = load_dataset(questions)
+    retriever = load_index(ctx.out / "index")
+    gold = resolve_gold_match(cold.judge.reference_match, {str(questions): examples}, retriever)
+    _, stats = build(cold, OracleTeacher(retriever, cold, gold), examples, ctx.out / "coldstart", gold=gold)
     return (
         f"{stats['kept']:,} of {stats['questions']:,} questions kept, {stats['sft_examples']:,} SFT examples"
     )

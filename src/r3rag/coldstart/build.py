@@ -18,6 +18,7 @@ from r3rag import runs
 from r3rag.coldstart.dataset import coldstart_stats, sft_records
 from r3rag.coldstart.records import RunSummary, Teacher, TeacherResult, read_records, run_teacher
 from r3rag.config import ColdStartConfig
+from r3rag.gold import GoldMatch
 from r3rag.jsonl import write_jsonl
 from r3rag.schema import QAExample
 
@@ -35,8 +36,12 @@ def build(
     examples: Sequence[QAExample],
     out: str | Path,
     on_result: Callable[[TeacherResult], None] | None = None,
+    gold: GoldMatch | None = None,
 ) -> tuple[RunSummary, dict[str, Any]]:
-    """Run the teacher on the questions not yet done, then rebuild the SFT examples and statistics."""
+    """Run the teacher on the questions not yet done, then rebuild the SFT examples and statistics.
+
+    ``gold``, how the teacher recognised gold passages (the oracle's), is recorded in the statistics.
+    """
     out = Path(out)
     with runs.locked(out):
         runs.bind(
@@ -51,5 +56,7 @@ def build(
         sft, dropped = sft_records(records, config.agent)
         write_jsonl(out / SFT_FILE, sft)
         stats = coldstart_stats(records, sft, dropped)
+        if gold is not None:
+            stats["gold_match"] = gold.to_dict()
         runs.write_text(out / STATS_FILE, json.dumps(stats, indent=2) + "\n")
     return summary, stats

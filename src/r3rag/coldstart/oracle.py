@@ -25,6 +25,7 @@ from r3rag.coldstart.phrasing import Fact, Phraser, evidence_sentence, reformula
 from r3rag.coldstart.plans import Hop, Plan, PlanError, plan_for
 from r3rag.coldstart.records import Attempt, TeacherResult
 from r3rag.config import ColdStartConfig
+from r3rag.gold import GoldMatch, GoldSet, MatchRule
 from r3rag.retrieval.base import Retriever
 from r3rag.schema import Passage, QAExample, Step, Trajectory, TrajectoryStatus
 from r3rag.steps import format_documents
@@ -48,13 +49,16 @@ class _Rejected(Exception):
 
 
 class OracleTeacher:
-    """Writes trajectories from gold chains; see the module docstring."""
+    """Writes trajectories from gold chains; see the module docstring. ``gold`` says how a hop's gold
+    passages are recognised among the retrieved ones: :func:`~r3rag.gold.resolve_gold_match` over the
+    questions and this retriever."""
 
     label = "oracle"
 
-    def __init__(self, retriever: Retriever, config: ColdStartConfig):
+    def __init__(self, retriever: Retriever, config: ColdStartConfig, gold: GoldMatch):
         self.retriever = retriever
         self.config = config
+        self.gold = gold
         self.max_steps = config.teacher_max_steps or config.agent.max_steps
 
     def solve(self, examples: Sequence[QAExample]) -> Iterator[TeacherResult]:
@@ -99,7 +103,7 @@ class _Walk:
         for i, hop in enumerate(plan.hops):
             hints = [plan.hops[i + 1].subject] if i + 1 < len(plan.hops) else []
             if oracle.skip_found_hops and self.steps:
-                fact = _locate(hop, self.documents, hints)
+                fact = _locate(hop, self.documents, hints, self.teacher.gold.rule)
                 if fact is not None:
                     self.facts[i] = fact
                     self.report.append(self.phraser.found(fact, known=True))
@@ -140,7 +144,7 @@ class _Walk:
         documents = _visible(step, self.teacher.config.agent.max_doc_chars)
         self.documents += documents
         self.report = []
-        fact = _locate(hop, documents, hints)
+        fact = _locate(hop, documents, hints, self.teacher.gold.rule)
         if fact is None:
             self.report.append(self.phraser.miss(hop, [d.passage.title for d in documents]))
         return fact
@@ -171,21 +175,19 @@ def _visible(step: Step, max_chars: int | None) -> list[_Document]:
     return out
 
 
-def _locate(hop: Hop, documents: Sequence[_Document], hints: Sequence[str]) -> Fact | None:
+def _locate(hop: Hop, documents: Sequence[_Document], hints: Sequence[str], rule: MatchRule) -> Fact | None:
     """The hop's fact, if one of the documents is a gold passage of the hop and shows it.
 
-    With gold passage ids the passage must be one of them; without ids but with titles, a passage of that
-    title; with neither, any passage stating the answer. The quoted sentence must be visible: the sentence
-    holding the answer; when the dataset gives no answer for the hop, a sentence naming the next hop's
-    entity (or the first one); when the answer is stated only indirectly, the whole passage.
+    The passage must be one of the hop's gold passages, recognised by ``rule`` (ids, else titles; or
+    titles); a hop with no gold passages accepts any passage stating the answer. The quoted sentence must be
+    visible: the sentence holding the answer; when the dataset gives no answer for the hop, a sentence
+    naming the next hop's entity (or the first one); when the answer is stated only indirectly, the whole
+    passage.
     """
-    titles = {t.lower() for t in hop.supporting_titles}
+    gold = GoldSet.of(hop.supporting_ids, hop.supporting_titles, rule)
     for doc in documents:
         passage = doc.passage
-        if hop.supporting_ids:
-            if passage.id not in hop.supporting_ids:
-                continue
-        elif titles and passage.title.lower() not in titles:
+        if gold and passage not in gold:
             continue
         text = passage.text
         if not hop.answer:
@@ -198,6 +200,6 @@ def _locate(hop: Hop, documents: Sequence[_Document], hints: Sequence[str]) -> F
             if sentence and sentence in doc.visible:
                 return Fact(hop, doc.step, passage.id, passage.title, doc.position, sentence)
             continue
-        if (hop.supporting_ids or titles) and len(doc.visible) == len(passage.contents):
+        if gold and len(doc.visible) == len(passage.contents):
             return Fact(hop, doc.step, passage.id, passage.title, doc.position, None)
     return None

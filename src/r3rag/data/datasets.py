@@ -19,7 +19,7 @@ A malformed record is a :class:`~r3rag.jsonl.RecordError` naming the file, the r
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -321,6 +321,25 @@ def load_dataset(path: str | Path, format: str | None = None) -> list[QAExample]
         seen.add(example.id)
         examples.append(example)
     return examples
+
+
+def load_question_files(paths: Sequence[Path], limit: int | None = None) -> dict[str, list[QAExample]]:
+    """The questions of several files (each file's first ``limit``), by file. An id in two files is an error
+    naming both: a run that keys its results by id would take the second file's question for done."""
+    found: dict[str, list[QAExample]] = {}
+    first_file: dict[str, Path] = {}
+    for path in paths:
+        examples = load_dataset(path)[:limit]
+        for example in examples:
+            earlier = first_file.setdefault(example.id, path)
+            if earlier != path:
+                raise ValueError(
+                    f"{path}: question id {example.id!r} is also in {earlier}; ids must be unique across "
+                    "the question files of one run (give each world or dataset its own ids, or run them "
+                    "into separate folders)"
+                )
+        found[str(path)] = examples
+    return found
 
 
 def to_flashrag(example: QAExample) -> dict[str, Any]:

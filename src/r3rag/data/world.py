@@ -25,6 +25,7 @@ from typing import Any
 from r3rag.config import WorldConfig
 from r3rag.data.corpus import write_corpus
 from r3rag.data.datasets import write_flashrag
+from r3rag.gold import GoldSet, MatchRule
 from r3rag.schema import Passage, QAExample, SubQuestion, passage_id_for
 
 # ---------------------------------------------------------------------------------------------- entities
@@ -1266,9 +1267,12 @@ class HopHitRate:
         return self.questions_all_found / self.questions if self.questions else 0.0
 
 
-def hop_hit_rates(examples: Sequence[QAExample], search: SearchFn, k: int = 2) -> dict[str, HopHitRate]:
+def hop_hit_rates(
+    examples: Sequence[QAExample], search: SearchFn, k: int = 2, *, rule: MatchRule
+) -> dict[str, HopHitRate]:
     """Per question type: how often a search with each gold sub-question finds that hop's gold passage in
-    the top ``k``, and how often that holds for every hop of a question.
+    the top ``k``, and how often that holds for every hop of a question. Gold passages are recognised by
+    ``rule`` (:func:`~r3rag.gold.resolve_gold_match` over the questions and the searched index).
 
     This is the world's difficulty gauge: at rates near 1, a policy that merely copies the gold
     decomposition never has to notice a miss and reformulate.
@@ -1278,9 +1282,8 @@ def hop_hit_rates(examples: Sequence[QAExample], search: SearchFn, k: int = 2) -
     rates: dict[str, HopHitRate] = defaultdict(HopHitRate)
     for example in examples:
         rate = rates[example.type]
-        found = [
-            bool(set(hop.supporting_ids) & {p.id for p in next(results)}) for hop in example.decomposition
-        ]
+        golds = [GoldSet.of(hop.supporting_ids, hop.supporting_titles, rule) for hop in example.decomposition]
+        found = [any(p in gold for p in next(results)) for gold in golds]
         rate.hops += len(found)
         rate.hops_found += sum(found)
         rate.questions += 1

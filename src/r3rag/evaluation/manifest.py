@@ -107,8 +107,10 @@ def build_manifest(
     model: dict[str, Any],
     retriever: dict[str, Any],
     datasets: dict[str, dict[str, Any]],
+    gold_match: dict[str, dict[str, Any]],
 ) -> dict[str, Any]:
-    """The manifest of a run. ``datasets`` maps each dataset name to its files (path, sha256, questions)."""
+    """The manifest of a run. ``datasets`` maps each dataset name to its files (path, sha256, questions),
+    ``gold_match`` to how its gold passages are recognised (:meth:`~r3rag.gold.GoldMatch.to_dict`)."""
     settings = config.model_dump(mode="json")
     return {
         "r3rag_version": __version__,
@@ -116,6 +118,7 @@ def build_manifest(
         "model": model,
         "retriever": retriever,
         "datasets": datasets,
+        "gold_match": gold_match,
         "judge": describe_judge(config),
         "top_k": config.top_k,
         "max_steps": config.max_steps,
@@ -150,12 +153,29 @@ def differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
         new_sums = sorted(f["sha256"] for f in new["datasets"][name]["files"])
         if old_sums != new_sums:
             found.append(f"dataset {name}: other question files (sha256 differs)")
+        was, now = _gold_rule(old, name), _gold_rule(new, name)
+        if was != now:
+            found.append(f"dataset {name}: gold passages matched by {was}, now by {now} (other gold recall)")
     return found
+
+
+def _gold_rule(manifest: dict[str, Any], dataset: str) -> str:
+    """How a run matched a dataset's gold passages. Manifests written before the rule was recorded matched
+    by id whenever a question had ids, unless the config said ``title``: the rule ``id`` is today."""
+    entry = manifest.get("gold_match", {}).get(dataset)
+    if entry is not None:
+        return entry["rule"]
+    return "title" if manifest["settings"].get("judge", {}).get("reference_match") == "title" else "id"
 
 
 def merge_manifests(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     """The manifest of a resumed run: the new one, keeping the first creation time and every dataset."""
-    return {**new, "created": old["created"], "datasets": {**old["datasets"], **new["datasets"]}}
+    return {
+        **new,
+        "created": old["created"],
+        "datasets": {**old["datasets"], **new["datasets"]},
+        "gold_match": {**old.get("gold_match", {}), **new["gold_match"]},
+    }
 
 
 def read_run_manifest(out: str | Path) -> dict[str, Any] | None:

@@ -100,9 +100,12 @@ def _setting(manifest: dict[str, Any], config: EvalConfigBase) -> str:
         f"temperature {config.temperature}, seed {config.seed}",
         f"- Acc judge: {manifest.get('judge')}",
     ]
+    gold = manifest.get("gold_match", {}) if retriever.get("kind") != "none" else {}
     for name, entry in manifest.get("datasets", {}).items():
         files = ", ".join(f"`{Path(f['path']).name}` (sha256 `{f['sha256'][:12]}`)" for f in entry["files"])
-        lines.append(f"- {DATASET_NAMES.get(name, name)}: {entry['questions']} questions from {files}")
+        matched = f"; {gold[name]['description']}" if name in gold else ""
+        title = DATASET_NAMES.get(name, name)
+        lines.append(f"- {title}: {entry['questions']} questions from {files}{matched}")
     lines.append(f"- r3rag {manifest.get('r3rag_version')}; full setting in `manifest.json`")
     return "\n".join(lines)
 
@@ -179,7 +182,9 @@ def render_markdown(summaries: Sequence[Summary], config: EvalConfigBase, manife
             ],
             efficiency_rows,
         )
-        + "\n\ngold recall: share of the gold supporting passages among all passages a question retrieved. "
+        + "\n\ngold recall: share of the gold supporting passages among all passages a question retrieved; "
+        "the setting says how each dataset's gold passages were matched (by default by id when the index "
+        "holds every gold passage id of the dataset, else by title). "
         "tokens/correct: mean generated tokens of the correctly answered questions (the paper's Table 4).",
         "## Acc (%) by step budget (mean over datasets; `accuracy_vs_steps.png`)\n\n"
         + _markdown_table(["Method", *(f"{t}" for t in range(1, budgets + 1))], budget_rows)

@@ -27,6 +27,7 @@ from r3rag.evaluation.manifest import (
 from r3rag.evaluation.methods.registry import retrieving
 from r3rag.evaluation.report import write_report
 from r3rag.evaluation.runner import EvalDataset, EvalRunner, Progress
+from r3rag.gold import resolve_gold_match
 from r3rag.llm.base import Generator
 from r3rag.retrieval import open_retriever
 from r3rag.retrieval.base import Retriever
@@ -42,17 +43,22 @@ def open_run(
 ) -> tuple[dict[str, Any], Retriever | None]:
     """The run's manifest and retriever (None when no method retrieves), after checking ``out``.
 
-    ``model`` is :func:`~r3rag.evaluation.manifest.describe_model`'s description. Raises
-    :class:`~r3rag.runs.RunFolderError`, naming the fields that differ, when ``out`` holds results of
-    another setting. Writes nothing: the caller loads the model, then :func:`run_and_report` binds ``out``.
+    ``model`` is :func:`~r3rag.evaluation.manifest.describe_model`'s description. This is where the questions
+    meet the index, so it decides, per dataset, how gold passages are recognised
+    (:func:`~r3rag.gold.resolve_gold_match`) and records it in the manifest. Raises
+    :class:`~r3rag.runs.RunFolderError`, naming the fields that differ, when ``out`` holds results of another
+    setting, and ValueError naming the question file when ``reference_match: id`` finds none of its gold ids
+    in the index. Writes nothing: the caller loads the model, then :func:`run_and_report` binds ``out``.
     """
     needed = index is not None and retrieving(config.methods)
     retriever = open_retriever(RetrievalConfig(source=index)) if needed else None
+    gold = {d.name: resolve_gold_match(config.judge.reference_match, d.sources, retriever) for d in datasets}
     manifest = build_manifest(
         config,
         model,
         describe_retriever(index) if index is not None else {"kind": "none", "source": None},
         {d.name: d.describe() for d in datasets},
+        {name: match.to_dict() for name, match in gold.items()},
     )
     return _resumed(out, manifest), retriever
 
@@ -82,5 +88,7 @@ def run_and_report(
         write_run_manifest(out, manifest)
         runs.write_text(out / "config.yaml", config.yaml_text())
         judge = CorrectnessJudge(config.judge, endpoint_generator(config.judge))
-        records = EvalRunner(config, generator, retriever, judge, out, on_progress=on_progress).run(datasets)
+        gold = {name: entry["rule"] for name, entry in manifest["gold_match"].items()}
+        runner = EvalRunner(config, generator, retriever, judge, out, gold, on_progress=on_progress)
+        records = runner.run(datasets)
         return write_report(out, records, config, manifest)

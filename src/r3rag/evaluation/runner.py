@@ -16,7 +16,7 @@ one dataset is run once.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ from r3rag.evaluation.config import EvalConfigBase
 from r3rag.evaluation.manifest import file_sha256
 from r3rag.evaluation.methods.registry import build_method, method_class, method_classes
 from r3rag.evaluation.scoring import score_trajectories
+from r3rag.gold import MatchRule
 from r3rag.jsonl import JsonlAppender, iter_jsonl, read_ids
 from r3rag.llm.base import Generator
 from r3rag.retrieval.base import Retriever
@@ -43,6 +44,8 @@ class EvalDataset:
     files: list[Path] = field(default_factory=list)
     examples: list[QAExample] = field(default_factory=list)
     duplicates: int = 0
+    sources: dict[str, list[QAExample]] = field(default_factory=dict)
+    """Each file's questions (before duplicates are dropped): gold matching is checked file by file."""
 
     def describe(self) -> dict[str, Any]:
         """The manifest entry: each file with its checksum, and the questions kept."""
@@ -75,6 +78,7 @@ def load_datasets(specs: Sequence[str], limit: int | None = None) -> list[EvalDa
         name = name or (labels.pop() if len(labels) == 1 and "" not in labels else path.stem)
         dataset = datasets.setdefault(name, EvalDataset(name))
         dataset.files.append(path)
+        dataset.sources[str(path)] = examples
         seen = {ex.id for ex in dataset.examples}
         for example in examples:
             if example.id in seen:
@@ -158,7 +162,12 @@ class Progress:
 
 
 class EvalRunner:
-    """Runs the planned (method, top-k) pairs over the datasets into ``out/predictions.jsonl``."""
+    """Runs the planned (method, top-k) pairs over the datasets into ``out/predictions.jsonl``.
+
+    ``gold`` maps each dataset to how its gold passages are recognised (the rule
+    :func:`~r3rag.gold.resolve_gold_match` decided for it, which :func:`~r3rag.evaluation.run.open_run`
+    records in the manifest).
+    """
 
     def __init__(
         self,
@@ -167,9 +176,11 @@ class EvalRunner:
         retriever: Retriever | None,
         judge: CorrectnessJudge,
         out: str | Path,
+        gold: Mapping[str, MatchRule],
         on_progress: Callable[[Progress], None] | None = None,
     ):
         self.config = config
+        self.gold = dict(gold)
         self.generator = generator
         self.retriever = (
             CutPassages(retriever, config.passage_chars)
@@ -182,6 +193,9 @@ class EvalRunner:
 
     def run(self, datasets: Sequence[EvalDataset]) -> list[dict[str, Any]]:
         """Run what is missing; return every record of the predictions file."""
+        unmatched = [d.name for d in datasets if d.name not in self.gold]
+        if unmatched:
+            raise ValueError(f"no gold-matching rule for dataset(s) {', '.join(unmatched)}")
         done = read_ids(self.path, key="key")
         with JsonlAppender(self.path) as writer:
             for method, top_k in planned_runs(self.config):
@@ -206,7 +220,8 @@ class EvalRunner:
             examples = [ex for _, ex in chunk]
             started = time.perf_counter()
             trajectories = method.run(examples)
-            scores = score_trajectories(examples, trajectories, self.judge, self.config.max_steps)
+            rules = [self.gold[dataset] for dataset, _ in chunk]
+            scores = score_trajectories(examples, trajectories, self.judge, self.config.max_steps, rules)
             for (dataset, example), trajectory, score in zip(chunk, trajectories, scores, strict=True):
                 writer.write(
                     {

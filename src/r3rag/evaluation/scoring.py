@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from statistics import fmean
 from typing import Any
 
+from r3rag.gold import MatchRule
 from r3rag.rewards.judges import CorrectnessItem, CorrectnessJudge
 from r3rag.rewards.metrics import cover_exact_match, exact_match, supporting_recall, token_f1
 from r3rag.schema import QAExample, Step, Trajectory
@@ -44,10 +45,18 @@ def score_trajectories(
     trajectories: Sequence[Trajectory],
     judge: CorrectnessJudge,
     max_steps: int,
+    gold: MatchRule | Sequence[MatchRule],
 ) -> list[dict[str, Any]]:
-    """One score record per trajectory; the distinct answers of every budget go to the judge in one batch."""
+    """One score record per trajectory; the distinct answers of every budget go to the judge in one batch.
+
+    ``gold`` is how gold passages are recognised for gold recall (:func:`~r3rag.gold.resolve_gold_match`'s
+    rule): one rule for every example, or one per example (a chunk may mix datasets).
+    """
     if len(examples) != len(trajectories):
         raise ValueError(f"{len(trajectories)} trajectories for {len(examples)} examples")
+    rules = [gold] * len(examples) if isinstance(gold, str) else list(gold)
+    if len(rules) != len(examples):
+        raise ValueError(f"{len(rules)} gold-matching rules for {len(examples)} examples")
     budgets = range(1, max_steps + 1)
     items: dict[CorrectnessItem, int] = {}
     for example, trajectory in zip(examples, trajectories, strict=True):
@@ -61,10 +70,11 @@ def score_trajectories(
         )
 
     records = []
-    for example, trajectory in zip(examples, trajectories, strict=True):
+    for example, trajectory, rule in zip(examples, trajectories, rules, strict=True):
         answer = trajectory.final_answer
         at_budget = [prediction_at(trajectory, t) for t in budgets]
         passages = [p for s in trajectory.steps for p in s.passages]
+        recall = supporting_recall(passages, example.supporting_ids, example.supporting_titles, rule)
         verdict = verdicts[items[CorrectnessItem(example.question, answer, tuple(example.answers))]]
         records.append(
             {
@@ -80,7 +90,7 @@ def score_trajectories(
                 "budget_f1": [token_f1(a, example.answers) for a in at_budget],
                 "steps": max((s.index for s in trajectory.steps), default=0),
                 "retrievals": sum(retrieved(s) for s in trajectory.steps),
-                "recall": supporting_recall(passages, example.supporting_ids, example.supporting_titles),
+                "recall": recall,
                 "prompt_tokens": trajectory.prompt_tokens,
                 "completion_tokens": trajectory.completion_tokens,
             }

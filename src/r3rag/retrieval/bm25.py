@@ -145,6 +145,10 @@ class BM25Retriever:
     def __len__(self) -> int:
         return len(self._store)
 
+    def known_ids(self, ids: Iterable[str]) -> set[str]:
+        """The subset of ``ids`` the index holds (gold matching asks once per run)."""
+        return self._store.known_ids(ids)
+
     def search(self, queries: Sequence[str], k: int) -> list[list[Passage]]:
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import httpx
@@ -27,11 +27,16 @@ class RetrieverUnavailable(ConnectionError):
 class RetrievalRequestError(ValueError):
     """The server refused a request (4xx): the message is the server's, naming the field at fault."""
 
+    def __init__(self, message: str, status: int):
+        super().__init__(message)
+        self.status = status
+
 
 class RetrieverClient:
     """A Retriever backed by a retrieval server at ``url`` (e.g. ``http://127.0.0.1:8001``).
 
-    Batches larger than ``max_queries`` (the server's per-request limit) are sent in several requests.
+    Batches larger than ``max_queries`` (the server's per-request limit) are sent in several requests, and id
+    look-ups in requests of ``max_ids`` ids (well under the server's default body limit).
     ``retries`` is the number of retries after the first attempt; the n-th retry waits about
     ``backoff_s * 2**(n-1)`` seconds, capped at ``max_backoff_s``.
     """
@@ -44,6 +49,7 @@ class RetrieverClient:
         backoff_s: float = 0.25,
         max_backoff_s: float = 8.0,
         max_queries: int = 256,
+        max_ids: int = 5000,
         transport: httpx.BaseTransport | None = None,
     ):
         self.url = url.rstrip("/")
@@ -51,6 +57,7 @@ class RetrieverClient:
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s
         self.max_queries = max_queries
+        self.max_ids = max_ids
         self._http = httpx.Client(
             base_url=self.url,
             timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 5.0)),
@@ -69,6 +76,23 @@ class RetrieverClient:
                 )
             results.extend([Passage.from_dict(hit) for hit in row] for row in rows)
         return results
+
+    def known_ids(self, ids: Iterable[str]) -> set[str] | None:
+        """The subset of ``ids`` the server's index holds, asked ``max_ids`` at a time; None when the server
+        cannot tell (a retriever without ids, or a server older than ``POST /ids``)."""
+        ids = list(ids)
+        known: set[str] = set()
+        for start in range(0, len(ids), self.max_ids):
+            try:
+                body = self._request("POST", "/ids", json={"ids": ids[start : start + self.max_ids]})
+            except RetrievalRequestError as e:
+                if e.status == 404:
+                    return None
+                raise
+            if body.get("known") is None:
+                return None
+            known.update(body["known"])
+        return known
 
     def health(self) -> dict[str, Any]:
         return self._request("GET", "/health")
@@ -93,9 +117,8 @@ class RetrieverClient:
                 last = f"HTTP {response.status_code}: {_detail(response)}"
                 continue
             if response.status_code >= 400:
-                raise RetrievalRequestError(
-                    f"{self.url}{path}: HTTP {response.status_code}: {_detail(response)}"
-                )
+                status = response.status_code
+                raise RetrievalRequestError(f"{self.url}{path}: HTTP {status}: {_detail(response)}", status)
             return response.json()
         raise RetrieverUnavailable(
             f"retrieval server at {self.url} is unavailable after {self.retries + 1} attempts ({last}); "

@@ -9,7 +9,7 @@ second per million vectors; an HNSW graph is slow to build, so it is saved as we
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -103,6 +103,10 @@ class DenseRetriever:
 
     def __len__(self) -> int:
         return len(self._store)
+
+    def known_ids(self, ids: Iterable[str]) -> set[str]:
+        """The subset of ``ids`` the index holds (gold matching asks once per run)."""
+        return self._store.known_ids(ids)
 
     def search(self, queries: Sequence[str], k: int) -> list[list[Passage]]:
         if k < 1:

@@ -1,6 +1,7 @@
 """The retrieval server: one index behind HTTP, shared by many rollout workers.
 
 ``POST /search {"queries": [...], "k": 5}`` -> ``{"results": [[{id, title, text, score}, ...], ...]}``,
+``POST /ids {"ids": [...]}`` -> ``{"known": [...]}`` (which passage ids the index holds, for gold matching),
 ``GET /health`` (status, index and limits) and ``GET /stats`` (counters). Three things make it fast under
 many small concurrent requests: an LRU cache answers repeated (query, k) pairs without searching; the
 queries of requests that arrive while a search runs are searched together in the next call (micro-batching,
@@ -34,6 +35,7 @@ from pydantic import (
 )
 
 from r3rag.config import RetrieverServerConfig
+from r3rag.gold import PassageLookup
 from r3rag.retrieval.base import Retriever
 from r3rag.retrieval.index import IndexManifest, load_index, read_manifest
 from r3rag.schema import Passage
@@ -158,6 +160,12 @@ class LRUCache:
             self._entries.popitem(last=False)
 
 
+class _IdsRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    ids: list[str]
+
+
 def _not_blank(query: str) -> str:
     if not query.strip():
         raise ValueError("query is empty or only whitespace")
@@ -252,6 +260,19 @@ def create_app(
             "busy": counters.busy,
             "errors": counters.errors,
         }
+
+    @app.post("/ids")
+    async def ids(request: Request) -> dict[str, Any]:
+        """Which of the given passage ids the index holds (gold matching asks once per run); ``known`` is
+        null when the retriever cannot tell."""
+        try:
+            body = _IdsRequest.model_validate_json(await _read_body(request, config.max_body_bytes))
+        except ValidationError as e:
+            raise HTTPException(422, _describe(e)) from None
+        if not isinstance(retriever, PassageLookup):
+            return {"known": None}
+        known = await asyncio.to_thread(retriever.known_ids, body.ids)
+        return {"known": None if known is None else sorted(known)}
 
     @app.post("/search")
     async def search(request: Request) -> Response:

@@ -36,6 +36,13 @@ class PassageStore:
     def __len__(self) -> int:
         return len(self._passages)
 
+    def known_ids(self, ids: Iterable[str]) -> set[str]:
+        """The subset of ``ids`` this store holds. One pass over the passages and no lasting id map: it is
+        asked once per run (:func:`r3rag.gold.resolve_gold_match`), and a map of a 21M-passage corpus would
+        cost more memory than the question deserves."""
+        wanted = set(ids)
+        return {p.id for p in self._passages if p.id in wanted}
+
     def contents(self) -> Iterable[str]:
         """The text each retriever indexes: title and text, as FlashRAG and the paper's indexes do."""
         return (p.contents for p in self._passages)

@@ -21,6 +21,7 @@ from typing import Any, Literal, Protocol, TypeVar, cast, runtime_checkable
 import numpy as np
 
 from r3rag.config import JudgeConfig
+from r3rag.gold import MatchRule
 from r3rag.llm.base import Conversation, Generator, SamplingParams
 from r3rag.llm.openai import OpenAIGenerator
 from r3rag.rewards.metrics import cover_exact_match, exact_match, normalize_answer, supporting_precision
@@ -43,8 +44,9 @@ NO_REFERENCE = "no_reference"
 class JudgeStats:
     """What a judge did, for the training log: how its judgements were decided and how often it fell back.
 
-    ``decided`` counts judgements by how they were made (``empty``, ``match``, ``llm``, ``gold_passages``,
-    ``embedding``, ``no_new_passages``); ``fallbacks`` counts, by reason, judgements that used the fallback.
+    ``decided`` counts judgements by how they were made (``empty``, ``match``, ``llm``, ``gold_by_id``,
+    ``gold_by_title``, ``embedding``, ``no_new_passages``); ``fallbacks`` counts, by reason, judgements that
+    used the fallback.
     """
 
     items: int = 0
@@ -321,15 +323,26 @@ class ReferenceRelevanceJudge:
     """Rel without an LLM, for offline runs and for datasets with gold evidence.
 
     With gold supporting passages (HotpotQA, 2Wiki, MuSiQue, the synthetic world): the share of the step's new
-    passages that are gold. Without them: the mean, over the new passages, of the cosine similarity between
-    the passage and "question + gold answer", mapped linearly from [similarity_floor, similarity_ceiling] to
-    [0, 1]. With neither gold nor encoder the step gets ``relevance_fallback``, counted as ``no_reference``.
+    passages that are gold, recognised by ``match``, the rule :func:`~r3rag.gold.resolve_gold_match` decided
+    for the training questions and the index (counted as ``gold_by_id`` or ``gold_by_title``, so the training
+    log says which rule scored every step). Without them: the mean, over the new passages, of the cosine
+    similarity between the passage and "question + gold answer", mapped linearly from [similarity_floor,
+    similarity_ceiling] to [0, 1]. With neither gold nor encoder the step gets ``relevance_fallback``, counted
+    as ``no_reference``.
     """
 
-    def __init__(self, config: JudgeConfig, encoder: TextEncoder | None = None) -> None:
+    def __init__(
+        self, config: JudgeConfig, encoder: TextEncoder | None = None, match: MatchRule | None = None
+    ) -> None:
         if config.similarity_ceiling <= config.similarity_floor:
             raise ValueError("similarity_ceiling must be greater than similarity_floor")
+        if match is None and config.reference_match == "auto":
+            raise ValueError(
+                "reference_match: auto is decided against the index: pass the rule of "
+                "r3rag.gold.resolve_gold_match(...) as match, or set reference_match: id or title"
+            )
         self.config = config
+        self.match: MatchRule = match or cast(MatchRule, config.reference_match)
         self.stats = JudgeStats()
         self._encoder = encoder
 
@@ -342,12 +355,10 @@ class ReferenceRelevanceJudge:
             if not item.passages:
                 self.stats.decided["no_new_passages"] += 1
                 continue
-            share = supporting_precision(
-                item.passages, ex.supporting_ids, ex.supporting_titles, by=self.config.reference_match
-            )
+            share = supporting_precision(item.passages, ex.supporting_ids, ex.supporting_titles, self.match)
             if share is not None:
                 scores[i] = share
-                self.stats.decided["gold_passages"] += 1
+                self.stats.decided[f"gold_by_{self.match}"] += 1
             elif self._encoder is None:
                 scores[i] = self.config.relevance_fallback
                 self.stats.fallbacks[NO_REFERENCE] += 1
@@ -392,10 +403,14 @@ def _reference_text(example: QAExample) -> str:
 
 
 def build_relevance_judge(
-    config: JudgeConfig, generator: Generator | None = None, encoder: TextEncoder | None = None
+    config: JudgeConfig,
+    generator: Generator | None = None,
+    encoder: TextEncoder | None = None,
+    match: MatchRule | None = None,
 ) -> RelevanceJudge:
     """The relevance judge the config names; an LLM judge needs a Generator, a reference judge may take an
-    encoder for examples without gold passages."""
+    encoder for examples without gold passages and needs the gold-matching rule in force (``match``) unless
+    the config names one."""
     if config.relevance == "llm":
         if generator is None:
             raise ValueError(
@@ -403,7 +418,7 @@ def build_relevance_judge(
                 "use relevance: reference to judge without an LLM"
             )
         return LLMRelevanceJudge(generator, config)
-    return ReferenceRelevanceJudge(config, encoder)
+    return ReferenceRelevanceJudge(config, encoder, match)
 
 
 def endpoint_generator(config: JudgeConfig) -> Generator | None:

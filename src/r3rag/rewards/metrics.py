@@ -20,8 +20,8 @@ import string
 import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from typing import Literal
 
+from r3rag.gold import GoldSet, MatchRule
 from r3rag.schema import Passage
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
@@ -30,8 +30,6 @@ _ASCII_PUNCTUATION = frozenset(string.punctuation)
 # credit against "no", nor "no answer" against anything.
 _SPECIAL_ANSWERS = frozenset({"yes", "no", "noanswer"})
 _OPPOSITE = {"yes": "no", "no": "yes"}
-
-MatchBy = Literal["auto", "id", "title"]
 
 
 def _is_punctuation(ch: str) -> bool:
@@ -106,50 +104,31 @@ def cover_exact_match(prediction: str | None, golds: Sequence[str], whole_words:
     return 0.0
 
 
-def _title_key(title: str) -> str:
-    """Titles compare case- and spacing-insensitively (corpora and datasets disagree on both)."""
-    return " ".join(unicodedata.normalize("NFKC", title).casefold().split())
-
-
-def _gold_keys(
-    supporting_ids: Sequence[str], supporting_titles: Sequence[str], by: MatchBy
-) -> tuple[Literal["id", "title"], set[str]]:
-    """Which passage field identifies gold evidence, and the gold keys. ``auto`` prefers ids when there are
-    any: titles are coarser (a title can name several passages of one article, or two passages of one
-    entity)."""
-    if by == "id" or (by == "auto" and supporting_ids):
-        return "id", set(supporting_ids)
-    return "title", {_title_key(t) for t in supporting_titles}
-
-
-def _passage_key(passage: Passage, field: Literal["id", "title"]) -> str:
-    return passage.id if field == "id" else _title_key(passage.title)
-
-
 def supporting_recall(
     passages: Iterable[Passage],
     supporting_ids: Sequence[str],
     supporting_titles: Sequence[str],
-    by: MatchBy = "auto",
+    by: MatchRule,
 ) -> float | None:
-    """Share of the gold supporting passages (ids, or titles) found among ``passages``; None without gold."""
-    field, gold = _gold_keys(supporting_ids, supporting_titles, by)
+    """Share of the gold supporting passages found among ``passages``; None without gold. ``by`` is the rule
+    :func:`~r3rag.gold.resolve_gold_match` decided for the run (ids, else titles; or titles)."""
+    gold = GoldSet.of(supporting_ids, supporting_titles, by)
     if not gold:
         return None
-    found = {_passage_key(p, field) for p in passages} & gold
-    return len(found) / len(gold)
+    return len({gold.key(p) for p in passages} & gold.keys) / len(gold)
 
 
 def supporting_precision(
     passages: Sequence[Passage],
     supporting_ids: Sequence[str],
     supporting_titles: Sequence[str],
-    by: MatchBy = "auto",
+    by: MatchRule,
 ) -> float | None:
-    """Share of ``passages`` that are gold supporting passages; None without gold, 0.0 for no passages."""
-    field, gold = _gold_keys(supporting_ids, supporting_titles, by)
+    """Share of ``passages`` that are gold supporting passages; None without gold, 0.0 for no passages.
+    ``by`` as for :func:`supporting_recall`."""
+    gold = GoldSet.of(supporting_ids, supporting_titles, by)
     if not gold:
         return None
     if not passages:
         return 0.0
-    return sum(_passage_key(p, field) in gold for p in passages) / len(passages)
+    return sum(p in gold for p in passages) / len(passages)

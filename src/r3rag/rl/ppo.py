@@ -171,24 +171,31 @@ class PPOTrainer:
         """Load the cold-start model, the retriever, the judges and the questions the config names."""
         from r3rag.config import RetrievalConfig
         from r3rag.data.datasets import load_dataset
+        from r3rag.gold import resolve_gold_match
         from r3rag.llm.models import load_model
         from r3rag.retrieval import open_retriever
         from r3rag.rewards import TrajectoryScorer, build_relevance_judge, endpoint_generator
 
         actor, tokenizer = load_model(config.model)
+        retriever = open_retriever(RetrievalConfig(source=config.index))
+        train = load_dataset(config.train)
         judge_llm = endpoint_generator(config.judges)
         judge = CorrectnessJudge(config.judges, judge_llm)
-        relevance = (
-            None if config.reward.mode == "outcome" else build_relevance_judge(config.judges, judge_llm)
-        )
+        relevance = None
+        if config.reward.mode != "outcome":
+            match = None
+            if config.judges.relevance == "reference":  # logged here; metrics count judgements by rule
+                sources = {str(config.train): train}
+                match = resolve_gold_match(config.judges.reference_match, sources, retriever).rule
+            relevance = build_relevance_judge(config.judges, judge_llm, match=match)
         return cls(
             config,
             actor,
             tokenizer,
-            open_retriever(RetrievalConfig(source=config.index)),
+            retriever,
             TrajectoryScorer(config.reward, judge, relevance),
             judge,
-            load_dataset(config.train),
+            train,
             load_dataset(config.dev) if config.dev is not None else (),
         )
 
