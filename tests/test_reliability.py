@@ -13,48 +13,17 @@ from typer.testing import CliRunner
 
 from r3rag import runs
 from r3rag.cli import app
-from r3rag.coldstart.build import SFT_FILE, TRAJECTORIES_FILE
-from r3rag.config import IndexBuildConfig, WorldConfig
-from r3rag.data.world import generate_world, write_world
+from r3rag.coldstart.build import TRAJECTORIES_FILE
+from r3rag.config import SFTConfig
 from r3rag.jsonl import iter_jsonl
-from r3rag.retrieval.index import build_index
-from tiny_llm import tiny_model, tiny_tokenizer
+from reliability_fixtures import make_files, one_line_error
 
 runner = CliRunner()
-SMALL = dict(people=100, cities=10, countries=3, organisations=12, works=24, train_questions=8, dev_questions=3)
 
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """A small world, its BM25 index and a second index over half its corpus, a tiny model, cold-start data."""
-    root = tmp_path_factory.mktemp("reliability")
-    write_world(generate_world(WorldConfig(**SMALL)), root / "world")
-    corpus = root / "world" / "corpus.jsonl"
-    build_index(IndexBuildConfig(corpus=corpus, out=root / "index"), progress=False)
-    lines = corpus.read_text().splitlines(keepends=True)
-    (root / "half.jsonl").write_text("".join(lines[: len(lines) // 2]))
-    build_index(IndexBuildConfig(corpus=root / "half.jsonl", out=root / "other-index"), progress=False)
-    tiny_model().save_pretrained(root / "model")
-    tiny_tokenizer().save_pretrained(root / "model")
-    coldstart = ["coldstart", "--questions", str(root / "world" / "train.jsonl"), "--index", str(root / "index")]
-    assert runner.invoke(app, [*coldstart, "--out", str(root / "coldstart")]).exit_code == 0
-    return {
-        "root": root,
-        "train": root / "world" / "train.jsonl",
-        "dev": root / "world" / "dev.jsonl",
-        "index": root / "index",
-        "other_index": root / "other-index",
-        "model": root / "model",
-        "sft": root / "coldstart" / SFT_FILE,
-    }
-
-
-def one_line_error(result) -> str:
-    """The error line of a command that failed as expected: exit status 2, one line, no traceback."""
-    assert result.exit_code == 2, result.output
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
-    return lines[0]
+    return make_files(tmp_path_factory.mktemp("reliability"))
 
 
 # ------------------------------------------------------------------------------- 1. data convert loses data
@@ -85,7 +54,9 @@ def test_question_ids_repeated_across_files_are_an_error_naming_both(files, tmp_
     twin = tmp_path / "twin.jsonl"
     shutil.copy(files["train"], twin)
     args = ["coldstart", "--questions", str(files["train"]), "--questions", str(twin)]
-    error = one_line_error(runner.invoke(app, [*args, "--index", str(files["index"]), "--out", str(tmp_path / "o")]))
+    error = one_line_error(
+        runner.invoke(app, [*args, "--index", str(files["index"]), "--out", str(tmp_path / "o")])
+    )
     assert str(twin) in error and str(files["train"]) in error and "unique" in error
     assert not (tmp_path / "o" / TRAJECTORIES_FILE).exists()
 
@@ -97,7 +68,7 @@ def test_a_cold_start_folder_is_bound_to_its_index(files, tmp_path: Path) -> Non
     args = ["coldstart", "--questions", str(files["train"]), "--out", str(tmp_path / "cs"), "--limit", "2"]
     assert runner.invoke(app, [*args, "--index", str(files["index"])]).exit_code == 0
     error = one_line_error(runner.invoke(app, [*args, "--index", str(files["other_index"])]))
-    assert "holds a run with other settings (index:" in error
+    assert "holds a run with other settings (index:" in error and "another index" in error
     again = runner.invoke(app, [*args, "--index", str(files["index"])])
     assert again.exit_code == 0 and "2 already done" in again.output
 
@@ -152,7 +123,9 @@ def test_a_section_given_a_wrong_type_is_one_line(files, tmp_path: Path) -> None
     config = tmp_path / "ppo.yaml"
     config.write_text("rollout: 5\n")
     args = ["train", "--config", str(config), "--model", str(files["model"]), "--train", str(files["train"])]
-    error = one_line_error(runner.invoke(app, [*args, "--index", str(files["index"]), "--out", str(tmp_path)]))
+    error = one_line_error(
+        runner.invoke(app, [*args, "--index", str(files["index"]), "--out", str(tmp_path)])
+    )
     assert "rollout" in error and str(config) in error
 
 
@@ -186,7 +159,7 @@ def test_a_failed_start_binds_nothing(files, tmp_path: Path) -> None:
 
 def test_train_into_a_folder_of_another_command_says_so_in_one_line(files, tmp_path: Path) -> None:
     sft = tmp_path / "sft"
-    runs.bind(sft, __import__("r3rag.config").config.SFTConfig(data=files["sft"], out=sft), holds_results=True)
+    runs.bind(sft, SFTConfig(data=files["sft"], out=sft), holds_results=True)
     args = ["train", "--model", str(files["model"]), "--train", str(files["train"]), "--index"]
     error = one_line_error(runner.invoke(app, [*args, str(files["index"]), "--out", str(sft)]))
     assert "holds another kind of run" in error
@@ -232,10 +205,10 @@ def test_a_folder_in_use_by_another_process_is_refused(files, tmp_path: Path, co
         out = tmp_path / "answers.jsonl"
         args = ["ask", "--questions", str(files["dev"]), "--index", str(files["index"]), "--out", str(out)]
         args += ["--model", str(files["model"])]
-        lock = runs.locked(tmp_path, name=f".{out.name}.lock")
     else:
         args = unwritable_commands(files, out)[command]
-        lock = runs.locked(out)
+    beside = command in ("ask", "index build", "data world", "data convert")  # data: the lock lies beside
+    lock = runs.locked_beside(out) if beside else runs.locked(out)
     with lock:
         error = one_line_error(runner.invoke(app, args))
     assert "in use by another r3rag process" in error

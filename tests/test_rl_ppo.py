@@ -63,7 +63,7 @@ def test_a_resumed_run_continues_with_identical_state(tmp_path: Path, lora_rank:
     )
     with pytest.raises(KeyboardInterrupt):
         crashed.train(progress=False)
-    assert [p.name for p in checkpoints(tmp_path / "b" / "checkpoints")] == ["iter-00001"]
+    assert [p.name for p in checkpoints(tmp_path / "b" / "checkpoints", "iter")] == ["iter-00001"]
     with open(tmp_path / "b" / "metrics.jsonl", "a") as metrics:  # killed while writing a line
         metrics.write('{"iteration": 2, "reward/step_me')
 
@@ -83,7 +83,9 @@ def test_a_resumed_run_continues_with_identical_state(tmp_path: Path, lora_rank:
     assert {"config.yaml", "metrics.jsonl", "curve.png", "final", "checkpoints", "rollouts", "dev"} <= {
         p.name for p in run.iterdir()
     }
-    assert [p.name for p in checkpoints(run / "checkpoints")] == ["iter-00002"]  # keep_checkpoints = 1
+    assert [p.name for p in checkpoints(run / "checkpoints", "iter")] == [
+        "iter-00002"
+    ]  # keep_checkpoints = 1
     assert sorted(p.name for p in (run / "dev").iterdir()) == ["iter-00000.jsonl", "iter-00002.jsonl"]
     final = AutoModelForCausalLM.from_pretrained(run / "final")  # a plain model, adapters merged
     assert set(final.state_dict()) == set(tiny_model().state_dict())

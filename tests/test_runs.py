@@ -98,16 +98,16 @@ def test_checkpoints_keep_the_newest_and_restore_every_rng(tmp_path: Path) -> No
     root = tmp_path / "checkpoints"
     for step in (1, 2, 3):
         runs.save_checkpoint(root, "iter", step, {"value": step}, keep=2, digits=5)
-    assert [p.name for p in runs.checkpoints(root)] == ["iter-00002", "iter-00003"]
+    assert [p.name for p in runs.checkpoints(root, "iter")] == ["iter-00002", "iter-00003"]
     random.seed(1), np.random.seed(1), torch.manual_seed(1)
     runs.save_checkpoint(root, "iter", 4, {"value": 4}, keep=2, digits=5)
     expected = (random.random(), np.random.rand(), torch.rand(1).item())
     random.seed(9), np.random.seed(9), torch.manual_seed(9)
-    state = runs.load_checkpoint(runs.latest_checkpoint(root))
+    state = runs.load_checkpoint(runs.latest_checkpoint(root, "iter"))
     assert state["value"] == 4 and state["step"] == 4
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
     (root / "iter-00009").mkdir()  # no state file: an interrupted save never counts
-    assert runs.latest_checkpoint(root).name == "iter-00004"
+    assert runs.latest_checkpoint(root, "iter").name == "iter-00004"
 
 
 def test_derived_seeds_are_the_sha256_of_their_names() -> None:

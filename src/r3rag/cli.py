@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 import typer
 from rich.console import Console
 
-from r3rag import __version__
+from r3rag import __version__, runs
 from r3rag.config import (
     AgentConfig,
     ColdStartConfig,
@@ -200,7 +200,7 @@ def data_world(
     if scale != 1.0:
         sizes = {field: round(getattr(config, field) * scale) for field in _WORLD_SIZES}
         config = WorldConfig.model_validate({**config.model_dump(), **sizes})
-    with console.status("generating the world"):
+    with runs.locked_beside(out), console.status("generating the world"):
         world = generate_world(config)
         paths = write_world(world, out)
     stats = world.stats()
@@ -262,30 +262,58 @@ def data_convert(
 
     if format is not None and format not in (*FORMATS, CORPUS_FORMAT):
         raise ValueError(f"--format must be one of {', '.join((*FORMATS, CORPUS_FORMAT))}, not {format!r}")
+    formats = {path: format or detect_format(existing_file(path)) for path in inputs}
+    targets = {
+        path: out / f"{path.name.removesuffix('.jsonl').removesuffix('.json')}.jsonl"
+        for path, fmt in formats.items()
+        if fmt != CORPUS_FORMAT
+    }
+    _check_targets(targets, inputs, out / "corpus.jsonl" if corpus else None)
     table = Table(title=f"converted into {out}/")
     for column in ("input", "format", "questions", "paragraphs", "written"):
         table.add_column(column, justify="left" if column in ("input", "format", "written") else "right")
     paragraphs: list[Passage] = []
-    for path in inputs:
-        fmt = format or detect_format(existing_file(path))
-        if fmt == CORPUS_FORMAT:
-            found = list(read_title_text_json(path))
-            paragraphs += found
-            table.add_row(path.name, fmt, "-", f"{len(found):,}", "corpus.jsonl" if corpus else "-")
-            continue
-        examples, before = [], len(paragraphs)
-        for example, contexts in iter_dataset(path, fmt):
-            examples.append(example)
-            paragraphs += contexts
-        target = out / f"{path.name.removesuffix('.jsonl').removesuffix('.json')}.jsonl"
-        write_flashrag(target, examples)
-        table.add_row(path.name, fmt, f"{len(examples):,}", f"{len(paragraphs) - before:,}", target.name)
+    with runs.locked_beside(out):
+        for path, fmt in formats.items():
+            if fmt == CORPUS_FORMAT:
+                found = list(read_title_text_json(path))
+                paragraphs += found
+                table.add_row(path.name, fmt, "-", f"{len(found):,}", "corpus.jsonl" if corpus else "-")
+                continue
+            examples, before = [], len(paragraphs)
+            for example, contexts in iter_dataset(path, fmt):
+                examples.append(example)
+                paragraphs += contexts
+            write_flashrag(targets[path], examples)
+            table.add_row(
+                path.name, fmt, f"{len(examples):,}", f"{len(paragraphs) - before:,}", targets[path].name
+            )
+        if corpus and paragraphs:
+            written = write_corpus(out / "corpus.jsonl", dedupe_passages(paragraphs))
     console.print(table)
     if corpus and paragraphs:
-        written = write_corpus(out / "corpus.jsonl", dedupe_passages(paragraphs))
         console.print(
             f"[green]corpus.jsonl[/]: {written:,} passages ({len(paragraphs) - written:,} duplicates dropped)"
         )
+
+
+def _check_targets(targets: dict[Path, Path], inputs: list[Path], corpus: Path | None) -> None:
+    """Refuse a conversion that would lose data: two inputs written to one file, or an input replaced by
+    its conversion (or by the corpus)."""
+    written: dict[Path, Path] = {}
+    for source, target in targets.items():
+        earlier = written.setdefault(target.resolve(), source)
+        if earlier != source:
+            raise ValueError(
+                f"{earlier} and {source} would both be written to {target}; convert them into separate --out "
+                "folders, or rename one"
+            )
+    read = {path.resolve(): path for path in inputs}
+    for target in [*targets.values(), *([corpus] if corpus is not None else [])]:
+        if target.resolve() in read:
+            raise ValueError(
+                f"{target} would replace the input {read[target.resolve()]}; choose another --out"
+            )
 
 
 @command(app, options=ConfigOptions(AgentConfig, extra={"generator": GeneratorConfig}))
@@ -312,10 +340,10 @@ def ask(
 
     ``--config`` takes an agent.yaml, such as the one a trained model's folder carries."""
     import json
-    import time
 
     from r3rag.agent import Agent
-    from r3rag.view import print_outcome, status_counts, step_panel
+    from r3rag.schema import QAExample
+    from r3rag.view import print_outcome, step_panel
 
     if (question is None) == (questions is None):
         raise fail("give either a question or --questions FILE")
@@ -325,27 +353,58 @@ def ask(
         raise fail("--out is for --questions runs")
     if not index.is_dir():
         raise fail(f"{index}: no such index folder (build one with `r3rag index build`)")
-    examples = _ask_examples(question, questions, out, limit)
-    if not examples:
-        console.print(f"nothing to do: every question is already in {out}", highlight=False)
-        return
-    agent = Agent(_generator(generator, batch_size), _open_index(index), config)
-
     if question is not None:
         console.print(f"[bold]Question:[/] {question}", highlight=False)
+        agent = Agent(_generator(generator, batch_size), _open_index(index), config)
         show = None if json_output else (lambda trajectory, step: console.print(step_panel(step)))
-        (trajectory,) = agent.run(examples, on_step=show)
+        (trajectory,) = agent.run([QAExample(id="question", question=question, answers=[])], on_step=show)
         if json_output:
             print(json.dumps(trajectory.to_dict(), ensure_ascii=False, indent=2))
         else:
             print_outcome(console, trajectory)
         return
+    assert questions is not None and out is not None
+    with runs.locked_beside(out):
+        _ask_file(config, generator, questions, out, index, limit, batch_size)
+
+
+def _ask_file(
+    config: AgentConfig,
+    generator: GeneratorConfig,
+    questions: Path,
+    out: Path,
+    index: Path,
+    limit: int | None,
+    batch_size: int,
+) -> None:
+    """Answer a question file into ``out``, skipping the questions already there. The file is bound to the
+    model and agent settings that wrote it (``<out>.settings.yaml``): answers of another model are not
+    mixed in, nor its questions taken for done."""
+    import time
 
     from rich.progress import Progress
 
-    from r3rag.jsonl import JsonlAppender
+    from r3rag.agent import Agent
+    from r3rag.data.datasets import load_dataset
+    from r3rag.jsonl import JsonlAppender, read_ids
+    from r3rag.llm.models import model_identity
+    from r3rag.view import status_counts
 
-    assert out is not None
+    settings = {
+        "model": model_identity(generator.model, generator.base_url),
+        "agent": config.model_dump(mode="json"),
+    }
+    runs.bind(out.parent, settings, holds_results=out.is_file(), file=f"{out.name}.settings.yaml")
+    done = read_ids(out, key="example_id")
+    examples = [
+        example for example in load_dataset(existing_file(questions))[:limit] if example.id not in done
+    ]
+    if done:
+        console.print(f"resuming: {len(done)} already in {out}, {len(examples)} to go", highlight=False)
+    if not examples:
+        console.print(f"nothing to do: every question is already in {out}", highlight=False)
+        return
+    agent = Agent(_generator(generator, batch_size), _open_index(index), config)
     started, finished = time.perf_counter(), []
     with JsonlAppender(out) as writer, Progress(console=console, transient=True) as progress:
         task = progress.add_task("questions", total=len(examples))
@@ -360,27 +419,6 @@ def ask(
         f"({status_counts(finished)}; {len(finished) / minutes:.1f}/min)",
         highlight=False,
     )
-
-
-def _ask_examples(question: str | None, questions: Path | None, out: Path | None, limit: int | None) -> list:
-    """The examples still to run: the one question, or the file's questions minus those already in --out."""
-    from r3rag.data.datasets import load_dataset
-    from r3rag.jsonl import read_ids
-    from r3rag.schema import QAExample
-
-    if question is not None:
-        return [QAExample(id="question", question=question, answers=[])]
-    assert questions is not None and out is not None
-    examples = load_dataset(existing_file(questions))[:limit]
-    done = read_ids(out, key="example_id")
-    todo, seen = [], set(done)
-    for example in examples:
-        if example.id not in seen:
-            seen.add(example.id)
-            todo.append(example)
-    if done:
-        console.print(f"resuming: {len(done)} already in {out}, {len(todo)} to go", highlight=False)
-    return todo
 
 
 def _open_index(index: Path):
@@ -401,7 +439,8 @@ def index_build(config: IndexBuildConfig) -> None:
     from r3rag.retrieval.index import build_index
 
     existing_file(config.corpus)
-    manifest = build_index(config, progress=True)
+    with runs.locked_beside(config.out):
+        manifest = build_index(config, progress=True)
     what = manifest.retriever if manifest.encoder is None else f"dense ({manifest.encoder.name})"
     console.print(
         f"[green]built[/] {what} index of {manifest.passages:,} passages in {manifest.build_seconds:.1f} s "
@@ -508,10 +547,10 @@ def eval_command(
 
     Each method's own settings are its section's flags (--ircot.max-passages, --r3rag.format-retries, ...);
     --model and --base-url name the model, as for `r3rag ask`."""
-    from r3rag.evaluation.manifest import describe_model
     from r3rag.evaluation.methods.registry import retrieving
     from r3rag.evaluation.run import open_run, run_and_report
     from r3rag.evaluation.runner import Progress, build_context_index, load_datasets
+    from r3rag.llm.models import describe_model
 
     datasets = load_datasets(dataset, limit)
     if corpus_from_datasets and index is not None:
@@ -593,7 +632,7 @@ def coldstart(
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task(f"{config.teacher} teacher", total=len(examples))
         summary, stats = build(
-            config, chosen, examples, out, on_result=lambda _: progress.advance(task), gold=gold
+            config, chosen, examples, out, on_result=lambda _: progress.advance(task), gold=gold, index=index
         )
     _print_coldstart(summary, stats)
     console.print(

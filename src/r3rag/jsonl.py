@@ -26,8 +26,9 @@ class RecordError(ValueError):
 
 def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield ``(line_number, record)`` for each non-blank line; a line that is no JSON object is an error."""
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
+    with open(path, "rb") as f:
+        for line_no, raw in enumerate(f, start=1):
+            line = _decode(path, line_no, raw)
             if not line.strip():
                 continue
             try:
@@ -37,6 +38,27 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
             if not isinstance(record, dict):
                 raise RecordError(path, line_no, f"expected a JSON object, got {type(record).__name__}")
             yield line_no, record
+
+
+def _decode(path: str | Path, record: int, raw: bytes) -> str:
+    """UTF-8 text, or a RecordError naming the file, the record and the first byte that is not UTF-8."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise RecordError(
+            path, record, f"not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start})"
+        ) from None
+
+
+def read_text(path: str | Path) -> str:
+    """A whole file as UTF-8 text (a JSON document, say); a byte that is not UTF-8 is a RecordError naming
+    the line it is on."""
+    raw = Path(path).read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise RecordError(path, 0, f"not UTF-8 text (byte 0x{raw[e.start]:02x} on line {line})") from None
 
 
 def write_jsonl(path: str | Path, records: Iterable[dict[str, Any]]) -> int:

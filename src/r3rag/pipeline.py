@@ -343,9 +343,11 @@ def _coldstart(ctx: Context) -> str:
     cold = ctx.config.coldstart
     questions = ctx.out / "world" / "train.jsonl"
     examples = load_dataset(questions)
-    retriever = load_index(ctx.out / "index")
+    index = ctx.out / "index"
+    retriever = load_index(index)
     gold = resolve_gold_match(cold.judge.reference_match, {str(questions): examples}, retriever)
-    _, stats = build(cold, OracleTeacher(retriever, cold, gold), examples, ctx.out / "coldstart", gold=gold)
+    teacher = OracleTeacher(retriever, cold, gold)
+    _, stats = build(cold, teacher, examples, ctx.out / "coldstart", gold=gold, index=str(index))
     return (
         f"{stats['kept']:,} of {stats['questions']:,} questions kept, {stats['sft_examples']:,} SFT examples"
     )
@@ -399,10 +401,10 @@ def _ppo(ctx: Context) -> str:
 
 def _evaluate(evaluation: Evaluation, ctx: Context) -> str:
     """Evaluate one model on the first dev questions into its own folder (resumed if interrupted)."""
-    from r3rag.evaluation.manifest import describe_model
     from r3rag.evaluation.run import open_run, run_and_report
     from r3rag.evaluation.runner import Progress, load_datasets
     from r3rag.llm.hf import HFGenerator
+    from r3rag.llm.models import describe_model
 
     config, model = evaluation.config_of(ctx.config), evaluation.model_of(ctx.out, ctx.config)
     out = ctx.out / evaluation.folder

@@ -27,8 +27,8 @@ import re
 import resource
 import shutil
 import tempfile
-from collections.abc import Callable, Collection, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Collection, Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import IO, Any
 
@@ -40,6 +40,7 @@ CONFIG_FILE = "config.yaml"
 LOCK_FILE = ".r3rag.lock"
 STATE_FILE = "state.pt"
 _SHOWN_DIFFERENCES = 8
+_FINGERPRINT_CHUNK = 1 << 20
 _CHECKPOINT = re.compile(r"^(?P<label>[a-z]+)-(?P<step>\d+)$")
 
 
@@ -72,29 +73,36 @@ def refuse_differences(folder: Path, changed: list[str], hint: str) -> None:
 
 def bind(
     folder: Path,
-    config: StageConfig,
+    config: StageConfig | Mapping[str, Any],
     *,
     holds_results: bool,
     may_change: Collection[str] = (),
     file: str = CONFIG_FILE,
     hint: str = "resume it with the same settings, or use another --out",
 ) -> None:
-    """Bind ``folder`` to ``config``: write it as ``file``, or refuse if the folder's results came from other
-    settings.
+    """Bind ``folder`` to ``config`` (a stage's config, or a mapping of what else identifies the run, such
+    as the index it read): write it as ``file``, or refuse if the folder's results came from other settings.
 
     ``holds_results`` says whether the folder has anything a run would resume from (a checkpoint, appended
-    results); without it the folder is rebound to the new settings. ``may_change`` names fields (dotted for
-    nested ones) that may differ on resume because they do not change what was computed.
+    results); without it the folder is rebound to the new settings, unless it is another command's folder.
+    ``may_change`` names fields (dotted for nested ones) that may differ on resume because they do not change
+    what was computed.
     """
     path = folder / file
-    new = config.model_dump(mode="json")
-    if holds_results and path.is_file():
+    new = config.model_dump(mode="json") if isinstance(config, StageConfig) else dict(config)
+    if path.is_file():
         try:
             old = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as e:
             raise RunFolderError(f"{path}: not readable YAML ({e}); use another --out") from None
-        changed = [line for line in config_differences(old, new) if not _may_change(line, may_change)]
-        refuse_differences(folder, changed, hint)
+        if not isinstance(old, dict) or len(set(old) & set(new)) * 2 < len(new):
+            raise RunFolderError(
+                f"{folder} holds another kind of run (its {file} is not the settings of this command); "
+                "use another --out"
+            )
+        if holds_results:
+            changed = [line for line in config_differences(old, new) if not _may_change(line, may_change)]
+            refuse_differences(folder, changed, hint)
     write_text(path, yaml.safe_dump(new, sort_keys=False))
 
 
@@ -107,15 +115,18 @@ def _may_change(difference: str, may_change: Collection[str]) -> bool:
 
 
 @contextmanager
-def locked(folder: Path, wait: bool = False) -> Iterator[None]:
-    """Hold ``folder``'s lock for the duration; refuse at once (naming the holder) if another process has it,
-    or, with ``wait``, wait for it (a shared cache that a second process would only fill again).
+def locked(folder: Path, wait: bool = False, name: str = LOCK_FILE) -> Iterator[None]:
+    """Hold ``folder``'s lock (the file ``name`` in it) for the duration; refuse at once, naming the holder,
+    if another process has it, or, with ``wait``, wait for it (a shared cache a second process would only
+    fill again).
 
     The lock file stays behind (deleting it would let two processes lock two different files); the lock
     itself dies with its process.
     """
+    if folder.exists() and not folder.is_dir():  # mkdir would say "File exists", which misleads
+        raise NotADirectoryError(errno.ENOTDIR, "Not a directory", str(folder))
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / LOCK_FILE
+    path = folder / name
     with open(path, "a+", encoding="utf-8") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
@@ -136,6 +147,12 @@ def locked(folder: Path, wait: bool = False) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def locked_beside(path: Path) -> AbstractContextManager[None]:
+    """The lock of something replaced whole (an index folder, a results file) or shared as data (a world,
+    converted datasets), whose folder should hold nothing else: ``.<name>.lock`` beside it."""
+    return locked(path.parent, name=f".{path.name}.lock")
 
 
 # ------------------------------------------------------------------------------------------ atomic writes
@@ -208,21 +225,22 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def checkpoints(root: Path) -> list[Path]:
-    """The complete checkpoints under ``root`` (those with their state file), oldest first."""
+def checkpoints(root: Path, label: str) -> list[Path]:
+    """The complete checkpoints ``<label>-<step>`` under ``root`` (those with their state file), oldest
+    first; another stage's checkpoints are not this one's."""
     if not root.is_dir():
         return []
     found = [
         (int(m.group("step")), p)
         for p in root.iterdir()
-        if (m := _CHECKPOINT.match(p.name)) and (p / STATE_FILE).is_file()
+        if (m := _CHECKPOINT.match(p.name)) and m.group("label") == label and (p / STATE_FILE).is_file()
     ]
     return [p for _, p in sorted(found)]
 
 
-def latest_checkpoint(root: Path) -> Path | None:
-    """The complete checkpoint with the highest step, or None."""
-    found = checkpoints(root)
+def latest_checkpoint(root: Path, label: str) -> Path | None:
+    """The complete checkpoint ``<label>-*`` with the highest step, or None."""
+    found = checkpoints(root, label)
     return found[-1] if found else None
 
 
@@ -245,7 +263,7 @@ def save_checkpoint(
         if write_files is not None:
             write_files(tmp)
         torch.save({**state, "step": step, "rng": rng_state()}, tmp / STATE_FILE)
-    for old in checkpoints(root)[:-keep]:
+    for old in checkpoints(root, label)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
 
@@ -257,6 +275,35 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     state = torch.load(path / STATE_FILE, weights_only=False)
     set_rng_state(state["rng"])
     return state
+
+
+# ---------------------------------------------------------------------------------------------- identity
+
+
+def file_sha256(path: str | Path) -> str:
+    """The SHA-256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(_FINGERPRINT_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def folder_fingerprint(folder: str | Path) -> str:
+    """A fast fingerprint of a model folder: every file's name and size, and a hash of its first and last
+    MiB. Weights that differ anywhere near their start or end (any fine-tuning does) change it; hashing every
+    byte of a 15 GB checkpoint would take a minute for the same answer."""
+    folder = Path(folder)
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        size = path.stat().st_size
+        digest.update(f"{path.relative_to(folder).as_posix()}\0{size}\0".encode())
+        with open(path, "rb") as f:
+            digest.update(f.read(_FINGERPRINT_CHUNK))
+            if size > 2 * _FINGERPRINT_CHUNK:
+                f.seek(-_FINGERPRINT_CHUNK, 2)
+                digest.update(f.read(_FINGERPRINT_CHUNK))
+    return digest.hexdigest()
 
 
 # ------------------------------------------------------------------------------------------ seeds, memory

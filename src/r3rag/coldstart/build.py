@@ -20,12 +20,14 @@ from r3rag.coldstart.records import RunSummary, Teacher, TeacherResult, read_rec
 from r3rag.config import ColdStartConfig
 from r3rag.gold import GoldMatch
 from r3rag.jsonl import write_jsonl
+from r3rag.retrieval.index import describe_retriever
 from r3rag.schema import QAExample
 
 CONFIG_FILE = "coldstart.yaml"
 TRAJECTORIES_FILE = "trajectories.jsonl"
 SFT_FILE = "sft.jsonl"
 STATS_FILE = "stats.json"
+INPUTS_FILE = "inputs.yaml"
 RESUMABLE_CHANGES = frozenset({"batch_size"})
 """Settings a resumed cold start may change: how many questions are in flight changes no trajectory."""
 
@@ -37,20 +39,23 @@ def build(
     out: str | Path,
     on_result: Callable[[TeacherResult], None] | None = None,
     gold: GoldMatch | None = None,
+    index: str | None = None,
 ) -> tuple[RunSummary, dict[str, Any]]:
     """Run the teacher on the questions not yet done, then rebuild the SFT examples and statistics.
 
     ``gold``, how the teacher recognised gold passages (the oracle's), is recorded in the statistics.
+    ``index`` (the folder or URL the teacher retrieves from) binds the folder to that index: trajectories
+    retrieved from another one would be mixed with these, or wrongly skipped as done.
     """
     out = Path(out)
     with runs.locked(out):
-        runs.bind(
-            out,
-            config,
-            holds_results=(out / TRAJECTORIES_FILE).is_file(),
-            may_change=RESUMABLE_CHANGES,
-            file=CONFIG_FILE,
-        )
+        started = (out / TRAJECTORIES_FILE).is_file()
+        runs.bind(out, config, holds_results=started, may_change=RESUMABLE_CHANGES, file=CONFIG_FILE)
+        if index is not None:
+            identity = describe_retriever(index)
+            inputs = {"index": identity["fingerprint"] or identity["source"]}
+            hint = f"its trajectories come from another index ({INPUTS_FILE}); use it, or another --out"
+            runs.bind(out, inputs, holds_results=started, file=INPUTS_FILE, hint=hint)
         summary = run_teacher(teacher, examples, out / TRAJECTORIES_FILE, config.batch_size, on_result)
         records = list(read_records(out / TRAJECTORIES_FILE))
         sft, dropped = sft_records(records, config.agent)

@@ -53,6 +53,7 @@ from r3rag.rl.samples import Sample, collate, pack_samples
 
 FINAL = "final"
 CHECKPOINTS = "checkpoints"
+CHECKPOINT_LABEL = "step"
 LOG_FILE = "log.jsonl"
 
 _BUCKET_BATCHES = 64  # micro-batches per length-sorting window
@@ -207,7 +208,7 @@ def _train(
     started = time.perf_counter()
     if (out / FINAL).exists():
         raise FileExistsError(f"{out / FINAL}: this run is complete; remove it or choose another --out")
-    checkpoint = runs.latest_checkpoint(out / CHECKPOINTS)
+    checkpoint = runs.latest_checkpoint(out / CHECKPOINTS, CHECKPOINT_LABEL)
     runs.bind(out, config, holds_results=checkpoint is not None, may_change=_RESUMABLE_CHANGES)
     if config.threads is not None:
         torch.set_num_threads(config.threads)
@@ -278,7 +279,7 @@ def _train(
                 }
                 runs.save_checkpoint(
                     out / CHECKPOINTS,
-                    "step",
+                    CHECKPOINT_LABEL,
                     step + 1,
                     state,
                     config.keep_checkpoints,

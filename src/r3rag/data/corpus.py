@@ -13,7 +13,7 @@ import json
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from r3rag.jsonl import RecordError, iter_jsonl, write_jsonl
+from r3rag.jsonl import RecordError, iter_jsonl, read_text, write_jsonl
 from r3rag.schema import Passage, passage_id_for
 
 
@@ -64,8 +64,10 @@ def dedupe_passages(passages: Iterable[Passage]) -> Iterator[Passage]:
 
 def read_title_text_json(path: str | Path) -> Iterator[Passage]:
     """A corpus stored as one JSON list of ``{"title", "text"}`` objects (HippoRAG's corpus files)."""
-    with open(path, encoding="utf-8") as f:
-        records = json.load(f)
+    try:
+        records = json.loads(read_text(path))
+    except json.JSONDecodeError as e:
+        raise RecordError(path, 0, f"not valid JSON ({e.msg} at line {e.lineno})") from None
     if not isinstance(records, list):
         raise RecordError(path, 0, "expected a JSON list of {title, text} objects")
     for number, record in enumerate(records, start=1):

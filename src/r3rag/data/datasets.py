@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from r3rag.jsonl import RecordError, iter_jsonl, write_jsonl
+from r3rag.jsonl import RecordError, iter_jsonl, read_text, write_jsonl
 from r3rag.schema import Passage, QAExample, SubQuestion, passage_id_for
 
 FORMATS = ("hotpotqa", "2wiki", "musique", "flashrag")
@@ -36,14 +36,13 @@ _OWN_METADATA = ("dataset", "type", "supporting_ids", "supporting_titles", "deco
 def iter_records(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """``(record_number, record)`` from a JSON list or a JSON-lines file; records are numbered from 1."""
     path = Path(path)
-    with open(path, encoding="utf-8") as f:
+    with open(path, "rb") as f:
         head = f.read(4096).lstrip()
-    if head.startswith("["):
-        with open(path, encoding="utf-8") as f:
-            try:
-                records = json.load(f)
-            except json.JSONDecodeError as e:
-                raise RecordError(path, 0, f"not valid JSON ({e.msg} at line {e.lineno})") from None
+    if head.startswith(b"["):
+        try:
+            records = json.loads(read_text(path))
+        except json.JSONDecodeError as e:
+            raise RecordError(path, 0, f"not valid JSON ({e.msg} at line {e.lineno})") from None
         for number, record in enumerate(records, start=1):
             if not isinstance(record, dict):
                 raise RecordError(path, number, f"expected a JSON object, got {type(record).__name__}")

@@ -9,7 +9,6 @@ a different setting (:func:`differences`), so one table never mixes two settings
 
 from __future__ import annotations
 
-import hashlib
 import json
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,76 +20,6 @@ from r3rag.evaluation.config import EvalConfigBase
 MANIFEST_FILE = "manifest.json"
 RUN_ONLY_FIELDS = ("methods", "top_k_sweep", "sweep_methods", "batch_size")
 """Config fields that choose what to run, not how: a run may be resumed with more methods or top-k values."""
-
-_CHUNK = 1 << 20
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def folder_fingerprint(folder: str | Path) -> str:
-    """A fast fingerprint of a model folder: every file's name and size, and a hash of its first and last
-    MiB. Weights that differ anywhere near their start or end (any fine-tuning does) change it; hashing every
-    byte of a 15 GB checkpoint would take a minute for the same answer."""
-    folder = Path(folder)
-    digest = hashlib.sha256()
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        size = path.stat().st_size
-        digest.update(f"{path.relative_to(folder).as_posix()}\0{size}\0".encode())
-        with open(path, "rb") as f:
-            digest.update(f.read(_CHUNK))
-            if size > 2 * _CHUNK:
-                f.seek(-_CHUNK, 2)
-                digest.update(f.read(_CHUNK))
-    return digest.hexdigest()
-
-
-def describe_model(name: str, base_url: str | None = None) -> dict[str, Any]:
-    """The policy model: a local folder with its fingerprint, a hub id, or a model name at an endpoint."""
-    if base_url is not None:
-        return {"backend": "openai-compatible", "name": name, "base_url": base_url, "fingerprint": None}
-    from r3rag.llm.models import resolve_model
-
-    source = Path(resolve_model(name))
-    if source.is_dir():
-        return {
-            "backend": "local",
-            "name": name,
-            "path": str(source.resolve()),
-            "fingerprint": folder_fingerprint(source),
-        }
-    return {"backend": "local", "name": name, "path": None, "fingerprint": None}
-
-
-def describe_retriever(source: str) -> dict[str, Any]:
-    """The retriever: an index folder (its manifest's corpus checksum and settings) or a server URL."""
-    if source.startswith(("http://", "https://")):
-        return {"source": source, "kind": "server", "fingerprint": None}
-    from r3rag.retrieval.index import read_manifest
-
-    manifest = read_manifest(source)
-    identity = {
-        "retriever": manifest.retriever,
-        "corpus_sha256": manifest.corpus_sha256,
-        "passages": manifest.passages,
-        "encoder": None if manifest.encoder is None else manifest.encoder.model_dump(mode="json"),
-        "config": manifest.config,
-    }
-    fingerprint = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
-    return {
-        "source": str(Path(source).resolve()),
-        "kind": manifest.retriever,
-        "encoder": None if manifest.encoder is None else manifest.encoder.name,
-        "corpus": manifest.corpus,
-        "corpus_sha256": manifest.corpus_sha256,
-        "passages": manifest.passages,
-        "fingerprint": fingerprint,
-    }
 
 
 def describe_judge(config: EvalConfigBase) -> str:

@@ -18,7 +18,6 @@ from r3rag.config import RetrievalConfig
 from r3rag.evaluation.config import EvalConfigBase
 from r3rag.evaluation.manifest import (
     build_manifest,
-    describe_retriever,
     differences,
     merge_manifests,
     read_run_manifest,
@@ -31,6 +30,7 @@ from r3rag.gold import resolve_gold_match
 from r3rag.llm.base import Generator
 from r3rag.retrieval import open_retriever
 from r3rag.retrieval.base import Retriever
+from r3rag.retrieval.index import describe_retriever
 from r3rag.rewards.judges import CorrectnessJudge, endpoint_generator
 
 
@@ -43,7 +43,7 @@ def open_run(
 ) -> tuple[dict[str, Any], Retriever | None]:
     """The run's manifest and retriever (None when no method retrieves), after checking ``out``.
 
-    ``model`` is :func:`~r3rag.evaluation.manifest.describe_model`'s description. This is where the questions
+    ``model`` is :func:`~r3rag.llm.models.describe_model`'s description. This is where the questions
     meet the index, so it decides, per dataset, how gold passages are recognised
     (:func:`~r3rag.gold.resolve_gold_match`) and records it in the manifest. Raises
     :class:`~r3rag.runs.RunFolderError`, naming the fields that differ, when ``out`` holds results of another

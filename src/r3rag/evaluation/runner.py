@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from r3rag import runs
 from r3rag.config import IndexBuildConfig
 from r3rag.evaluation.config import EvalConfigBase
-from r3rag.evaluation.manifest import file_sha256
 from r3rag.evaluation.methods.registry import build_method, method_class, method_classes
 from r3rag.evaluation.scoring import score_trajectories
 from r3rag.gold import MatchRule
@@ -50,7 +50,7 @@ class EvalDataset:
     def describe(self) -> dict[str, Any]:
         """The manifest entry: each file with its checksum, and the questions kept."""
         return {
-            "files": [{"path": str(f.resolve()), "sha256": file_sha256(f)} for f in self.files],
+            "files": [{"path": str(f.resolve()), "sha256": runs.file_sha256(f)} for f in self.files],
             "questions": len(self.examples),
             "duplicates_dropped": self.duplicates,
         }
@@ -192,21 +192,26 @@ class EvalRunner:
         self.on_progress = on_progress
 
     def run(self, datasets: Sequence[EvalDataset]) -> list[dict[str, Any]]:
-        """Run what is missing; return every record of the predictions file."""
+        """Run what is missing; return the records of this run's questions and methods (the predictions file
+        may hold more, from an earlier run over more questions: they are kept, not reported)."""
         unmatched = [d.name for d in datasets if d.name not in self.gold]
         if unmatched:
             raise ValueError(f"no gold-matching rule for dataset(s) {', '.join(unmatched)}")
         done = read_ids(self.path, key="key")
+        planned = set()
         with JsonlAppender(self.path) as writer:
             for method, top_k in planned_runs(self.config):
-                todo = [
-                    (d.name, ex)
+                keys = {
+                    (d.name, ex.id): record_key(method, d.name, top_k, ex.id)
                     for d in datasets
                     for ex in d.examples
-                    if record_key(method, d.name, top_k, ex.id) not in done
+                }
+                planned |= set(keys.values())
+                todo = [
+                    (d.name, ex) for d in datasets for ex in d.examples if keys[d.name, ex.id] not in done
                 ]
                 self._run_one(method, top_k, todo, writer)
-        return read_records(self.path)
+        return [record for record in read_records(self.path) if record["key"] in planned]
 
     def _run_one(
         self, method_name: str, top_k: int | None, todo: list[tuple[str, QAExample]], writer: JsonlAppender

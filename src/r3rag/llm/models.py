@@ -168,3 +168,27 @@ def build_tiny_model(config: TinyModelConfig, out_dir: Path) -> Path:
         model.save_pretrained(tmp)
         AutoTokenizer.from_pretrained(source).save_pretrained(tmp)
     return out_dir
+
+
+def describe_model(name: str, base_url: str | None = None) -> dict[str, Any]:
+    """The policy model: a local folder with its fingerprint, a hub id, or a model name at an endpoint."""
+    if base_url is not None:
+        return {"backend": "openai-compatible", "name": name, "base_url": base_url, "fingerprint": None}
+    source = Path(resolve_model(name))
+    if source.is_dir():
+        return {
+            "backend": "local",
+            "name": name,
+            "path": str(source.resolve()),
+            "fingerprint": runs.folder_fingerprint(source),
+        }
+    return {"backend": "local", "name": name, "path": None, "fingerprint": None}
+
+
+def model_identity(name: str, base_url: str | None = None) -> str:
+    """What makes two runs the same model: a local folder's fingerprint (wherever it lies), else the name
+    (and the endpoint serving it)."""
+    description = describe_model(name, base_url)
+    if description["fingerprint"]:
+        return str(description["fingerprint"])
+    return name if base_url is None else f"{name} at {base_url}"

@@ -8,6 +8,8 @@ answering from another corpus would corrupt every reward computed from its passa
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -178,3 +180,27 @@ def load_index(
         retriever.n_threads = n_threads
         return retriever
     return DenseRetriever.load(directory, device=device)
+
+
+def describe_retriever(source: str) -> dict[str, Any]:
+    """The retriever: an index folder (its manifest's corpus checksum and settings) or a server URL."""
+    if source.startswith(("http://", "https://")):
+        return {"source": source, "kind": "server", "fingerprint": None}
+    manifest = read_manifest(source)
+    identity = {
+        "retriever": manifest.retriever,
+        "corpus_sha256": manifest.corpus_sha256,
+        "passages": manifest.passages,
+        "encoder": None if manifest.encoder is None else manifest.encoder.model_dump(mode="json"),
+        "config": manifest.config,
+    }
+    fingerprint = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+    return {
+        "source": str(Path(source).resolve()),
+        "kind": manifest.retriever,
+        "encoder": None if manifest.encoder is None else manifest.encoder.name,
+        "corpus": manifest.corpus,
+        "corpus_sha256": manifest.corpus_sha256,
+        "passages": manifest.passages,
+        "fingerprint": fingerprint,
+    }

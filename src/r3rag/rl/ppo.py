@@ -68,6 +68,7 @@ from r3rag.schema import QAExample, Trajectory
 
 FINAL_DIR = "final"
 CHECKPOINTS = "checkpoints"
+CHECKPOINT_LABEL = "iter"
 RESUMABLE_CHANGES = frozenset({"iterations", "max_minutes", "tensorboard"})
 """Config fields a resumed run may change; any other difference means another run, in another folder."""
 SCHEDULE_RESOLUTION = 1_000_000
@@ -451,7 +452,7 @@ class PPOTrainer:
 
     def _start_run(self) -> int:
         """Bind the folder to the config; restore the latest checkpoint; return its iteration (or 0)."""
-        checkpoint = runs.latest_checkpoint(self.out / CHECKPOINTS)
+        checkpoint = runs.latest_checkpoint(self.out / CHECKPOINTS, CHECKPOINT_LABEL)
         runs.bind(self.out, self.config, holds_results=checkpoint is not None, may_change=RESUMABLE_CHANGES)
         if checkpoint is None:
             return 0
@@ -463,7 +464,7 @@ class PPOTrainer:
     def _save(self, iteration: int) -> None:
         runs.save_checkpoint(
             self.out / CHECKPOINTS,
-            "iter",
+            CHECKPOINT_LABEL,
             iteration,
             {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()},
             keep=self.config.keep_checkpoints,
