@@ -95,6 +95,8 @@ def read_sft(path: str | Path) -> list[dict]:
         if messages[-1].get("role") != "assistant":
             raise RecordError(path, line, "the last message must be the assistant's", field="messages")
         record.setdefault("example_id", record.get("id", str(line)))
+        if not isinstance(record["example_id"], str | int) or isinstance(record["example_id"], bool):
+            raise RecordError(path, line, "expected the question's id (text or a number)", field="example_id")
         out.append(record)
     return out
 

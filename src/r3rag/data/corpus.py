@@ -26,12 +26,17 @@ def iter_corpus(path: str | Path) -> Iterator[Passage]:
     for line_no, record in iter_jsonl(path):
         if "id" not in record:
             raise RecordError(path, line_no, "missing", field="id")
+        if not isinstance(record["id"], str | int) or isinstance(record["id"], bool):
+            raise RecordError(path, line_no, "must be text or a number", field="id")
         if "contents" in record:
             if not isinstance(record["contents"], str):
                 raise RecordError(path, line_no, "must be a string", field="contents")
             yield Passage.from_contents(str(record["id"]), record["contents"])
         elif "text" in record:
-            yield Passage(id=str(record["id"]), title=str(record.get("title", "")), text=str(record["text"]))
+            for field in ("title", "text"):
+                if not isinstance(record.get(field, ""), str):
+                    raise RecordError(path, line_no, "must be a string", field=field)
+            yield Passage(id=str(record["id"]), title=record.get("title", ""), text=record["text"])
         else:
             raise RecordError(path, line_no, "missing (or 'text')", field="contents")
 
