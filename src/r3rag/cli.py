@@ -101,7 +101,10 @@ def data_world(
     except (ValidationError, ValueError) as e:
         raise fail(str(e)) from None
     with console.status("generating the world"):
-        world = generate_world(world_config)
+        try:
+            world = generate_world(world_config)
+        except ValueError as e:  # more questions than the world can make, or names run out
+            raise fail(str(e)) from None
         paths = write_world(world, out)
     stats = world.stats()
     console.print(
