@@ -494,7 +494,7 @@ def index_search(
 def serve_retriever(
     index: Annotated[Path, typer.Argument(help="Index folder built by `r3rag index build`.")],
     host: Annotated[
-        str, typer.Option(help="Interface to listen on (loopback: the server has no authentication).")
+        str, typer.Option(help="Interface to listen on (loopback by default; any other logs a warning).")
     ] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port (8001 as in the paper's code).")] = 8001,
     expect_corpus: Annotated[
@@ -515,6 +515,15 @@ def serve_retriever(
         float, typer.Option(help="Extra wait for concurrent requests before a search.")
     ] = 0.0,
     cache_size: Annotated[int, typer.Option(help="LRU cache entries; 0 disables it.")] = 100_000,
+    cache_max_bytes: Annotated[int, typer.Option(help="LRU cache bytes; 0 disables it.")] = 256 << 20,
+    allowed_hosts: Annotated[
+        list[str] | None,
+        typer.Option(help="Host header name to answer besides loopback and --host (repeat; '*': any)."),
+    ] = None,
+    api_key_env: Annotated[
+        str | None,
+        typer.Option(help="Environment variable with an API key every request must send as a Bearer token."),
+    ] = None,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
 ) -> None:
     """Serve an index: POST /search {queries, k}, GET /health, GET /stats."""
@@ -533,6 +542,9 @@ def serve_retriever(
             max_batch_queries=max_batch_queries,
             batch_wait_ms=batch_wait_ms,
             cache_size=cache_size,
+            cache_max_bytes=cache_max_bytes,
+            allowed_hosts=allowed_hosts or [],
+            api_key_env=api_key_env,
         )
         serve(
             index,
