@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from r3rag.coldstart.build import CONFIG_FILE
-from r3rag.coldstart.sft import CHECKPOINTS
 from r3rag.coldstart.dataset import IGNORE_INDEX, end_of_turn, step_conversations, tokenize_example
 from r3rag.coldstart.sft import (
+    CHECKPOINTS,
     FINAL,
     as_samples,
     loss_sum,
