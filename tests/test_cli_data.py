@@ -65,6 +65,27 @@ def test_data_world_takes_a_config_file_and_refuses_bad_values(tmp_path):
     assert result.exit_code == 2 and "easy, standard or hard" in result.output
 
 
+def test_the_readme_big_world_example_works(tmp_path):
+    """`--scale 4 --train-questions 8000 --dev-questions 500` ran out of organisation names (~15 s here)."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    [line] = [ln for ln in readme.splitlines() if ln.startswith("r3rag data world") and "--scale 4" in ln]
+    args = line.split("#")[0].split()[1:]
+    args[args.index("--out") + 1] = str(tmp_path)
+    result = runner.invoke(app, [*args, "--no-report"])
+    assert result.exit_code == 0, result.output
+    assert len(load_dataset(tmp_path / "train.jsonl")) == 8000
+    assert len(load_dataset(tmp_path / "dev.jsonl")) == 500
+
+
+def test_more_questions_than_the_world_can_make_is_one_line(tmp_path):
+    result = runner.invoke(
+        app, ["data", "world", "--out", str(tmp_path), "--scale", "0.25", "--train-questions", "100000"]
+    )
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "error: this world can make at most" in result.output and "--scale" in result.output
+    assert not (tmp_path / "train.jsonl").exists()
+
+
 def test_data_convert_names_the_bad_record(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text(

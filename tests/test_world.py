@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections import Counter
 
 import pytest
 
 from r3rag.config import WorldConfig
-from r3rag.data.world import generate_world, hop_hit_rates, write_world
+from r3rag.data.world import _QuestionMaker, generate_world, hop_hit_rates, write_world
 from r3rag.schema import Passage, QAExample, SubQuestion
 
 SMALL = dict(
@@ -118,8 +119,50 @@ def test_easy_preset_is_two_hop_compositional_with_one_phrasing():
 
 
 def test_impossible_mix_is_a_clear_error():
-    with pytest.raises(RuntimeError, match="inference"):
+    with pytest.raises(ValueError, match="inference"):
         generate_world(WorldConfig(**{**SMALL, "people": 20, "type_mix": {"inference": 1.0}}))
+
+
+# corpus.jsonl + train.jsonl + dev.jsonl of the default world, as generated before the name space and the
+# question count were made to grow with the world: published tables and benchmarks are measured on it.
+DEFAULT_WORLD_SHA256 = "fdee3ab177a36acd5ab47f33a1825694722e73d49e029e9f4e35f72e5d764685"
+
+
+def test_the_default_world_is_byte_identical_to_the_published_one(tmp_path, default_world):
+    paths = write_world(default_world, tmp_path)
+    written = b"".join(paths[part].read_bytes() for part in ("corpus", "train", "dev"))
+    assert hashlib.sha256(written).hexdigest() == DEFAULT_WORLD_SHA256
+
+
+def test_many_organisations_for_few_people_do_not_run_out_of_names():
+    """The --scale 3 and 4 failure in small: organisation names are a stem (a surname, an adjective or a
+    city) and a suffix of the kind; a stem drawn once more than it has suffixes used to end the world."""
+    config = WorldConfig(
+        people=60, cities=10, countries=4, organisations=300, works=12, train_questions=10, dev_questions=5
+    )
+    orgs = [e.name for e in generate_world(config).entities.values() if e.kind == "org"]
+    assert len(orgs) == len(set(orgs)) == 300
+
+
+def test_more_questions_than_the_world_can_make_fail_before_any_is_drawn(monkeypatch):
+    mix = {"inference": 1.0, "compositional": 1.0}
+    config = WorldConfig(**{**SMALL, "dev_questions": 0, "type_mix": mix, "train_questions": 10**6})
+
+    def draw(*_: object) -> None:
+        raise AssertionError("a question was drawn before the count was checked")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(_QuestionMaker, "make", draw)
+        with pytest.raises(ValueError, match=r"at most ([\d,]+) distinct train questions") as error:
+            generate_world(config)
+    message = str(error.value)
+    assert "not 1,000,000" in message and "inference (it can make" in message and "--scale" in message
+    most = int(re.search(r"at most ([\d,]+)", message)[1].replace(",", ""))
+    assert 0 < most < 10**6
+    world = generate_world(config.model_copy(update={"train_questions": most}))  # the count is exact
+    assert len(world.train) == len({e.question for e in world.train}) == most
+    with pytest.raises(ValueError, match=f"at most {most:,} distinct train questions"):
+        generate_world(config.model_copy(update={"train_questions": most + 1}))
 
 
 def test_write_world(tmp_path, world):

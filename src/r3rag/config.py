@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal, Self
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class StageConfig(BaseModel):
@@ -353,13 +353,36 @@ class RetrievalConfig(StageConfig):
     timeout_s: float = Field(60.0, gt=0, description="Server: seconds to wait for one response.")
     retries: int = Field(4, ge=0, description="Server: retries after a connection error or a 5xx.")
     backoff_s: float = Field(0.25, ge=0, description="Server: first retry delay; doubles on each retry.")
+    api_key_env: str | None = Field(
+        "R3RAG_RETRIEVER_API_KEY",
+        min_length=1,
+        description="Server: environment variable whose value, when set and non-empty, is sent as "
+        "`Authorization: Bearer <key>` (the server's --api-key-env); None sends no key.",
+    )
+
+
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
 
 
 class RetrieverServerConfig(StageConfig):
-    """``r3rag serve retriever``: address, request limits, micro-batching and cache."""
+    """``r3rag serve retriever``: address, access, request limits, micro-batching and cache."""
 
-    host: str = Field("127.0.0.1", description="Loopback by default: the server has no authentication.")
+    host: str = Field(
+        "127.0.0.1",
+        description="Interface to listen on. Loopback by default; any other logs a warning at startup.",
+    )
     port: int = Field(8001, ge=0, le=65535, description="The official code's retriever port.")
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Host header names answered besides 127.0.0.1, localhost, [::1] and the bound host; "
+        "others get 400 (no DNS rebinding from a web page). '*' allows any, '*.example.com' its subdomains.",
+    )
+    api_key_env: str | None = Field(
+        None,
+        min_length=1,
+        description="Environment variable holding an API key: every request (/health included) must then "
+        "send `Authorization: Bearer <key>` (401 otherwise). An unset or empty variable stops the start.",
+    )
     max_queries: int = Field(256, ge=1, description="Queries per request.")
     max_k: int = Field(100, ge=1, description="Largest k a request may ask for.")
     max_query_chars: int = Field(2000, ge=1, description="Longest query, in characters.")
@@ -374,6 +397,28 @@ class RetrieverServerConfig(StageConfig):
         4096, ge=1, description="Requests waiting for a search before the server answers 503."
     )
     cache_size: int = Field(100_000, ge=0, description="LRU cache entries (query, k); 0 disables the cache.")
+    cache_max_bytes: int = Field(
+        256 << 20,
+        ge=0,
+        description="LRU cache bytes (each entry's query and JSON answer, plus overhead); 0 disables it.",
+    )
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _host_patterns(cls, hosts: list[str]) -> list[str]:
+        for host in hosts:
+            bare = host.removeprefix("*.")
+            ipv6 = bare.startswith("[") and bare.endswith("]")  # [::1]
+            if (
+                host != "*"
+                and not ipv6
+                and (not bare or "*" in bare or any(c.isspace() or c in "/@:" for c in bare))
+            ):
+                raise ValueError(
+                    f"{host!r} is not a host name, an IP address ([::1] for IPv6), '*' or '*.domain', "
+                    "without a port"
+                )
+        return hosts
 
 
 AGENT_FILE = "agent.yaml"

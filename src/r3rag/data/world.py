@@ -15,6 +15,7 @@ question often are not the words of the passage. Everything follows from the see
 
 from __future__ import annotations
 
+import math
 import random
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
@@ -232,16 +233,20 @@ class _Names:
         core = "".join(self.rng.choice(_ONSETS) + self.rng.choice(_VOWELS) for _ in range(syllables))
         return (core + self.rng.choice(ends)).capitalize()
 
-    def fresh(self, make: Callable[[], str]) -> str:
+    def fresh(self, make: Callable[[], str], what: str = "names") -> str:
         for _ in range(1000):
             name = make()
             if name not in self.used and len(name) >= 4:
                 self.used.add(name)
                 return name
-        raise RuntimeError("the name space is exhausted; lower the world size")
+        raise ValueError(
+            f"the world ran out of distinct {what} after {len(self.used):,} names; their stems come from the "
+            "other entities' names, so raise the number of people and cities with it (or use --scale)"
+        )
 
-    def pool(self, size: int, syllables: tuple[int, int], ends: Sequence[str]) -> list[str]:
-        return [self.fresh(lambda: self._word(self.rng.randint(*syllables), ends)) for _ in range(size)]
+    def pool(self, size: int, syllables: tuple[int, int], ends: Sequence[str], what: str) -> list[str]:
+        make = lambda: self._word(self.rng.randint(*syllables), ends)  # noqa: E731
+        return [self.fresh(make, what) for _ in range(size)]
 
 
 def _near_surname(surname: str, rng: random.Random) -> str:
@@ -658,7 +663,7 @@ class _WorldBuilder:
         self.names = _Names(self.rng)
         self.entities: dict[str, Entity] = {}
         self.passages: list[Passage] = []
-        self.people: list[Entity] = []  # fixed once the entities are built; passages draw mentions from them
+        self.people: list[Entity] = []  # fixed once the people exist: titles and passages draw from them
         self.cities: list[Entity] = []
 
     def add(self, entity: Entity) -> Entity:
@@ -679,9 +684,9 @@ class _WorldBuilder:
         cfg, rng = self.cfg, self.rng
         countries = [
             self.add(Entity(f"country{i}", "country", n))
-            for i, n in enumerate(self.names.pool(cfg.countries, (1, 2), _COUNTRY_ENDS))
+            for i, n in enumerate(self.names.pool(cfg.countries, (1, 2), _COUNTRY_ENDS, "country names"))
         ]
-        for i, name in enumerate(self.names.pool(cfg.cities, (1, 2), _CITY_ENDS)):
+        for i, name in enumerate(self.names.pool(cfg.cities, (1, 2), _CITY_ENDS, "city names")):
             country = countries[i] if i < len(countries) else rng.choice(countries)
             self.add(
                 Entity(
@@ -698,8 +703,8 @@ class _WorldBuilder:
 
     def build_people(self) -> None:
         cfg, rng = self.cfg, self.rng
-        firsts = self.names.pool(max(20, cfg.people // 8), (1, 2), _FIRST_ENDS)
-        surnames = self.names.pool(max(20, cfg.people // 5), (1, 2), _SURNAME_ENDS)
+        firsts = self.names.pool(max(20, cfg.people // 8), (1, 2), _FIRST_ENDS, "first names")
+        surnames = self.names.pool(max(20, cfg.people // 5), (1, 2), _SURNAME_ENDS, "surnames")
         cities = self.of_kind("city")
         occupations = list(_OCCUPATIONS_BY_WORK.values()) * 3 + _OTHER_OCCUPATIONS
         base = round(cfg.people / (1 + cfg.namesake_rate))
@@ -759,10 +764,22 @@ class _WorldBuilder:
         people, cities = self.of_kind("person"), self.of_kind("city")
         kinds = ["studio", "publisher", "label", "company"]
         surnames = sorted({p.name.split()[1] for p in people})
+
+        def stem() -> str:
+            return rng.choice([rng.choice(surnames), rng.choice(_ADJECTIVES), rng.choice(cities).name])
+
+        def org_name(kind: str, stems: list[str]) -> str:
+            """A stem and a suffix of the kind; a stem that has every suffix of the kind taken gives way to
+            another (without that, a big world runs out: "Silver" has only four studio names)."""
+            suffixes = _ORG_SUFFIXES[kind]
+            if all(f"{stems[-1]} {suffix}" in self.names.used for suffix in suffixes):
+                stems.append(stem())
+            return f"{stems[-1]} {rng.choice(suffixes)}"
+
         for i in range(cfg.organisations):
             kind = kinds[i % len(kinds)]
-            stem = rng.choice([rng.choice(surnames), rng.choice(_ADJECTIVES), rng.choice(cities).name])
-            name = self.names.fresh(lambda stem=stem, kind=kind: f"{stem} {rng.choice(_ORG_SUFFIXES[kind])}")
+            stems = [stem()]
+            name = self.names.fresh(lambda kind=kind, stems=stems: org_name(kind, stems), "org names")
             founders = [p for p in people if int(p.attrs["birth_year"]) <= 1975]
             founder = rng.choice(founders)
             founded = int(founder.attrs["birth_year"]) + rng.randint(22, 50)
@@ -792,23 +809,26 @@ class _WorldBuilder:
         cfg, rng = self.cfg, self.rng
         originals: list[str] = []  # echoes are made from original titles only: no "X II II"
         work_kinds = list(_OCCUPATIONS_BY_WORK)
-        for i in range(cfg.works):
-            kind = work_kinds[i % 3]
-            creators = [
+        self.people, self.cities = self.of_kind("person"), self.of_kind("city")  # fixed from here on
+        creators_of = {
+            kind: [
                 p
-                for p in self.of_kind("person")
+                for p in self.people
                 if p.occupation == _OCCUPATIONS_BY_WORK[kind] and int(p.attrs["birth_year"]) <= 1995
             ]
-            creator = rng.choice(creators)
+            for kind in work_kinds
+        }
+        producers_of = {kind: self.of_kind("org", _PRODUCER_KIND[kind]) for kind in work_kinds}
+        for i in range(cfg.works):
+            kind = work_kinds[i % 3]
+            creator = rng.choice(creators_of[kind])
             born = int(creator.attrs["birth_year"])
             year = rng.randint(born + 20, min(born + 70, 2024))
-            producers = [
-                o for o in self.of_kind("org", _PRODUCER_KIND[kind]) if int(o.attrs["founded"]) <= year
-            ]
+            producers = [o for o in producers_of[kind] if int(o.attrs["founded"]) <= year]
             if not producers:
                 continue
             echo = bool(originals) and rng.random() < cfg.title_echo_rate
-            title = self.names.fresh(lambda echo=echo: self.title(originals if echo else None))
+            title = self.names.fresh(lambda echo=echo: self.title(originals if echo else None), "work titles")
             if not echo:
                 originals.append(title)
             work = self.add(
@@ -831,9 +851,9 @@ class _WorldBuilder:
         return rng.choice(
             [
                 f"The {rng.choice(_ADJECTIVES)} {rng.choice(_NOUNS)}",
-                f"{rng.choice(_NOUNS)} of {rng.choice(self.of_kind('city')).name}",
+                f"{rng.choice(_NOUNS)} of {rng.choice(self.cities).name}",
                 f"{rng.choice(_ADJECTIVES)} {rng.choice(_NOUNS)}s",
-                f"A {rng.choice(_NOUNS)} for {rng.choice(self.of_kind('person')).name.split()[0]}",
+                f"A {rng.choice(_NOUNS)} for {rng.choice(self.people).name.split()[0]}",
             ]
         )
 
@@ -984,6 +1004,19 @@ def _relation_key(relation: str, entity: Entity) -> str:
     return f"{relation}:{entity.subtype}" if relation in ("creator", "producer", "year") else relation
 
 
+class _Pool:
+    """The entities one split's questions start from, grouped once by kind and by kind and subtype (in
+    their original order): questions draw from these groups thousands of times."""
+
+    def __init__(self, split: str, entities: Sequence[Entity]):
+        self.split = split
+        self.by_kind: dict[str, list[Entity]] = defaultdict(list)
+        self.by_subtype: dict[tuple[str, str], list[Entity]] = defaultdict(list)
+        for entity in entities:
+            self.by_kind[entity.kind].append(entity)
+            self.by_subtype[entity.kind, entity.subtype].append(entity)
+
+
 class _QuestionMaker:
     """Turns relation paths over the world into questions with answers, supporting passages and hops."""
 
@@ -1020,20 +1053,79 @@ class _QuestionMaker:
                 current = target
         return hops, chain, value
 
-    def phrase_path(self, start: Entity, chain: list[Entity], path: Sequence[str]) -> str:
-        """Compose the question text: nested noun phrases for the bridge relations, then the final ask."""
-        x, i, last = start.name, 0, len(path) - 1
+    def reach(self, start: Entity, path: Sequence[str]) -> tuple[list[Entity], str] | None:
+        """What :meth:`walk` reaches (the entities on the path and the final value), without phrasing a hop
+        (so without drawing from the seed): for counting the questions a world can make."""
+        chain, current = [start], start
+        for i, relation in enumerate(path):
+            if relation not in current.attrs:
+                return None
+            value, target = self.value(current, relation)
+            if i < len(path) - 1:
+                if target is None:
+                    return None
+                chain.append(target)
+                current = target
+        return chain, value
+
+    def path_templates(self, chain: list[Entity], path: Sequence[str]) -> list[Sequence[str]]:
+        """The phrasings a path's question is composed of, innermost first: nested noun phrases for the
+        bridge relations, then the final ask (two relations fused into one where that reads better)."""
+        templates: list[Sequence[str]] = []
+        i, last = 0, len(path) - 1
         while i < last:
             pair = (path[i], path[i + 1])
             if pair in _NP_FUSED and i + 1 < last:
-                x = self.b.phrase(_NP_FUSED[pair]).format(x=x)
+                templates.append(_NP_FUSED[pair])
                 i += 2
             elif pair in _ASK_FUSED and i + 1 == last:
-                return self.b.phrase(_ASK_FUSED[pair]).format(x=x)
+                templates.append(_ASK_FUSED[pair])
+                return templates
             else:
-                x = self.b.phrase(_NP[_relation_key(path[i], chain[i])]).format(x=x)
+                templates.append(_NP[_relation_key(path[i], chain[i])])
                 i += 1
-        return _capitalise(self.b.phrase(_ASK[_relation_key(path[last], chain[last])]).format(x=x))
+        templates.append(_ASK[_relation_key(path[last], chain[last])])
+        return templates
+
+    def phrase_path(self, start: Entity, chain: list[Entity], path: Sequence[str]) -> str:
+        """Compose the question text: each phrasing wraps the noun phrase so far, starting from the name."""
+        x = start.name
+        for options in self.path_templates(chain, path):
+            x = self.b.phrase(options).format(x=x)
+        return _capitalise(x)
+
+    def phrasings(self, options: Sequence[str]) -> int:
+        """How many of ``options`` are in use (as :func:`_pick` limits them)."""
+        return max(1, round(len(options) * self.b.cfg.paraphrase_variety))
+
+    def capacity(self, qtype: str, pool: _Pool) -> int:
+        """How many distinct questions of ``qtype`` can start from ``pool``: every start entity the type's
+        paths can be walked from, times the phrasings of its question (for comparisons, every ordered pair
+        of entities that can be compared). An upper bound: it counts phrasings, not the strings they make."""
+        total = 0
+        if qtype in ("compositional", "chain"):
+            for kind, path in _PATHS[qtype]:
+                for start in pool.by_kind[kind]:
+                    if reached := self.reach(start, path):
+                        total += math.prod(map(self.phrasings, self.path_templates(reached[0], path)))
+        elif qtype == "inference":
+            for path, templates in _INFERENCE:
+                for start in pool.by_kind["person"]:
+                    reached = self.reach(start, path)
+                    total += self.phrasings(templates) * bool(reached and reached[1] != start.name)
+        else:
+            for kind, bridge, attribute, templates in _COMPARE_ORDER + _COMPARE_SAME:
+                if bool(bridge) != (qtype == "bridge_comparison"):
+                    continue
+                yes_no = (kind, bridge, attribute, templates) in _COMPARE_SAME
+                for (group_kind, _), group in pool.by_subtype.items():
+                    if group_kind != kind:
+                        continue
+                    values = [r[1] for e in group if (r := self.reach(e, (*bridge, attribute)))]
+                    # yes/no asks about any two; earlier/later only about two that differ, either way round
+                    same = len(values) if yes_no else sum(c * c for c in Counter(values).values())
+                    total += (len(values) ** 2 - same) * self.phrasings(templates) * (1 if yes_no else 2)
+        return total
 
     def example(
         self,
@@ -1061,9 +1153,9 @@ class _QuestionMaker:
     def aliases(self, target: Entity | None) -> list[str]:
         return list(target.aliases) if target else []
 
-    def compositional(self, qtype: str, pool: list[Entity]) -> QAExample | None:
+    def compositional(self, qtype: str, pool: _Pool) -> QAExample | None:
         kind, path = self.rng.choice(_PATHS[qtype])
-        start = self.rng.choice([e for e in pool if e.kind == kind])
+        start = self.rng.choice(pool.by_kind[kind])
         walked = self.walk(start, path)
         if walked is None:
             return None
@@ -1073,9 +1165,9 @@ class _QuestionMaker:
             qtype, self.phrase_path(start, chain, path), answer, hops, self.aliases(target), path=list(path)
         )
 
-    def inference(self, pool: list[Entity]) -> QAExample | None:
+    def inference(self, pool: _Pool) -> QAExample | None:
         path, templates = self.rng.choice(_INFERENCE)
-        start = self.rng.choice([e for e in pool if e.kind == "person"])
+        start = self.rng.choice(pool.by_kind["person"])
         walked = self.walk(start, path)
         if walked is None:
             return None
@@ -1085,7 +1177,7 @@ class _QuestionMaker:
         question = self.b.phrase(templates).format(x=start.name)
         return self.example("inference", question, answer, hops, [], path=list(path))
 
-    def comparison(self, qtype: str, pool: list[Entity]) -> QAExample | None:
+    def comparison(self, qtype: str, pool: _Pool) -> QAExample | None:
         """Two entities of the same kind, each followed through the bridge to the compared attribute.
 
         Yes/no questions pick the second entity to match or not on purpose, half and half: left to chance,
@@ -1096,14 +1188,14 @@ class _QuestionMaker:
             [c for c in _COMPARE_ORDER + _COMPARE_SAME if bool(c[1]) == bridged]
         )
         path = (*bridge, attribute)
-        a = self.rng.choice([e for e in pool if e.kind == kind])
+        a = self.rng.choice(pool.by_kind[kind])
         walked_a = self.walk(a, path)
         if walked_a is None:
             return None
         hops_a, _, value_a = walked_a
         yes_no = (kind, bridge, attribute, templates) in _COMPARE_SAME
         want_same = yes_no and self.rng.random() < 0.5
-        others = [e for e in pool if e.kind == kind and e.subtype == a.subtype and e is not a]
+        others = [e for e in pool.by_subtype[kind, a.subtype] if e is not a]
         self.rng.shuffle(others)
         for b in others[:200]:
             walked_b = self.walk(b, path)
@@ -1142,7 +1234,7 @@ class _QuestionMaker:
             order="earlier" if earlier else "later",
         )
 
-    def make(self, qtype: str, pool: list[Entity]) -> QAExample | None:
+    def make(self, qtype: str, pool: _Pool) -> QAExample | None:
         if qtype in ("compositional", "chain"):
             return self.compositional(qtype, pool)
         if qtype == "inference":
@@ -1167,24 +1259,44 @@ def _type_quotas(count: int, type_mix: dict[str, float]) -> dict[str, int]:
     return quotas
 
 
+def _check_capacity(maker: _QuestionMaker, pool: _Pool, count: int, type_mix: dict[str, float]) -> None:
+    """Refuse, before any question is drawn, more questions of a type than the split can make."""
+    quotas = _type_quotas(count, type_mix)
+    capacity = {qtype: maker.capacity(qtype, pool) for qtype, quota in quotas.items() if quota}
+    short = [qtype for qtype, most in capacity.items() if quotas[qtype] > most]
+    if not short:
+        return
+    weights = {t: w for t, w in type_mix.items() if w > 0}
+    most = min(int(capacity[t] * sum(weights.values()) / weights[t]) for t in short) + len(weights)
+    while most > 0 and any(q > capacity.get(t, q) for t, q in _type_quotas(most, type_mix).items()):
+        most -= 1
+    asked = ", ".join(f"{quotas[t]:,} {t} (it can make {capacity[t]:,})" for t in short)
+    raise ValueError(
+        f"this world can make at most {most:,} distinct {pool.split} questions with this type_mix, not "
+        f"{count:,}: they would need {asked}; raise --scale (the world's sizes), ask for fewer "
+        f"{pool.split} questions, or lower the weight of {', '.join(short)} in type_mix"
+    )
+
+
 def _questions(
     maker: _QuestionMaker,
-    pool: list[Entity],
+    pool: _Pool,
     count: int,
     type_mix: dict[str, float],
-    split: str,
     seen: set[str],
 ) -> list[QAExample]:
     """``count`` distinct questions in the proportions of ``type_mix``, shuffled, with ids in final order."""
     out: list[QAExample] = []
+    split = pool.split
     for qtype, quota in _type_quotas(count, type_mix).items():
         made, attempts = 0, 0
         while made < quota:
             attempts += 1
-            if attempts > 500 * quota:
-                raise RuntimeError(
-                    f"could not make {quota} {qtype} {split} questions; enlarge the world "
-                    "or lower this type's weight in type_mix"
+            if attempts > 500 * quota:  # capacity counts phrasings, not strings: a bound, not a promise
+                raise ValueError(
+                    f"found only {made:,} of {quota:,} distinct {qtype} {split} questions in "
+                    f"{attempts - 1:,} draws; raise --scale (the world's sizes) or lower the weight of "
+                    f"{qtype} in type_mix"
                 )
             example = maker.make(qtype, pool)
             if example is None or example.question in seen:
@@ -1223,9 +1335,13 @@ def generate_world(config: WorldConfig | None = None) -> World:
             else train_pool
         ).append(entity)
     maker = _QuestionMaker(builder)
+    type_mix = dict(config.type_mix)
+    train_starts, dev_starts = _Pool("train", train_pool), _Pool("dev", dev_pool)
+    _check_capacity(maker, train_starts, config.train_questions, type_mix)
+    _check_capacity(maker, dev_starts, config.dev_questions, type_mix)
     seen: set[str] = set()
-    train = _questions(maker, train_pool, config.train_questions, dict(config.type_mix), "train", seen)
-    dev = _questions(maker, dev_pool, config.dev_questions, dict(config.type_mix), "dev", seen)
+    train = _questions(maker, train_starts, config.train_questions, type_mix, seen)
+    dev = _questions(maker, dev_starts, config.dev_questions, type_mix, seen)
     return World(config, builder.entities, builder.passages, train, dev)
 
 

@@ -5,6 +5,8 @@ The implementations import heavy libraries (bm25s, torch, faiss), so they are im
 which: a local index folder or a server URL look the same to the agent.
 """
 
+import os
+
 from r3rag.config import RetrievalConfig
 from r3rag.retrieval.base import Retriever
 
@@ -16,8 +18,13 @@ def open_retriever(config: RetrievalConfig) -> Retriever:
     if config.source.startswith(("http://", "https://")):
         from r3rag.retrieval.client import RetrieverClient
 
+        key = os.environ.get(config.api_key_env, "").strip() if config.api_key_env else ""
         return RetrieverClient(
-            config.source, timeout_s=config.timeout_s, retries=config.retries, backoff_s=config.backoff_s
+            config.source,
+            timeout_s=config.timeout_s,
+            retries=config.retries,
+            backoff_s=config.backoff_s,
+            api_key=key or None,
         )
     from r3rag.retrieval.index import load_index
 

@@ -38,7 +38,8 @@ class RetrieverClient:
     Batches larger than ``max_queries`` (the server's per-request limit) are sent in several requests, and id
     look-ups in requests of ``max_ids`` ids (well under the server's default body limit).
     ``retries`` is the number of retries after the first attempt; the n-th retry waits about
-    ``backoff_s * 2**(n-1)`` seconds, capped at ``max_backoff_s``.
+    ``backoff_s * 2**(n-1)`` seconds, capped at ``max_backoff_s``. ``api_key`` is sent as
+    ``Authorization: Bearer`` to a server started with ``--api-key-env``.
     """
 
     def __init__(
@@ -51,6 +52,7 @@ class RetrieverClient:
         max_queries: int = 256,
         max_ids: int = 5000,
         transport: httpx.BaseTransport | None = None,
+        api_key: str | None = None,
     ):
         self.url = url.rstrip("/")
         self.retries = retries
@@ -62,6 +64,7 @@ class RetrieverClient:
             base_url=self.url,
             timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 5.0)),
             transport=transport,
+            headers={"Authorization": f"Bearer {api_key}"} if api_key else None,
         )
 
     def search(self, queries: Sequence[str], k: int) -> list[list[Passage]]:
