@@ -669,7 +669,6 @@ def sft(config: SFTConfig) -> None:
     from r3rag.coldstart.sft import train
 
     existing_file(config.data)
-    _allocator_tip()
     result = train(config)
     eval_loss = "n/a" if result.eval_loss is None else f"{result.eval_loss:.4f}"
     console.print(
@@ -682,15 +681,6 @@ def sft(config: SFTConfig) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ r3rag train
-
-_TCMALLOC = Path("/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4")
-
-
-def _allocator_tip() -> None:
-    """Print a one-line tip when tcmalloc is installed but not preloaded: training steps on CPU are up to 2.5x
-    faster with it, and only the user can preload it (it must be in LD_PRELOAD before the process starts)."""
-    if _TCMALLOC.exists() and "tcmalloc" not in os.environ.get("LD_PRELOAD", ""):
-        console.print(f"tip: LD_PRELOAD={_TCMALLOC} makes training steps up to 2.5x faster", highlight=False)
 
 
 def _ppo_presets() -> Presets:
@@ -707,7 +697,6 @@ def train_command(config: PPOConfig) -> None:
     """PPO with the hybrid reward: train R3-RAG-CS into R3-RAG. Run the same command again to resume."""
     from r3rag.rl.ppo import PPOTrainer
 
-    _allocator_tip()
     records = PPOTrainer.from_config(config).train()
     dev_points = [(r["iteration"], r["dev/accuracy"]) for r in records if r.get("dev/accuracy") is not None]
     summary = ""
@@ -746,9 +735,7 @@ def quickstart(
     ] = Path("runs/quickstart"),
 ) -> None:
     """The whole R3-RAG pipeline on the embedded default: world, index, cold start, SFT, PPO, evaluation."""
-    from r3rag.pipeline import pending_stages, print_results, run_pipeline
+    from r3rag.pipeline import print_results, run_pipeline
 
-    if {"sft", "ppo"} & set(pending_stages(config, out)):
-        _allocator_tip()
     result = run_pipeline(config, out, console)
     print_results(Console(), result)

@@ -196,12 +196,6 @@ def bind_folder(config: PipelineConfig, out: Path) -> None:
         raise PipelineError(str(e)) from None
 
 
-def pending_stages(config: PipelineConfig, out: str | Path) -> list[str]:
-    """The names of the stages a run of ``config`` in ``out`` would run (all of them in a new folder)."""
-    folder = Path(out).resolve()
-    return [stage.name for stage in pipeline_stages(config) if not stage_done(folder, stage)]
-
-
 def stage_done(out: Path, stage: Stage) -> bool:
     """Done = the marker is there and so is every output (deleting a stage's folder redoes the stage)."""
     return (out / DONE_DIR / f"{stage.name}.json").is_file() and all(
