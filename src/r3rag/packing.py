@@ -24,6 +24,10 @@ from torch import nn
 
 _LOGIT_RESCALING = ("final_logit_softcapping", "logit_scale", "logits_scaling")
 
+CausalLM = Any
+"""A Hugging Face causal LM, or a peft ``PeftModel`` wrapping one: reached only through ``config``,
+``get_decoder()`` and ``get_output_embeddings()``, which the wrapper forwards but no common base declares."""
+
 
 @dataclass(frozen=True, slots=True)
 class Sample:
@@ -180,7 +184,7 @@ def length_groups(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
     return groups
 
 
-def check_plain_head(model: Any) -> None:
+def check_plain_head(model: CausalLM) -> None:
     """Log-probs are computed as head(trunk(x)); models that rescale or cap logits after the head would get
     wrong ones silently, so they are refused."""
     for name in _LOGIT_RESCALING:
@@ -191,7 +195,7 @@ def check_plain_head(model: Any) -> None:
         raise ValueError(f"{type(model).__name__} has no linear output head")
 
 
-def action_hidden(trunk: nn.Module, batch: Batch, bf16: bool) -> torch.Tensor:
+def action_hidden(trunk: CausalLM, batch: Batch, bf16: bool) -> torch.Tensor:
     """The trunk's last hidden states at the tokens that predict the batch's actions: ``[N, A, H]``, fp32."""
     mask = batch.attention_mask
     if trunk.config._attn_implementation != "sdpa":  # eager attention adds its mask to the scores
@@ -213,7 +217,7 @@ def token_logprobs(logits: torch.Tensor, action_ids: torch.Tensor) -> torch.Tens
     return logits.gather(-1, action_ids.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
 
 
-def action_logprobs(model: nn.Module, batch: Batch, bf16: bool) -> torch.Tensor:
+def action_logprobs(model: CausalLM, batch: Batch, bf16: bool) -> torch.Tensor:
     """log pi(a) of a causal LM for each of the batch's action tokens: ``[N, A]`` (padding included; mask it
     with ``batch.action_mask``). The reference policy's pass, and the SFT loss's."""
     hidden = action_hidden(model.get_decoder(), batch, bf16)

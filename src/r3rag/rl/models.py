@@ -29,7 +29,15 @@ import torch
 from torch import nn
 
 from r3rag.lora import add_lora, merged
-from r3rag.packing import Batch, action_hidden, action_logprobs, check_plain_head, head_logits, token_logprobs
+from r3rag.packing import (
+    Batch,
+    CausalLM,
+    action_hidden,
+    action_logprobs,
+    check_plain_head,
+    head_logits,
+    token_logprobs,
+)
 from r3rag.rl.losses import entropy_from_logits
 
 CriticMode = Literal["separate", "shared"]
@@ -52,7 +60,7 @@ class ActorCritic(nn.Module):
 
     def __init__(
         self,
-        actor: nn.Module,
+        actor: CausalLM,
         critic: CriticMode = "separate",
         lora_rank: int = 0,
         lora_alpha: float = 16.0,
@@ -63,7 +71,7 @@ class ActorCritic(nn.Module):
         self.critic_mode = critic
         self.critic_trunk = copy.deepcopy(actor.get_decoder()) if critic == "separate" else None
         self.lora = lora_rank > 0
-        self.actor = add_lora(actor, lora_rank, lora_alpha, lora_targets) if self.lora else actor
+        self.actor: CausalLM = add_lora(actor, lora_rank, lora_alpha, lora_targets) if self.lora else actor
         self.value_head = nn.Linear(actor.config.hidden_size, 1)
         nn.init.zeros_(self.value_head.weight)  # V = 0 everywhere at the start: no made-up baseline
         nn.init.zeros_(self.value_head.bias)

@@ -269,7 +269,7 @@ class PPOTrainer:
         next_end = now - started + (now - iter_started) + (self._eval_seconds if self.dev_examples else 0.0)
         return next_end / 60 > self.config.max_minutes
 
-    def iteration(self, iteration: int, bar: tqdm | None = None) -> dict[str, Any]:
+    def iteration(self, iteration: int, bar: tqdm[Any] | None = None) -> dict[str, Any]:
         """Rollout, samples, experience, update: one PPO iteration; returns its metrics."""
         c = self.config
 
