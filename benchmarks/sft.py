@@ -48,7 +48,7 @@ from r3rag.coldstart.sft import (  # noqa: E402
 )
 from r3rag.config import SFTConfig  # noqa: E402
 from r3rag.llm.models import EMBEDDED_POLICY, load_model  # noqa: E402
-from r3rag.rl.samples import Sample  # noqa: E402
+from r3rag.packing import Sample  # noqa: E402
 
 LAYOUTS = ("hf padded", "one row per example", "packed per trajectory")
 

@@ -8,8 +8,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from r3rag.packing import Sample, collate, pack_samples
 from r3rag.rl.models import ActorCritic, ReferencePolicy
-from r3rag.rl.samples import Sample, collate, pack_samples, step_samples
+from r3rag.rl.samples import step_samples
 from rl_fixtures import ANSWER, QUERY, scripted_rollout
 from tiny_llm import tiny_model, tiny_tokenizer
 

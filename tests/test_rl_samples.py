@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from r3rag.rl.samples import Sample, collate, length_groups, pack_samples, step_samples
+from r3rag.packing import Sample, collate, length_groups, pack_samples
+from r3rag.rl.samples import step_samples
 from rl_fixtures import ANSWER, INVALID, QUERY, scripted_rollout
 from tiny_llm import tiny_tokenizer
 

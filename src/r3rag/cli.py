@@ -35,8 +35,10 @@ from r3rag.flags import ConfigOptions, Presets, with_config
 from r3rag.pipeline_config import PipelineConfig
 
 if TYPE_CHECKING:
+    from r3rag.coldstart.records import RunSummary, Teacher
     from r3rag.data.world import World
     from r3rag.llm.base import Generator
+    from r3rag.retrieval.base import Retriever
 
 # Plain (click) help: option names are never cut to the terminal's width, and help text is not rich markup.
 app = typer.Typer(
@@ -127,7 +129,7 @@ def command(
                     raise
                 raise fail(error_message(e)) from None
 
-        guarded.__signature__ = inspect.signature(body, eval_str=True)  # type: ignore[attr-defined]
+        guarded.__signature__ = inspect.signature(body, eval_str=True)  # type: ignore[attr-defined]  # for typer
         group.command(name)(guarded)
         if options is not None:
             CONFIG_COMMANDS[(*_GROUP_PATHS[id(group)], name or function.__name__)] = options
@@ -421,7 +423,7 @@ def _ask_file(
     )
 
 
-def _open_index(index: Path):
+def _open_index(index: Path) -> Retriever:
     from r3rag.retrieval.index import load_index
 
     try:
@@ -475,7 +477,7 @@ def index_search(
         ("title", "left"),
         ("text", "left"),
     ):
-        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+        table.add_column(column, justify=justify)  # type: ignore[arg-type]  # str, not rich's Literal
     for rank, passage in enumerate(hits, start=1):
         text = passage.text if len(passage.text) <= 300 else passage.text[:300] + "..."
         table.add_row(str(rank), f"{passage.score:.4f}", passage.id, passage.title, text)
@@ -613,6 +615,7 @@ def coldstart(
     sources = load_question_files([existing_file(path) for path in questions], limit)
     examples = [example for file_examples in sources.values() for example in file_examples]
     retriever = open_retriever(RetrievalConfig(source=index))
+    chosen: Teacher
     if config.teacher == "oracle":
         from r3rag.coldstart.oracle import OracleTeacher
 
@@ -642,7 +645,7 @@ def coldstart(
     )
 
 
-def _print_coldstart(summary, stats: dict) -> None:
+def _print_coldstart(summary: RunSummary, stats: dict[str, Any]) -> None:
     from rich.table import Table
 
     console.print(

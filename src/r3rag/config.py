@@ -46,6 +46,10 @@ QuestionType = Literal["compositional", "chain", "inference", "comparison", "bri
 Difficulty = Literal["easy", "standard", "hard"]
 
 
+def _default_type_mix() -> dict[QuestionType, float]:
+    return {"compositional": 0.3, "chain": 0.2, "inference": 0.1, "comparison": 0.2, "bridge_comparison": 0.2}
+
+
 class WorldConfig(StageConfig):
     """The synthetic world: its size, its split, and the knobs that make its questions hard.
 
@@ -88,13 +92,7 @@ class WorldConfig(StageConfig):
         0.0, ge=0, le=1, description="Share of birth years stated only indirectly ('turned 40 in 1998')."
     )
     type_mix: dict[QuestionType, float] = Field(
-        default_factory=lambda: {
-            "compositional": 0.3,
-            "chain": 0.2,
-            "inference": 0.1,
-            "comparison": 0.2,
-            "bridge_comparison": 0.2,
-        },
+        default_factory=_default_type_mix,
         description="Relative weights of question types; 'chain' are 3- and 4-hop compositional questions.",
     )
 

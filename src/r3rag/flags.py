@@ -509,7 +509,7 @@ def with_config(options: ConfigOptions) -> Callable[[F], F]:
             return function(config=config, **extras, **values)
 
         parameters = [*own, *common, *generated]
-        command.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
+        command.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]  # what typer reads
         command.__annotations__ = {p.name: p.annotation for p in parameters}
         return typing.cast(F, command)
 

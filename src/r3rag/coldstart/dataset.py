@@ -60,7 +60,7 @@ def kept_trajectories(records: Iterable[dict[str, Any]]) -> Iterator[tuple[dict[
             yield record, Trajectory.from_dict(record["trajectory"])
 
 
-def sft_records(records: Iterable[dict[str, Any]], agent: AgentConfig) -> tuple[list[dict], int]:
+def sft_records(records: Iterable[dict[str, Any]], agent: AgentConfig) -> tuple[list[dict[str, Any]], int]:
     """The SFT examples of all kept trajectories whose every step is well formed, and how many kept
     trajectories were dropped because a step was not."""
     out, dropped = [], 0
@@ -82,7 +82,7 @@ def sft_records(records: Iterable[dict[str, Any]], agent: AgentConfig) -> tuple[
     return out, dropped
 
 
-def read_sft(path: str | Path) -> list[dict]:
+def read_sft(path: str | Path) -> list[dict[str, Any]]:
     """SFT examples, each with an ``example_id`` and ``messages`` ending in the assistant's step."""
     out = []
     for line, record in iter_jsonl(path):
@@ -159,7 +159,9 @@ def tokenize_example(
 # ------------------------------------------------------------------------------------------- statistics
 
 
-def coldstart_stats(records: list[dict[str, Any]], examples: list[dict], dropped: int) -> dict[str, Any]:
+def coldstart_stats(
+    records: list[dict[str, Any]], examples: list[dict[str, Any]], dropped: int
+) -> dict[str, Any]:
     """Yield per dataset and question type, trajectory shape, and the size of the SFT set."""
     groups: dict[str, Counter[str]] = defaultdict(Counter)
     reasons: Counter[str] = Counter()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from r3rag.schema import QAExample
 
@@ -111,7 +112,7 @@ def _from_decomposition(example: QAExample) -> Plan:
     return Plan(hops=hops, answer=example.answers[0].strip(), **_comparison(example, hops))
 
 
-def _comparison(example: QAExample, hops: list[Hop]) -> dict:
+def _comparison(example: QAExample, hops: list[Hop]) -> dict[str, Any]:
     """Which hops a comparison compares: the world lists one chain then the other; 2Wiki lists both first
     hops, then both second hops, so in both layouts the compared values are at known places."""
     if example.type not in COMPARISON_TYPES or len(hops) < 2 or len(hops) % 2:

@@ -8,7 +8,7 @@ a GPU, with nothing hidden:
   tokenises prompts (:mod:`~r3rag.coldstart.dataset`); too-long examples are dropped, never cut;
 - whole questions are held out for the evaluation loss, so no step of a held-out trajectory is trained on;
 - with ``share_prefixes`` the step examples of one trajectory are computed in one row, as PPO computes its
-  step samples (:mod:`r3rag.rl.samples`): each step's prompt is the previous one plus a step and its
+  step samples (:mod:`r3rag.packing`): each step's prompt is the previous one plus a step and its
   documents, so the row holds the longest example once and the others as short branches that attend to the
   prompt they share. The loss and its gradients are those of the separate examples; the tokens computed drop
   ~1.7x on the default world's cold-start data;
@@ -48,8 +48,7 @@ from r3rag.config import AGENT_FILE, ColdStartConfig, SFTConfig
 from r3rag.jsonl import JsonlAppender, rewind
 from r3rag.llm.models import load_model
 from r3rag.lora import add_lora, load_lora, merged
-from r3rag.rl.models import action_logprobs, check_plain_head
-from r3rag.rl.samples import Sample, collate, pack_samples
+from r3rag.packing import Sample, action_logprobs, check_plain_head, collate, pack_samples
 
 FINAL = "final"
 CHECKPOINTS = "checkpoints"

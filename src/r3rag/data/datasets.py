@@ -215,7 +215,7 @@ def _parse_musique(f: _Fields) -> tuple[QAExample, list[Passage]]:
         where = f"question_decomposition[{i}]"
         if not isinstance(hop, dict) or not isinstance(hop.get("question"), str):
             raise f.error(f"{where}.question", "missing or not a string")
-        support = by_idx.get(hop.get("paragraph_support_idx"))  # type: ignore[arg-type]
+        support = by_idx.get(hop.get("paragraph_support_idx"))  # type: ignore[arg-type]  # any value: None if absent
         decomposition.append(
             SubQuestion(
                 question=hop["question"],

@@ -20,10 +20,11 @@ import random
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-from r3rag.config import WorldConfig
+from r3rag.config import QuestionType, WorldConfig
 from r3rag.data.corpus import write_corpus
 from r3rag.data.datasets import write_flashrag
 from r3rag.gold import GoldSet, MatchRule
@@ -227,7 +228,7 @@ class _Names:
     """Unique invented names. Syllable strings can collide across kinds; one registry keeps them apart."""
 
     def __init__(self, rng: random.Random):
-        self.rng, self.used = rng, set()
+        self.rng, self.used = rng, set[str]()
 
     def _word(self, syllables: int, ends: Sequence[str]) -> str:
         core = "".join(self.rng.choice(_ONSETS) + self.rng.choice(_VOWELS) for _ in range(syllables))
@@ -779,7 +780,7 @@ class _WorldBuilder:
         for i in range(cfg.organisations):
             kind = kinds[i % len(kinds)]
             stems = [stem()]
-            name = self.names.fresh(lambda kind=kind, stems=stems: org_name(kind, stems), "org names")
+            name = self.names.fresh(partial(org_name, kind, stems), "org names")
             founders = [p for p in people if int(p.attrs["birth_year"]) <= 1975]
             founder = rng.choice(founders)
             founded = int(founder.attrs["birth_year"]) + rng.randint(22, 50)
@@ -828,7 +829,7 @@ class _WorldBuilder:
             if not producers:
                 continue
             echo = bool(originals) and rng.random() < cfg.title_echo_rate
-            title = self.names.fresh(lambda echo=echo: self.title(originals if echo else None), "work titles")
+            title = self.names.fresh(partial(self.title, originals if echo else None), "work titles")
             if not echo:
                 originals.append(title)
             work = self.add(
@@ -1246,7 +1247,7 @@ def _capitalise(text: str) -> str:
     return text[:1].upper() + text[1:]
 
 
-def _type_quotas(count: int, type_mix: dict[str, float]) -> dict[str, int]:
+def _type_quotas(count: int, type_mix: dict[QuestionType, float]) -> dict[QuestionType, int]:
     """Exact per-type counts in proportion to the weights (largest remainders get the rounding)."""
     weights = {t: w for t, w in type_mix.items() if w > 0}
     total = sum(weights.values())
@@ -1259,7 +1260,9 @@ def _type_quotas(count: int, type_mix: dict[str, float]) -> dict[str, int]:
     return quotas
 
 
-def _check_capacity(maker: _QuestionMaker, pool: _Pool, count: int, type_mix: dict[str, float]) -> None:
+def _check_capacity(
+    maker: _QuestionMaker, pool: _Pool, count: int, type_mix: dict[QuestionType, float]
+) -> None:
     """Refuse, before any question is drawn, more questions of a type than the split can make."""
     quotas = _type_quotas(count, type_mix)
     capacity = {qtype: maker.capacity(qtype, pool) for qtype, quota in quotas.items() if quota}
@@ -1282,7 +1285,7 @@ def _questions(
     maker: _QuestionMaker,
     pool: _Pool,
     count: int,
-    type_mix: dict[str, float],
+    type_mix: dict[QuestionType, float],
     seen: set[str],
 ) -> list[QAExample]:
     """``count`` distinct questions in the proportions of ``type_mix``, shuffled, with ids in final order."""
@@ -1327,7 +1330,8 @@ def generate_world(config: WorldConfig | None = None) -> World:
     starts = [e for e in builder.entities.values() if e.kind in ("person", "org", "work")]
     total = config.train_questions + config.dev_questions
     dev_share = config.dev_questions / total if total else 0.0
-    dev_pool, train_pool = [], []
+    dev_pool: list[Entity] = []
+    train_pool: list[Entity] = []
     for entity in starts:
         (
             dev_pool

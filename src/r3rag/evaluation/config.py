@@ -10,7 +10,7 @@ brings its section with it.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import Field, create_model, field_validator
 
@@ -94,7 +94,7 @@ class EvalConfigBase(StageConfig):
 
 def eval_config_model(methods: Sequence[type[EvalMethod]]) -> type[EvalConfigBase]:
     """The eval config with one section per method of ``methods`` (each its Settings, at their defaults)."""
-    sections = {}
+    sections: dict[str, Any] = {}  # field name -> (type, FieldInfo), as create_model takes them
     for cls in methods:
         field = field_name(cls.name)
         if field in EvalConfigBase.model_fields:
@@ -124,5 +124,8 @@ def eval_config_model(methods: Sequence[type[EvalMethod]]) -> type[EvalConfigBas
     )
 
 
-EvalConfig = eval_config_model(method_classes())
+if TYPE_CHECKING:
+    EvalConfig = EvalConfigBase  # to a type checker: the shared fields (the sections are made at import)
+else:
+    EvalConfig = eval_config_model(method_classes())
 """The eval config of every registered method: the shared fields, then one section per method."""

@@ -220,7 +220,7 @@ def _sweep_table(summaries: Sequence[Summary], methods: Sequence[str], datasets:
     return _markdown_table(["Method", *(f"k={k}" for k in ks)], rows)
 
 
-CSV_FIELDS = (
+CSV_FIELDS: tuple[str, ...] = (
     "method",
     "dataset",
     "top_k",

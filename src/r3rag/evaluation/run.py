@@ -51,7 +51,7 @@ def open_run(
     in the index. Writes nothing: the caller loads the model, then :func:`run_and_report` binds ``out``.
     """
     needed = index is not None and retrieving(config.methods)
-    retriever = open_retriever(RetrievalConfig(source=index)) if needed else None
+    retriever = open_retriever(RetrievalConfig(source=index)) if index is not None and needed else None
     gold = {d.name: resolve_gold_match(config.judge.reference_match, d.sources, retriever) for d in datasets}
     manifest = build_manifest(
         config,

@@ -51,7 +51,7 @@ def embedded_gguf() -> Path:
         raise FileNotFoundError(f"the embedded model needs the '{_EMBEDDED_DIST}' wheel: {hint}") from None
     for f in dist.files or []:
         if str(f).replace("\\", "/").endswith(_EMBEDDED_GGUF):
-            path = Path(dist.locate_file(f))
+            path = Path(str(dist.locate_file(f)))
             if path.is_file():
                 return path
     raise FileNotFoundError(f"{_EMBEDDED_GGUF} not found in the installed '{_EMBEDDED_DIST}' wheel")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
@@ -33,6 +33,7 @@ def _faiss_index(embeddings: np.ndarray, config: DenseConfig) -> faiss.Index:
 
     vectors = np.ascontiguousarray(embeddings, dtype=np.float32)
     dim = vectors.shape[1]
+    index: faiss.Index
     if config.index == "flat":
         index = faiss.IndexFlatIP(dim)
     else:
@@ -88,7 +89,7 @@ class DenseRetriever:
         embeddings = np.load(directory / EMBEDDINGS_FILE)
         if config.index == "hnsw":
             index = faiss.read_index(str(directory / HNSW_FILE))
-            index.hnsw.efSearch = config.hnsw_ef_search
+            cast("faiss.IndexHNSW", index).hnsw.efSearch = config.hnsw_ef_search  # read as its own class
         else:
             index = _faiss_index(embeddings, config)
         settings = config.encoder

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
@@ -94,7 +94,7 @@ def _infer_conventions(model: str) -> Conventions:
     """FlashRAG's rule: a model named like E5 or BGE gets that family's conventions."""
     for family in ("e5", "bge"):
         if re.search(rf"(^|[^a-z0-9]){family}([^a-z0-9]|$)", model.lower()):
-            return family  # type: ignore[return-value]
+            return family
     return "plain"
 
 
@@ -106,7 +106,11 @@ def resolve_encoder(config: EncoderConfig) -> EncoderSpec:
         conventions = config.conventions
     else:
         conventions = preset_conventions or _infer_conventions(model)
-    fields = {"query_max_length": None, "passage_max_length": None, **_CONVENTIONS[conventions]}
+    fields: dict[str, Any] = {
+        "query_max_length": None,
+        "passage_max_length": None,
+        **_CONVENTIONS[conventions],
+    }
     for key in ("query_prefix", "passage_prefix", "pooling", "query_max_length", "passage_max_length"):
         if getattr(config, key) is not None:
             fields[key] = getattr(config, key)
@@ -124,8 +128,11 @@ def _load_model(spec: EncoderSpec, device: str) -> SentenceTransformer:
             return SentenceTransformer(location, device=device)
         try:  # sentence-transformers >= 6
             from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
-        except ImportError:  # sentence-transformers 3 to 5
-            from sentence_transformers.models import Pooling, Transformer
+        except ImportError:  # sentence-transformers 3 to 5 (the type checker sees 6: not found, redefined)
+            from sentence_transformers.models import (  # type: ignore[import-not-found, no-redef]
+                Pooling,
+                Transformer,
+            )
         word = Transformer(location)
         pooling = Pooling(word.auto_model.config.hidden_size, pooling_mode=spec.pooling)
         return SentenceTransformer(modules=[word, pooling], device=device)

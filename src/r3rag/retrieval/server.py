@@ -453,8 +453,8 @@ def create_app(
         except ValidationError as e:
             counters.rejected += 1
             raise HTTPException(422, _describe(e)) from None
-        queries: list[str] = body.queries  # type: ignore[attr-defined]
-        k: int = body.k  # type: ignore[attr-defined]
+        queries: list[str] = body.queries  # type: ignore[attr-defined]  # a model made from the config
+        k: int = body.k  # type: ignore[attr-defined]  # (its fields are not declared)
         counters.queries += len(queries)
         results = [cache.get((q, k)) for q in queries]  # each the JSON of one query's hits
         missing = [i for i, hits in enumerate(results) if hits is None]
@@ -466,7 +466,7 @@ def create_app(
                 hits = json.dumps([p.to_dict() for p in passages], ensure_ascii=False).encode()
                 results[i] = hits
                 cache.put((queries[i], k), hits)
-        answer = b'{"results": [' + b", ".join(results) + b"]}"  # type: ignore[arg-type]  (all filled)
+        answer = b'{"results": [' + b", ".join(results) + b"]}"  # type: ignore[arg-type]  # all filled
         return Response(answer, media_type="application/json")
 
     return app

@@ -13,7 +13,7 @@
 - **reference**: the cold-start model, frozen, for the KL penalty: a frozen copy, or with LoRA the actor
   with its adapters switched off.
 
-Only the positions that predict action tokens go through the LM head (:class:`~r3rag.rl.samples.Batch`),
+Only the positions that predict action tokens go through the LM head (:class:`~r3rag.packing.Batch`),
 and the head and the value head run in fp32: the trunk runs under bf16 autocast when asked, but
 log-probabilities and values are small differences of large numbers, where bf16's 8 bits of mantissa show.
 """
@@ -29,11 +29,18 @@ import torch
 from torch import nn
 
 from r3rag.lora import add_lora, merged
+from r3rag.packing import (
+    Batch,
+    CausalLM,
+    action_hidden,
+    action_logprobs,
+    check_plain_head,
+    head_logits,
+    token_logprobs,
+)
 from r3rag.rl.losses import entropy_from_logits
-from r3rag.rl.samples import Batch
 
 CriticMode = Literal["separate", "shared"]
-_LOGIT_RESCALING = ("final_logit_softcapping", "logit_scale", "logits_scaling")
 
 
 @dataclass(slots=True)
@@ -45,46 +52,6 @@ class PolicyOutput:
     values: torch.Tensor | None
 
 
-def check_plain_head(model: Any) -> None:
-    """Log-probs are computed as head(trunk(x)); models that rescale or cap logits after the head would get
-    wrong ones silently, so they are refused."""
-    for name in _LOGIT_RESCALING:
-        value = getattr(model.config, name, None)
-        if value not in (None, 1, 1.0):
-            raise ValueError(f"{type(model).__name__} rescales its logits ({name}={value}); not supported")
-    if not isinstance(model.get_output_embeddings(), nn.Linear):
-        raise ValueError(f"{type(model).__name__} has no linear output head")
-
-
-def action_hidden(trunk: nn.Module, batch: Batch, bf16: bool) -> torch.Tensor:
-    """The trunk's last hidden states at the tokens that predict the batch's actions: ``[N, A, H]``, fp32."""
-    mask = batch.attention_mask
-    if trunk.config._attn_implementation != "sdpa":  # eager attention adds its mask to the scores
-        mask = torch.zeros(mask.shape).masked_fill(~mask, torch.finfo(torch.float32).min)
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        hidden = trunk(
-            input_ids=batch.input_ids, attention_mask=mask, position_ids=batch.position_ids, use_cache=False
-        ).last_hidden_state
-    return hidden[batch.rows[:, None], batch.positions].float()
-
-
-def _head_logits(head: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
-    with torch.autocast("cpu", enabled=False):
-        return head(hidden)
-
-
-def _token_logprobs(logits: torch.Tensor, action_ids: torch.Tensor) -> torch.Tensor:
-    """log softmax(logits)[a] = logit_a - logsumexp(logits), without materialising the whole log-softmax."""
-    return logits.gather(-1, action_ids.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
-
-
-def action_logprobs(model: nn.Module, batch: Batch, bf16: bool) -> torch.Tensor:
-    """log pi(a) of a causal LM for each of the batch's action tokens: ``[N, A]`` (padding included; mask it
-    with ``batch.action_mask``). The reference policy's pass, and the SFT loss's."""
-    hidden = action_hidden(model.get_decoder(), batch, bf16)
-    return _token_logprobs(_head_logits(model.get_output_embeddings(), hidden), batch.action_ids)
-
-
 class ActorCritic(nn.Module):
     """The trained networks: the actor LM, the value head and, in ``separate`` mode, the critic's trunk.
 
@@ -93,7 +60,7 @@ class ActorCritic(nn.Module):
 
     def __init__(
         self,
-        actor: nn.Module,
+        actor: CausalLM,
         critic: CriticMode = "separate",
         lora_rank: int = 0,
         lora_alpha: float = 16.0,
@@ -104,7 +71,7 @@ class ActorCritic(nn.Module):
         self.critic_mode = critic
         self.critic_trunk = copy.deepcopy(actor.get_decoder()) if critic == "separate" else None
         self.lora = lora_rank > 0
-        self.actor = add_lora(actor, lora_rank, lora_alpha, lora_targets) if self.lora else actor
+        self.actor: CausalLM = add_lora(actor, lora_rank, lora_alpha, lora_targets) if self.lora else actor
         self.value_head = nn.Linear(actor.config.hidden_size, 1)
         nn.init.zeros_(self.value_head.weight)  # V = 0 everywhere at the start: no made-up baseline
         nn.init.zeros_(self.value_head.bias)
@@ -123,8 +90,8 @@ class ActorCritic(nn.Module):
     ) -> PolicyOutput:
         """Log-probs of the batch's action tokens, their entropies and (if ``values``) the values V(s_t)."""
         hidden = action_hidden(self.actor.get_decoder(), batch, bf16)
-        logits = _head_logits(self.actor.get_output_embeddings(), hidden)
-        logprobs = _token_logprobs(logits, batch.action_ids)
+        logits = head_logits(self.actor.get_output_embeddings(), hidden)
+        logprobs = token_logprobs(logits, batch.action_ids)
         with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
             entropy = entropy_from_logits(logits if entropy_grad else logits.detach())
         value = None

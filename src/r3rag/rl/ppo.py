@@ -47,6 +47,7 @@ from r3rag.agent import Agent
 from r3rag.config import AGENT_FILE, PPOConfig
 from r3rag.jsonl import write_jsonl
 from r3rag.llm.hf import HFGenerator
+from r3rag.packing import Batch, Sample, collate, length_groups, pack_samples
 from r3rag.retrieval.base import Retriever
 from r3rag.rewards.judges import CorrectnessJudge
 from r3rag.rl.dev_eval import evaluate
@@ -62,7 +63,7 @@ from r3rag.rl.losses import (
 )
 from r3rag.rl.models import ActorCritic, ReferencePolicy
 from r3rag.rl.rollout import Rollout, Scorer, collect, repeat, rollout_metrics
-from r3rag.rl.samples import Batch, CreditScheme, Sample, collate, length_groups, pack_samples, step_samples
+from r3rag.rl.samples import CreditScheme, step_samples
 from r3rag.rl.tracking import CURVE_FILE, MetricsLog, plot_curve
 from r3rag.schema import QAExample, Trajectory
 
@@ -268,7 +269,7 @@ class PPOTrainer:
         next_end = now - started + (now - iter_started) + (self._eval_seconds if self.dev_examples else 0.0)
         return next_end / 60 > self.config.max_minutes
 
-    def iteration(self, iteration: int, bar: tqdm | None = None) -> dict[str, Any]:
+    def iteration(self, iteration: int, bar: tqdm[Any] | None = None) -> dict[str, Any]:
         """Rollout, samples, experience, update: one PPO iteration; returns its metrics."""
         c = self.config
 

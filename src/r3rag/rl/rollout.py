@@ -45,7 +45,9 @@ class Rollout:
     judge_stats: dict[str, int]
 
 
-def repeat(examples: Sequence[QAExample], samples: int, temperatures: Sequence[float]) -> tuple[list, list]:
+def repeat(
+    examples: Sequence[QAExample], samples: int, temperatures: Sequence[float]
+) -> tuple[list[QAExample], list[float]]:
     """Each question ``samples`` times, the i-th repeat at ``temperatures[i % len]`` (the paper's 4 samples at
     0.1/0.4/0.7/1.0)."""
     repeated = [ex for ex in examples for _ in range(samples)]

@@ -186,7 +186,12 @@ class BatchedMethod(EvalMethod):
     def _search_last_queries(self, rows: Sequence[Row]) -> None:
         """Search each row's latest query (one batched call) and attach the passages to that step, where the
         next prompt shows them: turn-based methods (Self-Ask, ReAct, Search-R1) retrieve after they ask."""
-        for row, found in zip(rows, self._search([r.trajectory.steps[-1].query for r in rows]), strict=True):
+        queries = []
+        for row in rows:
+            query = row.trajectory.steps[-1].query
+            assert query is not None, "only rows whose latest step asks a query retrieve"
+            queries.append(query)
+        for row, found in zip(rows, self._search(queries), strict=True):
             row.trajectory.steps[-1].passages = found
 
     @staticmethod

@@ -48,7 +48,7 @@ class R3RAG(EvalMethod):
         assert retriever is not None  # checked above: R3-RAG retrieves
         agent_config = AgentConfig(
             max_steps=config.max_steps,
-            top_k=top_k,
+            top_k=self.top_k,
             max_format_retries=self.settings.format_retries,
             temperature=config.temperature,
             seed=config.seed,
