@@ -21,11 +21,9 @@ $(STAMP): pyproject.toml models.txt
 test: lint
 	$(PY) -m pytest -q
 
-# tcmalloc, where the Debian package libtcmalloc-minimal4 is installed, makes CPU training steps up to 2.5x faster.
-TCMALLOC := $(wildcard /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4)
-
+# The r3rag command picks its memory allocator itself (r3rag/allocator.py; R3RAG_ALLOCATOR=glibc turns it off).
 quickstart: install
-	$(if $(TCMALLOC),LD_PRELOAD=$(TCMALLOC)) $(VENV)/bin/r3rag quickstart --out runs/quickstart --preset small
+	$(VENV)/bin/r3rag quickstart --out runs/quickstart --preset small
 
 bench: install
 	$(PY) benchmarks/run_all.py

@@ -49,11 +49,14 @@ def main() -> int:
         print(json.dumps(measure(args.child == "bf16")), flush=True)
         return 0
     features = cpu_features()
-    print(f"CPU: {features.model}; AVX-512 BF16 {features.avx512_bf16}; AMX {features.amx}; cores {os.cpu_count()}")
+    print(f"CPU: {features.model}; AVX-512 BF16 {features.avx512_bf16}; AMX {features.amx}", end="")
+    print(f"; {os.cpu_count()} cores")
     allocators = [a for a in available_allocators() if not args.only or a in args.only.split(",")]
     isas = {"native": {}, **({"no AMX": NO_AMX} if features.amx else {})}
     configs = [(a, isa, p) for isa in isas for a in allocators for p in ("bf16", "fp32")]
-    times: dict[tuple[str, str, str], dict[str, list[float]]] = {c: {w: [] for w in WORKLOADS} for c in configs}
+    times: dict[tuple[str, str, str], dict[str, list[float]]] = {
+        c: {w: [] for w in WORKLOADS} for c in configs
+    }
     for round_ in range(args.rounds):
         for allocator, isa, precision in configs:
             env = {**os.environ, **allocator_environment(allocator), **isas[isa], ALLOCATOR_ENV: allocator}
@@ -70,8 +73,9 @@ def main() -> int:
         reference = times["glibc", isa, "bf16"] if "glibc" in allocators else times[configs[0]]
         cells = []
         for workload in WORKLOADS:
-            mine, base = statistics.median(times[allocator, isa, precision][workload]), statistics.median(
-                reference[workload]
+            mine, base = (
+                statistics.median(times[allocator, isa, precision][workload]),
+                statistics.median(reference[workload]),
             )
             cells.append(f"{mine:.2f} ({base / mine:.2f}x)")
         print(f"| {allocator} | {isa} | {precision} | " + " | ".join(cells) + " |")

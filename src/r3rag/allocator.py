@@ -54,7 +54,7 @@ class CpuFeatures:
 
 def cpu_features(cpuinfo: Path = Path("/proc/cpuinfo")) -> CpuFeatures:
     """The CPU's model and features, from ``/proc/cpuinfo`` (unknown elsewhere)."""
-    model, flags = "unknown", set()
+    model, flags = "unknown", set[str]()
     if cpuinfo.is_file():
         for line in cpuinfo.read_text(errors="replace").splitlines():
             key, _, value = line.partition(":")
@@ -77,10 +77,10 @@ def _tbbmalloc() -> list[Path] | None:
     """The ``tbb`` wheel's scalable allocator and the proxy that replaces malloc with it (both preloaded:
     the proxy finds its library by name only)."""
     try:
-        files = metadata.distribution("tbb").files or []
+        distribution = metadata.distribution("tbb")
     except metadata.PackageNotFoundError:
         return None
-    found = {Path(str(f)).name: Path(metadata.distribution("tbb").locate_file(f)) for f in files}
+    found = {Path(str(f)).name: Path(str(distribution.locate_file(f))) for f in distribution.files or []}
     libraries = [found.get("libtbbmalloc.so.2"), found.get("libtbbmalloc_proxy.so.2")]
     if None in libraries or not all(p.is_file() for p in libraries if p is not None):
         return None
