@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.r3rag-installed
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install test quickstart bench lint clean
+.PHONY: install test quickstart bench lint docs clean
 
 install: $(STAMP)
 
@@ -32,6 +32,11 @@ bench: install
 lint: install
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
+
+# The reference pages (docs/reference/) and the tables in README.md and docs/ that mirror config defaults,
+# regenerated from the code; tests/test_docs.py fails when they are stale.
+docs: install
+	$(PY) -m r3rag.docs_reference
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis
