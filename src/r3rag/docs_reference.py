@@ -468,11 +468,13 @@ def _settings_table(
     only: Sequence[str] | None = None,
     skip: Sequence[str] = (),
 ) -> str:
-    """A table of a config's fields as flags (``--prefix.field``), with their defaults and descriptions."""
+    """A table of a config's fields as flags (``--prefix.field``), with their defaults and descriptions;
+    ``only`` names the fields to show, ``skip`` fields or sections to leave out."""
     rows = []
     for flag in flags.config_fields(model, prefix, defaults):
         dotted = ".".join(flag.path[len(prefix) :])
-        if (only is not None and dotted not in only) or dotted in skip:
+        skipped = any(dotted == s or dotted.startswith(f"{s}.") for s in skip)
+        if skipped or (only is not None and dotted not in only):
             continue
         rows.append([_code(_flag_name(flag, None)), default_text(flag.default), flag.info.description or ""])
     return _table(["flag", "default", "meaning"], rows)
@@ -639,9 +641,16 @@ PPO_DETAILS = (
             "separate: a copy of the actor with a value head; shared: a value head on the actor's "
             "trunk, trained with vf_coef x the value loss"
         ),
-        ("critic", "vf_coef"),
-        "{0} (vf_coef {1} when shared)",
+        ("critic",),
+        "{0}",
         "official: separate, initialised from the actor checkpoint",
+    ),
+    PPODetail(
+        "value loss weight",
+        "shared critic only: the trunk's gradient is the policy loss + vf_coef x the value loss",
+        ("vf_coef",),
+        "{0}",
+        "CleanRL's 0.5 (a separate critic trains on the value loss alone)",
     ),
     PPODetail(
         "value head",
@@ -715,8 +724,10 @@ def _field_value(model: BaseModel, dotted: str) -> Any:
 def _detail_text(value: Any) -> str:
     if isinstance(value, bool):
         return "on" if value else "off"
-    if isinstance(value, list | tuple):
-        return "/".join(_detail_text(v) for v in value) if isinstance(value, list) else value_text(value)
+    if isinstance(value, list):
+        return "/".join(_detail_text(v) for v in value)
+    if isinstance(value, tuple):
+        return "(" + ", ".join(_detail_text(v) for v in value) + ")"
     if value is None:
         return "none"
     return value_text(value)
@@ -854,7 +865,7 @@ def _method_fields() -> set[str]:
 def _coldstart_settings() -> str:
     from r3rag.config import ColdStartConfig
 
-    return _settings_table(ColdStartConfig)
+    return _settings_table(ColdStartConfig, skip=("judge",))
 
 
 def _sft_settings() -> str:
@@ -873,6 +884,33 @@ def _reward_settings() -> str:
     from r3rag.config import RewardConfig
 
     return _settings_table(RewardConfig, ("reward",))
+
+
+def reward_table() -> str:
+    """How the hybrid reward pays each step, by how the trajectory ended (values from ``RewardConfig``)."""
+    from r3rag.config import RewardConfig
+
+    r, official = RewardConfig(), RewardConfig.official()
+
+    def scaled(factor: float) -> str:
+        return "Rel_j (unscaled)" if factor == 1.0 else f"{value_text(factor)} x Rel_j"
+
+    rows = [
+        ["correct answer", scaled(r.lambda_correct), value_text(r.correct_reward)],
+        ["wrong answer", scaled(r.lambda_wrong), value_text(r.wrong_reward)],
+        [
+            "out of steps (no answer)",
+            scaled(r.lambda_out_of_steps),
+            f"(a retrieval step: {scaled(r.lambda_out_of_steps)})",
+        ],
+        [
+            "format error",
+            scaled(r.lambda_format_error),
+            f"{value_text(r.format_reward)} on the invalid step (official code: "
+            f"{value_text(official.format_reward)})",
+        ],
+    ]
+    return _table(["how it ended", "each retrieval step", "last step"], rows)
 
 
 def _judge_settings() -> str:
@@ -896,6 +934,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "ppo-details": ppo_details,
     "quickstart-presets": quickstart_presets,
     "reward-settings": _reward_settings,
+    "reward-table": reward_table,
     "server-settings": _server_settings,
     "sft-settings": _sft_settings,
     "world-settings": _world_settings,
