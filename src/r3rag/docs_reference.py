@@ -171,6 +171,14 @@ def type_text(annotation: Any, link: Callable[[type[BaseModel]], str] | None = N
     return _code(getattr(annotation, "__name__", str(annotation)))
 
 
+def _without_none(annotation: Any) -> Any:
+    """``X`` for ``X | None`` (and ``Annotated[X | None, ...]``); the annotation itself otherwise."""
+    if typing.get_origin(annotation) is typing.Annotated:
+        annotation = typing.get_args(annotation)[0]
+    members = [m for m in _members(annotation) if m is not type(None)]
+    return members[0] if len(members) == 1 else annotation
+
+
 def model_name(model: type[BaseModel]) -> str:
     """``PPOConfig``; ``IRCoT.Settings`` for a method's settings."""
     return model.__qualname__
@@ -238,13 +246,17 @@ def _option_names(param: Any) -> str:
 def _own_rows(command: Any, generated: set[str]) -> tuple[list[list[str]], list[list[str]]]:
     """The command's own arguments and options (those not generated from its config)."""
     arguments, options = [], []
+    annotations = {  # the command function's own annotations (typer's objects differ between versions)
+        name: p.annotation for name, p in inspect.signature(command.callback).parameters.items()
+    }
     for param in command.params:
         if param.name in generated or getattr(param, "hidden", False):
             continue
-        annotation = getattr(getattr(param, "type_descriptor", None), "annotation", None)
-        value = "" if getattr(param, "is_flag", False) else type_text(annotation) if annotation else ""
-        bounds = [f">= {param.min}" for _ in [0] if getattr(param, "min", None) is not None]
-        bounds += [f"<= {param.max}" for _ in [0] if getattr(param, "max", None) is not None]
+        annotation = annotations.get(param.name, inspect.Parameter.empty)
+        known = annotation is not inspect.Parameter.empty and not getattr(param, "is_flag", False)
+        value = type_text(_without_none(annotation)) if known else ""  # an own option's None is "not given"
+        bounds = [f">= {param.min}"] if getattr(param, "min", None) is not None else []
+        bounds += [f"<= {param.max}"] if getattr(param, "max", None) is not None else []
         if param.required:
             default = "required"
         elif param.default is None or param.param_type_name == "argument":
