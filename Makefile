@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.r3rag-installed
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install test quickstart bench lint clean
+.PHONY: install test quickstart bench lint docs clean
 
 install: $(STAMP)
 
@@ -34,6 +34,11 @@ lint: install
 	$(VENV)/bin/ruff format --check src tests benchmarks
 	PYTHONPATH=src $(VENV)/bin/lint-imports
 	$(VENV)/bin/mypy
+
+# The reference pages (docs/reference/) and the tables in README.md and docs/ that mirror config defaults,
+# regenerated from the code; tests/test_docs.py fails when they are stale.
+docs: install
+	$(PY) -m r3rag.docs_reference
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis .mypy_cache .import_linter_cache

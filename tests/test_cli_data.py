@@ -65,10 +65,10 @@ def test_data_world_takes_a_config_file_and_refuses_bad_values(tmp_path):
     assert result.exit_code == 2 and "easy, standard or hard" in result.output
 
 
-def test_the_readme_big_world_example_works(tmp_path):
+def test_the_documented_big_world_example_works(tmp_path):
     """`--scale 4 --train-questions 8000 --dev-questions 500` ran out of organisation names (~15 s here)."""
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
-    [line] = [ln for ln in readme.splitlines() if ln.startswith("r3rag data world") and "--scale 4" in ln]
+    page = (Path(__file__).resolve().parents[1] / "docs" / "data.md").read_text(encoding="utf-8")
+    [line] = [ln for ln in page.splitlines() if ln.startswith("r3rag data world") and "--scale 4" in ln]
     args = line.split("#")[0].split()[1:]
     args[args.index("--out") + 1] = str(tmp_path)
     result = runner.invoke(app, [*args, "--no-report"])
