@@ -127,7 +127,7 @@ def test_replies_are_read_up_to_their_first_action() -> None:
     assert ignored_stop.kept == "<think>a</think><search> q </search>"
     assert parse_reply("<answer> Paris </answer> <search> x").argument == "Paris"
     assert parse_reply("<answer> Paris", "stop").kind == "answer"  # the server stopped at </answer>
-    assert parse_reply("<answer> Par", "length").kind == "invalid"
+    assert parse_reply("<answer> Par", "length").kind == "none"
     assert (
         information([FILM])
         == f"\n\n<information>Doc 1(Title: Silver Harbour) {FILM.text}\n</information>\n\n"

@@ -32,7 +32,7 @@ import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 from pydantic import Field
 
@@ -129,6 +129,16 @@ class Row:
     trajectory: Trajectory
 
 
+@dataclass(frozen=True, slots=True)
+class Action:
+    """What one reply of an acting method does: answer (with the answer), search (with the query), or
+    nothing readable."""
+
+    kind: Literal["answer", "search", "none"]
+    thought: str
+    argument: str = ""
+
+
 class BatchedMethod(EvalMethod):
     """Batched generation and retrieval for the rows still open, with token and error accounting."""
 
@@ -193,6 +203,37 @@ class BatchedMethod(EvalMethod):
             queries.append(query)
         for row, found in zip(rows, self._search(queries), strict=True):
             row.trajectory.steps[-1].passages = found
+
+    def _take_actions(
+        self,
+        rows: Sequence[Row],
+        completions: Sequence[Completion],
+        actions: Sequence[Action],
+        index: int,
+        no_action: str,
+    ) -> list[Row]:
+        """One turn of an acting method (ReAct, Search-R1): each reply answers (the trajectory ends), searches
+        (its query is run) or does neither (noted with ``no_action``; it costs its step and the trajectory
+        goes on). Returns the rows still open."""
+        still_open, retrieving = [], []
+        for row, completion, action in zip(rows, completions, actions, strict=True):
+            if action.kind == "answer":
+                self._answered(
+                    row,
+                    Step(index=index, analysis=action.thought, answer=action.argument, raw=completion.text),
+                )
+                continue
+            if action.kind == "search":
+                step = Step(index=index, analysis=action.thought, query=action.argument, raw=completion.text)
+                retrieving.append(row)
+            else:
+                step = Step(
+                    index=index, analysis=action.thought, raw=completion.text, valid=False, issues=[no_action]
+                )
+            row.trajectory.steps.append(step)
+            still_open.append(row)
+        self._search_last_queries(retrieving)
+        return still_open
 
     @staticmethod
     def _answered(row: Row, step: Step) -> None:

@@ -6,9 +6,10 @@ import re
 
 from pydantic import Field
 
-from r3rag.evaluation.methods.base import BatchedMethod, MethodSettings, Row
+from r3rag.evaluation.methods.base import Action, BatchedMethod, MethodSettings, Row
 from r3rag.evaluation.prompts import (
     INVALID_ACTION,
+    ReActReply,
     ReActTurn,
     clean_answer,
     format_passages,
@@ -16,7 +17,7 @@ from r3rag.evaluation.prompts import (
     react_prompt,
     react_stop,
 )
-from r3rag.schema import Step, Trajectory, TrajectoryStatus
+from r3rag.schema import Trajectory, TrajectoryStatus
 
 NO_ACTION = "no Search[...] or Finish[...] action"
 _ACTION_LINE = re.compile(r"(?i)action\s*\d*\s*:[ \t]*([^\n]*)")
@@ -53,35 +54,17 @@ class ReAct(BatchedMethod):
         open_rows = rows
         for index in range(1, self.config.max_steps + 1):
             prompts = [react_prompt(r.example.question, self._turns(r.trajectory)) for r in open_rows]
-            still_open, retrieving = [], []
-            for row, completion in zip(
-                open_rows,
-                self._generate(open_rows, prompts, f"{index}:act", stop=react_stop(index)),
-                strict=True,
-            ):
-                reply = parse_react(completion.text)
-                if reply.kind == "finish":
-                    answer = clean_answer(reply.argument)
-                    self._answered(
-                        row, Step(index=index, analysis=reply.thought, answer=answer, raw=completion.text)
-                    )
-                    continue
-                if reply.kind == "search":
-                    step = Step(
-                        index=index, analysis=reply.thought, query=reply.argument, raw=completion.text
-                    )
-                    retrieving.append(row)
-                else:
-                    step = Step(
-                        index=index,
-                        analysis=reply.thought,
-                        raw=completion.text,
-                        valid=False,
-                        issues=[NO_ACTION],
-                    )
-                row.trajectory.steps.append(step)
-                still_open.append(row)
-            self._search_last_queries(retrieving)
-            open_rows = still_open
+            completions = self._generate(open_rows, prompts, f"{index}:act", stop=react_stop(index))
+            actions = [_action(parse_react(completion.text)) for completion in completions]
+            open_rows = self._take_actions(open_rows, completions, actions, index, NO_ACTION)
         for row in open_rows:
             row.trajectory.status = TrajectoryStatus.OUT_OF_STEPS
+
+
+def _action(reply: ReActReply) -> Action:
+    """``Finish[answer]`` answers (cleaned of quotes and a final full stop), ``Search[query]`` searches."""
+    if reply.kind == "finish":
+        return Action("answer", reply.thought, clean_answer(reply.argument))
+    if reply.kind == "search":
+        return Action("search", reply.thought, reply.argument)
+    return Action("none", reply.thought)

@@ -35,8 +35,8 @@ from typing import Literal
 
 from pydantic import Field
 
-from r3rag.evaluation.methods.base import BatchedMethod, MethodSettings, Row
-from r3rag.schema import Passage, Step, Trajectory, TrajectoryStatus
+from r3rag.evaluation.methods.base import Action, BatchedMethod, MethodSettings, Row
+from r3rag.schema import Passage, Trajectory, TrajectoryStatus
 
 SEARCH_STOP = ("</search>", "</answer>")
 NO_ACTION = "no <search> query or <answer>"
@@ -72,7 +72,7 @@ class Reply:
     """One reply read: the action, its argument, the reasoning before it, and the reply up to the action's
     end (the closing tag included), which is what the transcript keeps."""
 
-    kind: Literal["search", "answer", "invalid"]
+    kind: Literal["search", "answer", "none"]
     argument: str
     thought: str
     kept: str
@@ -84,11 +84,11 @@ def parse_reply(text: str, finish_reason: str = "stop") -> Reply:
     "length"``) or that is empty is no action. Never raises."""
     match = _ACTION.search(text)
     if match is None:
-        return Reply("invalid", "", _thought(text), text)
+        return Reply("none", "", _thought(text), text)
     kind, argument, closed = match.group(1), match.group(2).strip(), match.group(3)
     thought = _thought(text[: match.start()])
     if not argument or (not closed and finish_reason == "length"):
-        return Reply("invalid", "", thought, text)
+        return Reply("none", "", thought, text)
     kept = text[: match.end(2)] + f"</{kind}>"
     return Reply("search" if kind == "search" else "answer", argument, thought, kept)
 
@@ -130,32 +130,9 @@ class SearchR1(BatchedMethod):
             if not open_rows:
                 break
             prompts = [instruction(r.example.question) + transcript(r.trajectory) for r in open_rows]
-            still_open, retrieving = [], []
             completions = self._generate(open_rows, prompts, f"{index}:turn", stop=SEARCH_STOP)
-            for row, completion in zip(open_rows, completions, strict=True):
-                reply = parse_reply(completion.text, completion.finish_reason)
-                if reply.kind == "answer":
-                    step = Step(
-                        index=index, analysis=reply.thought, answer=reply.argument, raw=completion.text
-                    )
-                    self._answered(row, step)
-                    continue
-                if reply.kind == "search":
-                    step = Step(
-                        index=index, analysis=reply.thought, query=reply.argument, raw=completion.text
-                    )
-                    retrieving.append(row)
-                else:
-                    step = Step(
-                        index=index,
-                        analysis=reply.thought,
-                        raw=completion.text,
-                        valid=False,
-                        issues=[NO_ACTION],
-                    )
-                row.trajectory.steps.append(step)
-                still_open.append(row)
-            self._search_last_queries(retrieving)
-            open_rows = still_open
+            replies = [parse_reply(completion.text, completion.finish_reason) for completion in completions]
+            actions = [Action(reply.kind, reply.thought, reply.argument) for reply in replies]
+            open_rows = self._take_actions(open_rows, completions, actions, index, NO_ACTION)
         for row in open_rows:
             row.trajectory.status = TrajectoryStatus.OUT_OF_STEPS
