@@ -258,64 +258,22 @@ def data_convert(
     """Convert datasets to FlashRAG jsonl questions, and their context paragraphs to one corpus jsonl."""
     from rich.table import Table
 
-    from r3rag.data.corpus import dedupe_passages, read_title_text_json, write_corpus
-    from r3rag.data.datasets import CORPUS_FORMAT, FORMATS, detect_format, iter_dataset, write_flashrag
-    from r3rag.schema import Passage
+    from r3rag.data.convert import CORPUS_FILE, convert
 
-    if format is not None and format not in (*FORMATS, CORPUS_FORMAT):
-        raise ValueError(f"--format must be one of {', '.join((*FORMATS, CORPUS_FORMAT))}, not {format!r}")
-    formats = {path: format or detect_format(existing_file(path)) for path in inputs}
-    targets = {
-        path: out / f"{path.name.removesuffix('.jsonl').removesuffix('.json')}.jsonl"
-        for path, fmt in formats.items()
-        if fmt != CORPUS_FORMAT
-    }
-    _check_targets(targets, inputs, out / "corpus.jsonl" if corpus else None)
+    conversion = convert([existing_file(path) for path in inputs], out, format, corpus)
     table = Table(title=f"converted into {out}/")
     for column in ("input", "format", "questions", "paragraphs", "written"):
         table.add_column(column, justify="left" if column in ("input", "format", "written") else "right")
-    paragraphs: list[Passage] = []
-    with runs.locked_beside(out):
-        for path, fmt in formats.items():
-            if fmt == CORPUS_FORMAT:
-                found = list(read_title_text_json(path))
-                paragraphs += found
-                table.add_row(path.name, fmt, "-", f"{len(found):,}", "corpus.jsonl" if corpus else "-")
-                continue
-            examples, before = [], len(paragraphs)
-            for example, contexts in iter_dataset(path, fmt):
-                examples.append(example)
-                paragraphs += contexts
-            write_flashrag(targets[path], examples)
-            table.add_row(
-                path.name, fmt, f"{len(examples):,}", f"{len(paragraphs) - before:,}", targets[path].name
-            )
-        if corpus and paragraphs:
-            written = write_corpus(out / "corpus.jsonl", dedupe_passages(paragraphs))
+    for item in conversion.inputs:
+        questions = "-" if item.questions is None else f"{item.questions:,}"
+        written = item.written.name if item.written else (CORPUS_FILE if corpus else "-")
+        table.add_row(item.source.name, item.format, questions, f"{item.paragraphs:,}", written)
     console.print(table)
-    if corpus and paragraphs:
+    if conversion.corpus_passages is not None:
         console.print(
-            f"[green]corpus.jsonl[/]: {written:,} passages ({len(paragraphs) - written:,} duplicates dropped)"
+            f"[green]{CORPUS_FILE}[/]: {conversion.corpus_passages:,} passages "
+            f"({conversion.duplicate_paragraphs:,} duplicates dropped)"
         )
-
-
-def _check_targets(targets: dict[Path, Path], inputs: list[Path], corpus: Path | None) -> None:
-    """Refuse a conversion that would lose data: two inputs written to one file, or an input replaced by
-    its conversion (or by the corpus)."""
-    written: dict[Path, Path] = {}
-    for source, target in targets.items():
-        earlier = written.setdefault(target.resolve(), source)
-        if earlier != source:
-            raise ValueError(
-                f"{earlier} and {source} would both be written to {target}; convert them into separate --out "
-                "folders, or rename one"
-            )
-    read = {path.resolve(): path for path in inputs}
-    for target in [*targets.values(), *([corpus] if corpus is not None else [])]:
-        if target.resolve() in read:
-            raise ValueError(
-                f"{target} would replace the input {read[target.resolve()]}; choose another --out"
-            )
 
 
 @command(app, options=ConfigOptions(AgentConfig, extra={"generator": GeneratorConfig}))
