@@ -11,7 +11,7 @@ machine gets to a CPU without it.
 
 - ``sft step``: forward, backward and AdamW step on 4 rows of 512 tokens (bf16 autocast or fp32);
 - ``ppo update``: the same on the actor with the shared critic's value head, as PPO's update runs it;
-- ``generation``: 16 prompts of ~300 tokens, 32 new tokens each, batched.
+- ``generation``: 8 prompts of ~300 tokens, 32 new tokens each, batched.
 
     .venv/bin/python benchmarks/allocators.py              # every allocator found, 3 rounds
     .venv/bin/python benchmarks/allocators.py --rounds 1 --only glibc,tuned-glibc
@@ -43,6 +43,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3, help="Passes over every configuration.")
     parser.add_argument("--only", help="Comma-separated allocators to time (default: every one found).")
+    parser.add_argument("--precisions", default="bf16,fp32", help="Comma-separated: bf16 (autocast), fp32.")
     parser.add_argument("--child", help=argparse.SUPPRESS)  # a configuration, run in its own process
     args = parser.parse_args()
     if args.child:
@@ -53,7 +54,8 @@ def main() -> int:
     print(f"; {os.cpu_count()} cores")
     allocators = [a for a in available_allocators() if not args.only or a in args.only.split(",")]
     isas = {"native": {}, **({"no AMX": NO_AMX} if features.amx else {})}
-    configs = [(a, isa, p) for isa in isas for a in allocators for p in ("bf16", "fp32")]
+    precisions = args.precisions.split(",")
+    configs = [(a, isa, p) for isa in isas for a in allocators for p in precisions]
     times: dict[tuple[str, str, str], dict[str, list[float]]] = {
         c: {w: [] for w in WORKLOADS} for c in configs
     }
@@ -66,11 +68,11 @@ def main() -> int:
             for workload in WORKLOADS:
                 times[allocator, isa, precision][workload].append(figures[workload])
             print(f"round {round_ + 1}/{args.rounds}: {allocator}, {isa}, {precision}: {figures}", flush=True)
-    print(f"\nmedian seconds of {args.rounds} rounds; ratio = glibc bf16 (same ISA) / this configuration\n")
+    print(f"\nmedian seconds of {args.rounds} rounds; ratio = glibc {precisions[0]} (same ISA) / this one\n")
     print("| allocator | ISA | precision | " + " | ".join(f"{w} s (x)" for w in WORKLOADS) + " |")
     print("|---|---|---|" + "---|" * len(WORKLOADS))
     for allocator, isa, precision in configs:
-        reference = times["glibc", isa, "bf16"] if "glibc" in allocators else times[configs[0]]
+        reference = times["glibc", isa, precisions[0]] if "glibc" in allocators else times[configs[0]]
         cells = []
         for workload in WORKLOADS:
             mine, base = (
@@ -82,9 +84,9 @@ def main() -> int:
     for isa in isas:
         for allocator in allocators:
             if allocator != "glibc" and "glibc" in allocators:
-                base = statistics.median(times["glibc", isa, "bf16"]["sft step"])
-                mine = statistics.median(times[allocator, isa, "bf16"]["sft step"])
-                report(f"SFT step speed-up of {allocator} over glibc ({isa}, bf16)", f"{base / mine:.2f}x")
+                base = statistics.median(times["glibc", isa, precisions[0]]["sft step"])
+                mine = statistics.median(times[allocator, isa, precisions[0]]["sft step"])
+                report(f"SFT step: {allocator} vs glibc ({isa}, {precisions[0]})", f"{base / mine:.2f}x")
     return 0
 
 
@@ -120,8 +122,8 @@ def measure(bf16: bool) -> dict[str, float]:
         ppo_optimizer.step()
         ppo_optimizer.zero_grad(set_to_none=True)
 
-    generator = HFGenerator(model, tokenizer, batch_size=16, bf16=bf16)
-    prompts = [[{"role": "user", "content": f"Passage {i}: " + "word " * 280}] for i in range(16)]
+    generator = HFGenerator(model, tokenizer, batch_size=8, bf16=bf16)
+    prompts = [[{"role": "user", "content": f"Passage {i}: " + "word " * 280}] for i in range(8)]
 
     def generation() -> None:
         from r3rag.llm.base import SamplingParams

@@ -80,7 +80,9 @@ def _tbbmalloc() -> list[Path] | None:
         distribution = metadata.distribution("tbb")
     except metadata.PackageNotFoundError:
         return None
-    found = {Path(str(f)).name: Path(str(distribution.locate_file(f))) for f in distribution.files or []}
+    found = {
+        Path(str(f)).name: Path(str(distribution.locate_file(f))).resolve() for f in distribution.files or []
+    }
     libraries = [found.get("libtbbmalloc.so.2"), found.get("libtbbmalloc_proxy.so.2")]
     if None in libraries or not all(p.is_file() for p in libraries if p is not None):
         return None
