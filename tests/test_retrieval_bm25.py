@@ -106,6 +106,20 @@ def test_save_load_round_trip(retriever: BM25Retriever, tmp_path) -> None:
     assert loaded.search(QUERIES, k=5) == retriever.search(QUERIES, k=5)
 
 
+def test_reload_keeps_non_default_tokenizer_settings(tmp_path) -> None:
+    """The saved tokeniser settings, not the defaults, split queries after a reload: without stemming "runs"
+    matches nothing (the default stemmer would find "running"), without stop words "the" matches."""
+    config = BM25Config(stemmer=None, stopwords="none", lowercase=False, k1=1.2, b=0.5)
+    built = BM25Retriever.build(PassageStore(list(PASSAGES)), config, progress=False)
+    queries = ["runs", "the", "Curie", "curie", *QUERIES]
+    before = built.search(queries, k=5)
+    assert before[0] == [] and before[1] and before[3] == []  # no stemming, no stop words, case kept
+    built.save(tmp_path)
+    loaded = BM25Retriever.load(tmp_path)
+    assert loaded.config == config
+    assert loaded.search(queries, k=5) == before
+
+
 def test_unknown_stemmer_is_an_error_naming_the_field() -> None:
     with pytest.raises(ValueError, match="bm25.stemmer: unknown PyStemmer algorithm 'klingon'"):
         Bm25Tokenizer(BM25Config(stemmer="klingon"))

@@ -78,6 +78,29 @@ def test_save_load_round_trip(encoder_dir: Path, tmp_path: Path, index: str) -> 
         assert [p.score for p in a] == pytest.approx([p.score for p in b], abs=1e-3)  # fp16 storage
 
 
+def test_reload_keeps_non_default_encoder_and_index_settings(encoder_dir: Path, tmp_path: Path) -> None:
+    """Prefixes, pooling, normalisation and the HNSW search breadth come back from the folder, not from the
+    defaults: the reloaded index embeds queries and ranks passages exactly as the one that was saved."""
+    encoder = EncoderConfig(
+        model=str(encoder_dir),
+        query_prefix="search: ",
+        passage_prefix="doc: ",
+        pooling="cls",
+        normalize=False,
+        bf16=False,
+    )
+    config = DenseConfig(encoder=encoder, index="hnsw", hnsw_m=8, hnsw_ef_search=3)
+    built = DenseRetriever.build(PassageStore(list(PASSAGES)), config, progress=False)
+    built.save(tmp_path)
+    loaded = DenseRetriever.load(tmp_path)
+    assert loaded.config == config and loaded.encoder.spec == built.encoder.spec
+    assert loaded.encoder.spec.query_prefix == "search: " and loaded.encoder.spec.pooling == "cls"
+    np.testing.assert_allclose(loaded.encoder.encode_queries(QUERIES), built.encoder.encode_queries(QUERIES))
+    for a, b in zip(loaded.search(QUERIES, k=3), built.search(QUERIES, k=3), strict=True):
+        assert [p.id for p in a] == [p.id for p in b]
+        assert [p.score for p in a] == pytest.approx([p.score for p in b], rel=1e-2)  # fp16 storage
+
+
 def test_prefixes_are_applied_to_queries_and_passages(encoder_dir: Path) -> None:
     e5 = Encoder.from_config(EncoderConfig(model=str(encoder_dir), conventions="e5", bf16=False))
     plain = Encoder.from_config(EncoderConfig(model=str(encoder_dir), pooling="mean", bf16=False))
