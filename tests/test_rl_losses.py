@@ -23,6 +23,7 @@ from r3rag.rl.ppo import minibatches, progress_schedule, schedule_to
 MASK = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
 VALUES = torch.tensor([[0.5, 0.2, 0.8], [0.1, -0.3, 9.0]])
 REWARDS = torch.tensor([[0.0, 0.0, 1.0], [0.0, -1.0, 5.0]])
+ONE = torch.ones(1)
 
 
 def test_gae_with_gamma_and_lambda_one_is_reward_minus_value() -> None:
@@ -99,11 +100,11 @@ def test_sample_mean_weighs_samples_equally_and_accumulates() -> None:
 
 def test_k1_and_k3_on_one_token() -> None:
     logp, ref = torch.tensor([math.log(0.5)]), torch.tensor([math.log(0.25)])
-    assert float(approx_kl(logp, ref, "k1")) == pytest.approx(math.log(2))
+    assert float(approx_kl(logp, ref, ONE, "k1")) == pytest.approx(math.log(2))
     # k3 = r - 1 - log r with r = pi_ref / pi = 0.5
-    assert float(approx_kl(logp, ref, "k3")) == pytest.approx(0.5 - 1 - math.log(0.5))
+    assert float(approx_kl(logp, ref, ONE, "k3")) == pytest.approx(0.5 - 1 - math.log(0.5))
     with pytest.raises(ValueError, match="k2"):
-        approx_kl(logp, ref, "k2")  # type: ignore[arg-type]
+        approx_kl(logp, ref, ONE, "k2")  # type: ignore[arg-type]
 
 
 def test_k1_and_k3_are_unbiased_estimates_of_the_kl() -> None:
@@ -111,10 +112,41 @@ def test_k1_and_k3_are_unbiased_estimates_of_the_kl() -> None:
     ref = torch.tensor([0.2, 0.5, 0.3])
     exact = float((pi * (pi / ref).log()).sum())
     for estimator in ("k1", "k3"):
-        per_token = approx_kl(pi.log(), ref.log(), estimator)
+        per_token = approx_kl(pi.log(), ref.log(), torch.ones(3), estimator)
         assert float((pi * per_token).sum()) == pytest.approx(exact)  # expectation under pi
-    assert bool((approx_kl(pi.log(), ref.log(), "k3") >= 0).all())
-    assert bool((approx_kl(pi.log(), ref.log(), "k1") < 0).any())  # k1 can be negative per token
+    assert bool((approx_kl(pi.log(), ref.log(), torch.ones(3), "k3") >= 0).all())
+    assert bool((approx_kl(pi.log(), ref.log(), torch.ones(3), "k1") < 0).any())  # k1 can be negative per token
+
+
+@pytest.mark.parametrize("estimator", ["k1", "k3"])
+def test_a_huge_log_ratio_on_padding_leaves_the_kl_finite_and_unchanged(estimator: str) -> None:
+    """exp(-1000) is 0 and exp(1000) inf: masked after the exponential, inf * 0 would be NaN at padding."""
+    logprobs = torch.tensor([[math.log(0.5), math.log(0.25), 0.0]])
+    ref = torch.tensor([[math.log(0.25), math.log(0.5), 0.0]])
+    mask = torch.tensor([[1.0, 1.0, 0.0]])
+    expected = approx_kl(logprobs, ref, mask, estimator)  # type: ignore[arg-type]
+    for padding in (1000.0, -1000.0):
+        huge = ref.clone()
+        huge[0, 2] = padding  # log pi - log pi_ref = -1000 or 1000 at the padding slot
+        kl = approx_kl(logprobs, huge, mask, estimator)  # type: ignore[arg-type]
+        assert torch.isfinite(kl).all() and torch.equal(kl, expected)
+    assert expected[0, 2] == 0.0
+
+
+def test_a_huge_log_ratio_on_padding_leaves_the_policy_loss_finite_and_unchanged() -> None:
+    """The ratio exponentiates log pi - log pi_old: at padding it must be 1, not exp(1000) = inf."""
+    logprobs = torch.tensor([[-0.5, -1.0, 0.0]], requires_grad=True)
+    old = torch.tensor([[-0.7, -0.9, 0.0]])
+    advantages = torch.tensor([[1.0, -1.0, 0.0]])
+    mask = torch.tensor([[1.0, 1.0, 0.0]])
+    expected, expected_ratio = policy_loss(logprobs, old, advantages, mask, clip=0.2)
+    huge = old.clone()
+    huge[0, 2] = -1000.0
+    loss, ratio = policy_loss(logprobs, huge, advantages, mask, clip=0.2)
+    assert torch.isfinite(loss).all() and torch.equal(loss, expected)
+    assert torch.equal(ratio, expected_ratio) and ratio[0, 2] == 1.0
+    loss.sum().backward()
+    assert logprobs.grad is not None and torch.isfinite(logprobs.grad).all() and logprobs.grad[0, 2] == 0.0
 
 
 def test_explained_variance() -> None:

@@ -34,20 +34,33 @@ def sample_mean(x: torch.Tensor, mask: torch.Tensor, samples: int | None = None)
     return masked_mean(x, mask, dim=-1).sum() / (x.shape[0] if samples is None else samples)
 
 
-def approx_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: KLEstimator) -> torch.Tensor:
-    """Per-token estimate of KL(pi || pi_ref) from the log-probabilities of the sampled tokens.
+def masked_log_ratio(logprobs: torch.Tensor, other: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """log pi(a) - log pi_other(a) on action tokens, exactly 0 on padding.
+
+    Padding log-probs are whatever the model gives a pad token there, and a difference above ~88.7 nats
+    overflows ``exp`` to inf; inf * 0 is NaN, which a mask applied afterwards cannot remove (GAE would carry
+    it into the sample's real tokens, whitening to the whole buffer). So the log-ratio is masked *before*
+    anything exponentiates it (OpenRLHF does the same).
+    """
+    return torch.where(mask.bool(), logprobs - other, torch.zeros((), dtype=logprobs.dtype))
+
+
+def approx_kl(
+    logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor, estimator: KLEstimator
+) -> torch.Tensor:
+    """Per-token estimate of KL(pi || pi_ref) from the log-probabilities of the sampled tokens; 0 on padding.
 
     With ``log_r = log pi_ref(a) - log pi(a)`` (Schulman, "Approximating KL divergence"):
 
     - k1 = -log_r = log pi(a) - log pi_ref(a): unbiased, can be negative per token (official default);
     - k3 = exp(log_r) - 1 - log_r: unbiased, never negative, lower variance when the policies are close.
     """
-    log_ratio = logprobs - ref_logprobs
+    log_ratio = masked_log_ratio(logprobs, ref_logprobs, mask)
     if estimator == "k1":
         return log_ratio
     if estimator == "k3":
         log_r = -log_ratio
-        return log_r.exp() - 1 - log_r
+        return (log_r.exp() - 1 - log_r) * mask
     raise ValueError(f"unknown KL estimator {estimator!r}; use k1 or k3")
 
 
@@ -105,10 +118,10 @@ def policy_loss(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The clipped surrogate, per token; returns (per-token loss, ratio).
 
-    ratio_t = exp(log pi(a_t) - log pi_old(a_t))
+    ratio_t = exp(log pi(a_t) - log pi_old(a_t))   (1 on padding: :func:`masked_log_ratio`)
     loss_t  = -min(ratio_t * A_t, clip(ratio_t, 1 - eps, 1 + eps) * A_t)
     """
-    ratio = (logprobs - old_logprobs).exp()
+    ratio = masked_log_ratio(logprobs, old_logprobs, mask).exp()
     unclipped = ratio * advantages
     clipped = ratio.clamp(1 - clip, 1 + clip) * advantages
     return -torch.min(unclipped, clipped) * mask, ratio

@@ -322,7 +322,7 @@ class PPOTrainer:
             policy_seconds += t1 - t0
             assert old.values is not None
             # KL_t = log pi_old(a_t) - log pi_ref(a_t)  (k1), or k3; per token, on the sampled tokens
-            kl = approx_kl(old.logprobs, ref_logprobs, c.kl_estimator) * mask
+            kl = approx_kl(old.logprobs, ref_logprobs, mask, c.kl_estimator)
             # r_t = -beta * KL_t, plus the step's reward on its last action token
             rewards = token_rewards(batch.rewards, kl, c.kl_coef, mask)
             # GAE in each sample: delta_t = r_t + gamma V_{t+1} - V_t; A_t = delta_t + gamma lambda A_{t+1}
