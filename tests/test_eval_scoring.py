@@ -88,6 +88,18 @@ def test_no_recall_and_no_tokens_per_correct_when_undefined(scored: list[dict]) 
     assert summary.recall is None and summary.tokens_per_correct is None
 
 
+def test_questions_without_gold_passages_are_left_out_of_recall(scored: list[dict]) -> None:
+    """A question that marks no gold passage has no recall (None), and the mean is over the others: counting
+    it as 0 would lower the recall of a dataset with unmarked questions for no fault of the retriever."""
+    no_gold = example("d")
+    no_gold.supporting_ids, no_gold.supporting_titles = [], []
+    judge = CorrectnessJudge(JudgeConfig(correctness_llm=False))
+    (record,) = score_trajectories([no_gold], [trajectory(2, "Ada Vale", [FILM], 5)], judge, 3, gold="id")
+    assert record["recall"] is None
+    (summary,) = summarize([*scored, {**record, "method": "m", "dataset": "toy", "top_k": 2}])
+    assert summary.n == 4 and summary.recall == pytest.approx((1 + 0.5 + 0) / 3)
+
+
 def test_summaries_split_by_method_dataset_and_top_k(scored: list[dict]) -> None:
     more = scored + [{**scored[0], "top_k": 5}, {**scored[0], "dataset": "other"}]
     cells = {(s.method, s.dataset, s.top_k): s.n for s in summarize(more)}

@@ -97,6 +97,13 @@ CASES = [
 ]
 
 
+def test_token_f1_clips_counts_of_repeated_tokens() -> None:
+    """Counter intersection, not set intersection: "new" twice in both is 2 common tokens (P = R = 2/3), where
+    sets would see 1 ("Obama Obama" vs "Barack Obama" cannot tell the two apart)."""
+    assert token_f1("new new york", ["new new jersey"]) == pytest.approx(2 / 3)
+    assert token_f1("new new new", ["new york"]) == pytest.approx(2 * (1 / 3) * (1 / 2) / (1 / 3 + 1 / 2))
+
+
 @pytest.mark.parametrize(("prediction", "golds", "em", "f1"), CASES)
 def test_exact_match_and_f1(prediction: str | None, golds: list[str], em: int, f1: float) -> None:
     assert exact_match(prediction, golds) == em

@@ -127,3 +127,11 @@ def test_length_groups_bound_padded_tokens_and_keep_similar_lengths_together() -
     for group in groups:
         assert max(lengths[i] for i in group) * len(group) <= 90 or len(group) == 1
     assert groups == [[2, 5], [3, 0, 1, 4]]
+
+
+def test_length_groups_fill_a_micro_batch_exactly_to_its_bound() -> None:
+    """The bound is inclusive: two rows of 45 fill 90 padded tokens, a third would make 135."""
+    assert length_groups([45, 45, 45], max_tokens=90) == [[0, 1], [2]]
+    assert length_groups([45, 44], max_tokens=89) == [[0], [1]]
+    assert length_groups([30, 30, 30], max_tokens=90) == [[0, 1, 2]]
+    assert length_groups([100, 3], max_tokens=90) == [[0], [1]]  # too long for any bound: alone

@@ -63,6 +63,17 @@ TABLE = {
 }
 
 
+def test_outcome_only_mode_pays_wrong_reward_only_to_answered_trajectories() -> None:
+    """With a non-zero ``wrong_reward`` (0 by default, which hides the difference): a wrong answer earns it on
+    every valid step; a trajectory that never answered earns no outcome at all, only its format penalty."""
+    config = RewardConfig(mode="outcome", wrong_reward=-0.5)
+    assert shape_rewards(WRONG, False, None, config).rewards == [-0.5, -0.5, -0.5]
+    assert shape_rewards(OUT_OF_STEPS, None, None, config).rewards == [0.0] * 5
+    assert shape_rewards(FORMAT_ERROR, None, None, config).rewards == [0.0, 0.0, -1.0]
+    hybrid = RewardConfig(wrong_reward=-0.5)
+    assert shape_rewards(OUT_OF_STEPS, None, [0.0] * 5, hybrid).rewards == [0.0] * 5
+
+
 @pytest.mark.parametrize(
     ("mode", "traj", "correct", "rels", "expected"),
     [(mode, *row) for mode, rows in TABLE.items() for row in rows],

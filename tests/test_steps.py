@@ -71,6 +71,25 @@ def test_missing_header_uses_expected_index():
     assert step.index == 4 and step.valid and step.issues == [MISSING_HEADER]
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        "I will now do what I said in step 4: look it up.\nThe problem analysis: a\nThe final answer: b",
+        "As in Step 4: the problem analysis: a\nThe final answer: b",
+    ],
+)
+def test_step_header_counts_only_at_the_start_of_a_line(text):
+    """ "... in step 4: ..." inside a sentence is prose, not the header: the step keeps its expected index."""
+    step = parse_step(text, expected_index=2)
+    assert step.index == 2 and MISSING_HEADER in step.issues and step.answer == "b"
+
+
+@pytest.mark.parametrize("prefix", ["", "  ", "\n", "### ", "**", "Sure.\n"])
+def test_step_header_after_indentation_or_markdown_on_its_own_line(prefix):
+    step = parse_step(f"{prefix}Step 3:\nThe problem analysis: a\nThe final answer: b", expected_index=3)
+    assert step.index == 3 and MISSING_HEADER not in step.issues
+
+
 def test_missing_analysis_is_fatal():
     step = parse_step("Step 1:\nThe retrieval query: q")
     assert not step.valid and MISSING_ANALYSIS in step.issues and step.query is None

@@ -53,9 +53,11 @@ TRAILING_TEXT = "text after the step"
 STRAY_TEXT = "other text between the analysis and the query or answer"
 FATAL_ISSUES = frozenset({MISSING_ANALYSIS, EMPTY_ANALYSIS, MISSING_DECISION, EMPTY_QUERY, EMPTY_ANSWER})
 
-# A marker, a new step header at the start of a line, or a markdown rule ends a field. Horizontal whitespace
-# only (never \s*) so that scanning stays linear on adversarial runs of whitespace.
-_HEADER = re.compile(r"(?i)\bstep[ \t]*(\d{1,9})[ \t]*:")
+# The header is a line of its own start ("... as in step 4: ..." inside a sentence is prose), after optional
+# indentation or markdown emphasis ("### Step 2:", "**Step 2:**"). A marker, a new step header at the start of
+# a line, or a markdown rule ends a field. Horizontal whitespace only (never \s*) so that scanning stays
+# linear on adversarial runs of whitespace.
+_HEADER = re.compile(r"(?im)^[ \t#*>]*step[ \t]*(\d{1,9})[ \t]*:")
 _FIELD_END = re.compile(
     r"(?i)the problem analysis:|the retrieval query:|the final answer:|the retrieval documents:"
     r"|\n[ \t]*step[ \t]*\d+[ \t]*:|###"
