@@ -115,7 +115,9 @@ def test_k1_and_k3_are_unbiased_estimates_of_the_kl() -> None:
         per_token = approx_kl(pi.log(), ref.log(), torch.ones(3), estimator)
         assert float((pi * per_token).sum()) == pytest.approx(exact)  # expectation under pi
     assert bool((approx_kl(pi.log(), ref.log(), torch.ones(3), "k3") >= 0).all())
-    assert bool((approx_kl(pi.log(), ref.log(), torch.ones(3), "k1") < 0).any())  # k1 can be negative per token
+    assert bool(
+        (approx_kl(pi.log(), ref.log(), torch.ones(3), "k1") < 0).any()
+    )  # k1 can be negative per token
 
 
 @pytest.mark.parametrize("estimator", ["k1", "k3"])
