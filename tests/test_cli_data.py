@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
 from typer.testing import CliRunner
 
 from r3rag.cli import app
 from r3rag.data.datasets import load_dataset
+from sample_data import sample_file
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 runner = CliRunner()
 
 
@@ -99,7 +98,6 @@ def test_data_convert_names_the_bad_record(tmp_path):
     assert result.exit_code == 2 and "no such file" in result.output
 
 
-@pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data is not present")
 def test_data_convert_every_shared_sample(tmp_path):
     expected = {
         "hotpotqa/hotpot_dev_distractor_v1.first53.json": 53,
@@ -110,7 +108,7 @@ def test_data_convert_every_shared_sample(tmp_path):
     }
     for name, count in expected.items():
         out = tmp_path / name.split("/")[1]
-        result = runner.invoke(app, ["data", "convert", str(SHARED / name), "--out", str(out)])
+        result = runner.invoke(app, ["data", "convert", str(sample_file(name)), "--out", str(out)])
         assert result.exit_code == 0, result.output
         [questions] = [p for p in out.iterdir() if p.name != "corpus.jsonl"]
         records = [json.loads(line) for line in questions.read_text().splitlines()]
@@ -126,7 +124,7 @@ def test_data_convert_every_shared_sample(tmp_path):
         [
             "data",
             "convert",
-            str(SHARED / "2wikimultihopqa/2wikimultihopqa_corpus.hipporag.json"),
+            str(sample_file("2wikimultihopqa/2wikimultihopqa_corpus.hipporag.json")),
             "--out",
             str(out),
         ],

@@ -8,7 +8,6 @@ documents the policy had seen by then (cut to ``max_doc_chars``).
 from __future__ import annotations
 
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
@@ -25,8 +24,8 @@ from r3rag.retrieval.bm25 import BM25Retriever
 from r3rag.retrieval.store import PassageStore
 from r3rag.schema import Passage, QAExample, SubQuestion, TrajectoryStatus
 from r3rag.steps import format_documents
+from sample_data import sample_file
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 SMALL = dict(
     people=160, cities=30, countries=6, organisations=40, works=90, train_questions=150, dev_questions=10
 )
@@ -187,27 +186,25 @@ def test_reformulations_keep_the_entity_and_change_the_words():
     assert any("film director" in q for q in out)  # the role the chain implies
 
 
-def _real_sample(path: Path, config: ColdStartConfig) -> list[TeacherResult]:
-    if not path.is_file():
-        pytest.skip(f"{path} is absent")
-    pairs = list(iter_dataset(path))
+def _real_sample(name: str, config: ColdStartConfig) -> list[TeacherResult]:
+    pairs = list(iter_dataset(sample_file(name)))
     retriever = retriever_over([p for _, contexts in pairs for p in contexts])
     return oracle(retriever, config, [example for example, _ in pairs])
 
 
 @pytest.mark.parametrize(
-    "path",
+    "name",
     [
-        SHARED / "musique" / "musique_ans_dev_10.hoprag.jsonl",
-        SHARED / "hotpotqa" / "hotpotqa_dev_distractor_10.hoprag.jsonl",
-        SHARED / "2wikimultihopqa" / "2wikimultihopqa_dev_10.hoprag.jsonl",
+        "musique/musique_ans_dev_10.hoprag.jsonl",
+        "hotpotqa/hotpotqa_dev_distractor_10.hoprag.jsonl",
+        "2wikimultihopqa/2wikimultihopqa_dev_10.hoprag.jsonl",
     ],
     ids=["musique", "hotpotqa", "2wiki"],
 )
-def test_real_samples(path: Path):
+def test_real_samples(name: str):
     """Paper-style evaluation settings (top-5, whole documents): most questions get a sound trajectory."""
     config = ColdStartConfig(agent=AgentConfig(top_k=5))
-    results = _real_sample(path, config)
+    results = _real_sample(name, config)
     kept = [r for r in results if r.kept is not None]
     assert len(kept) >= len(results) // 2
     for result in kept:

@@ -10,9 +10,7 @@ import pytest
 from r3rag.data.datasets import detect_format, iter_dataset, load_dataset, to_flashrag, write_flashrag
 from r3rag.jsonl import RecordError
 from r3rag.schema import QAExample, SubQuestion, passage_id_for
-
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data is not present")
+from sample_data import sample_file
 
 HOTPOT = {
     "_id": "h1",
@@ -208,10 +206,9 @@ REAL = [
 ]
 
 
-@needs_shared
 @pytest.mark.parametrize(("name", "fmt", "count"), REAL)
 def test_real_samples_load_with_their_evidence(name, fmt, count, tmp_path):
-    path = SHARED / name
+    path = sample_file(name)
     assert detect_format(path) == fmt
     loaded = list(iter_dataset(path))
     assert len(loaded) == count

@@ -19,7 +19,11 @@ from r3rag.llm.openai import OpenAIGenerator
 
 
 class Script:
-    """What the server does, chosen by the user message: ok, flaky, slow, busy..., ids or none."""
+    """What the server does, chosen by the user message: ok, flaky, slow, busy..., pair..., ids or none.
+
+    A ``pair`` request is held until two requests are in flight at once (or ``PAIR_WAIT_S`` passed, which
+    only a client that never overlaps two requests waits for): overlap is then an event, not a timing
+    accident, and ``most_active`` says how many ran together."""
 
     def __init__(self) -> None:
         self.requests: list[dict[str, Any]] = []
@@ -54,6 +58,8 @@ class Script:
             await asyncio.sleep(1.0)
         if user.startswith("busy"):
             await asyncio.sleep(0.2)
+        if user.startswith("pair"):
+            await self._until_two_in_flight()
         if user == "none":
             return JSONResponse({**_completion(body, ""), "choices": []})
         payload = _completion(body, f"echo {user}")
@@ -61,6 +67,15 @@ class Script:
             payload["prompt_token_ids"] = [5, 6, 7]
             payload["choices"][0]["token_ids"] = [8, 9]
         return JSONResponse(payload)
+
+    async def _until_two_in_flight(self) -> None:
+        for _ in range(int(PAIR_WAIT_S / 0.005)):
+            if self.active >= 2:
+                return
+            await asyncio.sleep(0.005)
+
+
+PAIR_WAIT_S = 10.0
 
 
 def _completion(body: dict[str, Any], text: str) -> dict[str, Any]:
@@ -132,11 +147,9 @@ def test_concurrency_is_bounded(server) -> None:
     base_url, script = server
     script.most_active = 0
     generator = OpenAIGenerator(base_url, "policy", concurrency=2)
-    started = time.monotonic()
-    generator.generate([conv(f"busy x{i}") for i in range(6)], SamplingParams())
-    elapsed = time.monotonic() - started
-    assert script.most_active == 2
-    assert elapsed >= 0.55  # 6 requests of 0.2 s, two at a time
+    out = generator.generate([conv(f"pair {i}") for i in range(6)], SamplingParams())
+    assert [c.text for c in out] == [f"echo pair {i}" for i in range(6)]
+    assert script.most_active == 2  # each request waited for a second one, and no third came
 
 
 def test_server_errors_are_retried(server) -> None:

@@ -1,0 +1,17 @@
+"""Suite-wide settings: property tests draw the same examples on every run and every machine.
+
+An unseeded property test can fail once in CI and pass on the rerun, and nobody can reproduce the failure.
+With ``derandomize`` Hypothesis seeds each test from the test itself, and no example database carries state
+from one run to the next. ``HYPOTHESIS_PROFILE=explore`` draws fresh examples (to look for new failures on
+purpose; a failure prints the ``@reproduce_failure`` blob to pin it).
+"""
+
+from __future__ import annotations
+
+import os
+
+from hypothesis import settings
+
+settings.register_profile("deterministic", derandomize=True, database=None)
+settings.register_profile("explore", derandomize=False, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "deterministic"))
