@@ -90,7 +90,7 @@ def test_masked_positions_contribute_nothing() -> None:
 
 
 def test_sample_mean_weighs_samples_equally_and_accumulates() -> None:
-    x = torch.tensor([[1.0, 3.0, 0.0], [10.0, 0.0, 0.0]])
+    x = torch.tensor([[1.0, 3.0, 50.0], [10.0, -7.0, 99.0]])  # garbage at padding
     mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
     assert float(sample_mean(x, mask)) == pytest.approx((2.0 + 10.0) / 2)
     # two micro-batches of one sample each, divided by the minibatch's 2 samples, add up to the same

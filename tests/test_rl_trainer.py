@@ -125,6 +125,14 @@ def test_experience_with_k3_is_finite_despite_a_huge_padding_log_ratio(tmp_path:
     assert all(math.isfinite(x) for row in whitened.values() for x in row["advantages"])
 
 
+def test_experience_discounts_with_gamma_and_lambda_as_configured(tmp_path: Path) -> None:
+    """gamma 0.5, lambda 0.8 on A: delta_1 = 1.1 - 0.4 = 0.7; delta_0 = -0.05 + 0.5 * 0.4 - 0.2 = -0.05;
+    A_0 = delta_0 + 0.5 * 0.8 * A_1 = -0.05 + 0.28."""
+    rows, _ = experience(tmp_path, gamma=0.5, lam=0.8)
+    assert rows[13]["advantages"] == pytest.approx([-0.05 + 0.4 * 0.7, 0.7])
+    assert rows[13]["returns"] == pytest.approx([-0.05 + 0.4 * 0.7 + 0.2, 1.1])
+
+
 def test_advantages_are_whitened_over_the_whole_buffer(tmp_path: Path) -> None:
     """Raw advantages 0.85, 0.7, -0.42 (above), one micro-batch per sample: the mean and std are those of
     all three tokens together, not of each micro-batch."""
@@ -154,7 +162,12 @@ REAL = [
 
 def moved_trainer(tmp_path: Path, **overrides: object) -> PPOTrainer:
     """A trainer whose actor took one update already, so the rollout policy is no longer the reference."""
-    values: dict[str, object] = {"ppo_epochs": 1, "minibatch_size": 10_000, "clip_ratio": 0.05}
+    values: dict[str, object] = {
+        "ppo_epochs": 1,
+        "minibatch_size": 10_000,
+        "clip_ratio": 0.05,
+        "value_clip": 0.01,
+    }
     trainer = tiny_trainer(tiny_config(tmp_path, **(values | overrides)))
     trainer._update(trainer._experience(REAL)[0], 1)
     return trainer
@@ -164,11 +177,16 @@ def expected_update(trainer: PPOTrainer, buffer: list[Experience]) -> dict[str, 
     """The update's metrics, from the current actor and the buffer's *old* log-probs, before it steps."""
     c = trainer.config
     n = sum(e.batch.size for e in buffer)
-    out = {"clip_fraction": 0.0, "approx_kl_old": 0.0, "policy_loss": 0.0}
+    out = {"clip_fraction": 0.0, "approx_kl_old": 0.0, "policy_loss": 0.0, "value_loss": 0.0}
     for e in buffer:
         mask = e.batch.action_mask
         with torch.no_grad():
-            ratio = (trainer.model(e.batch, c.bf16, values=True).logprobs - e.old_logprobs).exp()
+            new = trainer.model(e.batch, c.bf16, values=True)
+        assert new.values is not None
+        ratio = (new.logprobs - e.old_logprobs).exp()
+        v_clipped = e.old_values + (new.values - e.old_values).clamp(-c.value_clip, c.value_clip)
+        v_loss = 0.5 * torch.max((new.values - e.returns) ** 2, (v_clipped - e.returns) ** 2)
+        out["value_loss"] += float(sample_mean(v_loss, mask, n))
         clipped = ratio.clamp(1 - c.clip_ratio, 1 + c.clip_ratio)
         loss = -torch.min(ratio * e.advantages, clipped * e.advantages)
         out["clip_fraction"] += float(sample_mean(((ratio - 1).abs() > c.clip_ratio).float(), mask, n))
