@@ -119,6 +119,7 @@ def test_exact_match_and_f1(prediction: str | None, golds: list[str], em: int, f
         ("No, they are not.", ["no"], True, 1),
         ("I don't know", ["no"], True, 0),  # "no" inside "know" does not count ...
         ("I don't know", ["no"], False, 1),  # ... except as a raw substring (FlashRAG)
+        ("yes, I know", ["yes"], True, 1),  # nor does "no" inside "know" count as the opposite of "yes"
         ("yes or no", ["yes"], True, 0),  # both polarities: not covered
         ("yes or no", ["yes"], False, 1),
         ("New Yorker", ["New York"], True, 0),

@@ -114,6 +114,18 @@ def test_a_pack_computes_the_shared_prefix_once() -> None:
     assert batch.tokens == 10 < len(first.tokens) + len(second.tokens)
 
 
+def test_an_action_right_where_a_branch_leaves_the_trunk_is_predicted_from_the_trunk() -> None:
+    """The branch [10, 11 | 60, 61] parts from the trunk [10..15] after 2 tokens, and its first action (60)
+    is its first own token: the token before it is the trunk's 11 (row position 1), not the trunk's end."""
+    trunk = Sample((10, 11, 12, 13, 14, 15), (False,) * 4 + (True,) * 2, (0.0,) * 6, 0, 1)
+    branch = Sample((10, 11, 60, 61), (False, False, True, True), (0.0,) * 4, 0, 0)
+    (pack,) = pack_samples([trunk, branch])
+    assert pack.shared == (0, 2)
+    batch = collate([trunk, branch], [pack], pad_id=0)
+    assert batch.input_ids.tolist() == [[10, 11, 12, 13, 14, 15, 60, 61]]
+    assert batch.positions.tolist() == [[3, 4], [1, 6]]
+
+
 def test_packs_follow_trajectories() -> None:
     samples = [sample(3, 1, trajectory=0), sample(5, 1, trajectory=1), sample(6, 1, trajectory=0)]
     assert [p.members for p in pack_samples(samples)] == [(2, 0), (1,)]

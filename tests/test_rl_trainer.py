@@ -31,7 +31,8 @@ PAD_LOGPROB = -1000.0
 class TablePolicy:
     """A policy and critic whose log pi(a) and V are looked up by the action's token id (padding included),
     so the experience of a batch can be computed by hand. Unknown ids (the pad id) get ``pad`` and
-    ``pad_value``: what a model gives padding is arbitrary, and the buffer must hold 0 there whatever it is."""
+    ``pad_value``: what a model gives padding is arbitrary, and the buffer must hold 0 there whatever it
+    is."""
 
     logprobs: dict[int, float]
     values: dict[int, float]
@@ -90,6 +91,48 @@ def experience(
             key = int(e.batch.action_ids[n, 0])
             rows[key] = {f: getattr(e, f)[n][mask[n]].tolist() for f in FIELDS}
     return rows, metrics
+
+
+# ---------------------------------------------------------------- defaults (first: config mutants fail fast)
+
+OFFICIAL = {  # examples/RLHF.sh on OpenRLHF 0.5.7 and the defaults it ran with (reference §1.5)
+    "iterations": 512,  # 4 episodes x 8,192 questions / 64 per rollout
+    "questions_per_iteration": 64,  # rollout_batch_size
+    "samples_per_question": 4,  # n_samples_per_prompt
+    "temperatures": [0.1, 0.4, 0.7, 1.0],  # 0.1 + 0.3 i
+    "critic": "separate",
+    "kl_coef": 0.01,  # init_kl_coef, fixed controller
+    "kl_estimator": "k1",  # use_kl_estimator_k3 off
+    "gamma": 1.0,
+    "lam": 1.0,
+    "normalize_advantages": True,
+    "clip_ratio": 0.2,  # eps_clip
+    "value_clip": 0.2,
+    "ent_coef": 0.0,
+    "max_grad_norm": 1.0,  # max_norm
+    "actor_lr": 5e-7,
+    "critic_lr": 9e-6,
+    "adam_betas": (0.9, 0.95),
+    "weight_decay": 0.0,
+    "warmup_ratio": 0.03,
+    "min_lr_ratio": 0.1,
+    "ppo_epochs": 1,  # max_epochs
+    "minibatch_size": 64,  # train_batch_size
+    "lora_rank": 0,  # all weights
+}
+
+
+def test_ppo_defaults_are_the_official_values() -> None:
+    config = PPOConfig(model="m", train=Path("t.jsonl"), index="i", out=Path("o"))
+    assert {field: getattr(config, field) for field in OFFICIAL} == OFFICIAL
+    rollout = config.rollout  # the official RL rollout: top-2, 512 characters, 5 steps, 3 re-generations
+    assert (rollout.top_k, rollout.max_doc_chars, rollout.max_steps, rollout.max_format_retries) == (
+        2,
+        512,
+        5,
+        3,
+    )
+    assert rollout.max_new_tokens == 512
 
 
 # ------------------------------------------------------------------------------------ experience by hand
@@ -263,45 +306,3 @@ def test_gradients_do_not_depend_on_the_micro_batch_size(tmp_path: Path, critic:
     for a, b in zip(single[1], whole[1], strict=True):  # equal up to float summation order (~1e-5 of the max)
         assert float((a - b).abs().max()) <= 1e-4 * float(b.abs().max()) + 1e-8
     assert any(float(g.abs().max()) > 0 for g in whole[1])
-
-
-# ------------------------------------------------------------------------------------------- defaults
-
-OFFICIAL = {  # examples/RLHF.sh on OpenRLHF 0.5.7 and the defaults it ran with (reference §1.5)
-    "iterations": 512,  # 4 episodes x 8,192 questions / 64 per rollout
-    "questions_per_iteration": 64,  # rollout_batch_size
-    "samples_per_question": 4,  # n_samples_per_prompt
-    "temperatures": [0.1, 0.4, 0.7, 1.0],  # 0.1 + 0.3 i
-    "critic": "separate",
-    "kl_coef": 0.01,  # init_kl_coef, fixed controller
-    "kl_estimator": "k1",  # use_kl_estimator_k3 off
-    "gamma": 1.0,
-    "lam": 1.0,
-    "normalize_advantages": True,
-    "clip_ratio": 0.2,  # eps_clip
-    "value_clip": 0.2,
-    "ent_coef": 0.0,
-    "max_grad_norm": 1.0,  # max_norm
-    "actor_lr": 5e-7,
-    "critic_lr": 9e-6,
-    "adam_betas": (0.9, 0.95),
-    "weight_decay": 0.0,
-    "warmup_ratio": 0.03,
-    "min_lr_ratio": 0.1,
-    "ppo_epochs": 1,  # max_epochs
-    "minibatch_size": 64,  # train_batch_size
-    "lora_rank": 0,  # all weights
-}
-
-
-def test_ppo_defaults_are_the_official_values() -> None:
-    config = PPOConfig(model="m", train=Path("t.jsonl"), index="i", out=Path("o"))
-    assert {field: getattr(config, field) for field in OFFICIAL} == OFFICIAL
-    rollout = config.rollout  # the official RL rollout: top-2, 512 characters, 5 steps, 3 re-generations
-    assert (rollout.top_k, rollout.max_doc_chars, rollout.max_steps, rollout.max_format_retries) == (
-        2,
-        512,
-        5,
-        3,
-    )
-    assert rollout.max_new_tokens == 512

@@ -90,6 +90,14 @@ def test_step_header_after_indentation_or_markdown_on_its_own_line(prefix):
     assert step.index == 3 and MISSING_HEADER not in step.issues
 
 
+def test_a_later_step_header_is_not_this_step_s():
+    """The header is looked for before the analysis only: a model that skips its own header and runs on
+    into "Step 2:" is step 1 without a header, not step 2."""
+    text = "The problem analysis: a\nThe retrieval query: q\nStep 2:\nThe problem analysis: b"
+    step = parse_step(text, expected_index=1)
+    assert step.index == 1 and MISSING_HEADER in step.issues and step.query == "q"
+
+
 def test_missing_analysis_is_fatal():
     step = parse_step("Step 1:\nThe retrieval query: q")
     assert not step.valid and MISSING_ANALYSIS in step.issues and step.query is None

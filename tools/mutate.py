@@ -401,12 +401,9 @@ MUTATIONS: list[Mutation] = [
         "if self._generator is None:",
         "correctness: the LLM asked even when the match already says correct",
     ),
-    Mutation(
-        "rewards/judges.py",
-        "score = min(1.0, max(0.0, value))",
-        "score = min(1.0, value)",
-        "relevance: a negative LLM score not clamped to 0",
-    ),
+    # Not planted, equivalent: "score = min(1.0, max(0.0, value))" -> "min(1.0, value)" in LLMRelevanceJudge.
+    # parse_score never returns a negative number ("Score: -0.2" does not parse), so no input reaches the
+    # lower clamp; it stays as a guard in case the parser changes.
     Mutation(
         "rewards/judges.py",
         "score = self.config.relevance_fallback",
