@@ -55,3 +55,8 @@ def test_a_mutant_is_written_to_the_copy_and_undone(
     outcome = mutate.mutate_one(mutate.Mutation("steps.py", "= 1", "= 2", "d"), tmp_path, 1.0)
     assert seen == ["limit = 2\n"] and target.read_text() == "limit = 1\n"
     assert outcome.killed and outcome.detail == "t::x"
+
+
+def test_the_first_failing_test_keeps_its_parameters(mutate: ModuleType) -> None:
+    summary = "x\nFAILED tests/t.py::test_a[I said in step 4: x] - AssertionError: no\nFAILED tests/t.py::b\n"
+    assert mutate._FAILED.search(summary).group(1) == "tests/t.py::test_a[I said in step 4: x]"

@@ -513,7 +513,7 @@ def check(mutations: Sequence[Mutation], package: Path) -> list[str]:
     return errors
 
 
-_FAILED = re.compile(r"^(?:FAILED|ERROR) (\S+)", re.MULTILINE)
+_FAILED = re.compile(r"^(?:FAILED|ERROR) (.+?)(?: - .*)?$", re.MULTILINE)  # "FAILED path::test[id] - why"
 
 
 def run_tests(src: Path, files: Sequence[str], timeout_s: float) -> tuple[bool, str]:
