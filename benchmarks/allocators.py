@@ -2,7 +2,7 @@
 
 Training on a CPU allocates and frees the same large tensors every step; glibc's malloc hands the largest
 back to the kernel each time and faults them in again, which a caching allocator avoids. How much that is
-worth depends on the CPU (measured: 2.5x on a Xeon with AMX, 1.3x on a Zen 4 EPYC without), so this script
+worth depends on the CPU (measured: 2.5x on a Xeon with AMX, 1.5-1.7x on a Zen 4 EPYC without), so this script
 prints the CPU model and its bf16/AMX support, then times the embedded model under every allocator r3rag can
 use (:mod:`r3rag.allocator`) and both precisions, each in its own process (an allocator is chosen when a
 process starts), alternating the configurations round by round so that load on the machine hits all alike.
@@ -11,7 +11,8 @@ machine gets to a CPU without it.
 
 - ``sft step``: forward, backward and AdamW step on 4 rows of 512 tokens (bf16 autocast or fp32);
 - ``ppo update``: the same on the actor with the shared critic's value head, as PPO's update runs it;
-- ``generation``: 8 prompts of ~300 tokens, 32 new tokens each, batched.
+- ``generation``: 8 prompts of ~300 tokens, 32 new tokens each, batched, as r3rag generates (bf16: on bf16
+  weights, as ``eval`` and PPO's rollouts do; fp32: on the fp32 weights).
 
     .venv/bin/python benchmarks/allocators.py              # every allocator found, 3 rounds
     .venv/bin/python benchmarks/allocators.py --rounds 1 --only glibc,tuned-glibc
@@ -20,6 +21,7 @@ machine gets to a CPU without it.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import statistics
@@ -122,7 +124,8 @@ def measure(bf16: bool) -> dict[str, float]:
         ppo_optimizer.step()
         ppo_optimizer.zero_grad(set_to_none=True)
 
-    generator = HFGenerator(model, tokenizer, batch_size=8, bf16=bf16)
+    generating = copy.deepcopy(model).to(torch.bfloat16) if bf16 else model
+    generator = HFGenerator(generating, tokenizer, batch_size=8, bf16=bf16)
     prompts = [[{"role": "user", "content": f"Passage {i}: " + "word " * 280}] for i in range(8)]
 
     def generation() -> None:

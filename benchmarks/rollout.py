@@ -5,15 +5,15 @@ Runs the same questions (default: the first 32 dev questions of the standard wor
 a time) and prints trajectories per minute, generated tokens per second, and the ratio of the last batch
 size to the first; the tokens/s of both and the ratios are the headline figures for `make bench` (target
 for 32 vs 1: >= 6x tokens/s). Decoding is greedy and re-generations are seeded per question, so every batch
-size does the same work up to floating-point ties. ``--tcmalloc`` re-runs the script with
-``libtcmalloc_minimal.so.4`` preloaded (Debian/Ubuntu: ``apt-get install libtcmalloc-minimal4``).
+size does the same work up to floating-point ties. ``--allocator NAME`` re-runs the script under one of the
+memory allocators :mod:`r3rag.allocator` knows (``glibc``, ``tuned-glibc``, ``tcmalloc``).
 
 The untrained model rarely writes a valid step, so most trajectories are a first step and its three
 re-generations (format-error): short prompts, long rambling completions. That is the real cold-start
 workload; after the cold start, prompts grow with the documents of each step.
 
-    .venv/bin/python benchmarks/rollout.py                    # bf16 autocast, glibc malloc
-    .venv/bin/python benchmarks/rollout.py --tcmalloc         # the same with tcmalloc
+    .venv/bin/python benchmarks/rollout.py                    # bf16, the allocator of the environment
+    .venv/bin/python benchmarks/rollout.py --allocator tuned-glibc
     .venv/bin/python benchmarks/rollout.py --corpus c.jsonl --questions q.jsonl   # any corpus and questions
 """
 
@@ -33,6 +33,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 from _summary import report  # noqa: E402  (after the offline switches)
 
 from r3rag.agent import Agent  # noqa: E402
+from r3rag.allocator import ALLOCATOR_ENV, allocator_environment  # noqa: E402
 from r3rag.config import AgentConfig, IndexBuildConfig  # noqa: E402
 from r3rag.llm.base import SamplingParams  # noqa: E402
 from r3rag.llm.hf import HFGenerator  # noqa: E402
@@ -41,7 +42,6 @@ from r3rag.schema import QAExample, Trajectory  # noqa: E402
 from r3rag.steps import build_messages  # noqa: E402
 from r3rag.view import status_counts  # noqa: E402
 
-TCMALLOC = "libtcmalloc_minimal.so.4"
 COLUMNS = (
     "batch",
     "wall s",
@@ -65,13 +65,12 @@ def main() -> int:
     parser.add_argument("--max-new-tokens", type=int, default=512, help="Per step (paper: 512).")
     parser.add_argument("--max-steps", type=int, default=5)
     parser.add_argument("--top-k", type=int, default=5)
-    parser.add_argument(
-        "--tcmalloc", action="store_true", help=f"Preload {TCMALLOC} (re-executes the script)."
-    )
+    parser.add_argument("--allocator", help="Re-run the script under this allocator (r3rag.allocator).")
     parser.add_argument("--json", type=Path, help="Also write the results here.")
     args = parser.parse_args()
-    if args.tcmalloc:
-        _preload_tcmalloc()
+    if args.allocator and os.environ.get(ALLOCATOR_ENV) != args.allocator:
+        environment = {**os.environ, **allocator_environment(args.allocator), ALLOCATOR_ENV: args.allocator}
+        os.execve(sys.executable, [sys.executable, *sys.argv], environment)
 
     import torch
 
@@ -88,9 +87,9 @@ def main() -> int:
         agent = Agent(generator, retriever, config)
         warm_up = [build_messages(e.question) for e in examples[:2]]  # first-call allocations, kernel choice
         generator.generate(warm_up, SamplingParams(max_new_tokens=8))
-        allocator = "tcmalloc" if TCMALLOC in os.environ.get("LD_PRELOAD", "") else "glibc malloc"
+        allocator = os.environ.get(ALLOCATOR_ENV, "glibc")
         print(
-            f"{args.model}, {'bf16 autocast' if args.bf16 else 'fp32'}, {allocator}, "
+            f"{args.model}, {'bf16' if args.bf16 else 'fp32'}, allocator {allocator}, "
             f"{torch.get_num_threads()} threads, {len(examples)} questions, "
             f"max {args.max_new_tokens} tokens/step, "
             f"load average {os.getloadavg()[0]:.1f}",
@@ -173,18 +172,6 @@ def _data(args: argparse.Namespace, tmp: Path) -> tuple[Path, list[QAExample]]:
 
     world = generate_world()
     return write_world(world, tmp / "world")["corpus"], world.dev[: args.count]
-
-
-def _preload_tcmalloc() -> None:
-    """Re-execute this script with tcmalloc preloaded (an allocator cannot be swapped once Python runs)."""
-    if TCMALLOC in os.environ.get("LD_PRELOAD", ""):
-        return
-    candidates = [Path(f"/usr/lib/{arch}-linux-gnu/{TCMALLOC}") for arch in ("x86_64", "aarch64")]
-    path = next((str(p) for p in candidates if p.exists()), None)
-    if path is None:
-        sys.exit(f"{TCMALLOC} not found: apt-get install libtcmalloc-minimal4")
-    env = {**os.environ, "LD_PRELOAD": " ".join(filter(None, [os.environ.get("LD_PRELOAD"), path]))}
-    os.execve(sys.executable, [sys.executable, *sys.argv], env)
 
 
 if __name__ == "__main__":

@@ -45,8 +45,8 @@ def installed(monkeypatch: pytest.MonkeyPatch):
 
 
 def test_auto_takes_the_first_preferred_allocator_installed(installed) -> None:
-    installed("jemalloc", "tbbmalloc")
-    assert allocator.choose("auto") == "tbbmalloc"
+    installed("tcmalloc")
+    assert allocator.choose("auto") == "tcmalloc"
     installed()
     assert allocator.choose("auto") == "tuned-glibc"
     assert allocator.choose("glibc") == "glibc"
@@ -116,10 +116,17 @@ def test_an_allocator_that_is_not_installed_is_one_line(
     installed, executions, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     installed()
-    monkeypatch.setenv("R3RAG_ALLOCATOR", "jemalloc")
+    monkeypatch.setenv("R3RAG_ALLOCATOR", "tcmalloc")
     with pytest.raises(SystemExit) as exit_:
         allocator.reexecute(["sft"])
-    assert exit_.value.code == 2 and "R3RAG_ALLOCATOR=jemalloc: not installed here" in capsys.readouterr().err
+    assert exit_.value.code == 2 and "R3RAG_ALLOCATOR=tcmalloc: not installed here" in capsys.readouterr().err
+
+
+def test_an_unknown_allocator_is_named_with_the_choices() -> None:
+    with pytest.raises(
+        ValueError, match="R3RAG_ALLOCATOR=mimalloc: unknown; use auto, glibc, tcmalloc, tuned"
+    ):
+        allocator.choose("mimalloc")
 
 
 def test_the_reexecuted_process_runs_with_the_settings_it_announces() -> None:

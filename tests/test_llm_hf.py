@@ -155,6 +155,54 @@ def test_bf16_autocast_generates(generator: HFGenerator) -> None:
     )  # autocast casts on the fly, weights stay fp32
 
 
+def test_prefill_in_chunks_of_rows_decodes_what_one_pass_does(generator: HFGenerator) -> None:
+    """Prompts prefilled a row or two at a time, their caches joined, decode the same tokens with the same
+    log-probabilities as one forward pass over the whole batch (rows finishing early included)."""
+    sampling = [SamplingParams(max_new_tokens=n, logprobs=True) for n in (3, 12, 7, 12, 1)]
+    whole = generator.generate(conversations(), sampling)
+    width = max(c.prompt_tokens for c in whole)
+    for rows in (1, 2):
+        chunked = HFGenerator(generator.model, generator.tokenizer, batch_size=8, prefill_tokens=rows * width)
+        parts = chunked.generate(conversations(), sampling)
+        assert [c.completion_token_ids for c in parts] == [c.completion_token_ids for c in whole]
+        for a, b in zip(parts, whole, strict=True):
+            assert a.token_logprobs == pytest.approx(b.token_logprobs, abs=1e-5)
+
+
+def test_prefill_chunks_join_the_cache_of_every_layer(generator: HFGenerator) -> None:
+    """The joined cache has every row of every layer, in order (a chunk lost or reordered would decode
+    another row's continuation)."""
+    chunked = HFGenerator(generator.model, generator.tokenizer, batch_size=8, prefill_tokens=1)
+    ids = torch.tensor([[5, 6, 7], [8, 9, 10], [11, 12, 13]])
+    ones = torch.ones_like(ids)
+    positions = ones.cumsum(-1) - 1
+    with torch.inference_mode():
+        logits, cache = chunked._prefill(ids, ones, positions, autocast=False)
+        whole, whole_cache = HFGenerator(generator.model, generator.tokenizer)._prefill(
+            ids, ones, positions, autocast=False
+        )
+    assert len(cache.layers) == len(whole_cache.layers) == generator.model.config.num_hidden_layers
+    for mine, reference in zip(cache.layers, whole_cache.layers, strict=True):
+        assert torch.allclose(mine.keys, reference.keys, atol=1e-4, rtol=1e-4)
+        assert torch.allclose(mine.values, reference.values, atol=1e-4, rtol=1e-4)
+    assert torch.allclose(logits, whole, atol=1e-4, rtol=1e-4)
+
+
+def test_a_bf16_model_generates_without_autocast(generator: HFGenerator) -> None:
+    """bf16 weights (``from_name(..., bf16=True)`` loads them so) are never autocast; an fp32 model is."""
+    model = tiny_model().to(torch.bfloat16)
+    bf16 = HFGenerator(model, generator.tokenizer, bf16=True)
+    assert not bf16.autocast
+    assert HFGenerator(generator.model, generator.tokenizer, bf16=True).autocast
+    completions = bf16.generate(conversations(3), [SamplingParams(max_new_tokens=n) for n in (2, 5, 9)])
+    assert [c.completion_tokens for c in completions] == [2, 5, 9]
+
+
+def test_prefill_tokens_must_be_positive(generator: HFGenerator) -> None:
+    with pytest.raises(ValueError, match="prefill_tokens"):
+        HFGenerator(generator.model, generator.tokenizer, prefill_tokens=0)
+
+
 def test_sampling_list_must_match_the_conversations(generator: HFGenerator) -> None:
     with pytest.raises(ValueError, match="2 sampling settings for 3 conversations"):
         generator.generate(conversations(3), [SamplingParams(), SamplingParams()])

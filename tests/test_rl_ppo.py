@@ -109,3 +109,30 @@ def test_a_time_budget_stops_the_run_evaluated_and_saved(tmp_path: Path) -> None
     assert [r["iteration"] for r in records] == [0, 1]
     assert "dev/accuracy" in records[-1]
     assert (tmp_path / "final" / "config.json").is_file()
+
+
+@pytest.mark.parametrize("lora_rank", [0, 4])
+def test_bf16_rollouts_run_on_a_bf16_copy_of_the_current_actor(tmp_path: Path, lora_rank: int) -> None:
+    """Under bf16 the rollout generates with a bf16 copy of the actor as it is now (adapters merged), and
+    the trained fp32 weights are left as they were."""
+    trainer = tiny_trainer(tiny_config(tmp_path, bf16=True, lora_rank=lora_rank))
+    actor = trainer.model.actor
+    ids = torch.tensor([[1, 5, 9, 13, 17, 21]])
+    with torch.no_grad():
+        start = actor(input_ids=ids).logits
+        for p in actor.parameters():  # move the trained weights away from the start, as an update would
+            if p.requires_grad:
+                p.add_(0.05)
+        now = actor(input_ids=ids).logits
+        generator = trainer._generator()
+        copy = generator.model(input_ids=ids).logits.float()
+    assert generator.model is not actor and not generator.autocast
+    assert {p.dtype for p in generator.model.parameters()} == {torch.bfloat16}
+    assert all(p.dtype == torch.float32 for p in actor.parameters())
+    assert (copy - now).abs().max() < 0.1 * (start - now).abs().max()  # today's weights, rounded to bf16
+    assert trainer.iteration(1)["samples"] == 12
+
+
+def test_fp32_rollouts_generate_with_the_trained_model_itself(tmp_path: Path) -> None:
+    trainer = tiny_trainer(tiny_config(tmp_path, bf16=False))
+    assert trainer._generator().model is trainer.model.actor

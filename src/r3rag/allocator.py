@@ -2,7 +2,7 @@
 
 Training on a CPU allocates and frees the same large tensors every step. glibc's malloc hands the large ones
 back to the kernel and faults them in again the next step; a caching allocator keeps them. Measured on the
-project's machines (``benchmarks/allocators.py``), that makes an SFT or PPO step 1.3-2.5x faster depending on
+project's machines (``benchmarks/allocators.py``), that makes an SFT or PPO step 1.5-2.5x faster depending on
 the CPU. An allocator can only be chosen before a process starts (``LD_PRELOAD``, malloc's environment), so
 the ``r3rag`` command re-executes itself once with it set, before importing anything heavy, and says so in
 one line. ``R3RAG_ALLOCATOR`` chooses: ``auto`` (the default: the best one found, in :data:`PREFERENCE`
@@ -18,20 +18,18 @@ import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 
 ALLOCATOR_ENV = "R3RAG_ALLOCATOR"
 _CHOSEN_ENV = "_R3RAG_ALLOCATOR_CHOSEN"
 """Set in the re-executed process: it runs under the allocator it names and must not re-execute again."""
-PREFERENCE = ("tcmalloc", "tbbmalloc", "jemalloc", "tuned-glibc")
-"""Preferred first, as measured (README, "Speed on a CPU"); ``glibc`` is always there and never chosen by
-``auto`` when another one is."""
+PREFERENCE = ("tcmalloc", "tuned-glibc")
+"""Preferred first, as measured (docs/results.md, "Speed on a CPU"): tcmalloc where the system has it (SFT
+step 1.73x glibc's on a Zen 4 EPYC, 2.5x on a Xeon with AMX), else glibc's malloc tuned to keep what it
+frees (1.54x on the EPYC), which needs nothing installed. ``glibc`` (untouched) is never chosen by ``auto``.
+jemalloc (default options) was no faster than glibc and the ``tbb`` wheel's allocator slower: not offered."""
 
-_SYSTEM_LIBRARIES = {
-    "tcmalloc": ("libtcmalloc_minimal.so.4", "libtcmalloc.so.4"),
-    "jemalloc": ("libjemalloc.so.2",),
-}
+_TCMALLOC = ("libtcmalloc_minimal.so.4", "libtcmalloc.so.4")
 _LIBRARY_DIRS = ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64", "/usr/lib")
 _TUNED_GLIBC = {
     # Never hand freed memory back by unmapping or trimming: a step's buffers are reused by the next step.
@@ -73,29 +71,13 @@ def _system_library(names: Sequence[str]) -> Path | None:
     return None
 
 
-def _tbbmalloc() -> list[Path] | None:
-    """The ``tbb`` wheel's scalable allocator and the proxy that replaces malloc with it (both preloaded:
-    the proxy finds its library by name only)."""
-    try:
-        distribution = metadata.distribution("tbb")
-    except metadata.PackageNotFoundError:
-        return None
-    found = {
-        Path(str(f)).name: Path(str(distribution.locate_file(f))).resolve() for f in distribution.files or []
-    }
-    libraries = [found.get("libtbbmalloc.so.2"), found.get("libtbbmalloc_proxy.so.2")]
-    if None in libraries or not all(p.is_file() for p in libraries if p is not None):
-        return None
-    return [p for p in libraries if p is not None]
-
-
 def preloads(name: str) -> list[Path] | None:
     """The libraries ``name`` preloads (empty for the glibc variants), or None when it is not installed."""
     if name in ("glibc", "tuned-glibc"):
         return [] if sys.platform.startswith("linux") else None
-    if name == "tbbmalloc":
-        return _tbbmalloc()
-    library = _system_library(_SYSTEM_LIBRARIES[name])
+    if name != "tcmalloc":
+        raise ValueError(f"{ALLOCATOR_ENV}={name}: unknown; use auto, {', '.join(('glibc', *PREFERENCE))}")
+    library = _system_library(_TCMALLOC)
     return None if library is None else [library]
 
 

@@ -121,7 +121,7 @@ class PipelineConfig(StageConfig):
         description="The untrained base model's evaluation (its methods are the baseline rows of the table).",
     )
     eval_questions: int = Field(48, ge=1, description="Dev questions every evaluation runs (the first N).")
-    eval_bf16: bool = Field(True, description="bf16 autocast in the evaluations' batched generation.")
+    eval_bf16: bool = Field(True, description="The evaluations load their model in bf16 (faster generation).")
 
     @model_validator(mode="after")
     def _check_chain(self) -> Self:

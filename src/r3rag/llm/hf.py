@@ -19,11 +19,19 @@ The other levers (whole-rollout figures in ``benchmarks/rollout.py``):
   pads little (prefill cost and attention over padding both shrink);
 - only the last position's logits are computed (``logits_to_keep=1``): full-sequence logits of a
   49k-vocabulary model at 32 x 2,000 tokens would be 12 GB;
-- optional bf16 autocast on CPU (AMX) for every forward pass over two rows or more. A single row decodes in
-  fp32: matrix-vector products gain nothing from bf16 here and lose the casts (measured on the project's
-  2-core machine: 20.8 tok/s fp32 vs 10.7 bf16 at one row; 33 vs 26 at two rows, 130 vs 104 at eight). When a
-  batch shrinks to its last row mid-decode, that row carries on in fp32 (its bf16 KV cache is promoted by
-  the concatenation that appends the next keys).
+- bf16: a generator that only generates (``from_name``: ``ask``, ``eval``, the quickstart's evaluations)
+  loads its weights in bf16, so no forward pass casts them. A generator over a model being trained (PPO's
+  rollouts: fp32 master weights) runs its batched forward passes under bf16 autocast instead, which casts
+  every weight at every decoded token. Measured on a 2-core AMD EPYC (Zen 4, AVX-512 BF16, no AMX), 8 rows
+  x 64 greedy tokens: 5.0 s with bf16 weights, 8.7 s under autocast; prefill speed is the same either way
+  (compute-bound). Under autocast a single row decodes in fp32, which was faster than autocast for one
+  row (20.8 vs 10.7 tok/s on a 2-core Xeon); when a batch shrinks to its last row mid-decode, that row
+  carries on in fp32 (its bf16 KV cache is promoted by the concatenation that appends the next keys);
+- prefill in chunks: the prompts of a batch go through the model a few rows at a time, at most
+  ``prefill_tokens`` tokens per forward pass, and their KV caches are joined for the decode, which keeps
+  every row. One forward pass over 16 prompts of 1,900 tokens ran at 619 tok/s, 2 rows at a time at 909
+  (same EPYC, bf16): the activations of a huge pass fall out of the CPU's caches. Decoding wants the
+  opposite (every row shares one read of the weights), hence chunks for the prefill only.
 
 Token ids: ``prompt_token_ids`` is the rendered prompt (no padding); ``completion_token_ids`` is exactly what
 was sampled, including the stop token (EOS is an action the policy must learn), and including the tokens of
@@ -42,6 +50,10 @@ import torch
 
 from r3rag.llm.base import Completion, Conversation, SamplingParams, per_row
 from r3rag.steps import render_prompt
+
+PREFILL_TOKENS = 4096
+"""Tokens of one prefill forward pass (rows x padded width): measured fastest per token around 4k (module
+docstring)."""
 
 
 def sample_next_tokens(
@@ -86,28 +98,42 @@ class _Row:
 class HFGenerator:
     """Batched generation with a local transformers causal LM (left padding, KV cache, per-row sampling).
 
-    ``batch_size`` bounds how many conversations share one forward pass; more are sorted by prompt length
-    and run in consecutive batches; it is also the memory knob (prefill holds every prompt of a batch at
-    once). ``bf16`` enables ``torch.autocast("cpu", bfloat16)`` for batched forward passes.
+    ``batch_size`` bounds how many conversations are decoded together; more are sorted by prompt length
+    and run in consecutive batches; it is also the memory knob (the KV cache holds every row of a batch).
+    ``prefill_tokens`` bounds the tokens of one prefill forward pass (a batch's prompts go through in chunks
+    of rows). ``bf16`` runs batched forward passes of an fp32 model under ``torch.autocast("cpu",
+    bfloat16)``; a model whose weights are already bf16 (:meth:`from_name` with ``bf16``) needs no autocast.
     """
 
-    def __init__(self, model: Any, tokenizer: Any, *, batch_size: int = 32, bf16: bool = False):
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        batch_size: int = 32,
+        bf16: bool = False,
+        prefill_tokens: int = PREFILL_TOKENS,
+    ):
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
+        if prefill_tokens < 1:
+            raise ValueError("prefill_tokens must be >= 1")
         self.model = model
         self.tokenizer = tokenizer
         self.batch_size = batch_size
-        self.bf16 = bf16
+        self.prefill_tokens = prefill_tokens
+        self.autocast = bf16 and next(model.parameters()).dtype == torch.float32
         self.eos_ids = _eos_ids(model, tokenizer)
         pad = tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else min(self.eos_ids, default=0)
 
     @classmethod
     def from_name(cls, name: str, *, batch_size: int = 32, bf16: bool = False) -> HFGenerator:
-        """Load a model by name (the embedded default, a folder, a .gguf, or a hub id; see ``models.py``)."""
+        """Load a model by name (the embedded default, a folder, a .gguf, or a hub id; see ``models.py``),
+        with bf16 weights when ``bf16``: it only generates, so it needs no fp32 copy."""
         from r3rag.llm.models import load_model
 
-        model, tokenizer = load_model(name)
+        model, tokenizer = load_model(name, dtype=torch.bfloat16 if bf16 else None)
         return cls(model, tokenizer, batch_size=batch_size, bf16=bf16)
 
     def encode(self, conversation: Conversation) -> list[int]:
@@ -138,8 +164,6 @@ class HFGenerator:
 
     def _generate_batch(self, rows: list[_Row]) -> list[Completion]:
         """Decode one left-padded batch; finished rows leave the batch (and the KV cache) at once."""
-        from transformers import DynamicCache
-
         width = max(len(r.prompt_ids) for r in rows)
         input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
         attention = torch.zeros((len(rows), width), dtype=torch.long)
@@ -153,9 +177,9 @@ class HFGenerator:
         temperatures = torch.tensor([r.params.temperature for r in rows], dtype=torch.float32)
         top_ps = torch.tensor([r.params.top_p for r in rows], dtype=torch.float32)
         want_logprobs = any(r.params.logprobs for r in rows)
-        cache = DynamicCache(config=self.model.config)
+        autocast = self.autocast and len(rows) > 1
         with torch.inference_mode():
-            logits = self._forward(input_ids, attention, positions, cache)
+            logits, cache = self._prefill(input_ids, attention, positions, autocast)
             next_positions = positions[:, -1] + 1
             while True:
                 sampled = sample_next_tokens(
@@ -184,14 +208,46 @@ class HFGenerator:
                     active = [active[b] for b in keep]
                 attention = torch.cat([attention, torch.ones((len(active), 1), dtype=torch.long)], dim=1)
                 step_ids = torch.tensor([[rows[i].generated[-1]] for i in active])
-                logits = self._forward(step_ids, attention, next_positions[:, None], cache)
+                autocast = autocast and len(active) > 1
+                logits = self._forward(step_ids, attention, next_positions[:, None], cache, autocast)
                 next_positions = next_positions + 1
         return [r for r in results if r is not None]
 
+    def _prefill(
+        self, input_ids: torch.Tensor, attention: torch.Tensor, positions: torch.Tensor, autocast: bool
+    ) -> tuple[torch.Tensor, Any]:
+        """The prompts' forward pass, ``prefill_tokens`` at most at a time: each chunk of rows fills its own
+        KV cache, and the caches are joined row-wise (every chunk has the batch's width) for the decode."""
+        from transformers import DynamicCache
+        from transformers.cache_utils import DynamicLayer
+
+        rows = max(1, self.prefill_tokens // input_ids.shape[1])
+        cache = DynamicCache(config=self.model.config)
+        plain = all(isinstance(layer, DynamicLayer) for layer in cache.layers)  # not a recurrent state
+        if rows >= len(input_ids) or not plain:
+            return self._forward(input_ids, attention, positions, cache, autocast), cache
+        logits, layers = [], []
+        for start in range(0, len(input_ids), rows):
+            part, cache = slice(start, start + rows), DynamicCache(config=self.model.config)
+            logits.append(self._forward(input_ids[part], attention[part], positions[part], cache, autocast))
+            layers.append(
+                [(layer.keys, layer.values) for layer in cache.layers if isinstance(layer, DynamicLayer)]
+            )
+        joined = [
+            tuple(torch.cat(tensors) for tensors in zip(*chunks, strict=True))
+            for chunks in zip(*layers, strict=True)
+        ]
+        return torch.cat(logits), DynamicCache(joined, config=self.model.config)
+
     def _forward(
-        self, input_ids: torch.Tensor, attention: torch.Tensor, positions: torch.Tensor, cache: Any
+        self,
+        input_ids: torch.Tensor,
+        attention: torch.Tensor,
+        positions: torch.Tensor,
+        cache: Any,
+        autocast: bool,
     ) -> torch.Tensor:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16 and len(input_ids) > 1):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
             out = self.model(
                 input_ids=input_ids,
                 attention_mask=attention,

@@ -28,6 +28,7 @@ steps), no padding of the buffer by duplicated samples, and optionally a critic 
 
 from __future__ import annotations
 
+import copy
 import random
 import time
 from collections import defaultdict
@@ -47,6 +48,7 @@ from r3rag.agent import Agent
 from r3rag.config import AGENT_FILE, PPOConfig
 from r3rag.jsonl import write_jsonl
 from r3rag.llm.hf import HFGenerator
+from r3rag.lora import merged
 from r3rag.packing import Batch, Sample, collate, length_groups, pack_samples
 from r3rag.retrieval.base import Retriever
 from r3rag.rewards.judges import CorrectnessJudge
@@ -433,9 +435,16 @@ class PPOTrainer:
     # -------------------------------------------------------------------------------------------- helpers
 
     def _generator(self) -> HFGenerator:
-        """Generation with the actor's current weights (the model object being trained, not a copy)."""
+        """Generation with the actor's current weights. Under ``bf16``, on a bf16 copy of them made now (the
+        paper's rollouts ran on vLLM in bf16): over the fp32 weights being trained, autocast would cast every
+        weight again at every generated token (measured in :mod:`r3rag.llm.hf`). The old log-probs of the
+        update are computed afresh by the trained model, so the copy's rounding only changes what is sampled.
+        """
+        actor = self.model.actor
+        if self.config.bf16:
+            actor = (merged(actor, keep=True) if self.model.lora else copy.deepcopy(actor)).to(torch.bfloat16)
         return HFGenerator(
-            self.model.actor, self.tokenizer, batch_size=self.config.rollout_batch_size, bf16=self.config.bf16
+            actor, self.tokenizer, batch_size=self.config.rollout_batch_size, bf16=self.config.bf16
         )
 
     def _questions(self, iteration: int) -> list[QAExample]:
