@@ -680,7 +680,7 @@ def _quickstart_presets() -> Presets:
         "--preset",
         {name: functools.partial(_preset_values, name) for name in ("small", "tiny")},
         "small",
-        "small (embedded SmolLM2, ~15 min on 2 cores) or tiny (a random model, ~1 min).",
+        "small (embedded SmolLM2, ~17 min on 2 cores) or tiny (a random model, ~1 min).",
     )
 
 
