@@ -9,9 +9,22 @@ purpose; a failure prints the ``@reproduce_failure`` blob to pin it).
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from hypothesis import settings
+
+import sample_data
 
 settings.register_profile("deterministic", derandomize=True, database=None)
 settings.register_profile("explore", derandomize=False, print_blob=True)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "deterministic"))
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """One line saying that the tests of the real samples were skipped for want of their folder."""
+    if sample_data.ABSENT:
+        terminalreporter.write_line(
+            f"{len(sample_data.ABSENT)} tests of the real dataset samples skipped: "
+            f"no {sample_data.SAMPLE_DATA} (set R3RAG_SAMPLE_DATA to the samples folder to run them)",
+            yellow=True,
+        )

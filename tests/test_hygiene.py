@@ -1,5 +1,5 @@
-"""The suite's own rules: tests that need the real dataset samples skip without them on a laptop and fail
-without them in CI; property tests are seeded."""
+"""The suite's own rules: tests that need the real dataset samples skip without their folder (and the run
+says so), and fail in CI when a sample is lost from a present folder; property tests are seeded."""
 
 from __future__ import annotations
 
@@ -7,19 +7,33 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import sample_data
 from sample_data import sample_file
 
 
-def test_a_missing_sample_skips_outside_ci(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_missing_sample_skips_outside_ci(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("sample_data.SAMPLE_DATA", tmp_path)
     monkeypatch.delenv("CI", raising=False)
     with pytest.raises(pytest.skip.Exception, match="no-such-sample.jsonl is absent"):
         sample_file("no-such-sample.jsonl")
 
 
-def test_a_missing_sample_fails_in_ci(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_sample_lost_from_a_present_folder_fails_in_ci(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("sample_data.SAMPLE_DATA", tmp_path)
     monkeypatch.setenv("CI", "true")
-    with pytest.raises(pytest.fail.Exception, match="CI runs every test"):
+    with pytest.raises(pytest.fail.Exception, match="the folder is there but this sample was lost"):
         sample_file("no-such-sample.jsonl")
+
+
+def test_without_the_sample_folder_ci_skips_and_the_run_says_so(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("sample_data.SAMPLE_DATA", tmp_path / "absent")
+    monkeypatch.setattr("sample_data.ABSENT", [])
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.skip.Exception, match="x.jsonl is absent"):
+        sample_file("hotpotqa/x.jsonl")
+    assert [str(tmp_path / "absent" / "hotpotqa" / "x.jsonl")] == sample_data.ABSENT
 
 
 def test_a_present_sample_is_its_path(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
