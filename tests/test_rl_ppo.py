@@ -136,3 +136,10 @@ def test_bf16_rollouts_run_on_a_bf16_copy_of_the_current_actor(tmp_path: Path, l
 def test_fp32_rollouts_generate_with_the_trained_model_itself(tmp_path: Path) -> None:
     trainer = tiny_trainer(tiny_config(tmp_path, bf16=False))
     assert trainer._generator().model is trainer.model.actor
+
+
+def test_no_gradient_outlives_an_update(tmp_path: Path) -> None:
+    """The next rollout (and its bf16 copy of the actor) carries no gradients of the last update."""
+    trainer = tiny_trainer(tiny_config(tmp_path))
+    trainer.iteration(1)
+    assert all(p.grad is None for p in trainer.model.parameters())

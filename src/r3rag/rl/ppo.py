@@ -406,6 +406,8 @@ class PPOTrainer:
                 schedule_to(self.scheduler, progress)
                 self.optimizer.step()
                 steps += 1
+        # no gradient outlives the update: the rollout would carry them, and its bf16 copy of the actor too
+        self.optimizer.zero_grad(set_to_none=True)
         seconds = time.perf_counter() - started
         out = {f"ppo/{k}": v / steps for k, v in sums.items()}
         out.update(
