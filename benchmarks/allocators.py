@@ -45,7 +45,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3, help="Passes over every configuration.")
     parser.add_argument("--only", help="Comma-separated allocators to time (default: every one found).")
-    parser.add_argument("--precisions", default="bf16,fp32", help="Comma-separated: bf16 (autocast), fp32.")
+    parser.add_argument(
+        "--precisions", default="bf16,fp32", help="Comma-separated: bf16 (as r3rag runs it), fp32."
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)  # a configuration, run in its own process
     args = parser.parse_args()
     if args.child:

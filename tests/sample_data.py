@@ -23,7 +23,7 @@ SAMPLE_DATA = Path(
 
 def sample_file(relative: str) -> Path:
     """The sample at ``relative`` (e.g. ``musique/musique_ans_dev_10.hoprag.jsonl``) in the sample folder;
-    skips the calling test when it is absent, or fails it in CI."""
+    skips the calling test when it is absent, or fails it in CI when the folder is there (a lost sample)."""
     path = SAMPLE_DATA / relative
     if not path.is_file():
         missing(path)
