@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from r3rag.llm.base import SamplingParams
-from r3rag.llm.hf import HFGenerator, sample_next_tokens
+from r3rag.llm.hf import HFGenerator, RowSampling, sample_next_tokens
 from r3rag.steps import build_messages, render_prompt
 from tiny_llm import tiny_model, tiny_tokenizer
 
@@ -126,9 +126,10 @@ def test_per_row_temperature_reaches_the_sampler(generator: HFGenerator) -> None
 def test_sampler_scales_each_row_by_its_own_temperature() -> None:
     rows = 4000
     logits = torch.tensor([[0.0, 2.0]]).repeat(rows, 1)
-    temperatures = torch.tensor([0.05, 50.0]).repeat(rows // 2)
+    temperatures = [0.05, 50.0] * (rows // 2)
     generators = [torch.Generator().manual_seed(0)] * rows
-    tokens = sample_next_tokens(logits, temperatures, torch.ones(rows), generators)
+    sampling = RowSampling.build(temperatures, [1.0] * rows, generators, logits.device)
+    tokens = sample_next_tokens(logits, sampling)
     cold, hot = tokens[0::2].float().mean().item(), tokens[1::2].float().mean().item()
     assert cold == 1.0  # p(token 1) = 1 - 4e-18 at T=0.05
     assert 0.45 < hot < 0.57  # p(token 1) = 0.51 at T=50
@@ -137,9 +138,11 @@ def test_sampler_scales_each_row_by_its_own_temperature() -> None:
 def test_sampler_top_p_keeps_the_smallest_nucleus() -> None:
     rows = 2000
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.2]])).repeat(rows, 1)
-    top_ps = torch.tensor([0.6, 1.0]).repeat(rows // 2)
+    top_ps = [0.6, 1.0] * (rows // 2)
     generator = torch.Generator().manual_seed(0)
-    tokens = sample_next_tokens(logits, torch.ones(rows), top_ps, [generator] * rows)
+    tokens = sample_next_tokens(
+        logits, RowSampling.build([1.0] * rows, top_ps, [generator] * rows, logits.device)
+    )
     assert set(tokens[0::2].tolist()) == {0, 1}
     assert set(tokens[1::2].tolist()) == {0, 1, 2}
 

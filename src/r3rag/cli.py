@@ -156,9 +156,12 @@ def _generator(settings: GeneratorConfig, batch_size: int) -> Generator:
             concurrency=settings.concurrency,
             timeout=settings.timeout,
         )
+    from r3rag.device import generation_bf16, resolve_device
     from r3rag.llm.hf import HFGenerator
 
-    return HFGenerator.from_name(settings.model, batch_size=batch_size, bf16=settings.bf16)
+    device = resolve_device(settings.device)
+    bf16 = generation_bf16(settings.bf16, device)
+    return HFGenerator.from_name(settings.model, batch_size=batch_size, bf16=bf16, device=device)
 
 
 # ------------------------------------------------------------------------------------------------ r3rag data

@@ -46,6 +46,24 @@ QuestionType = Literal["compositional", "chain", "inference", "comparison", "bri
 Difficulty = Literal["easy", "standard", "hard"]
 
 
+def device_field() -> Any:
+    """The ``device`` setting of every stage that runs a model in its own process (r3rag.device)."""
+    return Field(
+        "auto",
+        description="Where the model runs: auto (the first CUDA GPU if torch sees one, else the CPU), cpu, "
+        "cuda or cuda:N. A GPU that is not there is an error, never a silent CPU run.",
+    )
+
+
+def gradient_checkpointing_field() -> Any:
+    """The ``gradient_checkpointing`` setting of the stages that train a model."""
+    return Field(
+        None,
+        description="Recompute activations in the backward pass: less memory, ~30% more compute. Default: "
+        "on for models above 1B parameters.",
+    )
+
+
 def _default_type_mix() -> dict[QuestionType, float]:
     return {"compositional": 0.3, "chain": 0.2, "inference": 0.1, "comparison": 0.2, "bridge_comparison": 0.2}
 
@@ -488,8 +506,11 @@ class GeneratorConfig(StageConfig):
     api_key_env: str = Field("OPENAI_API_KEY", description="Environment variable holding the endpoint's key.")
     concurrency: int = Field(8, ge=1, description="Requests to the endpoint in flight at once.")
     timeout: float = Field(120.0, gt=0, description="Seconds to wait for one response of the endpoint.")
-    bf16: bool = Field(
-        False, description="Local model: its weights in bf16 (faster generation on CPU, half the memory)."
+    device: str = device_field()
+    bf16: bool | None = Field(
+        None,
+        description="Local model: its weights in bf16 (half the memory; faster generation on a GPU and on "
+        "CPUs with AVX-512 BF16). Default: bf16 on a GPU, fp32 on a CPU.",
     )
 
 
@@ -625,7 +646,13 @@ class SFTConfig(StageConfig):
     eval_every: int = Field(500, ge=1, description="Optimizer steps between eval losses (official: 500).")
     save_every: int = Field(200, ge=1, description="Optimizer steps between checkpoints (official: 200).")
     keep_checkpoints: int = Field(2, ge=1, description="Checkpoints kept; older ones are deleted.")
-    bf16: bool = Field(True, description="bfloat16 autocast on CPU (official: bf16 on GPU); fp32 weights.")
+    device: str = device_field()
+    bf16: bool = Field(
+        True,
+        description="bf16 mixed precision, on a CPU or a GPU (official: bf16): forward passes under bf16 "
+        "autocast, trained weights in fp32; a LoRA run's frozen base is loaded in bf16.",
+    )
+    gradient_checkpointing: bool | None = gradient_checkpointing_field()
     threads: int | None = Field(
         None,
         ge=1,
@@ -755,7 +782,13 @@ class PPOConfig(StageConfig):
         description="Compute the prompt a trajectory's step-samples share once, in one row with a tree "
         "attention mask (our optimisation: the same log-probs, ~0.57x the tokens). Off: one row per step.",
     )
-    bf16: bool = Field(True, description="bfloat16 autocast for every forward pass on CPU; fp32 weights.")
+    device: str = device_field()
+    bf16: bool = Field(
+        True,
+        description="bf16 mixed precision, on a CPU or a GPU: forward passes under bf16 autocast, trained "
+        "weights in fp32, a LoRA run's frozen base in bf16; rollouts generate on bf16 weights.",
+    )
+    gradient_checkpointing: bool | None = gradient_checkpointing_field()
     rollout_batch_size: int = Field(64, ge=1, description="Conversations per batched generate call.")
     seed: int = Field(0, description="Question order, rollout sampling, minibatch order, LoRA init.")
     eval_every: int = Field(

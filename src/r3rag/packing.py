@@ -22,6 +22,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from r3rag.device import autocast, full_precision
+
 _LOGIT_RESCALING = ("final_logit_softcapping", "logit_scale", "logits_scaling")
 
 CausalLM = Any
@@ -126,6 +128,24 @@ class Batch:
         """Samples in the batch."""
         return self.rows.shape[0]
 
+    def to(self, device: torch.device) -> Batch:
+        """The batch on ``device`` (it is laid out on the host, where its Python loops run)."""
+
+        def move(t: torch.Tensor) -> torch.Tensor:
+            return t.to(device, non_blocking=True)
+
+        return Batch(
+            move(self.input_ids),
+            move(self.position_ids),
+            move(self.attention_mask),
+            move(self.rows),
+            move(self.positions),
+            move(self.action_ids),
+            move(self.action_mask),
+            move(self.rewards),
+            self.tokens,
+        )
+
 
 def collate(samples: Sequence[Sample], packs: Sequence[Pack], pad_id: int) -> Batch:
     """The rows of ``packs`` (their members index ``samples``) as one padded :class:`Batch`; samples come in
@@ -199,8 +219,8 @@ def action_hidden(trunk: CausalLM, batch: Batch, bf16: bool) -> torch.Tensor:
     """The trunk's last hidden states at the tokens that predict the batch's actions: ``[N, A, H]``, fp32."""
     mask = batch.attention_mask
     if trunk.config._attn_implementation != "sdpa":  # eager attention adds its mask to the scores
-        mask = torch.zeros(mask.shape).masked_fill(~mask, torch.finfo(torch.float32).min)
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        mask = torch.zeros(mask.shape, device=mask.device).masked_fill(~mask, torch.finfo(torch.float32).min)
+    with autocast(mask.device, enabled=bf16):
         hidden = trunk(
             input_ids=batch.input_ids, attention_mask=mask, position_ids=batch.position_ids, use_cache=False
         ).last_hidden_state
@@ -208,7 +228,7 @@ def action_hidden(trunk: CausalLM, batch: Batch, bf16: bool) -> torch.Tensor:
 
 
 def head_logits(head: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
-    with torch.autocast("cpu", enabled=False):
+    with full_precision(hidden.device):
         return head(hidden)
 
 

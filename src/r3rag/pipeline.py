@@ -404,7 +404,9 @@ def _evaluate(evaluation: Evaluation, ctx: Context) -> str:
     out = ctx.out / evaluation.folder
     datasets = load_datasets([str(ctx.out / "world" / "dev.jsonl")], ctx.config.eval_questions)
     manifest, retriever = open_run(config, datasets, describe_model(model), str(ctx.out / "index"), out)
-    generator = HFGenerator.from_name(model, batch_size=config.batch_size, bf16=ctx.config.eval_bf16)
+    generator = HFGenerator.from_name(
+        model, batch_size=config.batch_size, bf16=ctx.config.eval_bf16, device=ctx.config.eval_device
+    )
 
     def show(p: Progress) -> None:
         ctx.say(f"    {p.method}: {p.done}/{p.total} questions ({p.seconds:.0f} s)")

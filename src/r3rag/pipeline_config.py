@@ -19,6 +19,7 @@ from r3rag.config import (
     StageConfig,
     TinyModelConfig,
     WorldConfig,
+    device_field,
 )
 from r3rag.evaluation.config import EvalConfig
 from r3rag.evaluation.methods.registry import field_name, method_classes
@@ -123,6 +124,7 @@ class PipelineConfig(StageConfig):
     )
     eval_questions: int = Field(48, ge=1, description="Dev questions every evaluation runs (the first N).")
     eval_bf16: bool = Field(True, description="The evaluations load their model in bf16 (faster generation).")
+    eval_device: str = device_field()
 
     @model_validator(mode="after")
     def _check_chain(self) -> Self:

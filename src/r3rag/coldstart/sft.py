@@ -18,7 +18,12 @@ a GPU, with nothing hidden:
   into micro-batches;
 - logits are computed only at the positions that predict target tokens, not over the prompt: a 49k-token
   vocabulary over a 900-token prompt would otherwise dominate time and memory;
-- bf16 autocast on CPU (fp32 master weights), AdamW, cosine schedule with linear warmup, gradient clipping;
+- on a CPU or a GPU (``device``): bf16 autocast with fp32 master weights (a LoRA run's frozen base in
+  bf16), optional gradient checkpointing (default on above 1B parameters), AdamW, cosine schedule with
+  linear warmup, gradient clipping;
+- on several processes (``torchrun --nproc-per-node N -m r3rag sft ...``, :mod:`r3rag.parallel`): each
+  computes its share of every optimizer step's micro-batches and their gradients are summed, so the run
+  equals a one-process run with the same settings (``grad_accum`` must be a multiple of the processes);
 - checkpoints every ``save_every`` steps resume exactly (weights, optimizer, scheduler, RNG and position in
   the epoch); the final model is written to ``final/`` only once training is complete (a temporary folder
   renamed into place), with ``agent.yaml``, the agent settings it was trained for, beside it.
@@ -32,6 +37,7 @@ import math
 import random
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
@@ -41,10 +47,17 @@ import torch
 from tqdm import tqdm
 from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
-from r3rag import runs
+from r3rag import parallel, runs
 from r3rag.coldstart.build import CONFIG_FILE as COLDSTART_FILE
 from r3rag.coldstart.dataset import IGNORE_INDEX, TokenizedExample, end_of_turn, read_sft, tokenize_example
 from r3rag.config import AGENT_FILE, ColdStartConfig, SFTConfig
+from r3rag.device import (
+    describe,
+    enable_gradient_checkpointing,
+    module_device,
+    wants_gradient_checkpointing,
+    weights_dtype,
+)
 from r3rag.jsonl import JsonlAppender, rewind
 from r3rag.llm.models import load_model
 from r3rag.lora import add_lora, load_lora, merged
@@ -57,7 +70,9 @@ LOG_FILE = "log.jsonl"
 
 _BUCKET_BATCHES = 64  # micro-batches per length-sorting window
 # Fields that may change between a run and its resumption without changing what is trained.
-_RESUMABLE_CHANGES = frozenset({"eval_every", "save_every", "keep_checkpoints", "threads"})
+_RESUMABLE_CHANGES = frozenset(
+    {"eval_every", "save_every", "keep_checkpoints", "threads", "device", "gradient_checkpointing"}
+)
 
 
 @dataclass(slots=True)
@@ -80,6 +95,8 @@ class SFTResult:
     eval_loss: float | None
     wall_seconds: float
     peak_rss_bytes: int
+    peak_gpu_bytes: int | None
+    """Peak GPU memory torch allocated (``torch.cuda.max_memory_allocated``), on a GPU."""
 
 
 def prepare_data(config: SFTConfig, tokenizer: Any) -> SFTData:
@@ -166,9 +183,9 @@ def micro_batches(lengths: list[int], size: int, seed: int) -> list[list[int]]:
 def loss_sum(
     model: Any, samples: list[Sample], share_prefixes: bool, pad_id: int, bf16: bool
 ) -> tuple[torch.Tensor, int]:
-    """Summed cross-entropy over the target tokens of ``samples`` (computed in packed rows when sharing),
-    and their count."""
-    batch = collate(samples, pack_samples(samples, share_prefixes), pad_id)
+    """Summed cross-entropy over the target tokens of ``samples`` (computed in packed rows when sharing, on
+    the model's device), and their count."""
+    batch = collate(samples, pack_samples(samples, share_prefixes), pad_id).to(module_device(model))
     logprobs = action_logprobs(model, batch, bf16)
     return -(logprobs * batch.action_mask).sum(), int(batch.action_mask.sum())
 
@@ -197,29 +214,49 @@ def train(
     ``on_step`` is called with each optimizer step's log record (the CLI and tests watch it).
     """
     out = Path(config.out)
-    with runs.locked(out):
-        return _train(config, out, progress, on_step)
+    processes = parallel.start(config.device)
+    if config.grad_accum % processes.world:
+        raise ValueError(
+            f"grad_accum ({config.grad_accum}) must be a multiple of the {processes.world} processes: each "
+            "takes the same share of every optimizer step's micro-batches"
+        )
+    try:
+        if not processes.main:  # the main process holds the folder; the others only read its checkpoint
+            return _train(config, out, progress=False, on_step=None, processes=processes)
+        with runs.locked(out):
+            return _train(config, out, progress, on_step, processes)
+    finally:
+        processes.close()
 
 
 def _train(
-    config: SFTConfig, out: Path, progress: bool, on_step: Callable[[dict[str, Any]], None] | None
+    config: SFTConfig,
+    out: Path,
+    progress: bool,
+    on_step: Callable[[dict[str, Any]], None] | None,
+    processes: parallel.Processes,
 ) -> SFTResult:
     started = time.perf_counter()
     if (out / FINAL).exists():
         raise FileExistsError(f"{out / FINAL}: this run is complete; remove it or choose another --out")
     checkpoint = runs.latest_checkpoint(out / CHECKPOINTS, CHECKPOINT_LABEL)
-    runs.bind(out, config, holds_results=checkpoint is not None, may_change=_RESUMABLE_CHANGES)
+    if processes.main:
+        runs.bind(out, config, holds_results=checkpoint is not None, may_change=_RESUMABLE_CHANGES)
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
 
-    model, tokenizer = load_model(config.model)
+    device = processes.device
+    dtype = weights_dtype(config.bf16, trained=not config.lora)
+    model, tokenizer = load_model(config.model, dtype=dtype, device=device)
     check_plain_head(model)
     data = prepare_data(config, tokenizer)
+    if not config.lora and checkpoint is not None:
+        model, _ = load_model(checkpoint, dtype=dtype, device=device)
+    if wants_gradient_checkpointing(config.gradient_checkpointing, model):
+        enable_gradient_checkpointing(model)
     if config.lora:
         model = _with_lora(model, config, checkpoint)
-    elif checkpoint is not None:
-        model, _ = load_model(checkpoint)
     model.train()
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
@@ -245,6 +282,11 @@ def _train(
     bar = tqdm(total=total, initial=start, desc="sft", unit="step", disable=not progress, dynamic_ncols=True)
     if progress:
         bar.write(
+            f"on {describe(device)}"
+            + (f" and {processes.world - 1} more process(es)" if processes.world > 1 else "")
+            + f", {sum(p.numel() for p in model.parameters()) / 1e6:,.0f}M parameters"
+        )
+        bar.write(
             f"{len(data.train):,} train / {len(data.val):,} held-out examples ({data.dropped_long} longer "
             f"than {config.max_length} dropped), {train_tokens:,} train tokens"
             + (f" in {len(rows):,} packed rows of {sum(lengths):,}" if config.share_prefixes else "")
@@ -253,8 +295,9 @@ def _train(
         )
     epoch_batches: dict[int, list[list[int]]] = {}
     last_loss, eval_loss = float("nan"), None
-    rewind(out / LOG_FILE, "step", start)  # the steps a crashed run logged after its checkpoint are redone
-    with JsonlAppender(out / LOG_FILE) as log:
+    if processes.main:  # the steps a crashed run logged after its checkpoint are redone
+        rewind(out / LOG_FILE, "step", start)
+    with JsonlAppender(out / LOG_FILE) if processes.main else nullcontext() as log:
         for step in range(start, total):
             epoch, group = divmod(step, per_epoch)
             if epoch not in epoch_batches:
@@ -263,11 +306,14 @@ def _train(
                 [samples[i] for row in batch for i in rows[row]]
                 for batch in epoch_batches[epoch][group * config.grad_accum : (group + 1) * config.grad_accum]
             ]
-            record = _optimizer_step(model, optimizer, scheduler, group_batches, config, pad_id)
+            record = _optimizer_step(model, optimizer, scheduler, group_batches, config, pad_id, processes)
             record.update(
                 step=step + 1, epoch=round(step / per_epoch, 4), elapsed_s=time.perf_counter() - started
             )
+            record.update(runs.peak_memory())
             last_loss = record["loss"]
+            if not processes.main:
+                continue
             if data.val and ((step + 1) % config.eval_every == 0 or step + 1 == total):
                 eval_loss = record["eval_loss"] = evaluate(model, data.val, config, pad_id)
             if (step + 1) % config.save_every == 0 and step + 1 < total:
@@ -284,6 +330,7 @@ def _train(
                     config.keep_checkpoints,
                     write_files=partial(_save_model, model, tokenizer),
                 )
+            assert log is not None  # the main process's
             log.write(record)
             bar.update(1)
             bar.set_postfix(
@@ -303,8 +350,10 @@ def _train(
         eval_loss=eval_loss,
         wall_seconds=time.perf_counter() - started,
         peak_rss_bytes=runs.peak_rss_bytes(),
+        peak_gpu_bytes=torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
     )
-    _save_final(out, model, tokenizer, config, result)
+    if processes.main:
+        _save_final(out, model, tokenizer, config, result)
     return result
 
 
@@ -315,20 +364,25 @@ def _optimizer_step(
     batches: list[list[Sample]],
     config: SFTConfig,
     pad_id: int,
+    processes: parallel.Processes,
 ) -> dict[str, Any]:
-    """Accumulate gradients over the micro-batches of one step, then clip and update.
+    """Accumulate gradients over the micro-batches of one step (this process's share of them, the gradients
+    then summed over the processes), then clip and update.
 
-    ``tokens`` counts the examples' tokens (what was trained on, packed or not), so ``tok_s`` compares
-    across ``share_prefixes``."""
+    The loss is the mean over every target token of the step, whichever process computed it. ``tokens``
+    counts the examples' tokens (what was trained on, packed or not), so ``tok_s`` compares across
+    ``share_prefixes``."""
     began = time.perf_counter()
     targets = sum(s.actions for batch in batches for s in batch)
     tokens = sum(len(s.tokens) for batch in batches for s in batch)
     total = 0.0
-    for batch in batches:
+    for batch in processes.share(batches):
         loss, _ = loss_sum(model, batch, config.share_prefixes, pad_id, config.bf16)
         (loss / targets).backward()
         total += loss.item()
+    total = processes.sum(total)
     params = [p for p in model.parameters() if p.requires_grad]
+    processes.sum_gradients(params)
     grad_norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
     lr = scheduler.get_last_lr()[0]
     optimizer.step()

@@ -24,14 +24,22 @@ The other levers (whole-rollout figures in ``benchmarks/rollout.py``):
   rollouts: fp32 master weights) runs its batched forward passes under bf16 autocast instead, which casts
   every weight at every decoded token. Measured on a 2-core AMD EPYC (Zen 4, AVX-512 BF16, no AMX), 8 rows
   x 64 greedy tokens: 5.0 s with bf16 weights, 8.7 s under autocast; prefill speed is the same either way
-  (compute-bound). Under autocast a single row decodes in fp32, which was faster than autocast for one
-  row (20.8 vs 10.7 tok/s on a 2-core Xeon); when a batch shrinks to its last row mid-decode, that row
-  carries on in fp32 (its bf16 KV cache is promoted by the concatenation that appends the next keys);
+  (compute-bound). On a CPU, under autocast a single row decodes in fp32, which was faster than autocast
+  for one row (20.8 vs 10.7 tok/s on a 2-core Xeon); when a batch shrinks to its last row mid-decode, that
+  row carries on in fp32 (its bf16 KV cache is promoted by the concatenation that appends the next keys).
+  On a GPU every row decodes under autocast (``r3rag.device.autocast_single_rows``);
 - prefill in chunks: the prompts of a batch go through the model a few rows at a time, at most
   ``prefill_tokens`` tokens per forward pass, and their KV caches are joined for the decode, which keeps
   every row. One forward pass over 16 prompts of 1,900 tokens ran at 619 tok/s, 2 rows at a time at 909
   (same EPYC, bf16): the activations of a huge pass fall out of the CPU's caches. Decoding wants the
   opposite (every row shares one read of the weights), hence chunks for the prefill only.
+
+On a GPU: the model's device is the generator's. Prompts are padded on the host and moved once per batch;
+from then on the decode stays on the device: sampling settings live there (:class:`RowSampling`), each row
+with a seed draws from its own CUDA generator, the sampled tokens feed the next step without a round trip,
+and the only host sync per decoded token is reading the tokens back to check each row's stops (plus one
+when rows finish and leave the batch). Greedy decoding takes the same code path on every device, so a CPU
+test pins what a GPU decodes (up to the GPU's own floating-point rounding).
 
 Token ids: ``prompt_token_ids`` is the rendered prompt (no padding); ``completion_token_ids`` is exactly what
 was sampled, including the stop token (EOS is an action the policy must learn), and including the tokens of
@@ -48,6 +56,14 @@ from typing import Any
 
 import torch
 
+from r3rag.device import autocast as device_autocast
+from r3rag.device import (
+    autocast_single_rows,
+    module_device,
+    needs_autocast,
+    resolve_device,
+    weights_dtype,
+)
 from r3rag.llm.base import Completion, Conversation, SamplingParams, per_row
 from r3rag.steps import render_prompt
 
@@ -56,30 +72,65 @@ PREFILL_TOKENS = 4096
 docstring)."""
 
 
-def sample_next_tokens(
-    logits: torch.Tensor,
-    temperatures: torch.Tensor,
-    top_ps: torch.Tensor,
-    generators: Sequence[torch.Generator | None],
-) -> torch.Tensor:
+@dataclass(frozen=True, slots=True)
+class RowSampling:
+    """The sampling settings of the rows of a decoding batch, on the device for the sampler's arithmetic and
+    on the host for its branching (which rows sample, whether any keeps a nucleus), so that no decision
+    costs a device-to-host sync: on a GPU the only sync of a decoded token is reading the tokens back."""
+
+    temperatures: list[float]
+    top_ps: list[float]
+    generators: list[torch.Generator | None]
+    device_temperatures: torch.Tensor
+    device_top_ps: torch.Tensor
+
+    @classmethod
+    def build(
+        cls,
+        temperatures: Sequence[float],
+        top_ps: Sequence[float],
+        generators: Sequence[torch.Generator | None],
+        device: torch.device,
+    ) -> RowSampling:
+        # greedy rows get temperature 1 on the device: their probabilities are computed and never drawn from
+        safe = [t if t > 0 else 1.0 for t in temperatures]
+        return cls(
+            list(temperatures),
+            list(top_ps),
+            list(generators),
+            torch.tensor(safe, dtype=torch.float32, device=device),
+            torch.tensor(top_ps, dtype=torch.float32, device=device),
+        )
+
+    def select(self, keep: Sequence[int], index: torch.Tensor) -> RowSampling:
+        """The rows at positions ``keep`` (``index``: the same positions, on the device)."""
+        return RowSampling(
+            [self.temperatures[b] for b in keep],
+            [self.top_ps[b] for b in keep],
+            [self.generators[b] for b in keep],
+            self.device_temperatures[index],
+            self.device_top_ps[index],
+        )
+
+
+def sample_next_tokens(logits: torch.Tensor, rows: RowSampling) -> torch.Tensor:
     """One token per row: greedy where the temperature is 0, else top-p sampling at the row's temperature.
 
-    Rows with a generator draw from it (reproducible regardless of what else is in the batch); rows without
-    one draw from torch's global generator.
+    Rows with a generator draw from it (reproducible regardless of what else is in the batch; on a GPU, a
+    CUDA generator); rows without one draw from torch's global generator of the logits' device.
     """
     tokens = logits.argmax(dim=-1)
-    sampled = (temperatures > 0).nonzero().flatten()
-    if sampled.numel() == 0:
+    sampled = [b for b, t in enumerate(rows.temperatures) if t > 0]
+    if not sampled:
         return tokens
-    probs = torch.softmax(logits[sampled].float() / temperatures[sampled, None], dim=-1)
-    row_top_p = top_ps[sampled]
-    if bool((row_top_p < 1).any()):
+    probs = torch.softmax(logits.float() / rows.device_temperatures[:, None], dim=-1)
+    if any(rows.top_ps[b] < 1 for b in sampled):
         sorted_probs, order = probs.sort(dim=-1, descending=True)
         mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
-        sorted_probs[mass_before >= row_top_p[:, None]] = 0.0  # the first token always survives
+        sorted_probs[mass_before >= rows.device_top_ps[:, None]] = 0.0  # the first token always survives
         probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
-    for j, row in enumerate(sampled.tolist()):
-        tokens[row] = torch.multinomial(probs[j], 1, generator=generators[row])[0]
+    for b in sampled:
+        tokens[b] = torch.multinomial(probs[b], 1, generator=rows.generators[b])[0]
     return tokens
 
 
@@ -101,8 +152,8 @@ class HFGenerator:
     ``batch_size`` bounds how many conversations are decoded together; more are sorted by prompt length
     and run in consecutive batches; it is also the memory knob (the KV cache holds every row of a batch).
     ``prefill_tokens`` bounds the tokens of one prefill forward pass (a batch's prompts go through in chunks
-    of rows). ``bf16`` runs batched forward passes of an fp32 model under ``torch.autocast("cpu",
-    bfloat16)``; a model whose weights are already bf16 (:meth:`from_name` with ``bf16``) needs no autocast.
+    of rows). ``bf16`` runs the forward passes of a model with fp32 weights under bf16 autocast; a model whose
+    weights are all bf16 (:meth:`from_name` with ``bf16``) needs none. Tensors go to the model's device.
     """
 
     def __init__(
@@ -122,18 +173,23 @@ class HFGenerator:
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.prefill_tokens = prefill_tokens
-        self.autocast = bf16 and next(model.parameters()).dtype == torch.float32
+        self.device = module_device(model)
+        self.autocast = needs_autocast(model, bf16)
         self.eos_ids = _eos_ids(model, tokenizer)
         pad = tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else min(self.eos_ids, default=0)
 
     @classmethod
-    def from_name(cls, name: str, *, batch_size: int = 32, bf16: bool = False) -> HFGenerator:
-        """Load a model by name (the embedded default, a folder, a .gguf, or a hub id; see ``models.py``),
-        with bf16 weights when ``bf16``: it only generates, so it needs no fp32 copy."""
+    def from_name(
+        cls, name: str, *, batch_size: int = 32, bf16: bool = False, device: str | torch.device = "auto"
+    ) -> HFGenerator:
+        """Load a model by name (the embedded default, a folder, a .gguf, or a hub id; see ``models.py``)
+        onto ``device``, with bf16 weights when ``bf16``: it only generates, so it needs no fp32 copy."""
         from r3rag.llm.models import load_model
 
-        model, tokenizer = load_model(name, dtype=torch.bfloat16 if bf16 else None)
+        model, tokenizer = load_model(
+            name, dtype=weights_dtype(bf16, trained=False), device=resolve_device(device)
+        )
         return cls(model, tokenizer, batch_size=batch_size, bf16=bf16)
 
     def encode(self, conversation: Conversation) -> list[int]:
@@ -150,7 +206,7 @@ class HFGenerator:
                 prompt_ids=self.encode(conv),
                 params=p,
                 stop_ids=self.eos_ids | frozenset(p.stop_token_ids),
-                generator=None if p.seed is None else torch.Generator().manual_seed(p.seed),
+                generator=None if p.seed is None else torch.Generator(self.device).manual_seed(p.seed),
             )
             for conv, p in zip(conversations, params, strict=True)
         ]
@@ -163,28 +219,35 @@ class HFGenerator:
         return [c for c in completions if c is not None]
 
     def _generate_batch(self, rows: list[_Row]) -> list[Completion]:
-        """Decode one left-padded batch; finished rows leave the batch (and the KV cache) at once."""
+        """Decode one left-padded batch; finished rows leave the batch (and the KV cache) at once.
+
+        Everything stays on the model's device but the sampled tokens, read back once per decoded token to
+        check each row's stops: the one host sync a decode needs."""
         width = max(len(r.prompt_ids) for r in rows)
         input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
         attention = torch.zeros((len(rows), width), dtype=torch.long)
         for b, row in enumerate(rows):
             input_ids[b, width - len(row.prompt_ids) :] = torch.tensor(row.prompt_ids)
             attention[b, width - len(row.prompt_ids) :] = 1
+        input_ids, attention = input_ids.to(self.device), attention.to(self.device)
         positions = (attention.cumsum(-1) - 1).clamp(min=0)
 
         results: list[Completion | None] = [None] * len(rows)
         active = list(range(len(rows)))  # batch position -> row index
-        temperatures = torch.tensor([r.params.temperature for r in rows], dtype=torch.float32)
-        top_ps = torch.tensor([r.params.top_p for r in rows], dtype=torch.float32)
+        sampling = RowSampling.build(
+            [r.params.temperature for r in rows],
+            [r.params.top_p for r in rows],
+            [r.generator for r in rows],
+            self.device,
+        )
         want_logprobs = any(r.params.logprobs for r in rows)
-        autocast = self.autocast and len(rows) > 1
+        single_rows = autocast_single_rows(self.device)
+        autocast = self.autocast and (len(rows) > 1 or single_rows)
         with torch.inference_mode():
             logits, cache = self._prefill(input_ids, attention, positions, autocast)
             next_positions = positions[:, -1] + 1
             while True:
-                sampled = sample_next_tokens(
-                    logits, temperatures, top_ps, [rows[i].generator for i in active]
-                )
+                sampled = sample_next_tokens(logits, sampling)
                 if want_logprobs:
                     chosen = torch.log_softmax(logits, dim=-1).gather(1, sampled[:, None])[:, 0].tolist()
                 tokens = sampled.tolist()
@@ -201,15 +264,15 @@ class HFGenerator:
                 if not keep:
                     break
                 if len(keep) < len(active):
-                    index = torch.tensor(keep)
+                    index = torch.tensor(keep, device=self.device)
                     cache.batch_select_indices(index)
-                    attention, temperatures, top_ps = attention[index], temperatures[index], top_ps[index]
-                    next_positions = next_positions[index]
+                    attention, next_positions = attention[index], next_positions[index]
+                    sampling, sampled = sampling.select(keep, index), sampled[index]
                     active = [active[b] for b in keep]
-                attention = torch.cat([attention, torch.ones((len(active), 1), dtype=torch.long)], dim=1)
-                step_ids = torch.tensor([[rows[i].generated[-1]] for i in active])
-                autocast = autocast and len(active) > 1
-                logits = self._forward(step_ids, attention, next_positions[:, None], cache, autocast)
+                    autocast = autocast and (len(active) > 1 or single_rows)
+                ones = torch.ones((len(active), 1), dtype=torch.long, device=self.device)
+                attention = torch.cat([attention, ones], dim=1)
+                logits = self._forward(sampled[:, None], attention, next_positions[:, None], cache, autocast)
                 next_positions = next_positions + 1
         return [r for r in results if r is not None]
 
@@ -247,7 +310,7 @@ class HFGenerator:
         cache: Any,
         autocast: bool,
     ) -> torch.Tensor:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        with device_autocast(self.device, enabled=autocast):
             out = self.model(
                 input_ids=input_ids,
                 attention_mask=attention,

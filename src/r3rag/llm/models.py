@@ -122,15 +122,20 @@ def _dequantise(gguf: Path, out_dir: Path) -> None:
     AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(out_dir)
 
 
-def load_model(name: str | Path, dtype: Any = None) -> tuple[Any, Any]:
-    """``(model, tokenizer)`` for a model name (see :func:`resolve_model`), in eval mode, fp32 by default."""
+def load_model(name: str | Path, dtype: Any = None, device: Any = None) -> tuple[Any, Any]:
+    """``(model, tokenizer)`` for a model name (see :func:`resolve_model`), in eval mode, fp32 by default.
+
+    The weights are read in ``dtype`` straight onto ``device`` (a ``torch.device``; default the CPU): a 7B
+    model in bf16 goes to the GPU without an fp32 copy in host memory first.
+    """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     source = resolve_model(name)
+    placement = {} if device is None or device.type == "cpu" else {"device_map": {"": device}}
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype or torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype or torch.float32, **placement)
     except OSError as e:
         offline = os.environ.get("HF_HUB_OFFLINE") == "1"
         hint = " (HF_HUB_OFFLINE=1: only the local Hugging Face cache is searched)" if offline else ""

@@ -28,6 +28,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from r3rag.device import full_precision, module_device
 from r3rag.lora import add_lora, merged
 from r3rag.packing import (
     Batch,
@@ -69,10 +70,11 @@ class ActorCritic(nn.Module):
         super().__init__()
         check_plain_head(actor)
         self.critic_mode = critic
-        self.critic_trunk = copy.deepcopy(actor.get_decoder()) if critic == "separate" else None
+        # a separate critic trunk is trained: fp32 even when a LoRA actor's frozen base was loaded in bf16
+        self.critic_trunk = copy.deepcopy(actor.get_decoder()).float() if critic == "separate" else None
         self.lora = lora_rank > 0
         self.actor: CausalLM = add_lora(actor, lora_rank, lora_alpha, lora_targets) if self.lora else actor
-        self.value_head = nn.Linear(actor.config.hidden_size, 1)
+        self.value_head = nn.Linear(actor.config.hidden_size, 1, device=module_device(actor))
         nn.init.zeros_(self.value_head.weight)  # V = 0 everywhere at the start: no made-up baseline
         nn.init.zeros_(self.value_head.bias)
 
@@ -99,7 +101,7 @@ class ActorCritic(nn.Module):
             critic_hidden = (
                 hidden if self.critic_trunk is None else action_hidden(self.critic_trunk, batch, bf16)
             )
-            with torch.autocast("cpu", enabled=False):
+            with full_precision(critic_hidden.device):
                 value = self.value_head(critic_hidden).squeeze(-1)
         return PolicyOutput(logprobs, entropy, value)
 

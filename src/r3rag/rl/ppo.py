@@ -46,6 +46,14 @@ from transformers import get_cosine_with_min_lr_schedule_with_warmup
 from r3rag import runs
 from r3rag.agent import Agent
 from r3rag.config import AGENT_FILE, PPOConfig
+from r3rag.device import (
+    describe,
+    enable_gradient_checkpointing,
+    module_device,
+    resolve_device,
+    wants_gradient_checkpointing,
+    weights_dtype,
+)
 from r3rag.jsonl import write_jsonl
 from r3rag.llm.hf import HFGenerator
 from r3rag.lora import merged
@@ -72,7 +80,9 @@ from r3rag.schema import QAExample, Trajectory
 FINAL_DIR = "final"
 CHECKPOINTS = "checkpoints"
 CHECKPOINT_LABEL = "iter"
-RESUMABLE_CHANGES = frozenset({"iterations", "max_minutes", "tensorboard"})
+RESUMABLE_CHANGES = frozenset(
+    {"iterations", "max_minutes", "tensorboard", "device", "gradient_checkpointing"}
+)
 """Config fields a resumed run may change; any other difference means another run, in another folder."""
 SCHEDULE_RESOLUTION = 1_000_000
 """Positions of the learning-rate schedule over the whole run: it is a function of progress through the run,
@@ -155,6 +165,11 @@ class PPOTrainer:
         self.model = ActorCritic(
             actor, config.critic, config.lora_rank, config.lora_alpha, tuple(config.lora_targets)
         ).eval()  # no dropout anywhere: log-probs of the update match those of the rollout (as OpenRLHF)
+        self.device = module_device(actor)
+        if wants_gradient_checkpointing(config.gradient_checkpointing, actor):
+            enable_gradient_checkpointing(self.model.actor)
+            if self.model.critic_trunk is not None:
+                enable_gradient_checkpointing(self.model.critic_trunk)
         self.reference = ReferencePolicy(self.model)
         self.optimizer = torch.optim.AdamW(
             [
@@ -180,7 +195,11 @@ class PPOTrainer:
         from r3rag.retrieval import open_retriever
         from r3rag.rewards import TrajectoryScorer, build_relevance_judge, endpoint_generator
 
-        actor, tokenizer = load_model(config.model)
+        actor, tokenizer = load_model(
+            config.model,
+            dtype=weights_dtype(config.bf16, trained=config.lora_rank == 0),
+            device=resolve_device(config.device),
+        )
         retriever = open_retriever(RetrievalConfig(source=config.index))
         train = load_dataset(config.train)
         judge_llm = endpoint_generator(config.judges)
@@ -218,6 +237,9 @@ class PPOTrainer:
         bar = tqdm(
             total=c.iterations, initial=last_done, disable=not progress, unit="iter", dynamic_ncols=True
         )
+        if progress:
+            parameters = sum(p.numel() for p in self.model.parameters())
+            bar.write(f"on {describe(self.device)}, {parameters / 1e6:,.0f}M parameters")
         try:
             if last_done == 0 and self.dev_examples:
                 bar.set_description("dev eval (R3-RAG-CS)")
@@ -313,7 +335,7 @@ class PPOTrainer:
         policy_seconds = reference_seconds = 0.0
         packs = pack_samples(samples, c.share_prefixes)
         for group in length_groups([pack.length(samples) for pack in packs], c.micro_batch_tokens):
-            batch = collate(samples, [packs[i] for i in group], self.pad_id)
+            batch = collate(samples, [packs[i] for i in group], self.pad_id).to(self.device)
             mask = batch.action_mask
             t0 = time.perf_counter()
             with torch.no_grad():

@@ -1,0 +1,120 @@
+"""Where a model runs and in which precision: the one place that decides it for every stage.
+
+Every stage that holds a model in its own process (``sft``, ``train``, ``ask``/``eval``/``coldstart`` with a
+local model) takes a ``device`` setting, resolved here: ``auto`` is the first CUDA GPU when torch sees one,
+else the CPU; ``cpu``, ``cuda`` and ``cuda:N`` name one. Asking for a GPU that is not there is an error that
+says so, never a silent fall back to the CPU (a 7B model trained on a CPU by mistake runs for months).
+
+Precision follows one rule on every device: with ``bf16``, forward passes run under bf16 autocast
+(``autocast``), weights that are trained stay fp32 masters, and weights that are never trained (a LoRA base,
+a model that only generates) are loaded in bf16 directly, on their device, so no fp32 copy ever sits in host
+memory (``weights_dtype``). Code that needs fp32 inside an autocast region (the LM head, the value head: small
+differences of large numbers) opens ``full_precision``. No other module names a device type.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+from typing import Any
+
+import torch
+
+AUTO = "auto"
+GRADIENT_CHECKPOINTING_PARAMETERS = 1_000_000_000
+"""Above this many parameters, training recomputes activations in the backward pass by default: a 7B model's
+activations at 4k tokens would otherwise take more memory than its weights."""
+
+
+def resolve_device(name: str | torch.device = AUTO) -> torch.device:
+    """The torch device a ``device`` setting names (``auto``, ``cpu``, ``cuda``, ``cuda:N``)."""
+    if isinstance(name, torch.device):
+        return name
+    if name == AUTO:
+        return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"device {name!r}: expected auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+            raise ValueError(
+                f"device {name!r}: torch {torch.__version__} ({build}) sees no CUDA GPU; use --device cpu "
+                "or auto, or install a CUDA build of torch"
+            )
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"device {name!r}: torch sees {torch.cuda.device_count()} CUDA GPU(s)")
+    elif device.type != "cpu":
+        raise ValueError(f"device {name!r}: only cpu and cuda devices are supported")
+    return device
+
+
+def module_device(module: torch.nn.Module) -> torch.device:
+    """The device a model's weights are on (its first parameter's)."""
+    return next(module.parameters()).device
+
+
+def autocast(device: torch.device, enabled: bool = True) -> AbstractContextManager[Any]:
+    """bf16 autocast on ``device`` (a no-op context when not ``enabled``)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def full_precision(device: torch.device) -> AbstractContextManager[Any]:
+    """fp32 inside an autocast region: log-probabilities and values, where bf16's 8-bit mantissa shows."""
+    return torch.autocast(device.type, enabled=False)
+
+
+def weights_dtype(bf16: bool, trained: bool) -> torch.dtype:
+    """The dtype weights are loaded in: bf16 when ``bf16`` and they are not trained, else fp32 (masters)."""
+    return torch.bfloat16 if bf16 and not trained else torch.float32
+
+
+def generation_bf16(setting: bool | None, device: torch.device) -> bool:
+    """Whether a model that only generates gets bf16 weights: as set, else on a GPU (tensor cores, half the
+    memory traffic per token) and not on a CPU, where bf16 pays only with AVX-512 BF16 or AMX."""
+    return setting if setting is not None else device.type == "cuda"
+
+
+def needs_autocast(model: torch.nn.Module, bf16: bool) -> bool:
+    """Whether a model's forward passes must run under autocast for bf16 compute: some of its weights are fp32
+    (a model being trained, LoRA adapters on a bf16 base); a model all in bf16 computes in bf16 anyway."""
+    return bf16 and any(p.dtype == torch.float32 for p in model.parameters())
+
+
+def autocast_single_rows(device: torch.device) -> bool:
+    """Whether a batch of one row should decode under autocast. Not on a CPU: there a single row decoded in
+    fp32 ran 2x faster than under bf16 autocast (20.8 vs 10.7 tok/s, 2-core Xeon, llm/hf.py); a GPU's tensor
+    cores want bf16 at any batch size."""
+    return device.type == "cuda"
+
+
+def wants_gradient_checkpointing(setting: bool | None, model: torch.nn.Module) -> bool:
+    """The ``gradient_checkpointing`` setting, where ``None`` means: on for models above ~1B parameters."""
+    if setting is not None:
+        return setting
+    return sum(p.numel() for p in model.parameters()) > GRADIENT_CHECKPOINTING_PARAMETERS
+
+
+def enable_gradient_checkpointing(model: Any) -> None:
+    """Recompute each transformer layer's activations in the backward pass (non-reentrant checkpoints, which
+    need no input that requires grad: a LoRA model's frozen embeddings give none).
+
+    Transformers checkpoints a layer only in training mode; PPO keeps its networks in eval mode (no dropout,
+    so the update's log-probs equal the rollout's), so only the layers themselves are switched to training
+    mode, not the attention and dropout modules inside them.
+    """
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    for module in model.modules():
+        if isinstance(module, GradientCheckpointingLayer):
+            module.training = True
+
+
+def describe(device: torch.device) -> str:
+    """The device for logs: ``cuda:0 (NVIDIA H200, 140 GB)`` or ``cpu (2 threads)``."""
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        props = torch.cuda.get_device_properties(index)
+        return f"cuda:{index} ({props.name}, {props.total_memory / 1e9:.0f} GB)"
+    return f"cpu ({torch.get_num_threads()} threads)"
