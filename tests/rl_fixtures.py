@@ -7,6 +7,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 from r3rag.agent import Agent
 from r3rag.config import AgentConfig, JudgeConfig, PPOConfig, RewardConfig
 from r3rag.llm.base import Completion, Conversation, SamplingParams, per_row
@@ -132,11 +134,13 @@ def tiny_config(out: Path, **overrides: object) -> PPOConfig:
     return PPOConfig.model_validate(values)
 
 
-def tiny_trainer(config: PPOConfig, scorer: ToyScorer | None = None) -> PPOTrainer:
+def tiny_trainer(
+    config: PPOConfig, scorer: ToyScorer | None = None, actor: torch.nn.Module | None = None
+) -> PPOTrainer:
     judge = CorrectnessJudge(JudgeConfig(correctness_llm=False, relevance="reference"))
     return PPOTrainer(
         config,
-        tiny_model(),
+        actor if actor is not None else tiny_model(),
         tiny_tokenizer(),
         FixedRetriever(),
         scorer or ToyScorer(),

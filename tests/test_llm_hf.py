@@ -209,3 +209,42 @@ def test_prefill_tokens_must_be_positive(generator: HFGenerator) -> None:
 def test_sampling_list_must_match_the_conversations(generator: HFGenerator) -> None:
     with pytest.raises(ValueError, match="2 sampling settings for 3 conversations"):
         generator.generate(conversations(3), [SamplingParams(), SamplingParams()])
+
+
+def test_the_decode_loop_never_waits_on_the_device(generator: HFGenerator, monkeypatch) -> None:
+    """Outside the model's forward passes the loop runs no operation that would make the host wait for a GPU
+    (``nonzero``, ``.item()``, ``bool(tensor)``): on a GPU the only sync of a decoded token is reading its
+    tokens back. Pinned on the CPU by watching every aten op the loop dispatches, with a
+    mixed batch (greedy, sampled with and without a seed, top-p, log-probs, rows finishing early)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    syncing = {"nonzero", "_local_scalar_dense", "is_nonzero", "equal", "masked_select", "item"}
+    seen: list[str] = []
+    inside_model = [False]
+
+    class Watch(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if not inside_model[0]:
+                seen.append(func.__name__.split(".")[0])
+            return func(*args, **(kwargs or {}))
+
+    forward = generator._forward
+
+    def model_forward(*args, **kwargs):
+        inside_model[0] = True
+        try:
+            return forward(*args, **kwargs)
+        finally:
+            inside_model[0] = False
+
+    monkeypatch.setattr(generator, "_forward", model_forward)
+    sampling = [
+        SamplingParams(max_new_tokens=3),
+        SamplingParams(temperature=0.7, top_p=0.9, max_new_tokens=9, seed=3, logprobs=True),
+        SamplingParams(temperature=1.0, max_new_tokens=6),
+        SamplingParams(max_new_tokens=9, logprobs=True),
+    ]
+    with Watch():
+        completions = generator.generate(conversations(4), sampling)
+    assert [c.completion_tokens for c in completions] == [3, 9, 6, 9]
+    assert seen and not syncing & set(seen), sorted(syncing & set(seen))

@@ -143,3 +143,42 @@ def test_no_gradient_outlives_an_update(tmp_path: Path) -> None:
     trainer = tiny_trainer(tiny_config(tmp_path))
     trainer.iteration(1)
     assert all(p.grad is None for p in trainer.model.parameters())
+
+
+@pytest.mark.parametrize("critic", ["shared", "separate"])
+def test_gradient_checkpointing_changes_memory_not_the_run(tmp_path: Path, critic: str) -> None:
+    """The networks stay in eval mode (no dropout) while their layers recompute in the backward pass; the
+    metrics and weights of a run are those of the same run without checkpointing."""
+    plain = tiny_trainer(tiny_config(tmp_path / "plain", critic=critic))
+    checkpointed = tiny_trainer(tiny_config(tmp_path / "ckpt", critic=critic, gradient_checkpointing=True))
+    assert all(layer.gradient_checkpointing for layer in checkpointed.model.actor.model.layers)
+    if critic == "separate":
+        assert all(layer.gradient_checkpointing for layer in checkpointed.model.critic_trunk.layers)
+    assert not checkpointed.model.actor.model.layers[0].self_attn.training
+    expected, got = plain.train(progress=False), checkpointed.train(progress=False)
+    for a, b in zip(comparable(expected), comparable(got), strict=True):
+        assert a.keys() == b.keys()
+        for key in a:
+            if isinstance(a[key], float):
+                assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), key
+            else:
+                assert b[key] == a[key], key
+    for (name, p), (_, q) in zip(
+        plain.model.state_dict().items(), checkpointed.model.state_dict().items(), strict=True
+    ):
+        assert torch.allclose(p, q, rtol=1e-4, atol=1e-6), name
+
+
+def test_lora_on_a_bf16_base_trains_fp32_adapters(tmp_path: Path) -> None:
+    """The 7B-on-one-GPU setting (LoRA, shared critic, bf16): the frozen base stays bf16 as loaded, the
+    adapters and the value head train in fp32, and an iteration runs: rollout, update, checkpoint."""
+    pytest.importorskip("peft")
+    config = tiny_config(tmp_path, lora_rank=4, critic="shared", bf16=True, iterations=1)
+    trainer = tiny_trainer(config, actor=tiny_model().to(torch.bfloat16))
+    base_before = {n: p.clone() for n, p in trainer.model.named_parameters() if not p.requires_grad}
+    records = trainer.train(progress=False)
+    assert records[-1]["ppo/optimizer_steps"] > 0
+    trained = {p.dtype for p in trainer.model.parameters() if p.requires_grad}
+    frozen = {n: p for n, p in trainer.model.named_parameters() if not p.requires_grad}
+    assert trained == {torch.float32} and {p.dtype for p in frozen.values()} == {torch.bfloat16}
+    assert all(torch.equal(base_before[n], p) for n, p in frozen.items())

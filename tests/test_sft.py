@@ -204,3 +204,85 @@ def test_lora_is_merged_into_the_final_model(setup, tmp_path: Path):
     merged = HFGenerator.from_name(str(result.final)).model.state_dict()
     assert set(merged) == set(base)
     assert any(not torch.equal(base[name], merged[name]) for name in base)
+
+
+def _final_weights(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(folder / "model.safetensors")
+
+
+def test_two_processes_train_what_one_does(setup, tmp_path: Path):
+    """`torchrun --nproc-per-node 2 -m r3rag sft` (gloo, on the CPU): each process takes half of every step's
+    micro-batches and the gradients are summed, so the losses and the final weights are those of one process
+    (to 1e-5: the processes' kernels may sum in another order), and only one process writes the folder."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    one = train(config(setup, tmp_path / "one", max_steps=6, eval_every=3, save_every=3), progress=False)
+    two_config = config(setup, tmp_path / "two", max_steps=6, eval_every=3, save_every=3)
+    two_config.to_yaml(tmp_path / "two.yaml")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+        "--master-port", str(port), "-m", "r3rag", "sft", "--config", str(tmp_path / "two.yaml"),
+    ]  # fmt: skip
+    env = {**os.environ, "R3RAG_ALLOCATOR": "glibc", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    one_log = [r for _, r in iter_jsonl(tmp_path / "one" / "log.jsonl")]
+    two_log = [r for _, r in iter_jsonl(tmp_path / "two" / "log.jsonl")]
+    assert [r["step"] for r in two_log] == list(range(1, 7))  # written once, by the main process
+    for a, b in zip(one_log, two_log, strict=True):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-5)
+        assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4)
+        assert b["tokens"] == a["tokens"] and b["target_tokens"] == a["target_tokens"]
+    assert b["eval_loss"] == pytest.approx(a["eval_loss"], rel=1e-5)
+    mine, theirs = _final_weights(one.final), _final_weights(tmp_path / "two" / FINAL)
+    assert mine.keys() == theirs.keys()
+    for name, weight in mine.items():
+        assert torch.allclose(weight, theirs[name], rtol=1e-4, atol=1e-6), name
+
+
+def test_grad_accum_must_split_evenly_over_the_processes(setup, tmp_path: Path, monkeypatch):
+    """Three processes cannot share two micro-batches a step equally: refused before anything loads."""
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setattr("torch.distributed.init_process_group", lambda **_: None)
+    with pytest.raises(ValueError, match=r"grad_accum \(2\) must be a multiple of the 3 processes"):
+        train(config(setup, tmp_path / "run"), progress=False)
+
+
+def test_gradient_checkpointing_trains_the_same_weights(setup, tmp_path: Path):
+    """Recomputing activations in the backward pass changes memory, not the result."""
+    plain = train(config(setup, tmp_path / "plain", max_steps=3), progress=False)
+    checkpointed = train(
+        config(setup, tmp_path / "ckpt", max_steps=3, gradient_checkpointing=True), progress=False
+    )
+    mine, theirs = _final_weights(plain.final), _final_weights(checkpointed.final)
+    for name, weight in mine.items():
+        assert torch.allclose(weight, theirs[name], rtol=1e-5, atol=1e-7), name
+
+
+def test_a_lora_run_keeps_its_frozen_base_in_bf16(setup, tmp_path: Path, monkeypatch):
+    """With bf16, LoRA's frozen base is loaded in bf16 (no fp32 copy: half the memory) and its adapters
+    train in fp32; a full fine-tune keeps fp32 master weights."""
+    import r3rag.coldstart.sft as sft_module
+
+    seen: dict[str, set[torch.dtype]] = {}
+    real_step = sft_module._optimizer_step
+
+    def spy(model, *args, **kwargs):
+        seen["trained"] = {p.dtype for p in model.parameters() if p.requires_grad}
+        seen["frozen"] = {p.dtype for p in model.parameters() if not p.requires_grad}
+        return real_step(model, *args, **kwargs)
+
+    monkeypatch.setattr(sft_module, "_optimizer_step", spy)
+    train(config(setup, tmp_path / "lora", max_steps=1, bf16=True, lora=True, lora_rank=4), progress=False)
+    assert seen == {"trained": {torch.float32}, "frozen": {torch.bfloat16}}
+    train(config(setup, tmp_path / "full", max_steps=1, bf16=True), progress=False)
+    assert seen == {"trained": {torch.float32}, "frozen": set()}

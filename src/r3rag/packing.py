@@ -227,9 +227,14 @@ def action_hidden(trunk: CausalLM, batch: Batch, bf16: bool) -> torch.Tensor:
     return hidden[batch.rows[:, None], batch.positions].float()
 
 
-def head_logits(head: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+def head_logits(head: nn.Linear, hidden: torch.Tensor) -> torch.Tensor:
+    """The LM head over fp32 hidden states, in fp32; a head kept in bf16 (a LoRA run's frozen base) is cast
+    for the product (a transient copy: the head runs at action positions only)."""
     with full_precision(hidden.device):
-        return head(hidden)
+        if head.weight.dtype == hidden.dtype:
+            return head(hidden)
+        bias = None if head.bias is None else head.bias.to(hidden.dtype)
+        return nn.functional.linear(hidden, head.weight.to(hidden.dtype), bias)
 
 
 def token_logprobs(logits: torch.Tensor, action_ids: torch.Tensor) -> torch.Tensor:
