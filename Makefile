@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.r3rag-installed
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install test quickstart bench lint docs mutate clean
+.PHONY: install test quickstart bench lint docs mutate gpu-prepare clean
 
 install: $(STAMP)
 
@@ -44,6 +44,11 @@ docs: install
 # copy of src/, against the tests that cover its module; fails below a 95% kill rate. Minutes, not seconds.
 mutate: install
 	$(PY) tools/mutate.py
+
+# The GPU check's carry-on for a GPU machine without internet (benchmarks/gpu.py): the wheels its image lacks
+# and the embedded tokenizer, in .gpu/ (git-ignored). The README's "Training on GPUs" says how to run it there.
+gpu-prepare: install
+	$(PY) tools/gpu_carry.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis .mypy_cache .import_linter_cache
