@@ -120,3 +120,18 @@ def test_derived_seeds_are_the_sha256_of_their_names() -> None:
 def test_peak_memory_reports_the_host_figure() -> None:
     figures = runs.peak_memory()
     assert figures["memory/peak_rss_gb"] > 0.01
+
+
+def test_checkpoints_carry_the_cuda_generators_where_there_is_a_gpu(tmp_path: Path, monkeypatch) -> None:
+    """On a GPU machine the CUDA generators' states are saved with the others and restored on resume, so a
+    resumed GPU run draws what an uninterrupted one would (CUDA simulated: its state is a stand-in tensor)."""
+    cuda_states = [torch.tensor([7, 8], dtype=torch.uint8)]
+    restored: list[list[torch.Tensor]] = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: [s.clone() for s in cuda_states])
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", restored.append)
+    runs.save_checkpoint(tmp_path, "step", 1, {"x": 1}, keep=1)
+    cuda_states[0] = torch.tensor([9, 9], dtype=torch.uint8)  # the generator moves on after the save
+    state = runs.load_checkpoint(runs.latest_checkpoint(tmp_path, "step"))
+    assert state["x"] == 1 and len(restored) == 1
+    assert torch.equal(restored[0][0], torch.tensor([7, 8], dtype=torch.uint8))

@@ -661,6 +661,11 @@ class SFTConfig(StageConfig):
         "than 2 on 2 busy cores).",
     )
     seed: int = Field(42, description="Shuffling, the held-out split and initialisation of LoRA weights.")
+    fsdp: bool = Field(
+        False,
+        description="With several processes (torchrun), shard weights, gradients and optimizer states over "
+        "them (FSDP2), for a full fine-tune that does not fit one GPU; without it each has the whole model.",
+    )
     lora: bool = Field(False, description="Train LoRA adapters (needs peft) instead of all weights.")
     lora_rank: int = Field(16, ge=1, description="LoRA rank (our default).")
     lora_alpha: float = Field(32.0, gt=0, description="LoRA scaling numerator (our default: 2 x rank).")
@@ -668,6 +673,15 @@ class SFTConfig(StageConfig):
     lora_targets: list[str] | Literal["all-linear"] = Field(
         "all-linear", description="Modules that get adapters: peft's 'all-linear' or a list of names."
     )
+
+    @model_validator(mode="after")
+    def _fsdp_is_for_full_fine_tunes(self) -> Self:
+        if self.fsdp and self.lora:
+            raise ValueError(
+                "fsdp shards a full fine-tune; a LoRA run fits one GPU: drop fsdp (several processes then "
+                "split the batches, each with the whole model)"
+            )
+        return self
 
 
 # ------------------------------------------------------------------------------------------------------- PPO

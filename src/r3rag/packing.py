@@ -247,3 +247,17 @@ def action_logprobs(model: CausalLM, batch: Batch, bf16: bool) -> torch.Tensor:
     with ``batch.action_mask``). The reference policy's pass, and the SFT loss's."""
     hidden = action_hidden(model.get_decoder(), batch, bf16)
     return token_logprobs(head_logits(model.get_output_embeddings(), hidden), batch.action_ids)
+
+
+class ActionLogprobs(nn.Module):
+    """:func:`action_logprobs` of a causal LM as a module whose ``forward`` takes a :class:`Batch`: the root
+    unit when the LM is sharded over processes (:func:`r3rag.parallel.shard`), since FSDP gathers a root's
+    weights (embeddings, final norm, head) in its ``forward``, which calling the trunk directly would skip."""
+
+    def __init__(self, model: CausalLM, bf16: bool) -> None:
+        super().__init__()
+        self.model = model
+        self.bf16 = bf16
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        return action_logprobs(self.model, batch, self.bf16)

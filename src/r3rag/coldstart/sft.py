@@ -24,6 +24,8 @@ a GPU, with nothing hidden:
 - on several processes (``torchrun --nproc-per-node N -m r3rag sft ...``, :mod:`r3rag.parallel`): each
   computes its share of every optimizer step's micro-batches and their gradients are summed, so the run
   equals a one-process run with the same settings (``grad_accum`` must be a multiple of the processes);
+  with ``fsdp`` the processes also shard the weights, gradients and optimizer states (FSDP2), for a full
+  fine-tune that does not fit one GPU;
 - checkpoints every ``save_every`` steps resume exactly (weights, optimizer, scheduler, RNG and position in
   the epoch); the final model is written to ``final/`` only once training is complete (a temporary folder
   renamed into place), with ``agent.yaml``, the agent settings it was trained for, beside it.
@@ -61,7 +63,7 @@ from r3rag.device import (
 from r3rag.jsonl import JsonlAppender, rewind
 from r3rag.llm.models import load_model
 from r3rag.lora import add_lora, load_lora, merged
-from r3rag.packing import Sample, action_logprobs, check_plain_head, collate, pack_samples
+from r3rag.packing import ActionLogprobs, Sample, action_logprobs, check_plain_head, collate, pack_samples
 
 FINAL = "final"
 CHECKPOINTS = "checkpoints"
@@ -184,9 +186,10 @@ def loss_sum(
     model: Any, samples: list[Sample], share_prefixes: bool, pad_id: int, bf16: bool
 ) -> tuple[torch.Tensor, int]:
     """Summed cross-entropy over the target tokens of ``samples`` (computed in packed rows when sharing, on
-    the model's device), and their count."""
+    the model's device), and their count. ``model`` is a causal LM, or the :class:`ActionLogprobs` root of
+    one sharded with FSDP."""
     batch = collate(samples, pack_samples(samples, share_prefixes), pad_id).to(module_device(model))
-    logprobs = action_logprobs(model, batch, bf16)
+    logprobs = model(batch) if isinstance(model, ActionLogprobs) else action_logprobs(model, batch, bf16)
     return -(logprobs * batch.action_mask).sum(), int(batch.action_mask.sum())
 
 
@@ -258,6 +261,8 @@ def _train(
     if config.lora:
         model = _with_lora(model, config, checkpoint)
     model.train()
+    # what the optimizer trains and the loss calls: the model, or its FSDP root (r3rag.parallel.shard)
+    trained: Any = parallel.shard(ActionLogprobs(model, config.bf16)) if config.fsdp else model
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
     samples = as_samples(data.train)
@@ -266,7 +271,7 @@ def _train(
     train_tokens = sum(len(s.tokens) for s in samples)
     per_epoch = math.ceil(math.ceil(len(rows) / config.micro_batch_size) / config.grad_accum)
     total = config.max_steps or math.ceil(config.epochs * per_epoch)
-    optimizer = _optimizer(model, config)
+    optimizer = _optimizer(trained, config)
     scheduler = get_cosine_with_min_lr_schedule_with_warmup(
         optimizer, round(config.warmup_ratio * total), total, min_lr_rate=config.min_lr_ratio
     )
@@ -275,7 +280,10 @@ def _train(
         state = runs.load_checkpoint(checkpoint)
         if state["fingerprint"] != data.fingerprint:
             raise ValueError(f"{checkpoint}: trained on other examples than {config.data} gives now")
-        optimizer.load_state_dict(state["optimizer"])
+        if config.fsdp:
+            parallel.load_full_optimizer_state(trained, optimizer, state["optimizer"])
+        else:
+            optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start = state["step"]
 
@@ -306,30 +314,35 @@ def _train(
                 [samples[i] for row in batch for i in rows[row]]
                 for batch in epoch_batches[epoch][group * config.grad_accum : (group + 1) * config.grad_accum]
             ]
-            record = _optimizer_step(model, optimizer, scheduler, group_batches, config, pad_id, processes)
+            record = _optimizer_step(trained, optimizer, scheduler, group_batches, config, pad_id, processes)
             record.update(
                 step=step + 1, epoch=round(step / per_epoch, 4), elapsed_s=time.perf_counter() - started
             )
             record.update(runs.peak_memory())
             last_loss = record["loss"]
-            if not processes.main:
-                continue
+            # every process evaluates and gathers a checkpoint: under FSDP both are collective
             if data.val and ((step + 1) % config.eval_every == 0 or step + 1 == total):
-                eval_loss = record["eval_loss"] = evaluate(model, data.val, config, pad_id)
+                eval_loss = record["eval_loss"] = evaluate(trained, data.val, config, pad_id)
             if (step + 1) % config.save_every == 0 and step + 1 < total:
                 state = {
-                    "optimizer": optimizer.state_dict(),
+                    "optimizer": parallel.full_optimizer_state(trained, optimizer)
+                    if config.fsdp
+                    else optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(),
                     "fingerprint": data.fingerprint,
                 }
-                runs.save_checkpoint(
-                    out / CHECKPOINTS,
-                    CHECKPOINT_LABEL,
-                    step + 1,
-                    state,
-                    config.keep_checkpoints,
-                    write_files=partial(_save_model, model, tokenizer),
-                )
+                weights = _full_weights(trained, processes) if config.fsdp else None
+                if processes.main:
+                    runs.save_checkpoint(
+                        out / CHECKPOINTS,
+                        CHECKPOINT_LABEL,
+                        step + 1,
+                        state,
+                        config.keep_checkpoints,
+                        write_files=partial(_save_model, model, tokenizer, weights=weights),
+                    )
+            if not processes.main:
+                continue
             assert log is not None  # the main process's
             log.write(record)
             bar.update(1)
@@ -352,8 +365,9 @@ def _train(
         peak_rss_bytes=runs.peak_rss_bytes(),
         peak_gpu_bytes=torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
     )
+    weights = _full_weights(trained, processes) if config.fsdp else None
     if processes.main:
-        _save_final(out, model, tokenizer, config, result)
+        _save_final(out, model, tokenizer, config, result, weights)
     return result
 
 
@@ -375,15 +389,22 @@ def _optimizer_step(
     began = time.perf_counter()
     targets = sum(s.actions for batch in batches for s in batch)
     tokens = sum(len(s.tokens) for batch in batches for s in batch)
-    total = 0.0
-    for batch in processes.share(batches):
+    total, scale = 0.0, processes.gradient_scale(config.fsdp)
+    passes = [(batch, 1.0) for batch in processes.share(batches)]
+    if config.fsdp:  # a process short of micro-batches (an epoch's last step) still joins FSDP's gathers
+        missing = math.ceil(len(batches) / processes.world) - len(passes)
+        passes += [(batch, 0.0) for batch in batches[:missing]]
+    for batch, weight in passes:
         loss, _ = loss_sum(model, batch, config.share_prefixes, pad_id, config.bf16)
-        (loss / targets).backward()
-        total += loss.item()
+        (loss * (weight * scale / targets)).backward()
+        total += weight * loss.item()
     total = processes.sum(total)
     params = [p for p in model.parameters() if p.requires_grad]
-    processes.sum_gradients(params)
+    if not config.fsdp:  # FSDP has reduce-scattered them in the backward passes
+        processes.sum_gradients(params)
     grad_norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+    if hasattr(grad_norm, "full_tensor"):  # a sharded model's norm is a distributed tensor
+        grad_norm = grad_norm.full_tensor()
     lr = scheduler.get_last_lr()[0]
     optimizer.step()
     scheduler.step()
@@ -417,17 +438,32 @@ def _with_lora(model: Any, config: SFTConfig, checkpoint: Path | None) -> Any:
     return add_lora(model, config.lora_rank, config.lora_alpha, config.lora_targets, config.lora_dropout)
 
 
-def _save_model(model: Any, tokenizer: Any, folder: Path) -> None:
+def _full_weights(trained: Any, processes: parallel.Processes) -> dict[str, torch.Tensor]:
+    """The whole weights of an FSDP-sharded model under their Hugging Face names (every process calls it)."""
+    prefix = "model."  # the ActionLogprobs root holds the causal LM as `model`
+    return {name.removeprefix(prefix): t for name, t in processes.full_state_dict(trained).items()}
+
+
+def _save_model(
+    model: Any, tokenizer: Any, folder: Path, weights: dict[str, torch.Tensor] | None = None
+) -> None:
     """The model as ``save_pretrained`` writes it (the LoRA adapter alone when training one) and the
-    tokenizer: what a checkpoint holds besides the trainer's state."""
-    model.save_pretrained(folder)
+    tokenizer: what a checkpoint holds besides the trainer's state. ``weights``: a sharded model's whole."""
+    model.save_pretrained(folder, state_dict=weights)
     tokenizer.save_pretrained(folder)
 
 
-def _save_final(out: Path, model: Any, tokenizer: Any, config: SFTConfig, result: SFTResult) -> None:
+def _save_final(
+    out: Path,
+    model: Any,
+    tokenizer: Any,
+    config: SFTConfig,
+    result: SFTResult,
+    weights: dict[str, torch.Tensor] | None = None,
+) -> None:
     """Write the final model (LoRA merged in) with its agent settings, then rename it into place."""
     with runs.atomic_folder(out / FINAL) as tmp:
-        _save_model(merged(model, keep=False) if config.lora else model, tokenizer, tmp)
+        _save_model(merged(model, keep=False) if config.lora else model, tokenizer, tmp, weights)
         coldstart = Path(config.data).parent / COLDSTART_FILE
         if coldstart.is_file():
             ColdStartConfig.from_yaml(coldstart).agent.to_yaml(tmp / AGENT_FILE)
