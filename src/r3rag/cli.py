@@ -629,17 +629,25 @@ def _print_coldstart(summary: RunSummary, stats: dict[str, Any]) -> None:
 
 @command(app, options=ConfigOptions(SFTConfig))
 def sft(config: SFTConfig) -> None:
-    """Fine-tune a causal LM on cold-start step examples (R3-RAG-CS); resumes from its last checkpoint."""
+    """Fine-tune a causal LM on cold-start step examples (R3-RAG-CS); resumes from its last checkpoint.
+
+    On several GPUs: `torchrun --nproc-per-node N -m r3rag sft ...` (data parallel; add --fsdp to shard a
+    full fine-tune that does not fit one GPU).
+    """
     from r3rag.coldstart.sft import train
+    from r3rag.parallel import main_process
 
     existing_file(config.data)
     result = train(config)
+    if not main_process():
+        return
     eval_loss = "n/a" if result.eval_loss is None else f"{result.eval_loss:.4f}"
+    gpu = "" if result.peak_gpu_bytes is None else f", peak GPU {result.peak_gpu_bytes / 2**30:.1f} GiB"
     console.print(
         f"[green]trained[/] {result.steps} steps ({result.train_examples:,} examples, "
         f"{result.train_tokens:,} tokens) in {result.wall_seconds / 60:.1f} min: train loss "
-        f"{result.last_loss:.4f}, eval loss {eval_loss}, peak RSS {result.peak_rss_bytes / 2**30:.1f} GiB "
-        f"-> {result.final}",
+        f"{result.last_loss:.4f}, eval loss {eval_loss}, peak RSS {result.peak_rss_bytes / 2**30:.1f} GiB"
+        f"{gpu} -> {result.final}",
         highlight=False,
     )
 

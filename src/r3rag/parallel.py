@@ -85,6 +85,11 @@ class Processes:
             dist.destroy_process_group()
 
 
+def main_process() -> bool:
+    """Whether this is the process that reports (the only one without a launcher; rank 0 under one)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def start(device: str) -> Processes:
     """Join the launcher's processes (if any) and pick this process's device: with several processes on
     GPUs, the GPU of its ``LOCAL_RANK``; ``device`` says whether they are GPUs (auto: if torch sees any)."""
