@@ -99,3 +99,8 @@ def test_models_load_in_the_dtype_asked(tmp_path):
 
 def test_describe_names_the_device():
     assert dev.describe(torch.device("cpu")) == f"cpu ({torch.get_num_threads()} threads)"
+
+
+def test_weights_load_straight_onto_a_gpu_and_plainly_on_a_cpu():
+    assert dev.loading_placement(None) == {} and dev.loading_placement(torch.device("cpu")) == {}
+    assert dev.loading_placement(torch.device("cuda", 1)) == {"device_map": {"": torch.device("cuda", 1)}}

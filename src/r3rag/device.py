@@ -49,6 +49,14 @@ def resolve_device(name: str | torch.device = AUTO) -> torch.device:
     return device
 
 
+def loading_placement(device: torch.device | None) -> dict[str, Any]:
+    """``from_pretrained`` arguments that read the weights straight onto ``device`` (accelerate's device map);
+    none for the CPU, where transformers loads anyway."""
+    if device is None or device.type == "cpu":
+        return {}
+    return {"device_map": {"": device}}
+
+
 def module_device(module: torch.nn.Module) -> torch.device:
     """The device a model's weights are on (its first parameter's)."""
     return next(module.parameters()).device

@@ -132,7 +132,9 @@ def load_model(name: str | Path, dtype: Any = None, device: Any = None) -> tuple
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     source = resolve_model(name)
-    placement = {} if device is None or device.type == "cpu" else {"device_map": {"": device}}
+    from r3rag.device import loading_placement
+
+    placement = loading_placement(device)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
         model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype or torch.float32, **placement)
