@@ -94,3 +94,32 @@ def test_a_missing_index_is_a_clear_error(setup: dict[str, Path], tmp_path: Path
     )
     assert result.exit_code == 2
     assert "no such index folder" in result.output
+
+
+def test_a_gpu_asked_for_on_a_machine_without_one_is_one_clear_line(
+    setup: dict[str, Path], monkeypatch
+) -> None:
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    result = ask(setup, "Who directed film 3?", "--device", "cuda")
+    assert result.exit_code == 2
+    assert "device 'cuda'" in result.output and "sees no CUDA GPU" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_the_device_and_precision_settings_reach_the_loader(setup: dict[str, Path], monkeypatch) -> None:
+    """`--device cpu --bf16`: the weights are read in bf16 onto the CPU (`auto` picks a GPU the same way)."""
+    import torch
+
+    from r3rag.llm import models
+
+    placed = []
+    load = models.load_model
+
+    def spy(name, dtype=None, device=None):
+        placed.append((device, dtype))
+        return load(name, dtype=dtype, device=device)
+
+    monkeypatch.setattr(models, "load_model", spy)  # HFGenerator.from_name imports it when called
+    result = ask(setup, "Who directed film 3?", "--device", "cpu", "--bf16")
+    assert result.exit_code == 0, result.output
+    assert placed == [(torch.device("cpu"), torch.bfloat16)]
