@@ -269,10 +269,13 @@ def save_checkpoint(
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    """A checkpoint's state, with the random-number generators restored to where it was saved."""
+    """A checkpoint's state, with the random-number generators restored to where it was saved.
+
+    Tensors are read onto the host: a run saved on a GPU resumes on another device too (``load_state_dict``
+    of a model or an optimizer copies them to where its parameters are)."""
     import torch
 
-    state = torch.load(path / STATE_FILE, weights_only=False)
+    state = torch.load(path / STATE_FILE, weights_only=False, map_location="cpu")
     set_rng_state(state["rng"])
     return state
 
