@@ -526,7 +526,10 @@ def view(
     filtered, opened step by step, two side by side; the run's plots; an ask tab (needs `r3rag[view]`)."""
     from r3rag.serving.viewer import launch
 
-    launch(run, config, agent, generator)
+    if not run.is_dir():
+        raise fail(f"{run}: no such run folder")
+    local = config.index is not None and config.agent_url is None
+    launch(run, config, agent, _generator(generator, 1) if local else None)
 
 
 # ------------------------------------------------------------------------------------------------ r3rag eval

@@ -242,3 +242,31 @@ def _coldstart_record(
 
 
 _READERS = {"eval": _eval_record, "ppo": _ppo_record, "coldstart": _coldstart_record}
+
+
+ALL = "all"
+"""The filter value that keeps every record."""
+VERDICTS = {"correct": True, "wrong": False, "not scored": None}
+
+
+def select(
+    run: Run,
+    system: str = ALL,
+    dataset: str = ALL,
+    qtype: str = ALL,
+    verdict: str = ALL,
+    ended: str = ALL,
+) -> list[Record]:
+    """The records that pass every filter (``all`` passes everything); ``verdict`` is one of
+    :data:`VERDICTS`."""
+    if verdict != ALL and verdict not in VERDICTS:
+        raise ValueError(f"verdict must be {ALL} or one of {', '.join(VERDICTS)}, not {verdict!r}")
+    return [
+        r
+        for r in run.records
+        if system in (ALL, r.system)
+        and dataset in (ALL, r.dataset)
+        and qtype in (ALL, r.qtype)
+        and ended in (ALL, r.ended)
+        and (verdict == ALL or r.correct is VERDICTS[verdict])
+    ]
