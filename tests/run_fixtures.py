@@ -16,11 +16,19 @@ OTHER = Passage("pother", "Charles Babbage", "Babbage designed the engine.")
 GOLD2 = Passage("pgold2", "Analytical Engine", "The engine was never finished.")
 
 DEV = [
-    QAExample("dev-1", "Who wrote the first program?", ["Ada Lovelace"], ["pgold1"], type="compositional",
-              dataset="world"),
+    QAExample(
+        "dev-1",
+        "Who wrote the first program?",
+        ["Ada Lovelace"],
+        ["pgold1"],
+        type="compositional",
+        dataset="world",
+    ),
     QAExample("dev-2", "Was the engine finished?", ["no"], ["pgold2"], type="comparison", dataset="world"),
 ]
-TRAIN = [QAExample("train-1", "Who designed the engine?", ["Babbage"], ["pother"], type="chain", dataset="world")]
+TRAIN = [
+    QAExample("train-1", "Who designed the engine?", ["Babbage"], ["pother"], type="chain", dataset="world")
+]
 
 
 def trajectory(example: QAExample, answer: str | None, passages: list[Passage]) -> Trajectory:
@@ -34,7 +42,12 @@ def trajectory(example: QAExample, answer: str | None, passages: list[Passage]) 
 def flashrag(example: QAExample) -> dict[str, Any]:
     """A question as the world's files hold it (FlashRAG, the rest in metadata)."""
     metadata = {"dataset": example.dataset, "type": example.type, "supporting_ids": example.supporting_ids}
-    return {"id": example.id, "question": example.question, "golden_answers": example.answers, "metadata": metadata}
+    return {
+        "id": example.id,
+        "question": example.question,
+        "golden_answers": example.answers,
+        "metadata": metadata,
+    }
 
 
 def write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
@@ -42,7 +55,9 @@ def write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
 
 
-def prediction(method: str, example: QAExample, answer: str | None, passages: list[Passage]) -> dict[str, Any]:
+def prediction(
+    method: str, example: QAExample, answer: str | None, passages: list[Passage]
+) -> dict[str, Any]:
     correct = answer in example.answers
     t = trajectory(example, answer, passages)
     return {
@@ -68,7 +83,10 @@ def write_run(folder: Path) -> Path:
         method = "r3rag" if name == "eval-a" else "rag-cot"
         write_jsonl(
             folder / name / "predictions.jsonl",
-            [prediction(method, e, a, [GOLD, OTHER] if e.id == "dev-1" else [GOLD2]) for e, a in zip(DEV, answers)],
+            [
+                prediction(method, e, a, [GOLD, OTHER] if e.id == "dev-1" else [GOLD2])
+                for e, a in zip(DEV, answers, strict=True)
+            ],
         )
         manifest = {"datasets": {"world": {"files": [{"path": str(folder / "world" / "dev.jsonl")}]}}}
         (folder / name / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
@@ -80,10 +98,24 @@ def write_run(folder: Path) -> Path:
         "lambda_t": 1.2,
         "rewards": [0.3, 1.5],
         "steps": [
-            {"index": 1, "kind": "retrieval", "format": 0.0, "outcome": 0.0, "process": 0.3, "relevance": 0.25,
-             "total": 0.3},
-            {"index": 2, "kind": "answer", "format": 0.0, "outcome": 1.5, "process": 0.0, "relevance": None,
-             "total": 1.5},
+            {
+                "index": 1,
+                "kind": "retrieval",
+                "format": 0.0,
+                "outcome": 0.0,
+                "process": 0.3,
+                "relevance": 0.25,
+                "total": 0.3,
+            },
+            {
+                "index": 2,
+                "kind": "answer",
+                "format": 0.0,
+                "outcome": 1.5,
+                "process": 0.0,
+                "relevance": None,
+                "total": 1.5,
+            },
         ],
     }
     write_jsonl(folder / "ppo" / "rollouts" / "iter-00003.jsonl", [rollout])
@@ -95,12 +127,30 @@ def write_run(folder: Path) -> Path:
     write_jsonl(
         folder / "coldstart" / "trajectories.jsonl",
         [
-            {"id": "train-1", "dataset": "world", "type": "chain", "question": TRAIN[0].question,
-             "golden_answers": ["Babbage"], "teacher": "oracle", "kept": True, "trajectory": kept.to_dict(),
-             "attempts": []},
-            {"id": "dev-2", "dataset": "world", "type": "comparison", "question": DEV[1].question,
-             "golden_answers": ["no"], "teacher": "oracle", "kept": False, "trajectory": None,
-             "attempts": [{"attempt": 0, "reason": "needs more than 5 steps", "trajectory": rejected.to_dict()}]},
+            {
+                "id": "train-1",
+                "dataset": "world",
+                "type": "chain",
+                "question": TRAIN[0].question,
+                "golden_answers": ["Babbage"],
+                "teacher": "oracle",
+                "kept": True,
+                "trajectory": kept.to_dict(),
+                "attempts": [],
+            },
+            {
+                "id": "dev-2",
+                "dataset": "world",
+                "type": "comparison",
+                "question": DEV[1].question,
+                "golden_answers": ["no"],
+                "teacher": "oracle",
+                "kept": False,
+                "trajectory": None,
+                "attempts": [
+                    {"attempt": 0, "reason": "needs more than 5 steps", "trajectory": rejected.to_dict()}
+                ],
+            },
         ],
     )
     return folder

@@ -12,12 +12,12 @@ from dataclasses import dataclass, field
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from test_agent import PASSAGES, FixedRetriever, ScriptedGenerator, answer, query
 
 from r3rag.config import AgentConfig, AgentServerConfig
 from r3rag.llm.base import Completion, Conversation, SamplingParams
 from r3rag.retrieval.server import serve_in_thread
 from r3rag.serving.agent_api import create_app
+from test_agent import PASSAGES, FixedRetriever, ScriptedGenerator, answer, query
 
 BASE = "http://127.0.0.1"
 

@@ -40,7 +40,9 @@ def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
         time.sleep(0.005)
 
 
-def start_blocked(batcher: Coalescer[list[str], list[str]], gate: Gate, pool: ThreadPoolExecutor, calls: list[list[str]]):
+def start_blocked(
+    batcher: Coalescer[list[str], list[str]], gate: Gate, pool: ThreadPoolExecutor, calls: list[list[str]]
+):
     """Submit one call that the gate holds, then ``calls``, all queued behind it."""
     first = pool.submit(batcher.submit, ["first"])
     gate.started.wait(10)
@@ -139,7 +141,10 @@ class RecordingGenerator:
         rows = per_row(sampling, len(conversations))
         self.calls.append(len(conversations))
         self.release.wait(10)
-        return [Completion(f"{c[-1]['content']}@{s.temperature}") for c, s in zip(conversations, rows, strict=True)]
+        return [
+            Completion(f"{c[-1]['content']}@{s.temperature}")
+            for c, s in zip(conversations, rows, strict=True)
+        ]
 
 
 def user(text: str) -> Conversation:
@@ -152,7 +157,9 @@ def test_batching_generator_merges_calls_and_keeps_each_rows_sampling():
     with ThreadPoolExecutor(4) as pool:
         first = pool.submit(generator.generate, [user("q0")], SamplingParams(temperature=0.0))
         wait_for(lambda: inner.calls == [1])
-        a = pool.submit(generator.generate, [user("a1"), user("a2")], [SamplingParams(0.1), SamplingParams(0.4)])
+        a = pool.submit(
+            generator.generate, [user("a1"), user("a2")], [SamplingParams(0.1), SamplingParams(0.4)]
+        )
         b = pool.submit(generator.generate, [user("b1")], SamplingParams(temperature=1.0))
         wait_for(lambda: generator.batcher.pending == 2)
         inner.release.set()

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from run_fixtures import write_run
 
 from r3rag.serving.records import load_run, select
 from r3rag.serving.render import record_html
 from r3rag.serving.viewer import compare_html, table
+from run_fixtures import write_run
 
 
 @pytest.fixture
@@ -66,7 +66,9 @@ def test_a_bad_line_names_the_file_and_line(tmp_path):
     folder = write_run(tmp_path / "run")
     with (folder / "eval-b" / "predictions.jsonl").open("a") as f:
         f.write('{"method": "x"}\n')
-    with pytest.raises(ValueError, match=r"eval-b/predictions.jsonl:3: not a eval record \(KeyError\('id'\)\)"):
+    with pytest.raises(
+        ValueError, match=r"eval-b/predictions.jsonl:3: not a eval record \(KeyError\('id'\)\)"
+    ):
         load_run(folder)
     (folder / "eval-b" / "predictions.jsonl").write_text("[1]\n")
     with pytest.raises(ValueError, match="predictions.jsonl:1: expected a JSON object, got list"):
@@ -93,8 +95,17 @@ def test_model_text_is_escaped(run):
 
 def test_listing_and_side_by_side(run):
     assert table([run.records[4]]) == [
-        [4, "eval-b/rag-cot", "world", "compositional", "Who wrote the first program?", "Babbage", "wrong",
-         "answered", 2]
+        [
+            4,
+            "eval-b/rag-cot",
+            "world",
+            "compositional",
+            "Who wrote the first program?",
+            "Babbage",
+            "wrong",
+            "answered",
+            2,
+        ]
     ]
     left, right = compare_html(run, "dev-1", "eval-a/r3rag", "eval-b/rag-cot")
     assert 'data-record="2"' in left and 'data-record="4"' in right

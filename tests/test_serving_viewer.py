@@ -11,10 +11,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from run_fixtures import write_run
 
 from r3rag.config import ViewerConfig
 from r3rag.serving.records import load_run
+from run_fixtures import write_run
 
 CHROMIUM = os.environ.get("R3RAG_CHROMIUM", "/usr/bin/chromium")
 FLAGS = [
@@ -51,7 +51,11 @@ def browser_context(tmp_path_factory) -> Iterator[object]:
     profile = tmp_path_factory.mktemp("chromium-profile")  # a fresh --user-data-dir
     with sync_playwright() as p:
         context = p.chromium.launch_persistent_context(
-            str(profile), executable_path=CHROMIUM, headless=True, args=FLAGS, viewport={"width": 1300, "height": 1200}
+            str(profile),
+            executable_path=CHROMIUM,
+            headless=True,
+            args=FLAGS,
+            viewport={"width": 1300, "height": 1200},
         )
         yield context
         context.close()
@@ -64,9 +68,19 @@ def free_port() -> int:
 
 
 def fake_ask(question: str):
-    yield "step", {"index": 1, "analysis": "Find it.", "query": f"about {question}", "answer": None,
-                   "passages": [{"id": "p1", "title": "Streamed Passage", "text": "streamed text"}], "raw": "",
-                   "valid": True, "issues": []}
+    yield (
+        "step",
+        {
+            "index": 1,
+            "analysis": "Find it.",
+            "query": f"about {question}",
+            "answer": None,
+            "passages": [{"id": "p1", "title": "Streamed Passage", "text": "streamed text"}],
+            "raw": "",
+            "valid": True,
+            "issues": [],
+        },
+    )
     yield "answer", {"answer": "Streamed Answer", "status": "answered", "seconds": 0.5}
 
 
@@ -79,8 +93,13 @@ def page_url(tmp_path_factory) -> Iterator[str]:
     run = load_run(write_run(tmp_path_factory.mktemp("viewer") / "run"))
     page = build(run, ViewerConfig(), fake_ask)
     port = free_port()
-    page.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
-                allowed_paths=[str(run.folder)])
+    page.launch(
+        server_name="127.0.0.1",
+        server_port=port,
+        prevent_thread_lock=True,
+        quiet=True,
+        allowed_paths=[str(run.folder)],
+    )
     yield f"http://127.0.0.1:{port}"
     page.close()
 

@@ -484,7 +484,8 @@ def serve_agent(
     agent: AgentConfig,
     generator: GeneratorConfig,
     retrieval: Annotated[
-        str, typer.Argument(help="Index folder built by `r3rag index build`, or a `r3rag serve retriever` URL.")
+        str,
+        typer.Argument(help="Index folder built by `r3rag index build`, or a `r3rag serve retriever` URL."),
     ],
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
 ) -> None:

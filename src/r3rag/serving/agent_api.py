@@ -160,7 +160,9 @@ class _Stats:
 class AgentService:
     """The shared batchers and the worker threads, and the count of questions in flight."""
 
-    def __init__(self, generator: Generator, retriever: Retriever, agent: AgentConfig, config: AgentServerConfig):
+    def __init__(
+        self, generator: Generator, retriever: Retriever, agent: AgentConfig, config: AgentServerConfig
+    ):
         wait_s = config.batch_wait_ms / 1000
         self.generator = BatchingGenerator(generator, config.max_batch_rows, wait_s)
         self.retriever = BatchingRetriever(retriever, config.max_batch_rows, wait_s)
@@ -191,7 +193,11 @@ class AgentService:
         """Run one question (after :meth:`admit`) in a worker thread; its slot is freed when the loop ends,
         which after a cancellation is at its next model call."""
         update = {k: v for k, v in (("max_steps", max_steps), ("top_k", top_k)) if v is not None}
-        agent = Agent(_CancellableGenerator(self.generator, cancelled), self.retriever, self.agent.model_copy(update=update))
+        agent = Agent(
+            _CancellableGenerator(self.generator, cancelled),
+            self.retriever,
+            self.agent.model_copy(update=update),
+        )
         example = QAExample(id="question", question=question, answers=[])
 
         def work() -> Trajectory:
@@ -346,8 +352,9 @@ def create_app(
             try:
                 while not (future.done() and steps.empty()):
                     waiter = asyncio.ensure_future(steps.get())
+                    either: set[asyncio.Future[Any]] = {waiter, future}
                     done, _ = await asyncio.wait(
-                        {waiter, future}, timeout=deadline - loop.time(), return_when=asyncio.FIRST_COMPLETED
+                        either, timeout=deadline - loop.time(), return_when=asyncio.FIRST_COMPLETED
                     )
                     if waiter in done:
                         yield sse("step", waiter.result())
@@ -356,7 +363,9 @@ def create_app(
                     if not done:
                         cancelled.set()
                         service.stats.timeouts += 1
-                        yield sse("error", {"detail": f"the question took more than {config.request_timeout_s} s"})
+                        yield sse(
+                            "error", {"detail": f"the question took more than {config.request_timeout_s} s"}
+                        )
                         return
                 error = future.exception()
                 if error is not None:

@@ -76,8 +76,8 @@ class Coalescer(Generic[P, R]):
     """Runs ``process`` (many payloads -> one result each, in order) on one worker thread.
 
     ``submit`` blocks its caller until its payload's batch has run. The worker takes the oldest waiting call,
-    optionally waits ``wait_s`` for more, then adds waiting calls while the batch holds fewer than ``max_items``
-    items (a single call larger than that still runs, alone).
+    optionally waits ``wait_s`` for more, then adds waiting calls while the batch holds fewer than
+    ``max_items`` items (a single call larger than that still runs, alone).
     """
 
     def __init__(

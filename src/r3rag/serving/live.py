@@ -20,7 +20,9 @@ from r3rag.serving.agent_api import answer_body
 Event = tuple[str, dict[str, Any]]
 
 
-def remote_events(url: str, question: str, api_key: str | None = None, timeout: float = 600.0) -> Iterator[Event]:
+def remote_events(
+    url: str, question: str, api_key: str | None = None, timeout: float = 600.0
+) -> Iterator[Event]:
     """The events of ``url``/v1/ask/stream for ``question``; a refused request is one ``error`` event."""
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     try:
@@ -56,7 +58,9 @@ def local_events(agent: Agent, question: str) -> Iterator[Event]:
 
     def work() -> None:
         try:
-            (trajectory,) = agent.run([QAExample(id="question", question=question, answers=[])], on_step=on_step)
+            (trajectory,) = agent.run(
+                [QAExample(id="question", question=question, answers=[])], on_step=on_step
+            )
             events.put(("answer", answer_body("local", trajectory, time.perf_counter() - started)))
         except Exception as e:  # shown on the page, like the server's error event
             events.put(("error", {"detail": f"the agent failed: {type(e).__name__}: {e}"}))

@@ -71,23 +71,32 @@ def record_html(record: Record) -> str:
 def step_html(step: Step, gold_ids: set[str], reward: dict[str, Any] | None = None) -> str:
     """One step: analysis, then its query and passages (gold marked), or its answer, or what was malformed."""
     if not step.valid:
-        kind, body = "r3-invalid", [
-            f"<b>format error:</b> {escape('; '.join(step.issues))}",
-            f'<div class="r3-raw">{escape(step.raw)}</div>',
-        ]
+        kind, body = (
+            "r3-invalid",
+            [
+                f"<b>format error:</b> {escape('; '.join(step.issues))}",
+                f'<div class="r3-raw">{escape(step.raw)}</div>',
+            ],
+        )
     elif step.query is not None:
-        kind, body = "", [
-            f"<b>Analysis:</b> {escape(step.analysis)}<br>",
-            f"<b>Query:</b> {escape(step.query)}",
-            *(_passage_html(p.id, p.title, p.text, p.id in gold_ids) for p in step.passages),
-        ]
+        kind, body = (
+            "",
+            [
+                f"<b>Analysis:</b> {escape(step.analysis)}<br>",
+                f"<b>Query:</b> {escape(step.query)}",
+                *(_passage_html(p.id, p.title, p.text, p.id in gold_ids) for p in step.passages),
+            ],
+        )
         if not step.passages:
             body.append("<div><i>(no new passage)</i></div>")
     else:
-        kind, body = "r3-answer", [
-            f"<b>Analysis:</b> {escape(step.analysis)}<br>",
-            f"<b>Final answer:</b> {escape(step.answer or '')}",
-        ]
+        kind, body = (
+            "r3-answer",
+            [
+                f"<b>Analysis:</b> {escape(step.analysis)}<br>",
+                f"<b>Final answer:</b> {escape(step.answer or '')}",
+            ],
+        )
     if reward is not None:
         body.append(_reward_table(reward))
     return f'<div class="r3-step {kind}"><b>Step {step.index}</b><br>' + "".join(body) + "</div>"
@@ -114,7 +123,9 @@ def _number(value: Any) -> str:
     return f"{value:.3g}" if isinstance(value, float) else escape(str(value))
 
 
-def live_html(question: str, steps: list[dict[str, Any]], final: dict[str, Any] | None, error: str | None) -> str:
+def live_html(
+    question: str, steps: list[dict[str, Any]], final: dict[str, Any] | None, error: str | None
+) -> str:
     """The ask tab: the steps received so far (the API's step dicts), then the answer or the error."""
     parts = [STYLE, '<div class="r3-traj">', f"<b>Question:</b> {escape(question)}"]
     parts += [step_html(Step.from_dict(step), set()) for step in steps]

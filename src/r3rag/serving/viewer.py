@@ -10,16 +10,16 @@ writes nothing. Gradio is an optional dependency: ``pip install 'r3rag[view]'``.
 from __future__ import annotations
 
 import os
-from html import escape
 from collections.abc import Callable, Iterator
+from html import escape
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from r3rag.config import AgentConfig, ViewerConfig
 from r3rag.llm.base import Generator
+from r3rag.serving.live import Event, local_events, remote_events
 from r3rag.serving.records import ALL, VERDICTS, Record, Run, load_run, select
 from r3rag.serving.render import live_html, record_html
-from r3rag.serving.live import Event, local_events, remote_events
 
 if TYPE_CHECKING:
     import gradio as gr
@@ -58,13 +58,15 @@ def compare_html(run: Run, question_id: str, left: str, right: str) -> tuple[str
 
 
 def build(run: Run, config: ViewerConfig, ask: Callable[[str], Iterator[Event]] | None) -> gr.Blocks:
-    """The page's Blocks over ``run``; ``ask`` streams a live trajectory (None: the tab says how to enable it)."""
+    """The page over ``run``; ``ask`` streams a live trajectory (None: the ask tab says how to get one)."""
     import gradio as gr
 
     systems = run.values("system")
     questions = sorted({r.question_id for r in run.records})
 
-    def listing(system: str, dataset: str, qtype: str, verdict: str, ended: str) -> tuple[list[list[Any]], str]:
+    def listing(
+        system: str, dataset: str, qtype: str, verdict: str, ended: str
+    ) -> tuple[list[list[Any]], str]:
         records = select(run, system, dataset, qtype, verdict, ended)
         shown = records[: config.max_listed]
         more = f" (first {len(shown)} shown)" if len(shown) < len(records) else ""
@@ -102,7 +104,7 @@ def build(run: Run, config: ViewerConfig, ask: Callable[[str], Iterator[Event]] 
                 number = gr.Textbox(label="open trajectory #", scale=1, elem_id="open-number")
                 open_button = gr.Button("Open", scale=0, elem_id="open-button")
             trajectory = gr.HTML(elem_id="trajectory")
-            filters = [system, dataset, qtype, verdict, ended]
+            filters: list[Any] = [system, dataset, qtype, verdict, ended]
             for control in filters:
                 control.change(listing, filters, [rows, count])
             open_button.click(open_record, number, trajectory)
@@ -110,7 +112,8 @@ def build(run: Run, config: ViewerConfig, ask: Callable[[str], Iterator[Event]] 
             rows.select(clicked, None, [number, trajectory])
         with gr.Tab("Compare"):
             first = questions[0] if questions else None
-            pair = [r.system for r in run.records if r.question_id == first][:2] or [None]
+            pair: list[str | None] = [r.system for r in run.records if r.question_id == first][:2]
+            pair = pair or [None]
             with gr.Row():
                 question = gr.Dropdown(questions, value=first, label="question")
                 left = gr.Dropdown(systems, value=pair[0], label="left")
