@@ -112,12 +112,11 @@ def build(run: Run, config: ViewerConfig, ask: Callable[[str], Iterator[Event]] 
             rows.select(clicked, None, [number, trajectory])
         with gr.Tab("Compare"):
             first = questions[0] if questions else None
-            pair: list[str | None] = [r.system for r in run.records if r.question_id == first][:2]
-            pair = pair or [None]
+            pair = [r.system for r in run.records if r.question_id == first][:2]
             with gr.Row():
                 question = gr.Dropdown(questions, value=first, label="question")
-                left = gr.Dropdown(systems, value=pair[0], label="left")
-                right = gr.Dropdown(systems, value=pair[-1], label="right")
+                left = gr.Dropdown(systems, value=pair[0] if pair else None, label="left")
+                right = gr.Dropdown(systems, value=pair[-1] if pair else None, label="right")
             with gr.Row():
                 left_html, right_html = gr.HTML(elem_id="left"), gr.HTML(elem_id="right")
             compare = [question, left, right]
