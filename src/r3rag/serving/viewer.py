@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     import gradio as gr
 
 COLUMNS = ["#", "system", "dataset", "type", "question", "prediction", "verdict", "ended", "steps"]
+WIDTHS = ["5%", "12%", "7%", "10%", "34%", "12%", "7%", "9%", "4%"]
 
 
 def table(records: list[Record]) -> list[list[Any]]:
@@ -99,7 +100,9 @@ def build(run: Run, config: ViewerConfig, ask: Callable[[str], Iterator[Event]] 
                 ended = gr.Radio([ALL, *run.values("ended")], value=ALL, label="ended", elem_id="ended")
             rows0, count0 = listing(ALL, ALL, ALL, ALL, ALL)
             count = gr.Markdown(count0, elem_id="count")
-            rows = gr.Dataframe(rows0, headers=COLUMNS, interactive=False, wrap=True, elem_id="listing")
+            rows = gr.Dataframe(
+                rows0, headers=COLUMNS, interactive=False, wrap=True, elem_id="listing", column_widths=WIDTHS
+            )
             with gr.Row():
                 number = gr.Textbox(label="open trajectory #", scale=1, elem_id="open-number")
                 open_button = gr.Button("Open", scale=0, elem_id="open-button")
