@@ -72,10 +72,10 @@ def main() -> int:
         corpus = write_world(world, Path(tmp) / "world")["corpus"]
         build_index(IndexBuildConfig(corpus=corpus, out=Path(tmp) / "index"))
         retriever = load_index(Path(tmp) / "index")
-        config = AgentServerConfig(max_batch_rows=64, max_concurrent=max(64, args.clients))
-        generator = HFGenerator.from_name(args.model, batch_size=config.max_batch_rows, bf16=args.bf16)
         agent = AgentConfig(max_new_tokens=args.max_new_tokens, max_steps=args.max_steps)
-        app = create_app(generator, retriever, config, agent)
+        config = AgentServerConfig(max_batch_rows=64, max_concurrent=max(64, args.clients), agent=agent)
+        generator = HFGenerator.from_name(args.model, batch_size=config.max_batch_rows, bf16=args.bf16)
+        app = create_app(generator, retriever, config)
         with serve_in_thread(app) as url, httpx.Client(base_url=url, timeout=3600) as http:
 
             def ask(question: str) -> float:

@@ -110,7 +110,7 @@ def test_a_host_header_of_another_site_is_refused():
 
 def test_health_names_model_retriever_and_limits_and_docs_show_the_schema():
     describe = {"model": "tiny", "retriever": "index world"}
-    with client(ScriptedGenerator({}), describe=describe, agent=AgentConfig(top_k=3)) as c:
+    with client(ScriptedGenerator({}), AgentServerConfig(agent=AgentConfig(top_k=3)), describe=describe) as c:
         health = c.get("/health").json()
         schema = c.get("/openapi.json").json()
     assert (health["model"], health["retriever"], health["agent"]["top_k"]) == ("tiny", "index world", 3)

@@ -474,15 +474,9 @@ def serve_retriever(
     )
 
 
-@command(
-    serve_app,
-    "agent",
-    ConfigOptions(AgentServerConfig, extra={"agent": AgentConfig, "generator": GeneratorConfig}),
-)
+@command(serve_app, "agent", ConfigOptions(AgentServerConfig))
 def serve_agent(
     config: AgentServerConfig,
-    agent: AgentConfig,
-    generator: GeneratorConfig,
     retrieval: Annotated[
         str,
         typer.Argument(help="Index folder built by `r3rag index build`, or a `r3rag serve retriever` URL."),
@@ -501,6 +495,7 @@ def serve_agent(
     remote = retrieval.startswith(("http://", "https://"))
     if not remote and not Path(retrieval).is_dir():
         raise fail(f"{retrieval}: no such index folder (build one with `r3rag index build`, or give a URL)")
+    generator = config.generator
     describe = {
         "model": generator.model if generator.base_url else Path(generator.model).name,
         "backend": "openai-compatible" if generator.base_url else "local",
@@ -510,17 +505,14 @@ def serve_agent(
         _generator(generator, config.max_batch_rows),
         open_retriever(RetrievalConfig(source=retrieval)),
         config,
-        agent,
         describe,
         log_level,
     )
 
 
-@command(app, "view", ConfigOptions(ViewerConfig, extra={"agent": AgentConfig, "generator": GeneratorConfig}))
+@command(app, "view", ConfigOptions(ViewerConfig))
 def view(
     config: ViewerConfig,
-    agent: AgentConfig,
-    generator: GeneratorConfig,
     run: Annotated[Path, typer.Argument(help="A run folder: a quickstart's, or one stage's output folder.")],
 ) -> None:
     """A local web page over a run folder: trajectories of evaluations, PPO rollouts and the cold start,
@@ -530,7 +522,7 @@ def view(
     if not run.is_dir():
         raise fail(f"{run}: no such run folder")
     local = config.index is not None and config.agent_url is None
-    launch(run, config, agent, _generator(generator, 1) if local else None)
+    launch(run, config, _generator(config.generator, 1) if local else None)
 
 
 # ------------------------------------------------------------------------------------------------ r3rag eval

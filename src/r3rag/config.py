@@ -846,6 +846,15 @@ class AgentServerConfig(ServerAccessConfig):
     a batch runs are merged into the next batch, up to ``max_batch_rows`` conversations.
     """
 
+    agent: AgentConfig = Field(
+        default_factory=AgentConfig,
+        description="The loop; its step budget and top-k are each request's default.",
+    )
+    generator: GeneratorConfig = Field(
+        default_factory=GeneratorConfig,
+        description="The policy: a local model or an OpenAI-compatible endpoint.",
+    )
+
     port: int = Field(8002, ge=0, le=65535, description="Port (the retriever's default plus one).")
     max_question_chars: int = Field(2000, ge=1, description="Longest question, in characters.")
     max_steps: int = Field(10, ge=1, description="Largest step budget a request may ask for.")
@@ -882,3 +891,7 @@ class ViewerConfig(StageConfig):
         "folder or retrieval server URL.",
     )
     max_listed: int = Field(2000, ge=1, description="Trajectories listed at most after filtering.")
+    agent: AgentConfig = Field(default_factory=AgentConfig, description="Ask tab, local model: the loop.")
+    generator: GeneratorConfig = Field(
+        default_factory=GeneratorConfig, description="Ask tab, local model: the policy (with --index)."
+    )

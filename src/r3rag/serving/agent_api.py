@@ -227,13 +227,13 @@ def create_app(
     generator: Generator,
     retriever: Retriever,
     config: AgentServerConfig | None = None,
-    agent: AgentConfig | None = None,
     describe: dict[str, Any] | None = None,
 ) -> FastAPI:
-    """The agent server's app over ``generator`` and ``retriever``; ``describe`` is what /health says of
-    them (the model and the index, never a path of the server's file system)."""
+    """The agent server's app over ``generator`` and ``retriever`` (``config.generator`` names the model
+    the caller built; the app only uses ``generator``); ``describe`` is what /health says of them (the model
+    and the index, never a path of the server's file system)."""
     config = config or AgentServerConfig()
-    agent = agent or AgentConfig()
+    agent = config.agent
     key = read_api_key(config)
     body_model = request_model(config)
     state: dict[str, AgentService] = {}
@@ -397,7 +397,6 @@ def serve(
     generator: Generator,
     retriever: Retriever,
     config: AgentServerConfig,
-    agent: AgentConfig,
     describe: dict[str, Any],
     log_level: str = "info",
 ) -> None:
@@ -406,5 +405,5 @@ def serve(
 
     if not logging.getLogger().handlers:  # the startup warning, formatted like uvicorn's own lines
         logging.basicConfig(format="%(levelname)s:  %(message)s")
-    app = create_app(generator, retriever, config, agent, describe)
+    app = create_app(generator, retriever, config, describe)
     uvicorn.run(app, host=config.host, port=config.port, log_level=log_level, access_log=False)

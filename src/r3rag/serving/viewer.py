@@ -15,7 +15,7 @@ from html import escape
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from r3rag.config import AgentConfig, ViewerConfig
+from r3rag.config import ViewerConfig
 from r3rag.llm.base import Generator
 from r3rag.serving.live import Event, local_events, remote_events
 from r3rag.serving.records import ALL, VERDICTS, Record, Run, load_run, select
@@ -167,9 +167,7 @@ def _ask_tab(gr: Any, config: ViewerConfig, ask: Callable[[str], Iterator[Event]
     question.submit(stream, question, live)
 
 
-def asker(
-    config: ViewerConfig, agent: AgentConfig, generator: Generator | None
-) -> Callable[[str], Iterator[Event]] | None:
+def asker(config: ViewerConfig, generator: Generator | None) -> Callable[[str], Iterator[Event]] | None:
     """How the ask tab gets its trajectories: the served agent, else ``generator`` over ``config.index``."""
     if config.agent_url is not None:
         key = os.environ.get(config.agent_api_key_env, "").strip() or None
@@ -181,14 +179,14 @@ def asker(
     from r3rag.config import RetrievalConfig
     from r3rag.retrieval import open_retriever
 
-    local = Agent(generator, open_retriever(RetrievalConfig(source=config.index)), agent)
+    local = Agent(generator, open_retriever(RetrievalConfig(source=config.index)), config.agent)
     return lambda question: local_events(local, question)
 
 
-def launch(folder: Path, config: ViewerConfig, agent: AgentConfig, generator: Generator | None) -> None:
+def launch(folder: Path, config: ViewerConfig, generator: Generator | None) -> None:
     """Serve the page until interrupted (the browser is not opened: the URL is printed)."""
     run = load_run(folder)
-    page = build(run, config, asker(config, agent, generator))
+    page = build(run, config, asker(config, generator))
     page.launch(
         server_name=config.host,
         server_port=config.port,
