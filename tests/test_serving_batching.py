@@ -199,3 +199,16 @@ def test_batching_retriever_searches_distinct_queries_once_with_the_largest_k():
         assert [[p.id for p in hits] for hits in b.result(10)] == [["y-0", "y-1", "y-2", "y-3"]]
     assert inner.calls == [(["z"], 1), (["x", "y"], 4)]
     retriever.close()
+
+
+def test_the_wait_before_a_batch_gathers_a_call_that_arrives_just_after_the_first():
+    batches: list[list[str]] = []
+    batcher = Coalescer(lambda payloads: (batches.append([x for p in payloads for x in p]), payloads)[1], len,
+                        max_items=10, wait_s=0.5)  # fmt: skip
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(batcher.submit, ["a"])
+        time.sleep(0.05)
+        second = pool.submit(batcher.submit, ["b"])
+        assert (first.result(10), second.result(10)) == (["a"], ["b"])
+    assert batches == [["a", "b"]]
+    batcher.close()
