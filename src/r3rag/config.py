@@ -872,8 +872,8 @@ class AgentServerConfig(ServerAccessConfig):
     batch_wait_ms: float = Field(
         20.0,
         ge=0,
-        description="Wait for more calls before a batch. Calls queue anyway while a batch runs; the wait keeps "
-        "a request that finished its step first from running its next step alone, out of phase with the rest.",
+        description="Wait for more calls before a batch. Calls queue anyway while a batch runs; the wait "
+        "keeps a request that finished its step first from running its next one alone, out of phase.",
     )
 
 
