@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     import gradio as gr
 
 COLUMNS = ["#", "system", "dataset", "type", "question", "prediction", "verdict", "ended", "steps"]
-WIDTHS = ["5%", "12%", "7%", "10%", "34%", "12%", "7%", "9%", "4%"]
+WIDTHS: list[str | int] = ["5%", "12%", "7%", "10%", "34%", "12%", "7%", "9%", "4%"]
 
 
 def table(records: list[Record]) -> list[list[Any]]:
