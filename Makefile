@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.r3rag-installed
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install test quickstart bench lint docs mutate gpu-prepare clean
+.PHONY: install test browser quickstart bench lint docs mutate gpu-prepare clean
 
 install: $(STAMP)
 
@@ -20,6 +20,16 @@ $(STAMP): pyproject.toml models.txt
 # CI runs `make test`: the lint checks first (seconds; mypy's first run in a checkout, minutes), then the suite.
 test: lint
 	$(PY) -m pytest -q
+
+# The viewer's tests drive a real headless browser: Debian's Chromium (never a downloaded one). CI (.ci/run)
+# installs it as root; elsewhere those tests skip, saying why, when it is absent. Idempotent.
+CHROMIUM ?= /usr/bin/chromium
+browser:
+	@if [ -x $(CHROMIUM) ]; then echo "browser: $(CHROMIUM) present"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	else echo "browser: $(CHROMIUM) absent and not root: the viewer's browser tests will skip" \
+		"(sudo apt-get install chromium)"; fi
 
 # The r3rag command picks its memory allocator itself (r3rag/allocator.py; R3RAG_ALLOCATOR=glibc turns it off).
 quickstart: install

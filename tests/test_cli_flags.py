@@ -54,6 +54,8 @@ def test_the_config_commands_are_the_stage_commands() -> None:
         ("data", "world"),
         ("index", "build"),
         ("serve", "retriever"),
+        ("serve", "agent"),
+        ("view",),
     }
 
 

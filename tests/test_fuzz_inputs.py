@@ -23,10 +23,12 @@ from typer.testing import CliRunner
 from r3rag.cli import CONFIG_COMMANDS, app
 from r3rag.config import (
     AgentConfig,
+    AgentServerConfig,
     IndexBuildConfig,
     PPOConfig,
     RetrieverServerConfig,
     SFTConfig,
+    ViewerConfig,
     WorldConfig,
 )
 from r3rag.flags import SettingsError, build_config, config_fields
@@ -73,6 +75,8 @@ def valid_settings(command: tuple[str, ...], files: dict[str, Path], out: Path) 
         ("data", "world"): WorldConfig(people=100, cities=10, countries=3, organisations=12, works=24),
         ("index", "build"): IndexBuildConfig(corpus=files["root"] / "half.jsonl", out=out),
         ("serve", "retriever"): RetrieverServerConfig(),
+        ("serve", "agent"): AgentServerConfig(),
+        ("view",): ViewerConfig(),
     }
     config = configs[command]
     if config is None:  # eval and coldstart: their config's defaults, with one setting written out
@@ -103,6 +107,8 @@ def invocation(command: tuple[str, ...], files: dict[str, Path], out: Path) -> l
         ("quickstart",): ["--out", str(out)],
         ("data", "world"): ["--out", str(out), "--no-report"],
         ("serve", "retriever"): [str(files["index"])],
+        ("serve", "agent"): [str(files["index"])],
+        ("view",): [str(files["root"])],
     }
     return [*command, *extra.get(command, [])]
 

@@ -22,12 +22,14 @@ from rich.console import Console
 from r3rag import __version__, runs
 from r3rag.config import (
     AgentConfig,
+    AgentServerConfig,
     ColdStartConfig,
     GeneratorConfig,
     IndexBuildConfig,
     PPOConfig,
     RetrieverServerConfig,
     SFTConfig,
+    ViewerConfig,
     WorldConfig,
 )
 from r3rag.evaluation.config import EvalConfig, EvalConfigBase
@@ -59,7 +61,7 @@ index_app = typer.Typer(
 )
 app.add_typer(index_app, name="index")
 serve_app = typer.Typer(
-    help="Serve over HTTP: the retriever, for many rollout workers.",
+    help="Serve over HTTP: the retriever, for many rollout workers; the agent, for applications.",
     no_args_is_help=True,
     rich_markup_mode=None,
 )
@@ -473,6 +475,57 @@ def serve_retriever(
         device=device,
         log_level=log_level,
     )
+
+
+@command(serve_app, "agent", ConfigOptions(AgentServerConfig))
+def serve_agent(
+    config: AgentServerConfig,
+    retrieval: Annotated[
+        str,
+        typer.Argument(help="Index folder built by `r3rag index build`, or a `r3rag serve retriever` URL."),
+    ],
+    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+) -> None:
+    """Serve the agent: POST /v1/ask {question, max_steps?, top_k?}, POST /v1/ask/stream (server-sent
+    events), GET /health, GET /stats, /docs.
+
+    ``--agent.*`` sets the loop (the defaults of the requests' step budget and top-k), ``--generator.*`` the
+    model, local or OpenAI-compatible."""
+    from r3rag.config import RetrievalConfig
+    from r3rag.retrieval import open_retriever
+    from r3rag.serving.agent_api import serve
+
+    remote = retrieval.startswith(("http://", "https://"))
+    if not remote and not Path(retrieval).is_dir():
+        raise fail(f"{retrieval}: no such index folder (build one with `r3rag index build`, or give a URL)")
+    generator = config.generator
+    describe = {
+        "model": generator.model if generator.base_url else Path(generator.model).name,
+        "backend": "openai-compatible" if generator.base_url else "local",
+        "retriever": "server" if remote else "index " + Path(retrieval).name,
+    }
+    serve(
+        _generator(generator, config.max_batch_rows),
+        open_retriever(RetrievalConfig(source=retrieval)),
+        config,
+        describe,
+        log_level,
+    )
+
+
+@command(app, "view", ConfigOptions(ViewerConfig))
+def view(
+    config: ViewerConfig,
+    run: Annotated[Path, typer.Argument(help="A run folder: a quickstart's, or one stage's output folder.")],
+) -> None:
+    """A local web page over a run folder: trajectories of evaluations, PPO rollouts and the cold start,
+    filtered, opened step by step, two side by side; the run's plots; an ask tab (needs `r3rag[view]`)."""
+    from r3rag.serving.viewer import launch
+
+    if not run.is_dir():
+        raise fail(f"{run}: no such run folder")
+    local = config.index is not None and config.agent_url is None
+    launch(run, config, _generator(config.generator, 1) if local else None)
 
 
 # ------------------------------------------------------------------------------------------------ r3rag eval

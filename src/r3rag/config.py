@@ -380,8 +380,8 @@ class RetrievalConfig(StageConfig):
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
 
 
-class RetrieverServerConfig(StageConfig):
-    """``r3rag serve retriever``: address, access, request limits, micro-batching and cache."""
+class ServerAccessConfig(StageConfig):
+    """Who may reach an HTTP server of r3rag (the retriever's, the agent's): address, Host names, API key."""
 
     host: str = Field(
         "127.0.0.1",
@@ -399,6 +399,28 @@ class RetrieverServerConfig(StageConfig):
         description="Environment variable holding an API key: every request (/health included) must then "
         "send `Authorization: Bearer <key>` (401 otherwise). An unset or empty variable stops the start.",
     )
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _host_patterns(cls, hosts: list[str]) -> list[str]:
+        for host in hosts:
+            bare = host.removeprefix("*.")
+            ipv6 = bare.startswith("[") and bare.endswith("]")  # [::1]
+            if (
+                host != "*"
+                and not ipv6
+                and (not bare or "*" in bare or any(c.isspace() or c in "/@:" for c in bare))
+            ):
+                raise ValueError(
+                    f"{host!r} is not a host name, an IP address ([::1] for IPv6), '*' or '*.domain', "
+                    "without a port"
+                )
+        return hosts
+
+
+class RetrieverServerConfig(ServerAccessConfig):
+    """``r3rag serve retriever``: address, access, request limits, micro-batching and cache."""
+
     max_queries: int = Field(256, ge=1, description="Queries per request.")
     max_k: int = Field(100, ge=1, description="Largest k a request may ask for.")
     max_query_chars: int = Field(2000, ge=1, description="Longest query, in characters.")
@@ -418,23 +440,6 @@ class RetrieverServerConfig(StageConfig):
         ge=0,
         description="LRU cache bytes (each entry's query and JSON answer, plus overhead); 0 disables it.",
     )
-
-    @field_validator("allowed_hosts")
-    @classmethod
-    def _host_patterns(cls, hosts: list[str]) -> list[str]:
-        for host in hosts:
-            bare = host.removeprefix("*.")
-            ipv6 = bare.startswith("[") and bare.endswith("]")  # [::1]
-            if (
-                host != "*"
-                and not ipv6
-                and (not bare or "*" in bare or any(c.isspace() or c in "/@:" for c in bare))
-            ):
-                raise ValueError(
-                    f"{host!r} is not a host name, an IP address ([::1] for IPv6), '*' or '*.domain', "
-                    "without a port"
-                )
-        return hosts
 
 
 AGENT_FILE = "agent.yaml"
@@ -876,3 +881,67 @@ class TinyModelConfig(StageConfig):
                 f"({self.kv_heads}) must divide heads"
             )
         return self
+
+
+# ------------------------------------------------------------------------------------------------ serving
+
+
+class AgentServerConfig(ServerAccessConfig):
+    """``r3rag serve agent``: the reason-retrieve loop over HTTP; access, request limits and batching.
+
+    Every request runs its own agent loop in a worker thread; their model calls (and searches) that wait while
+    a batch runs are merged into the next batch, up to ``max_batch_rows`` conversations.
+    """
+
+    agent: AgentConfig = Field(
+        default_factory=AgentConfig,
+        description="The loop; its step budget and top-k are each request's default.",
+    )
+    generator: GeneratorConfig = Field(
+        default_factory=GeneratorConfig,
+        description="The policy: a local model or an OpenAI-compatible endpoint.",
+    )
+
+    port: int = Field(8002, ge=0, le=65535, description="Port (the retriever's default plus one).")
+    max_question_chars: int = Field(2000, ge=1, description="Longest question, in characters.")
+    max_steps: int = Field(10, ge=1, description="Largest step budget a request may ask for.")
+    max_top_k: int = Field(20, ge=1, description="Largest top-k a request may ask for.")
+    max_body_bytes: int = Field(64 << 10, ge=1024, description="Largest request body.")
+    max_concurrent: int = Field(
+        64, ge=1, description="Questions answered at once; a request beyond them is answered 503."
+    )
+    request_timeout_s: float = Field(
+        600.0, gt=0, description="Seconds one question may take; 504 after that, and its loop stops."
+    )
+    max_batch_rows: int = Field(
+        64, ge=1, description="Conversations of concurrent requests generated in one call (and local batch)."
+    )
+    batch_wait_ms: float = Field(
+        20.0,
+        ge=0,
+        description="Wait for more calls before a batch. Calls queue anyway while a batch runs; the wait "
+        "keeps a request that finished its step first from running its next one alone, out of phase.",
+    )
+
+
+class ViewerConfig(StageConfig):
+    """``r3rag view``: the local web page over a run folder, and its ask tab."""
+
+    host: str = Field("127.0.0.1", description="Interface to listen on (loopback: the page has no login).")
+    port: int = Field(7860, ge=0, le=65535, description="Port of the page.")
+    agent_url: str | None = Field(
+        None, description="Ask tab: the URL of a `r3rag serve agent` (e.g. http://127.0.0.1:8002)."
+    )
+    agent_api_key_env: str = Field(
+        "R3RAG_AGENT_API_KEY", description="Ask tab: environment variable holding the agent server's key."
+    )
+    index: str | None = Field(
+        None,
+        description="Ask tab without --agent-url: answer with a local model (--generator.*) over this index "
+        "folder or retrieval server URL.",
+    )
+    max_listed: int = Field(2000, ge=1, description="Trajectories listed at most after filtering.")
+    agent: AgentConfig = Field(default_factory=AgentConfig, description="Ask tab, local model: the loop.")
+    generator: GeneratorConfig = Field(
+        default_factory=GeneratorConfig, description="Ask tab, local model: the policy (with --index)."
+    )

@@ -47,7 +47,7 @@ from pydantic import (
     create_model,
 )
 
-from r3rag.config import LOOPBACK_HOSTS, RetrieverServerConfig
+from r3rag.config import LOOPBACK_HOSTS, RetrieverServerConfig, ServerAccessConfig
 from r3rag.gold import PassageLookup
 from r3rag.retrieval.base import Retriever
 from r3rag.retrieval.index import IndexManifest, load_index, read_manifest
@@ -245,7 +245,7 @@ async def _read_body(request: Request, limit: int) -> bytes:
 _HOST_HEADER = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[^\s:/@\[\]]+)(?::\d{1,5})?")
 
 
-def accepted_hosts(config: RetrieverServerConfig) -> list[str]:
+def accepted_hosts(config: ServerAccessConfig) -> list[str]:
     """The Host names requests may use: the loopback names, the host the server is bound to (unless that is
     every interface, whose clients use names the server cannot know) and ``allowed_hosts``."""
     bind = config.host.lower()
@@ -262,7 +262,7 @@ def _host_allowed(header: str | None, hosts: Sequence[str]) -> bool:
     return any(host == h or (h.startswith("*.") and host.endswith(h[1:])) for h in hosts)
 
 
-def read_api_key(config: RetrieverServerConfig) -> str | None:
+def read_api_key(config: ServerAccessConfig) -> str | None:
     """The key the server requires, from the variable ``api_key_env`` names; None when no variable is named.
     A named variable that is unset or empty is refused: a server meant to be locked must not start open."""
     if config.api_key_env is None:
@@ -285,13 +285,15 @@ def is_loopback(host: str) -> bool:
         return False  # a host name: it may resolve to any interface
 
 
-def exposure_warning(config: RetrieverServerConfig, keyed: bool) -> str | None:
+def exposure_warning(
+    config: ServerAccessConfig, keyed: bool, server: str = "retrieval server", does: str = "search the index"
+) -> str | None:
     """The startup warning for a server reachable from other machines; None on loopback."""
     if is_loopback(config.host):
         return None
     hosts = accepted_hosts(config)
     return (
-        f"the retrieval server listens on {config.host}:{config.port}, beyond loopback: other machines can "
+        f"the {server} listens on {config.host}:{config.port}, beyond loopback: other machines can "
         "reach it. "
         + (
             f"Requests must send the API key in ${config.api_key_env}. "
