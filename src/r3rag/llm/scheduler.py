@@ -17,8 +17,8 @@ Why not the ``openai`` client's own retries, which also honour ``Retry-After`` (
 httpx's, per network operation, so a server that keeps a connection alive without finishing the answer is
 never abandoned; here the deadline covers the whole request. It sleeps between tries while holding the
 caller's slot, so a burst of 429s idles the whole pool; here a retry waits outside the semaphore and another
-question's request takes the slot. And it retries silently, where the progress bar shows every retry. The client is
-therefore built with ``max_retries=0`` and retried here with tenacity.
+question's request takes the slot. And it retries silently, where the progress bar shows every retry. The
+client is therefore built with ``max_retries=0`` and retried here with tenacity.
 """
 
 from __future__ import annotations
