@@ -234,7 +234,8 @@ class Agent:
         """Step ``index``: a completion, re-generated while malformed; the last attempt (``valid=False``)
         when every one was. A step lost to a failed call marks the trajectory (:func:`failed_call`)."""
         trajectory = row.trajectory
-        for attempt in range(self.config.max_format_retries + 1):
+        last = self.config.max_format_retries
+        for attempt in range(last + 1):
             if attempt:
                 trajectory.metadata["regenerations"] += 1
             completion = yield _Generate(
@@ -244,17 +245,20 @@ class Agent:
             trajectory.prompt_tokens += completion.prompt_tokens
             trajectory.completion_tokens += completion.completion_tokens
             step = self._to_step(completion, index, forced, trajectory)
-            if step.valid:
-                break
+            if step.valid or attempt == last:
+                self._accept(trajectory, completion, step, forced)
+                return step
+        raise AssertionError("the last attempt is always accepted")
+
+    def _accept(self, trajectory: Trajectory, completion: Completion, step: Step, forced: bool) -> None:
+        """Note what the step's last completion leaves on the trajectory: the call that failed, if it did;
+        its token ids, for RL."""
         if completion.finish_reason == "error":
             trajectory.metadata["failed_call"] = completion.error or "unknown generation error"
-        else:
-            trajectory.metadata.pop("failed_call", None)
         if self.config.record_token_ids and (not forced or step.valid):
             trajectory.metadata["step_token_ids"].append(
                 {"prompt": completion.prompt_token_ids, "completion": completion.completion_token_ids}
             )
-        return step
 
     @staticmethod
     def _to_step(completion: Completion, index: int, forced: bool, trajectory: Trajectory) -> Step:

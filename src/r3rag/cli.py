@@ -35,6 +35,8 @@ from r3rag.flags import ConfigOptions, Presets, with_config
 from r3rag.pipeline_config import PipelineConfig
 
 if TYPE_CHECKING:
+    from rich.progress import Progress as ProgressBar
+
     from r3rag.coldstart.records import RunSummary, Teacher
     from r3rag.data.world import World
     from r3rag.llm.base import Generator
@@ -155,6 +157,8 @@ def _generator(settings: GeneratorConfig, batch_size: int) -> Generator:
             api_key_env=settings.api_key_env,
             concurrency=settings.concurrency,
             timeout=settings.timeout,
+            max_retries=settings.retries,
+            backoff_s=settings.backoff_s,
         )
     from r3rag.llm.hf import HFGenerator
 
@@ -381,6 +385,48 @@ def _ask_file(
     )
 
 
+def _progress(generator: Generator | None) -> ProgressBar:
+    """A progress bar of questions (done/total, questions/s, time left) and, when the questions go to an
+    endpoint, its calls in flight, retries, failed calls and tokens used, read live from its scheduler."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        ProgressColumn,
+        TaskProgressColumn,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+    from rich.text import Text
+
+    from r3rag.llm.base import AsyncGenerator
+
+    class Rate(ProgressColumn):
+        def render(self, task: Any) -> Text:
+            return Text(f"{task.speed or 0:.2f} q/s")
+
+    columns: list[Any] = [
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TaskProgressColumn(),
+        Rate(),
+        TimeRemainingColumn(),
+    ]
+    if isinstance(generator, AsyncGenerator):
+        stats = generator.scheduler.stats
+
+        class Calls(ProgressColumn):
+            def render(self, task: Any) -> Text:
+                return Text(
+                    f"{stats.in_flight} in flight, {stats.retried} retried, {stats.failed} failed, "
+                    f"{stats.tokens:,} tokens"
+                )
+
+        columns.append(Calls())
+    return Progress(*columns, console=console, transient=True)
+
+
 def _open_index(index: Path) -> Retriever:
     from r3rag.retrieval.index import load_index
 
@@ -562,8 +608,6 @@ def coldstart(
 
     The teacher is the oracle (gold decompositions, offline) or an LLM (--teacher llm; --model and
     --base-url name it, as for `r3rag ask`)."""
-    from rich.progress import Progress
-
     from r3rag.coldstart.build import SFT_FILE, STATS_FILE, TRAJECTORIES_FILE, build
     from r3rag.config import RetrievalConfig
     from r3rag.data.datasets import load_question_files
@@ -574,6 +618,7 @@ def coldstart(
     examples = [example for file_examples in sources.values() for example in file_examples]
     retriever = open_retriever(RetrievalConfig(source=index))
     chosen: Teacher
+    llm: Generator | None = None
     if config.teacher == "oracle":
         from r3rag.coldstart.oracle import OracleTeacher
 
@@ -588,9 +633,14 @@ def coldstart(
         llm = _generator(generator, config.batch_size)
         judge_generator = llm if config.judge.correctness_llm else None
         chosen = LLMTeacher(
-            llm, retriever, config, CorrectnessJudge(config.judge, judge_generator), f"llm:{generator.model}"
+            llm,
+            retriever,
+            config,
+            CorrectnessJudge(config.judge, judge_generator),
+            f"llm:{generator.model}",
+            questions_in_flight=generator.in_flight(),
         )
-    with Progress(console=console, transient=True) as progress:
+    with _progress(llm) as progress:
         task = progress.add_task(f"{config.teacher} teacher", total=len(examples))
         summary, stats = build(
             config, chosen, examples, out, on_result=lambda _: progress.advance(task), gold=gold, index=index
@@ -610,6 +660,12 @@ def _print_coldstart(summary: RunSummary, stats: dict[str, Any]) -> None:
         f"{summary.written} questions done this run ({summary.kept} kept), {summary.skipped} already done",
         highlight=False,
     )
+    if summary.retried or summary.failed:
+        console.print(
+            f"{summary.retried} questions retried after an earlier failure; {summary.failed} failed on model "
+            "calls after their retries (listed in trajectories.failed.jsonl): run again to retry them",
+            highlight=False,
+        )
     table = Table(title="cold-start trajectories kept")
     for column in ("dataset/type", "kept", "attempted", "yield"):
         table.add_column(column, justify="left" if column == "dataset/type" else "right")

@@ -68,11 +68,16 @@ class Generator(Protocol):
 @runtime_checkable
 class AsyncGenerator(Protocol):
     """A Generator that can also complete one conversation at a time, awaited on its scheduler's event loop
-    (a remote endpoint): the agent then runs every question on its own instead of in lockstep batches."""
+    (a remote endpoint): the agent then runs every question on its own instead of in lockstep batches.
+    ``agenerate`` is the batch, awaitable from any event loop."""
 
     scheduler: Scheduler
 
     def generate(
+        self, conversations: Sequence[Conversation], sampling: SamplingParams | Sequence[SamplingParams]
+    ) -> list[Completion]: ...
+
+    async def agenerate(
         self, conversations: Sequence[Conversation], sampling: SamplingParams | Sequence[SamplingParams]
     ) -> list[Completion]: ...
 

@@ -64,6 +64,13 @@ class OpenAIGenerator:
             return []
         return self.scheduler.run(self._gather(conversations, params))
 
+    async def agenerate(
+        self, conversations: Sequence[Conversation], sampling: SamplingParams | Sequence[SamplingParams]
+    ) -> list[Completion]:
+        """:meth:`generate`, awaited from any event loop."""
+        params = per_row(sampling, len(conversations))
+        return await self.scheduler.submit(self._gather(conversations, params))
+
     async def _gather(
         self, conversations: Sequence[Conversation], params: list[SamplingParams]
     ) -> list[Completion]:

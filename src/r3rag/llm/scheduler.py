@@ -182,6 +182,13 @@ class Scheduler:
         finally:
             future.cancel()
 
+    async def submit(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        """Await ``coroutine`` on the scheduler's loop from any event loop (a judge behind another endpoint
+        than the teacher's has a scheduler of its own)."""
+        if asyncio.get_running_loop() is self._loop:
+            return await coroutine
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coroutine, self._loop))
+
     def map(
         self, items: Iterable[X], work: Callable[[X], Awaitable[T]], window: int
     ) -> Iterator[tuple[X, T]]:
@@ -201,7 +208,7 @@ class Scheduler:
             try:
                 while True:
                     while len(running) < window and (item := next(todo, _END)) is not _END:
-                        running.add(asyncio.ensure_future(one(item)))  # type: ignore[arg-type]
+                        running.add(asyncio.ensure_future(one(item)))
                     if not running:
                         return
                     done, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
