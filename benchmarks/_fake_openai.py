@@ -46,19 +46,42 @@ def app(args: argparse.Namespace) -> FastAPI:
     rng = random.Random(args.seed)
     outage = Path(args.outage_file) if args.outage_file else None
 
+    active = {"now": 0, "area": 0.0, "since": 0.0}  # requests being served, and their integral over time
+
+    def track(change: int) -> None:
+        now = time.time()
+        if active["since"]:
+            active["area"] += active["now"] * (now - active["since"])
+        active["now"] += change
+        active["since"] = now
+
     @server.get("/stats")
     async def stats() -> dict[str, Any]:
-        return {"counts": dict(counts), "asked": sorted(asked), **times}
+        span = times.get("last_answer", 0.0) - times.get("first_request", 0.0)
+        mean = active["area"] / span if span > 0 else 0.0
+        return {"counts": dict(counts), "asked": sorted(asked), "mean_in_flight": mean, **times}
 
     @server.post("/reset")
     async def reset() -> dict[str, str]:
         counts.clear()
         asked.clear()
         times.clear()
+        active.update(now=0, area=0.0, since=0.0)
         return {"reset": "ok"}
 
     @server.post("/v1/chat/completions")
     async def chat(request: Request) -> Any:
+        track(+1)
+        counted = [True]
+        try:
+            return await answer(request, counted)
+        finally:
+            if counted[0]:
+                track(-1)
+
+    async def answer(request: Request, counted: list[bool]) -> Any:
+        """The reply; a hung request stops counting as served (the client abandons it; the server cannot
+        tell when)."""
         body = await request.json()
         user = body["messages"][-1]["content"]
         found = QUESTION.search(user)
@@ -72,6 +95,8 @@ def app(args: argparse.Namespace) -> FastAPI:
             return JSONResponse({"error": {"message": "outage"}}, status_code=500)
         if draw < args.hang:
             counts["hung"] += 1
+            track(-1)
+            counted[0] = False
             await asyncio.sleep(3600)
         await asyncio.sleep(args.latency)
         if draw < args.hang + args.rate_limit:

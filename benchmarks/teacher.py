@@ -172,14 +172,20 @@ def throughput(folder: Path, args: argparse.Namespace) -> None:
     busy = stats["last_answer"] - stats["first_request"]
     rate, ideal = counts["ok"] / busy, args.concurrency / args.latency
     print(f"\n## Teacher: {len(ids)} questions, concurrency {args.concurrency}, latency {args.latency} s")
-    print("| requests | answered | 429 | 500 | hung | calls/s | ideal | share | q/s | lost | failed | wall |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print(
+        "| requests | answered | 429 | 500 | hung | calls/s | ideal | share | in flight | q/s | lost | failed"
+        " | wall |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     print(
         f"| {counts['requests']} | {counts['ok']} | {counts.get('429', 0)} | {counts.get('500', 0)} | "
         f"{counts.get('hung', 0)} | {rate:.1f} | {ideal:.1f} | {rate / ideal:.0%} | "
-        f"{len(written) / busy:.1f} | {lost} | {len(failed)} | {wall:.0f} s |"
+        f"{stats['mean_in_flight']:.1f} | {len(written) / busy:.1f} | {lost} | {len(failed)} | {wall:.0f} s |"
     )
-    print("calls/s and q/s: from the first request to the last answer; wall: the command, start-up included")
+    print(
+        "calls/s, q/s: from the first request to the last answer; in flight: mean requests being served by "
+        "the server (hung ones not counted); wall: the command, start-up included"
+    )
     report(
         "teacher throughput at concurrency 64, faults on",
         f"{rate / ideal:.0%} of ideal ({rate:.1f} calls/s)",
@@ -254,7 +260,7 @@ def main() -> None:
     parser.add_argument(
         "--latency", type=float, default=2.0, help="Seconds the fake server takes per answer."
     )
-    parser.add_argument("--timeout", type=float, default=8.0, help="Per-request timeout of the teacher.")
+    parser.add_argument("--timeout", type=float, default=6.0, help="Per-request timeout of the teacher.")
     args, _ = parser.parse_known_args()
     with tempfile.TemporaryDirectory(prefix="r3rag-bench-teacher-") as tmp:
         throughput(Path(tmp) / "throughput", args)

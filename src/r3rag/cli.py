@@ -343,15 +343,18 @@ def _ask_file(
 ) -> None:
     """Answer a question file into ``out``, skipping the questions already there. The file is bound to the
     model and agent settings that wrote it (``<out>.settings.yaml``): answers of another model are not
-    mixed in, nor its questions taken for done."""
+    mixed in, nor its questions taken for done. Through an endpoint each question runs on its own, and one
+    ended by a model call that failed after its retries goes to ``<out>.failed.jsonl``, not ``out``: the next
+    run asks it again."""
     import time
+    from collections.abc import Iterator
 
-    from rich.progress import Progress
-
-    from r3rag.agent import Agent
+    from r3rag.agent import Agent, failed_call
     from r3rag.data.datasets import load_dataset
     from r3rag.jsonl import JsonlAppender, read_ids
+    from r3rag.llm.base import AsyncGenerator
     from r3rag.llm.models import model_identity
+    from r3rag.schema import Trajectory
     from r3rag.view import status_counts
 
     settings = {
@@ -368,21 +371,41 @@ def _ask_file(
     if not examples:
         console.print(f"nothing to do: every question is already in {out}", highlight=False)
         return
-    agent = Agent(_generator(generator, batch_size), _open_index(index), config)
-    started, finished = time.perf_counter(), []
-    with JsonlAppender(out) as writer, Progress(console=console, transient=True) as progress:
+    llm = _generator(generator, batch_size)
+    agent = Agent(llm, _open_index(index), config)
+
+    def trajectories() -> Iterator[Trajectory]:
+        if isinstance(llm, AsyncGenerator):
+            yield from (t for _, t in llm.scheduler.map(examples, agent.arun, generator.in_flight()))
+        else:
+            for start in range(0, len(examples), batch_size):
+                yield from agent.run(examples[start : start + batch_size])
+
+    started, finished, failed = time.perf_counter(), [], 0
+    failures_file = out.with_name(f"{out.name}.failed.jsonl")
+    with JsonlAppender(out) as writer, JsonlAppender(failures_file) as failures, _progress(llm) as progress:
         task = progress.add_task("questions", total=len(examples))
-        for start in range(0, len(examples), batch_size):
-            for trajectory in agent.run(examples[start : start + batch_size]):
+        for trajectory in trajectories():
+            error = failed_call(trajectory)
+            if error is None:
                 writer.write(trajectory.to_dict())
                 finished.append(trajectory)
-            progress.advance(task, len(examples[start : start + batch_size]))
+            else:
+                failures.write({"example_id": trajectory.example_id, "error": error})
+                failed += 1
+            progress.advance(task)
     minutes = (time.perf_counter() - started) / 60
     console.print(
         f"{len(finished)} trajectories -> {out} "
         f"({status_counts(finished)}; {len(finished) / minutes:.1f}/min)",
         highlight=False,
     )
+    if failed:
+        console.print(
+            f"{failed} questions failed on model calls after their retries ({failures_file}): run again to "
+            "retry them",
+            highlight=False,
+        )
 
 
 def _progress(generator: Generator | None) -> ProgressBar:
@@ -572,9 +595,10 @@ def eval_command(
 
     def show(progress: Progress) -> None:
         k = "" if progress.top_k is None else f" (top-{progress.top_k})"
+        failed = f"; {progress.failed} failed, to rerun" if progress.failed else ""
         console.print(
             f"{progress.method}{k}: {progress.done}/{progress.total} questions "
-            f"(last chunk {progress.seconds:.0f} s)",
+            f"(last chunk {progress.seconds:.0f} s{failed})",
             highlight=False,
         )
 
