@@ -15,11 +15,13 @@ import httpx
 import openai
 import pytest
 
+from eval_fixtures import RuleGenerator, TriggerRetriever
 from openai_stub import Reply, ScriptedOpenAIServer
 from r3rag.agent import Agent, failed_call
 from r3rag.coldstart.records import TeacherResult, failures_path, read_records, run_teacher
 from r3rag.coldstart.teacher import LLMTeacher
 from r3rag.config import AgentConfig, ColdStartConfig, JudgeConfig
+from r3rag.evaluation.runner import FAILED_FILE, PREDICTIONS_FILE, EvalRunner, planned_runs, record_key
 from r3rag.jsonl import iter_jsonl
 from r3rag.llm.base import AsyncGenerator, Completion, Conversation, SamplingParams, per_row
 from r3rag.llm.openai import OpenAIGenerator
@@ -373,3 +375,65 @@ def test_a_crash_mid_run_loses_nothing_and_duplicates_nothing(tmp_path: Path) ->
     assert summary.skipped == 5 and summary.written == 7
     assert asked_again == set(golds) - set(written)
     assert asked_first - set(written)  # questions were in flight when it crashed: they were asked again
+
+
+# ------------------------------------------------------------------------------------- the evaluation
+
+
+class FlakyEndpoint:
+    """The evaluation's rule generator behind an endpoint whose calls about questions containing ``down``
+    fail (as they would after their retries)."""
+
+    def __init__(self, down: str | None):
+        from test_eval_runner import dispatching_rule
+
+        self.rules = RuleGenerator(dispatching_rule)
+        self.down = down
+        self.scheduler = Scheduler()
+
+    def _one(self, conversation: Conversation, params: SamplingParams) -> Completion:
+        if self.down is not None and self.down in conversation[-1]["content"]:
+            return Completion(text="", finish_reason="error", error="InternalServerError: 500")
+        return self.rules.generate([conversation], params)[0]
+
+    def generate(
+        self, conversations: Sequence[Conversation], sampling: SamplingParams | Sequence[SamplingParams]
+    ) -> list[Completion]:
+        return [
+            self._one(c, p) for c, p in zip(conversations, per_row(sampling, len(conversations)), strict=True)
+        ]
+
+    async def agenerate(
+        self, conversations: Sequence[Conversation], sampling: SamplingParams | Sequence[SamplingParams]
+    ) -> list[Completion]:
+        return self.generate(conversations, sampling)
+
+    async def complete(self, conversation: Conversation, params: SamplingParams) -> Completion:
+        return self._one(conversation, params)
+
+
+def test_eval_records_failed_questions_aside_and_a_rerun_completes_the_table(tmp_path: Path) -> None:
+    from test_eval_runner import CONFIG, DATASETS, GOLD
+
+    def evaluate(out: Path, endpoint: FlakyEndpoint) -> list[dict[str, Any]]:
+        judge = CorrectnessJudge(JudgeConfig(correctness_llm=False))
+        return EvalRunner(CONFIG, endpoint, TriggerRetriever(), judge, out, GOLD).run(DATASETS)
+
+    clean = evaluate(tmp_path / "clean", FlakyEndpoint(down=None))
+    out = tmp_path / "flaky"
+    evaluate(out, FlakyEndpoint(down="(1)"))  # the question of "other" o1
+    first = [r["key"] for _, r in iter_jsonl(out / PREDICTIONS_FILE)]
+    failed = {r["key"]: r for _, r in iter_jsonl(out / FAILED_FILE)}
+    runs = planned_runs(CONFIG)
+    assert set(failed) == {record_key(m, "other", k, "o1") for m, k in runs}
+    assert all(set(r["errors"]) == {"InternalServerError: 500"} for r in failed.values())
+    assert len(first) == len(set(first)) == len(runs) * 4  # every other question, once
+    rerun = evaluate(out, FlakyEndpoint(down=None))
+    keys = [r["key"] for _, r in iter_jsonl(out / PREDICTIONS_FILE)]
+    assert len(keys) == len(set(keys)) == len(runs) * 5
+    assert set(keys) - set(first) == set(failed)
+
+    def table(records: list[dict[str, Any]]) -> dict[str, tuple[Any, ...]]:
+        return {r["key"]: (r["prediction"], r["acc"], r["budget_acc"], r["recall"]) for r in records}
+
+    assert table(rerun) == table(clean)
