@@ -7,7 +7,7 @@ answer follows the step format: question ``Question Qn?`` needs ``1 + n % 3`` st
 final answer ``Answer n`` (its gold answer), so every trajectory completes and is kept. Questions whose ids
 are listed in ``--outage-file`` (while it exists) always get a 500: an outage the benchmark heals by deleting
 the file. ``GET /stats`` returns the counts of what was served, the questions asked and when the first request
-came and the last answer left (Unix time); ``POST /reset`` starts them afresh.
+came, when each answer left and the last one (Unix time); ``POST /reset`` starts them afresh.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ def app(args: argparse.Namespace) -> FastAPI:
     counts: Counter[str] = Counter()
     asked: set[str] = set()
     times: dict[str, float] = {}
+    answers: list[float] = []  # when each answer left
     rng = random.Random(args.seed)
     outage = Path(args.outage_file) if args.outage_file else None
 
@@ -59,13 +60,20 @@ def app(args: argparse.Namespace) -> FastAPI:
     async def stats() -> dict[str, Any]:
         span = times.get("last_answer", 0.0) - times.get("first_request", 0.0)
         mean = active["area"] / span if span > 0 else 0.0
-        return {"counts": dict(counts), "asked": sorted(asked), "mean_in_flight": mean, **times}
+        return {
+            "counts": dict(counts),
+            "asked": sorted(asked),
+            "mean_in_flight": mean,
+            "answers": answers,
+            **times,
+        }
 
     @server.post("/reset")
     async def reset() -> dict[str, str]:
         counts.clear()
         asked.clear()
         times.clear()
+        answers.clear()
         active.update(now=0, area=0.0, since=0.0)
         return {"reset": "ok"}
 
@@ -110,6 +118,7 @@ def app(args: argparse.Namespace) -> FastAPI:
         index = user.count("The retrieval query:") + 1  # one per earlier step
         counts["ok"] += 1
         times["last_answer"] = time.time()
+        answers.append(times["last_answer"])
         return {
             "id": "fake",
             "object": "chat.completion",
