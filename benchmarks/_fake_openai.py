@@ -23,7 +23,8 @@ from typing import Any
 
 import uvicorn
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from starlette.requests import ClientDisconnect
 
 QUESTION = re.compile(r"Question (Q\d+)\?")
 
@@ -90,7 +91,10 @@ def app(args: argparse.Namespace) -> FastAPI:
     async def answer(request: Request, counted: list[bool]) -> Any:
         """The reply; a hung request stops counting as served (the client abandons it; the server cannot
         tell when)."""
-        body = await request.json()
+        try:
+            body = await request.json()
+        except ClientDisconnect:  # the teacher was killed (kill -9) while sending
+            return Response(status_code=499)
         user = body["messages"][-1]["content"]
         found = QUESTION.search(user)
         qid = found.group(1) if found else "Q0"

@@ -262,7 +262,7 @@ def kill_and_resume(folder: Path, args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--questions", type=int, default=2000, help="Questions of the throughput run.")
-    parser.add_argument("--kill-questions", type=int, default=600, help="Questions of the kill -9 run.")
+    parser.add_argument("--kill-questions", type=int, default=400, help="Questions of the kill -9 run.")
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument(
         "--latency", type=float, default=2.0, help="Seconds the fake server takes per answer."
