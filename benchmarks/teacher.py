@@ -17,7 +17,13 @@ small generated corpus.
    Checked: every id written once, nothing lost, nothing duplicated; the rerun asked no question written
    before the kill; the failed questions were retried and kept.
 
-Headline figures for `make bench`: throughput as a share of the ideal, questions lost, and the resume checks.
+3. The same teacher against a real OpenAI-compatible server, `transformers serve --continuous-batching`
+   serving the embedded SmolLM2 on 127.0.0.1 (offline: the converted local folder), --serve-questions
+   questions at concurrency 1 and 8: generated tokens/s (SmolLM2 rarely writes a valid step, so this measures
+   the calls, not the yield).
+
+Headline figures for `make bench`: throughput as a share of the ideal, questions lost, the resume checks, and
+the speed-up of concurrency 8 over 1 against transformers serve.
 """
 
 from __future__ import annotations
@@ -259,10 +265,96 @@ def kill_and_resume(folder: Path, args: argparse.Namespace) -> None:
         raise SystemExit("kill -9 and resume: a check failed (see the table)")
 
 
+def served(folder: Path, args: argparse.Namespace) -> None:
+    """The teacher against `transformers serve` (continuous batching) serving the embedded SmolLM2 on
+    127.0.0.1, in this process: questions/s and generated tokens/s at concurrency 1 and 8. SmolLM2 rarely
+    writes a valid step, so most attempts end as format errors: this measures the calls, not the yield."""
+    from r3rag.coldstart.records import run_teacher
+    from r3rag.coldstart.teacher import LLMTeacher
+    from r3rag.config import AgentConfig, ColdStartConfig, JudgeConfig
+    from r3rag.data.datasets import load_dataset
+    from r3rag.llm.models import resolve_model
+    from r3rag.llm.openai import OpenAIGenerator
+    from r3rag.retrieval.index import load_index
+    from r3rag.rewards.judges import CorrectnessJudge
+
+    serve = Path(sys.executable).with_name("transformers")
+    if not serve.is_file():
+        print("\n(transformers serve: no `transformers` command in this environment; skipped)")
+        return
+    index, questions, _ = setup(folder, args.serve_questions)
+    model, port = resolve_model("smollm2-135m-instruct"), free_port()
+    command = [
+        str(serve),
+        "serve",
+        model,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--continuous-batching",
+    ]
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    print("\n(transformers serve did not start; skipped)")
+                    return
+                time.sleep(1)
+        warm = {"model": model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}
+        warm_up = urllib.request.Request(
+            f"http://127.0.0.1:{port}/v1/chat/completions",
+            data=json.dumps(warm).encode(),
+            headers={"content-type": "application/json"},
+        )
+        urllib.request.urlopen(warm_up, timeout=300).close()  # the first request pays for the set-up
+        config = ColdStartConfig(
+            attempts=1,
+            format_retries=0,
+            teacher_max_new_tokens=48,
+            agent=AgentConfig(top_k=2, max_doc_chars=512),
+        )
+        examples, rows = load_dataset(questions), []
+        for concurrency in (1, 8):
+            generator = OpenAIGenerator(
+                f"http://127.0.0.1:{port}/v1", model, concurrency=concurrency, timeout=300
+            )
+            teacher = LLMTeacher(
+                generator, load_index(index), config, CorrectnessJudge(JudgeConfig(correctness_llm=False))
+            )
+            started = time.perf_counter()
+            summary = run_teacher(teacher, examples, folder / f"served-{concurrency}.jsonl")
+            seconds = time.perf_counter() - started
+            stats = generator.scheduler.stats
+            rows.append((concurrency, summary.written, stats.sent, stats.completion_tokens, seconds))
+            generator.close()
+    finally:
+        server.kill()
+        server.wait(timeout=10)
+    print(f"\n## transformers serve (continuous batching), embedded SmolLM2, {len(examples)} questions")
+    print("| concurrency | questions | calls | generated tokens | seconds | questions/s | tokens/s |")
+    print("|---|---|---|---|---|---|---|")
+    for concurrency, written, calls, tokens, seconds in rows:
+        print(
+            f"| {concurrency} | {written} | {calls} | {tokens} | {seconds:.1f} | {written / seconds:.2f} | "
+            f"{tokens / seconds:.1f} |"
+        )
+    speedup = (rows[1][3] / rows[1][4]) / (rows[0][3] / rows[0][4])
+    report("teacher via transformers serve: tokens/s at concurrency 8 vs 1", f"{speedup:.1f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--questions", type=int, default=2000, help="Questions of the throughput run.")
     parser.add_argument("--kill-questions", type=int, default=400, help="Questions of the kill -9 run.")
+    parser.add_argument(
+        "--serve-questions", type=int, default=8, help="Questions sent to transformers serve."
+    )
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument(
         "--latency", type=float, default=2.0, help="Seconds the fake server takes per answer."
@@ -272,6 +364,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="r3rag-bench-teacher-") as tmp:
         throughput(Path(tmp) / "throughput", args)
         kill_and_resume(Path(tmp) / "kill", args)
+        served(Path(tmp) / "served", args)
 
 
 if __name__ == "__main__":
