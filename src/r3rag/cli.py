@@ -579,6 +579,7 @@ def eval_command(
     from r3rag.evaluation.methods.registry import retrieving
     from r3rag.evaluation.run import open_run, run_and_report
     from r3rag.evaluation.runner import Progress, build_context_index, load_datasets
+    from r3rag.llm.base import AsyncGenerator
     from r3rag.llm.models import describe_model
 
     datasets = load_datasets(dataset, limit)
@@ -596,9 +597,16 @@ def eval_command(
     def show(progress: Progress) -> None:
         k = "" if progress.top_k is None else f" (top-{progress.top_k})"
         failed = f"; {progress.failed} failed, to rerun" if progress.failed else ""
+        calls = ""
+        if isinstance(llm, AsyncGenerator):
+            stats = llm.scheduler.stats
+            calls = (
+                f"; endpoint: {stats.in_flight} in flight, {stats.retried} retried, {stats.failed} failed, "
+                f"{stats.tokens:,} tokens"
+            )
         console.print(
             f"{progress.method}{k}: {progress.done}/{progress.total} questions "
-            f"(last chunk {progress.seconds:.0f} s{failed})",
+            f"(last chunk {progress.seconds:.0f} s{failed}{calls})",
             highlight=False,
         )
 
