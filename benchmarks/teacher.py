@@ -19,8 +19,8 @@ small generated corpus.
 
 3. The same teacher against a real OpenAI-compatible server, `transformers serve --continuous-batching`
    serving the embedded SmolLM2 on 127.0.0.1 (offline: the converted local folder), --serve-questions
-   questions at concurrency 1 and 8: generated tokens/s (SmolLM2 rarely writes a valid step, so this measures
-   the calls, not the yield).
+   questions of --serve-tokens tokens per step at concurrency 1 and 8: generated tokens/s (SmolLM2 rarely
+   writes a valid step, so this measures the calls, not the yield). Minutes on a loaded 2-core CPU.
 
 Headline figures for `make bench`: throughput as a share of the ideal, questions lost, the resume checks, and
 the speed-up of concurrency 8 over 1 against transformers serve.
@@ -316,7 +316,7 @@ def served(folder: Path, args: argparse.Namespace) -> None:
         config = ColdStartConfig(
             attempts=1,
             format_retries=0,
-            teacher_max_new_tokens=48,
+            teacher_max_new_tokens=args.serve_tokens,
             agent=AgentConfig(top_k=2, max_doc_chars=512),
         )
         examples, rows = load_dataset(questions), []
@@ -353,7 +353,10 @@ def main() -> None:
     parser.add_argument("--questions", type=int, default=2000, help="Questions of the throughput run.")
     parser.add_argument("--kill-questions", type=int, default=400, help="Questions of the kill -9 run.")
     parser.add_argument(
-        "--serve-questions", type=int, default=8, help="Questions sent to transformers serve."
+        "--serve-questions", type=int, default=4, help="Questions sent to transformers serve."
+    )
+    parser.add_argument(
+        "--serve-tokens", type=int, default=32, help="Tokens per step from transformers serve."
     )
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument(
