@@ -21,6 +21,7 @@ from r3rag.agent import Agent, failed_call
 from r3rag.coldstart.records import TeacherResult, failures_path, read_records, run_teacher
 from r3rag.coldstart.teacher import LLMTeacher
 from r3rag.config import AgentConfig, ColdStartConfig, JudgeConfig
+from r3rag.evaluation.manifest import build_manifest, differences
 from r3rag.evaluation.runner import FAILED_FILE, PREDICTIONS_FILE, EvalRunner, planned_runs, record_key
 from r3rag.jsonl import iter_jsonl
 from r3rag.llm.base import AsyncGenerator, Completion, Conversation, SamplingParams, per_row
@@ -29,6 +30,7 @@ from r3rag.llm.scheduler import Scheduler, is_transient, retry_after_s
 from r3rag.rewards.judges import CorrectnessJudge
 from r3rag.schema import Passage, QAExample
 from r3rag.steps import QUESTION_PREFIX
+from test_eval_runner import CONFIG, DATASETS, GOLD, MANIFEST, dispatching_rule
 
 
 def query(k: int, q: str = "who is it") -> str:
@@ -385,8 +387,6 @@ class FlakyEndpoint:
     fail (as they would after their retries)."""
 
     def __init__(self, down: str | None):
-        from test_eval_runner import dispatching_rule
-
         self.rules = RuleGenerator(dispatching_rule)
         self.down = down
         self.scheduler = Scheduler()
@@ -413,8 +413,6 @@ class FlakyEndpoint:
 
 
 def test_eval_records_failed_questions_aside_and_a_rerun_completes_the_table(tmp_path: Path) -> None:
-    from test_eval_runner import CONFIG, DATASETS, GOLD
-
     def evaluate(out: Path, endpoint: FlakyEndpoint) -> list[dict[str, Any]]:
         judge = CorrectnessJudge(JudgeConfig(correctness_llm=False))
         return EvalRunner(CONFIG, endpoint, TriggerRetriever(), judge, out, GOLD).run(DATASETS)
@@ -437,3 +435,15 @@ def test_eval_records_failed_questions_aside_and_a_rerun_completes_the_table(tmp
         return {r["key"]: (r["prediction"], r["acc"], r["budget_acc"], r["recall"]) for r in records}
 
     assert table(rerun) == table(clean)
+
+
+def test_an_eval_may_resume_with_other_judge_call_settings_not_another_judge() -> None:
+    def manifest(**judge: Any) -> dict[str, Any]:
+        config = CONFIG.model_copy(update={"judge": CONFIG.judge.model_copy(update=judge)})
+        return build_manifest(
+            config, MANIFEST["model"], MANIFEST["retriever"], MANIFEST["datasets"], MANIFEST["gold_match"]
+        )
+
+    old = manifest(max_retries=2, concurrency=8, timeout_s=60.0)
+    assert differences(old, manifest(max_retries=6, concurrency=64, timeout_s=30.0, backoff_s=0.5)) == []
+    assert differences(old, manifest(max_retries=2, concurrency=8, model="other/judge")) != []

@@ -22,6 +22,10 @@ RUN_ONLY_FIELDS = ("methods", "top_k_sweep", "sweep_methods", "batch_size")
 """Config fields that choose what to run, not how: a run may be resumed with more methods or top-k values."""
 
 
+JUDGE_CALL_FIELDS = ("timeout_s", "max_retries", "backoff_s", "concurrency")
+"""Judge fields that say how its endpoint is called, not what it answers: a run may resume with others."""
+
+
 def describe_judge(config: EvalConfigBase) -> str:
     """One line saying how Acc was decided."""
     judge = config.judge
@@ -76,7 +80,7 @@ def differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     retriever_keys = ("kind", "fingerprint") if new["retriever"].get("fingerprint") else ("kind", "source")
     if _identity(old["retriever"], retriever_keys) != _identity(new["retriever"], retriever_keys):
         found.append(f"retriever: {old['retriever'].get('source')} -> {new['retriever'].get('source')}")
-    found += runs.config_differences(old["settings"], new["settings"])
+    found += runs.config_differences(_compared(old["settings"]), _compared(new["settings"]))
     for name in sorted(set(old["datasets"]) & set(new["datasets"])):
         old_sums = sorted(f["sha256"] for f in old["datasets"][name]["files"])
         new_sums = sorted(f["sha256"] for f in new["datasets"][name]["files"])
@@ -86,6 +90,12 @@ def differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
         if was != now:
             found.append(f"dataset {name}: gold passages matched by {was}, now by {now} (other gold recall)")
     return found
+
+
+def _compared(settings: dict[str, Any]) -> dict[str, Any]:
+    """The settings that define the results: without how the judge's endpoint is called."""
+    judge = {k: v for k, v in settings.get("judge", {}).items() if k not in JUDGE_CALL_FIELDS}
+    return {**settings, "judge": judge} if "judge" in settings else settings
 
 
 def _gold_rule(manifest: dict[str, Any], dataset: str) -> str:
