@@ -447,3 +447,17 @@ def test_an_eval_may_resume_with_other_judge_call_settings_not_another_judge() -
     old = manifest(max_retries=2, concurrency=8, timeout_s=60.0)
     assert differences(old, manifest(max_retries=6, concurrency=64, timeout_s=30.0, backoff_s=0.5)) == []
     assert differences(old, manifest(max_retries=2, concurrency=8, model="other/judge")) != []
+
+
+def test_a_cold_start_may_resume_with_other_judge_call_settings(tmp_path: Path) -> None:
+    from r3rag.coldstart.build import build
+
+    rules: dict[str, Reply | list[Reply]] = {"Question A?": Reply(text=answer(1, "Ada"))}
+    first = teacher_config(judge=JudgeConfig(correctness_llm=False, max_retries=2, concurrency=8))
+    calls = teacher_config(judge=JudgeConfig(correctness_llm=False, max_retries=6, timeout_s=5.0))
+    other = teacher_config(judge=JudgeConfig(correctness_llm=False, correctness_match="cover_em"))
+    with ScriptedOpenAIServer(rules) as server:
+        build(first, llm_teacher(server), [example("A", "Ada")], tmp_path)
+        build(calls, llm_teacher(server), [example("A", "Ada")], tmp_path)
+        with pytest.raises(ValueError, match="judge.correctness_match: 'em' -> 'cover_em'"):
+            build(other, llm_teacher(server), [example("A", "Ada")], tmp_path)

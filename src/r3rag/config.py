@@ -271,6 +271,11 @@ class JudgeConfig(StageConfig):
     concurrency: int = Field(64, ge=1, description="Judge requests in flight at once.")
 
 
+JUDGE_CALL_FIELDS = ("timeout_s", "max_retries", "backoff_s", "concurrency")
+"""JudgeConfig fields that say how its endpoint is called, not what it answers: a resumed run may change
+them."""
+
+
 class BM25Config(StageConfig):
     """BM25 scoring and tokenisation (bm25s): stemming and stop-word removal on, as in the paper's BM25 index.
 

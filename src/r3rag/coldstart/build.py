@@ -19,7 +19,7 @@ from typing import Any
 from r3rag import runs
 from r3rag.coldstart.dataset import coldstart_stats, sft_records
 from r3rag.coldstart.records import RunSummary, Teacher, TeacherResult, read_records, run_teacher
-from r3rag.config import ColdStartConfig
+from r3rag.config import JUDGE_CALL_FIELDS, ColdStartConfig
 from r3rag.gold import GoldMatch
 from r3rag.jsonl import write_jsonl
 from r3rag.retrieval.index import describe_retriever
@@ -30,8 +30,9 @@ TRAJECTORIES_FILE = "trajectories.jsonl"
 SFT_FILE = "sft.jsonl"
 STATS_FILE = "stats.json"
 INPUTS_FILE = "inputs.yaml"
-RESUMABLE_CHANGES = frozenset({"batch_size"})
-"""Settings a resumed cold start may change: how many questions are in flight changes no trajectory."""
+RESUMABLE_CHANGES = frozenset({"batch_size", *(f"judge.{name}" for name in JUDGE_CALL_FIELDS)})
+"""Settings a resumed cold start may change: how many questions are in flight, or how the judge's endpoint is
+called, changes no trajectory."""
 
 
 def build(

@@ -15,15 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from r3rag import __version__, runs
+from r3rag.config import JUDGE_CALL_FIELDS
 from r3rag.evaluation.config import EvalConfigBase
 
 MANIFEST_FILE = "manifest.json"
 RUN_ONLY_FIELDS = ("methods", "top_k_sweep", "sweep_methods", "batch_size")
 """Config fields that choose what to run, not how: a run may be resumed with more methods or top-k values."""
-
-
-JUDGE_CALL_FIELDS = ("timeout_s", "max_retries", "backoff_s", "concurrency")
-"""Judge fields that say how its endpoint is called, not what it answers: a run may resume with others."""
 
 
 def describe_judge(config: EvalConfigBase) -> str:

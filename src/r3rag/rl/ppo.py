@@ -45,7 +45,7 @@ from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
 from r3rag import runs
 from r3rag.agent import Agent
-from r3rag.config import AGENT_FILE, PPOConfig
+from r3rag.config import AGENT_FILE, JUDGE_CALL_FIELDS, PPOConfig
 from r3rag.jsonl import write_jsonl
 from r3rag.llm.hf import HFGenerator
 from r3rag.lora import merged
@@ -72,8 +72,11 @@ from r3rag.schema import QAExample, Trajectory
 FINAL_DIR = "final"
 CHECKPOINTS = "checkpoints"
 CHECKPOINT_LABEL = "iter"
-RESUMABLE_CHANGES = frozenset({"iterations", "max_minutes", "tensorboard"})
-"""Config fields a resumed run may change; any other difference means another run, in another folder."""
+RESUMABLE_CHANGES = frozenset(
+    {"iterations", "max_minutes", "tensorboard", *(f"judges.{name}" for name in JUDGE_CALL_FIELDS)}
+)
+"""Config fields a resumed run may change (how the judges' endpoint is called among them); any other
+difference means another run, in another folder."""
 SCHEDULE_RESOLUTION = 1_000_000
 """Positions of the learning-rate schedule over the whole run: it is a function of progress through the run,
 since the number of optimizer steps depends on how many steps the rollouts take."""
