@@ -2,7 +2,9 @@
 
 Replies are chosen by the first rule whose key occurs in the request's messages, so a test decides per
 prompt whether the server answers, answers garbage, stalls past the client's timeout, or fails with an HTTP
-error, regardless of the order in which concurrent requests arrive. Every request is recorded.
+error (with the headers it likes, such as ``Retry-After``), regardless of the order in which concurrent
+requests arrive. A rule may be a list of replies, used one per matching request in order (the last repeats):
+fail twice, then answer. Every request is recorded, with the time it arrived.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ class Reply:
     text: str = ""
     status: int = 200
     delay_s: float = 0.0
+    headers: tuple[tuple[str, str], ...] = ()  # sent with a failure, e.g. (("retry-after", "1"),)
     finish_reason: str = "stop"
     logprobs: tuple[float, ...] = ()  # sent, one entry per value, when the request asks for logprobs
 
@@ -34,9 +37,10 @@ class Reply:
 class ScriptedOpenAIServer:
     """Serves ``POST /v1/chat/completions`` on 127.0.0.1 at a free port while used as a context manager."""
 
-    rules: dict[str, Reply]
+    rules: dict[str, Reply | list[Reply]]
     default: Reply = field(default_factory=lambda: Reply(text="no rule matched"))
     prompts: list[str] = field(default_factory=list)
+    arrivals: list[tuple[float, str]] = field(default_factory=list)  # (time.monotonic(), prompt)
 
     def __post_init__(self) -> None:
         self._app = FastAPI()
@@ -59,17 +63,33 @@ class ScriptedOpenAIServer:
         """How many requests contained ``key``."""
         return sum(key in p for p in self.prompts)
 
+    def times(self, key: str) -> list[float]:
+        """When each request containing ``key`` arrived (``time.monotonic()``)."""
+        return [t for t, p in self.arrivals if key in p]
+
+    def _reply(self, prompt: str) -> Reply:
+        key = next((key for key in self.rules if key in prompt), None)
+        if key is None:
+            return self.default
+        rule = self.rules[key]
+        if isinstance(rule, Reply):
+            return rule
+        return rule[min(self.hits(key), len(rule)) - 1]
+
     async def _chat(self, request: Request) -> Any:
         body = await request.json()
         prompt = "\n".join(m["content"] for m in body["messages"])
         self.prompts.append(prompt)
-        reply = next((r for key, r in self.rules.items() if key in prompt), self.default)
+        self.arrivals.append((time.monotonic(), prompt))
+        reply = self._reply(prompt)
         deadline = time.monotonic() + reply.delay_s
         while time.monotonic() < deadline and not self._server.should_exit:  # stall, but not past shutdown
             await asyncio.sleep(0.02)
         if reply.status != 200:
             return JSONResponse(
-                {"error": {"message": "scripted failure", "type": "server_error"}}, status_code=reply.status
+                {"error": {"message": "scripted failure", "type": "server_error"}},
+                status_code=reply.status,
+                headers=dict(reply.headers),
             )
         choice: dict[str, Any] = {
             "index": 0,

@@ -123,3 +123,31 @@ def test_the_device_and_precision_settings_reach_the_loader(setup: dict[str, Pat
     result = ask(setup, "Who directed film 3?", "--device", "cpu", "--bf16")
     assert result.exit_code == 0, result.output
     assert placed == [(torch.device("cpu"), torch.bfloat16)]
+
+
+def test_a_question_file_through_an_endpoint_sets_failed_questions_aside(
+    setup: dict[str, Path], tmp_path: Path
+) -> None:
+    """Each question on its own through the endpoint; one whose calls keep failing goes to OUT.failed.jsonl,
+    and the next run asks it again."""
+    from openai_stub import Reply, ScriptedOpenAIServer
+
+    step = "Step 1:\nThe problem analysis: known.\nThe final answer: Ada"
+    out = tmp_path / "trajectories.jsonl"
+    flags = ["--questions", str(setup["questions"]), "--out", str(out), "--index", str(setup["index"])]
+    flags += ["--model", "served", "--retries", "1", "--backoff-s", "0.01"]
+    down: dict[str, Reply | list[Reply]] = {"film 1?": Reply(status=503), "Who directed": Reply(text=step)}
+    with ScriptedOpenAIServer(down) as server:
+        first = runner.invoke(app, ["ask", *flags, "--base-url", server.base_url])
+        assert first.exit_code == 0, first.output
+        assert sorted(r["example_id"] for _, r in iter_jsonl(out)) == ["q0", "q2"]
+        failed = tmp_path / "trajectories.jsonl.failed.jsonl"
+        assert [r["example_id"] for _, r in iter_jsonl(failed)] == ["q1"]
+        assert "1 questions failed on model calls" in first.output
+        del server.rules["film 1?"]  # the outage is over
+        before = len(server.prompts)
+        second = runner.invoke(app, ["ask", *flags, "--base-url", server.base_url])
+        asked = server.prompts[before:]
+    assert second.exit_code == 0, second.output
+    assert sorted(r["example_id"] for _, r in iter_jsonl(out)) == ["q0", "q1", "q2"]
+    assert len(asked) == 1 and "film 1?" in asked[0]

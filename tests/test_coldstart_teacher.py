@@ -19,7 +19,7 @@ from r3rag.coldstart.records import read_records, run_teacher
 from r3rag.coldstart.teacher import LLMTeacher
 from r3rag.config import AgentConfig, ColdStartConfig, JudgeConfig
 from r3rag.jsonl import iter_jsonl
-from r3rag.llm.base import Completion, Conversation, SamplingParams
+from r3rag.llm.base import Completion, Conversation, Generator, SamplingParams
 from r3rag.llm.openai import OpenAIGenerator
 from r3rag.rewards.judges import CorrectnessJudge
 from r3rag.schema import Passage, QAExample
@@ -92,9 +92,15 @@ def config(**overrides: Any) -> ColdStartConfig:
     return ColdStartConfig(**{**base, **overrides})
 
 
-def teacher(server: TeacherServer, cfg: ColdStartConfig, judge_llm: bool = False) -> LLMTeacher:
-    generator = OpenAIGenerator(server.base_url, "teacher", concurrency=4, max_retries=0)
+def teacher(
+    server: TeacherServer, cfg: ColdStartConfig, judge_llm: bool = False, interrupt_at: int | None = None
+) -> LLMTeacher:
+    """The teacher through the server; with ``interrupt_at``, through a synchronous wrapper (the batched path
+    of a local model) that is interrupted on that call."""
+    generator: Generator = OpenAIGenerator(server.base_url, "teacher", concurrency=4, max_retries=0)
     judge = CorrectnessJudge(JudgeConfig(correctness_llm=judge_llm), generator if judge_llm else None)
+    if interrupt_at is not None:
+        generator = Interrupting(generator, interrupt_at)
     return LLMTeacher(generator, FixedRetriever(), cfg, judge, label="llm:teacher")
 
 
@@ -114,7 +120,7 @@ def test_rejection_sampling_format_retries_and_judge(tmp_path: Path):
     examples = [example(q, g) for q, g in golds.items()]
     out = tmp_path / "trajectories.jsonl"
     with server:
-        summary = run_teacher(teacher(server, config(), judge_llm=True), examples, out, batch_size=8)
+        summary = run_teacher(teacher(server, config(), judge_llm=True), examples, out)
     records = {r["id"]: r for r in read_records(out)}
     assert summary.written == 6 and summary.kept == 5 and set(records) == set(golds)
 
@@ -146,7 +152,7 @@ def test_rejection_sampling_format_retries_and_judge(tmp_path: Path):
 def test_every_attempt_is_recorded_once_and_retries_stop_at_the_limit(tmp_path: Path):
     server = TeacherServer(scripts={"Question D?": [answer(1, "Zed")]})
     with server:
-        run_teacher(teacher(server, config(attempts=4)), [example("D", "Dora")], tmp_path / "t.jsonl", 8)
+        run_teacher(teacher(server, config(attempts=4)), [example("D", "Dora")], tmp_path / "t.jsonl")
     assert [t for _, t in server.seen] == [0.0, 0.9, 0.9, 0.9]
 
 
@@ -162,7 +168,7 @@ def test_teacher_system_prompt_examples_are_in_the_step_format():
 class Interrupting:
     """A Generator that raises KeyboardInterrupt on its ``at``-th call, as Ctrl-C would mid-run."""
 
-    def __init__(self, inner: OpenAIGenerator, at: int):
+    def __init__(self, inner: Generator, at: int):
         self.inner, self.at, self.calls = inner, at, 0
 
     def generate(self, conversations: Sequence[Conversation], sampling: SamplingParams) -> list[Completion]:
@@ -179,10 +185,8 @@ def test_resume_after_interruption_no_duplicates_no_loss(tmp_path: Path):
     cfg = config(batch_size=2)
     out = tmp_path / "run"
     with server:
-        interrupted = teacher(server, cfg)
-        interrupted.generator = Interrupting(interrupted.generator, at=2)  # during the second batch
         with pytest.raises(KeyboardInterrupt):
-            build(cfg, interrupted, examples, out)
+            build(cfg, teacher(server, cfg, interrupt_at=2), examples, out)  # during the second batch
         first = [r["id"] for _, r in iter_jsonl(out / TRAJECTORIES_FILE)]
         assert first == ["R0", "R1"]  # the finished batch was written, the batch in flight was not
         asked_before = len(server.seen)

@@ -1,25 +1,37 @@
-"""The reason-retrieve loop: a batch of questions worked through step by step by a policy and a retriever.
+"""The reason-retrieve loop: questions worked through step by step by a policy and a retriever.
 
-All open questions advance together. Each step is one batched ``generate`` call for the questions still
-open (plus one per re-generation round, for the steps that came back malformed) and one batched ``search``
-call for the steps that asked for documents, so throughput grows with the batch instead of being paid per
-question as in the official code's rollout. The loop knows nothing of the backend or the retriever beyond
+A question's loop is written once, as :meth:`Agent._episode`: a Python generator that yields what it needs
+next (a completion, a search, a moment to report its step) and is sent the answer. Two drivers run it:
+
+- :meth:`Agent.run` (local models, RL rollouts): a batch in lockstep. Each round serves the requests of the
+  lowest step any question is at: all its generations in one batched ``generate`` call (re-generations of
+  malformed steps come back as further rounds of the same step), then all its searches in one batched
+  ``search`` call, so throughput grows with the batch instead of being paid per question.
+- :meth:`Agent.arun` (a remote endpoint, an :class:`~r3rag.llm.base.AsyncGenerator`): one question on its own,
+  each completion awaited on the endpoint's scheduler, so that with many questions in flight a slow one holds
+  no other (:meth:`~r3rag.llm.scheduler.Scheduler.map` runs them).
+
+Both send the same prompts with the same seeds, parse, re-generate, force and deduplicate the same way, so a
+question gets the same trajectory from either. The loop knows nothing of the backend or the retriever beyond
 their protocols, nor of rewards or trainers: a PPO trainer, the evaluation runner or a veRL adapter wrap it.
 
 A question ends when its step gives a final answer (``answered``), when a step stays malformed after the
 allowed re-generations (``format-error``; a backend error counts as one, with the message in
-``metadata["errors"]``), or when the step budget runs out (``out-of-steps``; optionally one more turn asks
-for the final answer, and a valid one makes the trajectory ``answered`` with ``metadata["forced_answer"]``).
+``metadata["errors"]``, and a trajectory ended by one also has ``metadata["failed_call"]``: see
+:func:`failed_call`), or when the step budget runs out (``out-of-steps``; optionally one more turn asks for
+the final answer, and a valid one makes the trajectory ``answered`` with ``metadata["forced_answer"]``).
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from collections.abc import Callable, Sequence
+from collections.abc import Generator as Episode
 from dataclasses import dataclass, field
 
 from r3rag.config import AgentConfig
-from r3rag.llm.base import Completion, Conversation, Generator, SamplingParams
+from r3rag.llm.base import AsyncGenerator, Completion, Conversation, Generator, SamplingParams
 from r3rag.retrieval.base import Retriever
 from r3rag.runs import derive_seed
 from r3rag.schema import Passage, QAExample, Step, Trajectory, TrajectoryStatus
@@ -42,6 +54,46 @@ class _Row:
     seen: set[str] = field(default_factory=set)
 
 
+@dataclass(frozen=True, slots=True)
+class _Generate:
+    """An episode needs a completion of ``conversation`` for its step ``index``."""
+
+    index: int
+    conversation: Conversation
+    sampling: SamplingParams
+
+
+@dataclass(frozen=True, slots=True)
+class _Search:
+    """An episode needs the ranking of ``query`` for its step ``index``: ``top_k`` new passages, after the
+    ``seen`` ones it may already hold."""
+
+    index: int
+    query: str
+    seen: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Report:
+    """An episode finished its step ``index``: the batch driver reports steps in batch order, after every
+    search of that step."""
+
+    index: int
+    trajectory: Trajectory
+    step: Step
+
+
+_Request = _Generate | _Search | _Report
+_PHASE = {_Generate: 0, _Search: 1, _Report: 2}  # within a step: generate, then search, then report
+
+
+def failed_call(trajectory: Trajectory) -> str | None:
+    """The error of the model call that ended ``trajectory`` (still failing after the endpoint's retries),
+    None when it ended otherwise. Such a question is not done: a rerun should ask again."""
+    error = trajectory.metadata.get("failed_call")
+    return error if isinstance(error, str) else None
+
+
 class Agent:
     """Runs questions through ``generator`` (the policy) and ``retriever``, as :class:`AgentConfig` says."""
 
@@ -49,6 +101,7 @@ class Agent:
         self.generator = generator
         self.retriever = retriever
         self.config = config or AgentConfig()
+        self._searching = asyncio.Lock()  # one search at a time off the event loop: retrievers need no locks
 
     def run(
         self,
@@ -56,7 +109,7 @@ class Agent:
         temperatures: Sequence[float] | None = None,
         on_step: StepCallback | None = None,
     ) -> list[Trajectory]:
-        """One trajectory per example, in order.
+        """One trajectory per example, in order, the batch advancing in lockstep.
 
         ``temperatures`` gives each example its own sampling temperature (an RL rollout repeats each question
         at 0.1/0.4/0.7/1.0); by default all use ``config.temperature``.
@@ -67,94 +120,145 @@ class Agent:
         rows = []
         for n, ex in enumerate(examples):
             temperature = self.config.temperature if temperatures is None else float(temperatures[n])
-            trajectory = Trajectory(example_id=ex.id, question=ex.question)
-            trajectory.metadata.update(temperature=temperature, regenerations=0)
-            if self.config.record_token_ids:
-                trajectory.metadata["step_token_ids"] = []
-            rows.append(_Row(n, trajectory, temperature, occurrence=occurrences[ex.id]))
+            rows.append(self._row(n, ex, temperature, occurrences[ex.id]))
             occurrences[ex.id] += 1
-
-        open_rows = rows
-        for index in range(1, self.config.max_steps + 1):
-            if not open_rows:
-                break
-            open_rows = self._advance(open_rows, index, on_step)
-        if open_rows and self.config.force_answer:
-            self._force_answers(open_rows, self.config.max_steps + 1, on_step)
-        else:
-            for row in open_rows:
-                row.trajectory.status = TrajectoryStatus.OUT_OF_STEPS
+        episodes = {row.position: self._episode(row) for row in rows}
+        waiting: dict[int, _Request] = {position: next(episode) for position, episode in episodes.items()}
+        while waiting:
+            first = min((r.index, _PHASE[type(r)]) for r in waiting.values())
+            due = sorted(p for p, r in waiting.items() if (r.index, _PHASE[type(r)]) == first)
+            for position, answer in zip(due, self._serve([waiting[p] for p in due], on_step), strict=True):
+                try:
+                    waiting[position] = episodes[position].send(answer)
+                except StopIteration:
+                    del waiting[position]
         return [row.trajectory for row in rows]
 
-    def _advance(self, rows: list[_Row], index: int, on_step: StepCallback | None) -> list[_Row]:
-        """Generate step ``index`` for the open rows, retrieve for the queries; return the rows still open."""
-        retrieving = []
-        for row, step in zip(rows, self._generate_steps(rows, index, forced=False), strict=True):
-            row.trajectory.steps.append(step)
-            if not step.valid:
-                row.trajectory.status = TrajectoryStatus.FORMAT_ERROR
-            elif step.is_answer:
-                row.trajectory.status = TrajectoryStatus.ANSWERED
-                row.trajectory.final_answer = step.answer
-            else:
-                retrieving.append(row)
-        if retrieving:
-            self._retrieve(retrieving)
+    def _serve(
+        self, requests: list[_Request], on_step: StepCallback | None
+    ) -> list[Completion | list[Passage] | None]:
+        """Answer one round of requests of one kind: one batched call for all of them."""
+        if isinstance(requests[0], _Generate):
+            generations = [r for r in requests if isinstance(r, _Generate)]
+            return list(
+                self.generator.generate(
+                    [r.conversation for r in generations], [r.sampling for r in generations]
+                )
+            )
+        if isinstance(requests[0], _Search):
+            searches = [r for r in requests if isinstance(r, _Search)]
+            extra = max(r.seen for r in searches)
+            return list(self.retriever.search([r.query for r in searches], self.config.top_k + extra))
         if on_step is not None:
-            for row in rows:
-                on_step(row.trajectory, row.trajectory.steps[-1])
-        return retrieving
+            for request in requests:
+                assert isinstance(request, _Report)
+                on_step(request.trajectory, request.step)
+        return [None] * len(requests)
 
-    def _force_answers(self, rows: list[_Row], index: int, on_step: StepCallback | None) -> None:
-        for row, step in zip(rows, self._generate_steps(rows, index, forced=True), strict=True):
-            trajectory = row.trajectory
-            trajectory.metadata["forced_answer"] = step.valid
-            if step.valid:
-                trajectory.steps.append(step)
+    async def arun(
+        self, example: QAExample, temperature: float | None = None, occurrence: int = 0
+    ) -> Trajectory:
+        """One question on its own, on the event loop of the generator's scheduler (an AsyncGenerator):
+        the trajectory :meth:`run` would give it, whatever else is in flight."""
+        generator = self.generator
+        if not isinstance(generator, AsyncGenerator):
+            raise TypeError(
+                f"{type(generator).__name__} cannot complete one conversation at a time (not async)"
+            )
+        row = self._row(
+            0, example, self.config.temperature if temperature is None else temperature, occurrence
+        )
+        episode = self._episode(row)
+        answer: Completion | list[Passage] | None = None
+        while True:
+            try:
+                request = episode.send(answer)
+            except StopIteration:
+                return row.trajectory
+            if isinstance(request, _Generate):
+                answer = await generator.complete(request.conversation, request.sampling)
+            elif isinstance(request, _Search):
+                async with self._searching:
+                    (answer,) = await asyncio.to_thread(
+                        self.retriever.search, [request.query], self.config.top_k + request.seen
+                    )
+            else:
+                answer = None
+
+    def _row(self, position: int, example: QAExample, temperature: float, occurrence: int) -> _Row:
+        trajectory = Trajectory(example_id=example.id, question=example.question)
+        trajectory.metadata.update(temperature=temperature, regenerations=0)
+        if self.config.record_token_ids:
+            trajectory.metadata["step_token_ids"] = []
+        return _Row(position, trajectory, temperature, occurrence)
+
+    def _episode(self, row: _Row) -> Episode[_Request, Completion | list[Passage] | None, None]:
+        """One question from its first step to its end, as requests for the driver (see the module)."""
+        c = self.config
+        trajectory = row.trajectory
+        for index in range(1, c.max_steps + 1):
+            step = yield from self._step(row, index, forced=False)
+            trajectory.steps.append(step)
+            if not step.valid:
+                trajectory.status = TrajectoryStatus.FORMAT_ERROR
+            elif step.is_answer:
                 trajectory.status = TrajectoryStatus.ANSWERED
                 trajectory.final_answer = step.answer
-                if on_step is not None:
-                    on_step(trajectory, step)
             else:
-                trajectory.status = TrajectoryStatus.OUT_OF_STEPS
-                trajectory.metadata["forced_answer_raw"] = step.raw
+                seen = len(row.seen) if c.dedup_passages else 0
+                hits = yield _Search(index, step.query or "", seen)
+                assert isinstance(hits, list)
+                step.passages = select_passages(hits, row.seen, c.top_k, c.dedup_passages)
+                row.seen |= {p.id for p in step.passages}
+            yield _Report(index, trajectory, step)
+            if not step.valid or step.is_answer:
+                return
+        if not c.force_answer:
+            trajectory.status = TrajectoryStatus.OUT_OF_STEPS
+            return
+        index = c.max_steps + 1
+        step = yield from self._step(row, index, forced=True)
+        trajectory.metadata["forced_answer"] = step.valid
+        if step.valid:
+            trajectory.steps.append(step)
+            trajectory.status = TrajectoryStatus.ANSWERED
+            trajectory.final_answer = step.answer
+            yield _Report(index, trajectory, step)
+        else:
+            trajectory.status = TrajectoryStatus.OUT_OF_STEPS
+            trajectory.metadata["forced_answer_raw"] = step.raw
 
-    def _generate_steps(self, rows: list[_Row], index: int, forced: bool) -> list[Step]:
-        """Step ``index`` for each row: one batched call, then re-generation rounds for the malformed ones.
-
-        A row that is still malformed after the last round gets its last attempt (``valid=False``).
-        """
-        steps: dict[int, Step] = {}
-        accepted: dict[int, Completion] = {}
-        pending = rows
-        for attempt in range(self.config.max_format_retries + 1):
-            completions = self.generator.generate(
-                [self._messages(row, forced) for row in pending],
-                [self._sampling(row, index, attempt) for row in pending],
+    def _step(
+        self, row: _Row, index: int, forced: bool
+    ) -> Episode[_Request, Completion | list[Passage] | None, Step]:
+        """Step ``index``: a completion, re-generated while malformed; the last attempt (``valid=False``)
+        when every one was. A step lost to a failed call marks the trajectory (:func:`failed_call`)."""
+        trajectory = row.trajectory
+        last = self.config.max_format_retries
+        for attempt in range(last + 1):
+            if attempt:
+                trajectory.metadata["regenerations"] += 1
+            completion = yield _Generate(
+                index, self._messages(row, forced), self._sampling(row, index, attempt)
             )
-            malformed = []
-            for row, completion in zip(pending, completions, strict=True):
-                row.trajectory.prompt_tokens += completion.prompt_tokens
-                row.trajectory.completion_tokens += completion.completion_tokens
-                step = self._to_step(completion, index, forced, row.trajectory)
-                steps[row.position], accepted[row.position] = step, completion
-                if not step.valid:
-                    malformed.append(row)
-            if not malformed or attempt == self.config.max_format_retries:
-                break
-            for row in malformed:
-                row.trajectory.metadata["regenerations"] += 1
-            pending = malformed
-        if self.config.record_token_ids:
-            for row in rows:
-                if not forced or steps[row.position].valid:
-                    row.trajectory.metadata["step_token_ids"].append(
-                        {
-                            "prompt": accepted[row.position].prompt_token_ids,
-                            "completion": accepted[row.position].completion_token_ids,
-                        }
-                    )
-        return [steps[row.position] for row in rows]
+            assert isinstance(completion, Completion)
+            trajectory.prompt_tokens += completion.prompt_tokens
+            trajectory.completion_tokens += completion.completion_tokens
+            step = self._to_step(completion, index, forced, trajectory)
+            if step.valid or attempt == last:
+                self._accept(trajectory, completion, step, forced)
+                return step
+        raise AssertionError("the last attempt is always accepted")
+
+    def _accept(self, trajectory: Trajectory, completion: Completion, step: Step, forced: bool) -> None:
+        """Note what the step's last completion leaves on the trajectory: the call that failed, if it did;
+        its token ids, for RL."""
+        if completion.finish_reason == "error":
+            trajectory.metadata["failed_call"] = completion.error or "unknown generation error"
+        if self.config.record_token_ids and (not forced or step.valid):
+            trajectory.metadata["step_token_ids"].append(
+                {"prompt": completion.prompt_token_ids, "completion": completion.completion_token_ids}
+            )
 
     @staticmethod
     def _to_step(completion: Completion, index: int, forced: bool, trajectory: Trajectory) -> Step:
@@ -188,20 +292,6 @@ class Agent:
             stop=(*c.stop, f"\nStep {index + 1}:"),
             seed=None if c.seed is None else _row_seed(c.seed, row, index, attempt),
         )
-
-    def _retrieve(self, rows: list[_Row]) -> None:
-        """One batched search for every retrieval step; fills ``step.passages`` with unseen passages.
-
-        With deduplication the search asks for ``top_k`` plus as many passages as the most-read trajectory has
-        seen, so that ``top_k`` new ones remain even if all the seen ones come back first.
-        """
-        c = self.config
-        extra = max(len(row.seen) for row in rows) if c.dedup_passages else 0
-        queries = [row.trajectory.steps[-1].query or "" for row in rows]
-        for row, hits in zip(rows, self.retriever.search(queries, c.top_k + extra), strict=True):
-            chosen = select_passages(hits, row.seen, c.top_k, c.dedup_passages)
-            row.seen |= {p.id for p in chosen}
-            row.trajectory.steps[-1].passages = chosen
 
 
 def select_passages(hits: Sequence[Passage], seen: set[str], k: int, dedup: bool) -> list[Passage]:

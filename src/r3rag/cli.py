@@ -37,6 +37,8 @@ from r3rag.flags import ConfigOptions, Presets, with_config
 from r3rag.pipeline_config import PipelineConfig
 
 if TYPE_CHECKING:
+    from rich.progress import Progress as ProgressBar
+
     from r3rag.coldstart.records import RunSummary, Teacher
     from r3rag.data.world import World
     from r3rag.llm.base import Generator
@@ -157,6 +159,8 @@ def _generator(settings: GeneratorConfig, batch_size: int) -> Generator:
             api_key_env=settings.api_key_env,
             concurrency=settings.concurrency,
             timeout=settings.timeout,
+            max_retries=settings.retries,
+            backoff_s=settings.backoff_s,
         )
     from r3rag.device import generation_bf16, resolve_device
     from r3rag.llm.hf import HFGenerator
@@ -344,15 +348,18 @@ def _ask_file(
 ) -> None:
     """Answer a question file into ``out``, skipping the questions already there. The file is bound to the
     model and agent settings that wrote it (``<out>.settings.yaml``): answers of another model are not
-    mixed in, nor its questions taken for done."""
+    mixed in, nor its questions taken for done. Through an endpoint each question runs on its own, and one
+    ended by a model call that failed after its retries goes to ``<out>.failed.jsonl``, not ``out``: the next
+    run asks it again."""
     import time
+    from collections.abc import Iterator
 
-    from rich.progress import Progress
-
-    from r3rag.agent import Agent
+    from r3rag.agent import Agent, failed_call
     from r3rag.data.datasets import load_dataset
     from r3rag.jsonl import JsonlAppender, read_ids
+    from r3rag.llm.base import AsyncGenerator
     from r3rag.llm.models import model_identity
+    from r3rag.schema import Trajectory
     from r3rag.view import status_counts
 
     settings = {
@@ -369,21 +376,83 @@ def _ask_file(
     if not examples:
         console.print(f"nothing to do: every question is already in {out}", highlight=False)
         return
-    agent = Agent(_generator(generator, batch_size), _open_index(index), config)
-    started, finished = time.perf_counter(), []
-    with JsonlAppender(out) as writer, Progress(console=console, transient=True) as progress:
+    llm = _generator(generator, batch_size)
+    agent = Agent(llm, _open_index(index), config)
+
+    def trajectories() -> Iterator[Trajectory]:
+        if isinstance(llm, AsyncGenerator):
+            yield from (t for _, t in llm.scheduler.map(examples, agent.arun, generator.in_flight()))
+        else:
+            for start in range(0, len(examples), batch_size):
+                yield from agent.run(examples[start : start + batch_size])
+
+    started, finished, failed = time.perf_counter(), [], 0
+    failures_file = out.with_name(f"{out.name}.failed.jsonl")
+    with JsonlAppender(out) as writer, JsonlAppender(failures_file) as failures, _progress(llm) as progress:
         task = progress.add_task("questions", total=len(examples))
-        for start in range(0, len(examples), batch_size):
-            for trajectory in agent.run(examples[start : start + batch_size]):
+        for trajectory in trajectories():
+            error = failed_call(trajectory)
+            if error is None:
                 writer.write(trajectory.to_dict())
                 finished.append(trajectory)
-            progress.advance(task, len(examples[start : start + batch_size]))
+            else:
+                failures.write({"example_id": trajectory.example_id, "error": error})
+                failed += 1
+            progress.advance(task)
     minutes = (time.perf_counter() - started) / 60
     console.print(
         f"{len(finished)} trajectories -> {out} "
         f"({status_counts(finished)}; {len(finished) / minutes:.1f}/min)",
         highlight=False,
     )
+    if failed:
+        console.print(
+            f"{failed} questions failed on model calls after their retries ({failures_file}): run again to "
+            "retry them",
+            highlight=False,
+        )
+
+
+def _progress(generator: Generator | None) -> ProgressBar:
+    """A progress bar of questions (done/total, questions/s, time left) and, when the questions go to an
+    endpoint, its calls in flight, retries, failed calls and tokens used, read live from its scheduler."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        ProgressColumn,
+        TaskProgressColumn,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+    from rich.text import Text
+
+    from r3rag.llm.base import AsyncGenerator
+
+    class Rate(ProgressColumn):
+        def render(self, task: Any) -> Text:
+            return Text(f"{task.speed or 0:.2f} q/s")
+
+    columns: list[Any] = [
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TaskProgressColumn(),
+        Rate(),
+        TimeRemainingColumn(),
+    ]
+    if isinstance(generator, AsyncGenerator):
+        stats = generator.scheduler.stats
+
+        class Calls(ProgressColumn):
+            def render(self, task: Any) -> Text:
+                return Text(
+                    f"{stats.in_flight} in flight, {stats.retried} retried, {stats.failed} failed, "
+                    f"{stats.tokens:,} tokens"
+                )
+
+        columns.append(Calls())
+    return Progress(*columns, console=console, transient=True)
 
 
 def _open_index(index: Path) -> Retriever:
@@ -566,6 +635,7 @@ def eval_command(
     from r3rag.evaluation.methods.registry import retrieving
     from r3rag.evaluation.run import open_run, run_and_report
     from r3rag.evaluation.runner import Progress, build_context_index, load_datasets
+    from r3rag.llm.base import AsyncGenerator
     from r3rag.llm.models import describe_model
 
     datasets = load_datasets(dataset, limit)
@@ -582,9 +652,17 @@ def eval_command(
 
     def show(progress: Progress) -> None:
         k = "" if progress.top_k is None else f" (top-{progress.top_k})"
+        failed = f"; {progress.failed} failed, to rerun" if progress.failed else ""
+        calls = ""
+        if isinstance(llm, AsyncGenerator):
+            stats = llm.scheduler.stats
+            calls = (
+                f"; endpoint: {stats.in_flight} in flight, {stats.retried} retried, {stats.failed} failed, "
+                f"{stats.tokens:,} tokens"
+            )
         console.print(
             f"{progress.method}{k}: {progress.done}/{progress.total} questions "
-            f"(last chunk {progress.seconds:.0f} s)",
+            f"(last chunk {progress.seconds:.0f} s{failed}{calls})",
             highlight=False,
         )
 
@@ -618,8 +696,6 @@ def coldstart(
 
     The teacher is the oracle (gold decompositions, offline) or an LLM (--teacher llm; --model and
     --base-url name it, as for `r3rag ask`)."""
-    from rich.progress import Progress
-
     from r3rag.coldstart.build import SFT_FILE, STATS_FILE, TRAJECTORIES_FILE, build
     from r3rag.config import RetrievalConfig
     from r3rag.data.datasets import load_question_files
@@ -630,6 +706,7 @@ def coldstart(
     examples = [example for file_examples in sources.values() for example in file_examples]
     retriever = open_retriever(RetrievalConfig(source=index))
     chosen: Teacher
+    llm: Generator | None = None
     if config.teacher == "oracle":
         from r3rag.coldstart.oracle import OracleTeacher
 
@@ -644,9 +721,14 @@ def coldstart(
         llm = _generator(generator, config.batch_size)
         judge_generator = llm if config.judge.correctness_llm else None
         chosen = LLMTeacher(
-            llm, retriever, config, CorrectnessJudge(config.judge, judge_generator), f"llm:{generator.model}"
+            llm,
+            retriever,
+            config,
+            CorrectnessJudge(config.judge, judge_generator),
+            f"llm:{generator.model}",
+            questions_in_flight=generator.in_flight(),
         )
-    with Progress(console=console, transient=True) as progress:
+    with _progress(llm) as progress:
         task = progress.add_task(f"{config.teacher} teacher", total=len(examples))
         summary, stats = build(
             config, chosen, examples, out, on_result=lambda _: progress.advance(task), gold=gold, index=index
@@ -666,6 +748,12 @@ def _print_coldstart(summary: RunSummary, stats: dict[str, Any]) -> None:
         f"{summary.written} questions done this run ({summary.kept} kept), {summary.skipped} already done",
         highlight=False,
     )
+    if summary.retried or summary.failed:
+        console.print(
+            f"{summary.retried} questions retried after an earlier failure; {summary.failed} failed on model "
+            "calls after their retries (listed in trajectories.failed.jsonl): run again to retry them",
+            highlight=False,
+        )
     table = Table(title="cold-start trajectories kept")
     for column in ("dataset/type", "kept", "attempted", "yield"):
         table.add_column(column, justify="left" if column == "dataset/type" else "right")

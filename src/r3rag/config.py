@@ -274,9 +274,24 @@ class JudgeConfig(StageConfig):
     api_key_env: str = Field(
         "OPENAI_API_KEY", description="Environment variable holding the endpoint's API key."
     )
-    timeout_s: float = Field(60.0, gt=0, description="Per-request timeout of the judge endpoint, in seconds.")
-    max_retries: int = Field(2, ge=0, description="Retries of a failed judge request (timeouts, 429, 5xx).")
-    concurrency: int = Field(8, ge=1, description="Judge requests in flight at once.")
+    timeout_s: float = Field(
+        60.0, gt=0, description="Seconds a judge request may take in all before it is abandoned and retried."
+    )
+    max_retries: int = Field(
+        6,
+        ge=0,
+        description="Retries of a failed judge request (connection errors, timeouts, 408/409/429, 5xx), with "
+        "exponential backoff or the wait its Retry-After asks for.",
+    )
+    backoff_s: float = Field(
+        1.0, ge=0, description="First wait before a retry; doubled at each retry (jittered)."
+    )
+    concurrency: int = Field(64, ge=1, description="Judge requests in flight at once.")
+
+
+JUDGE_CALL_FIELDS = ("timeout_s", "max_retries", "backoff_s", "concurrency")
+"""JudgeConfig fields that say how its endpoint is called, not what it answers: a resumed run may change
+them."""
 
 
 class BM25Config(StageConfig):
@@ -509,14 +524,39 @@ class GeneratorConfig(StageConfig):
         None, description="OpenAI-compatible server of the model, e.g. http://localhost:8000/v1."
     )
     api_key_env: str = Field("OPENAI_API_KEY", description="Environment variable holding the endpoint's key.")
-    concurrency: int = Field(8, ge=1, description="Requests to the endpoint in flight at once.")
-    timeout: float = Field(120.0, gt=0, description="Seconds to wait for one response of the endpoint.")
+    concurrency: int = Field(64, ge=1, description="Requests to the endpoint in flight at once.")
+    timeout: float = Field(
+        120.0,
+        gt=0,
+        description="Seconds one request to the endpoint may take in all; a request still unanswered then is "
+        "abandoned and retried.",
+    )
+    retries: int = Field(
+        6,
+        ge=0,
+        description="Retries of a failed request to the endpoint (connection errors, timeouts, 408/409/429, "
+        "5xx), with exponential backoff or the wait its Retry-After asks for. A question whose call still "
+        "fails is recorded as failed, and a rerun retries it.",
+    )
+    backoff_s: float = Field(
+        1.0, ge=0, description="First wait before a retry; doubled at each retry (jittered)."
+    )
+    questions_in_flight: int | None = Field(
+        None,
+        ge=1,
+        description="Endpoint: questions worked on at once, each on its own (a crash redoes at most these); "
+        "None: twice the concurrency, so a request is ready whenever a slot frees.",
+    )
     device: str = device_field()
     bf16: bool | None = Field(
         None,
         description="Local model: its weights in bf16 (half the memory; faster generation on a GPU and on "
         "CPUs with AVX-512 BF16). Default: bf16 on a GPU, fp32 on a CPU.",
     )
+
+    def in_flight(self) -> int:
+        """Questions worked on at once through the endpoint."""
+        return self.questions_in_flight or 2 * self.concurrency
 
 
 # ------------------------------------------------------------------------------------------------ cold start
@@ -586,8 +626,8 @@ class ColdStartConfig(StageConfig):
     batch_size: int = Field(
         16,
         ge=1,
-        description="Questions in flight at once (one Agent batch; a crash loses at most these). Requests "
-        "to an endpoint are further bounded by its own concurrency.",
+        description="Local teacher: questions in one lockstep Agent batch (a crash loses at most these). "
+        "Through an endpoint each question runs on its own; --questions-in-flight bounds them.",
     )
     judge: JudgeConfig = Field(
         default_factory=lambda: JudgeConfig(correctness_llm=False),

@@ -3,8 +3,12 @@
 A record holds the kept trajectory (or none) and every attempt that failed, with its reason, so the yield
 of a teacher can be audited and its failures studied (the official code kept ``search_chain_fail`` and
 ``fail_reason`` for the same purpose). Both teachers write through :func:`run_teacher`: questions whose id
-is already in the file are skipped, so a rerun after a crash or Ctrl-C redoes only the questions that were
-in flight, and a question is never written twice.
+is already in the file are skipped, so a rerun after a crash, Ctrl-C or ``kill -9`` redoes only the questions
+that were in flight, and a question is never written twice.
+
+A question whose model call still failed after the endpoint's retries is not done: it is appended to the
+failures file beside the output (:func:`failures_path`, one record per failure, with the error) instead, and
+since its id is not in the output a rerun asks again. Only a teacher judged wrong makes a question "not kept".
 """
 
 from __future__ import annotations
@@ -50,6 +54,8 @@ class TeacherResult:
     teacher: str
     kept: Trajectory | None
     attempts: list[Attempt] = field(default_factory=list)
+    failed: str | None = None
+    """The error of a model call that still failed after its retries: the question is to be asked again."""
 
     def to_record(self) -> dict[str, Any]:
         ex = self.example
@@ -66,9 +72,18 @@ class TeacherResult:
             "attempts": [a.to_dict(with_trajectory=bool(a.reason)) for a in self.attempts],
         }
 
+    def to_failure(self) -> dict[str, Any]:
+        """The failures file's record: which question, why, and the attempts made before the call failed."""
+        return {
+            "id": self.example.id,
+            "teacher": self.teacher,
+            "error": self.failed,
+            "attempts": [a.to_dict(with_trajectory=False) for a in self.attempts],
+        }
+
 
 class Teacher(Protocol):
-    """Writes trajectories for a batch of questions, yielding each question's result as soon as it is done."""
+    """Writes trajectories for questions, yielding each question's result as soon as it is done."""
 
     label: str
 
@@ -77,35 +92,50 @@ class Teacher(Protocol):
 
 @dataclass(slots=True)
 class RunSummary:
+    """What one run did: questions skipped as done, written (of which kept), retried after an earlier
+    failure, and failed again (left for the next run)."""
+
     skipped: int = 0
     written: int = 0
     kept: int = 0
+    retried: int = 0
+    failed: int = 0
+
+
+def failures_path(out: str | Path) -> Path:
+    """The failures file beside a teacher output: ``trajectories.jsonl`` -> ``trajectories.failed.jsonl``."""
+    out = Path(out)
+    return out.with_name(f"{out.stem}.failed.jsonl")
 
 
 def run_teacher(
     teacher: Teacher,
     examples: Sequence[QAExample],
     out: str | Path,
-    batch_size: int,
     on_result: Callable[[TeacherResult], None] | None = None,
 ) -> RunSummary:
-    """Run the questions not yet in ``out`` through ``teacher``, ``batch_size`` at a time, appending each
-    result as it comes. Duplicate ids in ``examples`` are run once."""
+    """Run the questions not yet in ``out`` through ``teacher``, appending each result as it comes, a failed
+    one to :func:`failures_path`. Duplicate ids in ``examples`` are run once."""
     done = read_ids(out, key="id")
+    failed_before = read_ids(failures_path(out), key="id") - done
     todo, seen = [], set(done)
     for example in examples:
         if example.id not in seen:
             seen.add(example.id)
             todo.append(example)
     summary = RunSummary(skipped=len(examples) - len(todo))
-    with JsonlAppender(out) as writer:
-        for start in range(0, len(todo), batch_size):
-            for result in teacher.solve(todo[start : start + batch_size]):
+    summary.retried = sum(example.id in failed_before for example in todo)
+    with JsonlAppender(out) as writer, JsonlAppender(failures_path(out)) as failures:
+        for result in teacher.solve(todo):
+            if result.failed is not None:
+                failures.write(result.to_failure())
+                summary.failed += 1
+            else:
                 writer.write(result.to_record())
                 summary.written += 1
                 summary.kept += result.kept is not None
-                if on_result is not None:
-                    on_result(result)
+            if on_result is not None:
+                on_result(result)
     return summary
 
 

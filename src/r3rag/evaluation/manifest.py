@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from r3rag import __version__, runs
+from r3rag.config import JUDGE_CALL_FIELDS
 from r3rag.evaluation.config import EvalConfigBase
 
 MANIFEST_FILE = "manifest.json"
@@ -76,7 +77,7 @@ def differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     retriever_keys = ("kind", "fingerprint") if new["retriever"].get("fingerprint") else ("kind", "source")
     if _identity(old["retriever"], retriever_keys) != _identity(new["retriever"], retriever_keys):
         found.append(f"retriever: {old['retriever'].get('source')} -> {new['retriever'].get('source')}")
-    found += runs.config_differences(old["settings"], new["settings"])
+    found += runs.config_differences(_compared(old["settings"]), _compared(new["settings"]))
     for name in sorted(set(old["datasets"]) & set(new["datasets"])):
         old_sums = sorted(f["sha256"] for f in old["datasets"][name]["files"])
         new_sums = sorted(f["sha256"] for f in new["datasets"][name]["files"])
@@ -86,6 +87,12 @@ def differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
         if was != now:
             found.append(f"dataset {name}: gold passages matched by {was}, now by {now} (other gold recall)")
     return found
+
+
+def _compared(settings: dict[str, Any]) -> dict[str, Any]:
+    """The settings that define the results: without how the judge's endpoint is called."""
+    judge = {k: v for k, v in settings.get("judge", {}).items() if k not in JUDGE_CALL_FIELDS}
+    return {**settings, "judge": judge} if "judge" in settings else settings
 
 
 def _gold_rule(manifest: dict[str, Any], dataset: str) -> str:

@@ -7,6 +7,12 @@ and appended to ``predictions.jsonl``, one record per (method, dataset, top-k, q
 trajectory. A rerun reads the keys already there and runs only the rest; the table is computed from the file,
 so an interrupted run, once finished, reports exactly what an uninterrupted one would.
 
+Through an endpoint (an :class:`~r3rag.llm.base.AsyncGenerator`) the (method, top-k) runs do not wait for one
+another: each runs its chunks on a thread of its own, and all their requests share the endpoint's scheduler
+(``concurrency`` in flight, retries, timeouts); R3-RAG's questions also advance each on its own within a
+chunk. A question any of whose model calls (or judge calls) still failed after their retries is not a
+prediction: it is appended to ``failed.jsonl`` with its errors, and a rerun runs it again.
+
 Datasets are question files (any format :func:`~r3rag.data.datasets.load_dataset` reads). Files may share a
 dataset name (``hotpotqa=a.json hotpotqa=b.jsonl``); by default a file's name is the ``dataset`` its loader
 sets (``hotpotqa``, ``2wiki``, ``musique``, ``world``), else the file name. A question id seen twice within
@@ -15,8 +21,10 @@ one dataset is run once.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,12 +36,13 @@ from r3rag.evaluation.methods.registry import build_method, method_class, method
 from r3rag.evaluation.scoring import score_trajectories
 from r3rag.gold import MatchRule
 from r3rag.jsonl import JsonlAppender, iter_jsonl, read_ids
-from r3rag.llm.base import Generator
+from r3rag.llm.base import AsyncGenerator, Generator
 from r3rag.retrieval.base import Retriever
 from r3rag.rewards.judges import CorrectnessJudge
 from r3rag.schema import Passage, QAExample
 
 PREDICTIONS_FILE = "predictions.jsonl"
+FAILED_FILE = "failed.jsonl"
 
 
 @dataclass(slots=True)
@@ -159,6 +168,8 @@ class Progress:
     done: int
     total: int
     seconds: float
+    failed: int = 0
+    """Questions of the chunk whose model calls failed after their retries (in failed.jsonl, to rerun)."""
 
 
 class EvalRunner:
@@ -198,26 +209,35 @@ class EvalRunner:
         if unmatched:
             raise ValueError(f"no gold-matching rule for dataset(s) {', '.join(unmatched)}")
         done = read_ids(self.path, key="key")
-        planned = set()
-        with JsonlAppender(self.path) as writer:
-            for method, top_k in planned_runs(self.config):
-                keys = {
-                    (d.name, ex.id): record_key(method, d.name, top_k, ex.id)
-                    for d in datasets
-                    for ex in d.examples
-                }
-                planned |= set(keys.values())
-                todo = [
-                    (d.name, ex) for d in datasets for ex in d.examples if keys[d.name, ex.id] not in done
-                ]
-                self._run_one(method, top_k, todo, writer)
+        planned: set[str] = set()
+        work = []
+        for method, top_k in planned_runs(self.config):
+            keys = {
+                (d.name, ex.id): record_key(method, d.name, top_k, ex.id)
+                for d in datasets
+                for ex in d.examples
+            }
+            planned |= set(keys.values())
+            todo = [(d.name, ex) for d in datasets for ex in d.examples if keys[d.name, ex.id] not in done]
+            if todo:
+                work.append((method, top_k, todo))
+        with (
+            JsonlAppender(self.path) as writer,
+            JsonlAppender(self.path.with_name(FAILED_FILE)) as failures,
+        ):
+            outputs = _Outputs(writer, failures)
+            if isinstance(self.generator, AsyncGenerator) and len(work) > 1:
+                with ThreadPoolExecutor(len(work), thread_name_prefix="eval-run") as runs:
+                    for finished in [runs.submit(self._run_one, *item, outputs) for item in work]:
+                        finished.result()
+            else:
+                for item in work:
+                    self._run_one(*item, outputs)
         return [record for record in read_records(self.path) if record["key"] in planned]
 
     def _run_one(
-        self, method_name: str, top_k: int | None, todo: list[tuple[str, QAExample]], writer: JsonlAppender
+        self, method_name: str, top_k: int | None, todo: list[tuple[str, QAExample]], outputs: _Outputs
     ) -> None:
-        if not todo:
-            return
         method = build_method(method_name, self.generator, self.retriever, self.config, top_k)
         size = self.config.batch_size
         for start in range(0, len(todo), size):
@@ -227,10 +247,19 @@ class EvalRunner:
             trajectories = method.run(examples)
             rules = [self.gold[dataset] for dataset, _ in chunk]
             scores = score_trajectories(examples, trajectories, self.judge, self.config.max_steps, rules)
+            failed = 0
             for (dataset, example), trajectory, score in zip(chunk, trajectories, scores, strict=True):
-                writer.write(
+                key = record_key(method_name, dataset, top_k, example.id)
+                errors = list(trajectory.metadata.get("errors", []))
+                if score.pop("judge_failed"):
+                    errors.append("the correctness judge could not be asked")
+                if errors:
+                    failed += 1
+                    outputs.failure({"key": key, "method": method_name, "id": example.id, "errors": errors})
+                    continue
+                outputs.prediction(
                     {
-                        "key": record_key(method_name, dataset, top_k, example.id),
+                        "key": key,
                         "method": method_name,
                         "dataset": dataset,
                         "top_k": top_k,
@@ -243,7 +272,24 @@ class EvalRunner:
                 )
             if self.on_progress is not None:
                 elapsed = time.perf_counter() - started
-                self.on_progress(Progress(method_name, top_k, start + len(chunk), len(todo), elapsed))
+                self.on_progress(Progress(method_name, top_k, start + len(chunk), len(todo), elapsed, failed))
+
+
+@dataclass(slots=True)
+class _Outputs:
+    """The predictions file and the failures file, written by the runs of several threads."""
+
+    predictions: JsonlAppender
+    failures: JsonlAppender
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def prediction(self, record: dict[str, Any]) -> None:
+        with self.lock:
+            self.predictions.write(record)
+
+    def failure(self, record: dict[str, Any]) -> None:
+        with self.lock:
+            self.failures.write(record)
 
 
 def read_records(path: str | Path) -> list[dict[str, Any]]:

@@ -20,7 +20,7 @@ from statistics import fmean
 from typing import Any
 
 from r3rag.gold import MatchRule
-from r3rag.rewards.judges import CorrectnessItem, CorrectnessJudge
+from r3rag.rewards.judges import CorrectnessItem, CorrectnessJudge, failed_judgement
 from r3rag.rewards.metrics import cover_exact_match, exact_match, supporting_recall, token_f1
 from r3rag.schema import QAExample, Step, Trajectory
 
@@ -48,6 +48,8 @@ def score_trajectories(
     gold: MatchRule | Sequence[MatchRule],
 ) -> list[dict[str, Any]]:
     """One score record per trajectory; the distinct answers of every budget go to the judge in one batch.
+    ``judge_failed`` says whether a verdict it used fell back because the judge's calls failed (the runner
+    then records the question as failed, to be run again, instead of writing the record).
 
     ``gold`` is how gold passages are recognised for gold recall (:func:`~r3rag.gold.resolve_gold_match`'s
     rule): one rule for every example, or one per example (a chunk may mix datasets).
@@ -73,6 +75,10 @@ def score_trajectories(
     for example, trajectory, rule in zip(examples, trajectories, rules, strict=True):
         answer = trajectory.final_answer
         at_budget = [prediction_at(trajectory, t) for t in budgets]
+        used = [
+            verdicts[items[CorrectnessItem(example.question, a, tuple(example.answers))]]
+            for a in {answer, *at_budget}
+        ]
         passages = [p for s in trajectory.steps for p in s.passages]
         recall = supporting_recall(passages, example.supporting_ids, example.supporting_titles, rule)
         verdict = verdicts[items[CorrectnessItem(example.question, answer, tuple(example.answers))]]
@@ -93,6 +99,7 @@ def score_trajectories(
                 "recall": recall,
                 "prompt_tokens": trajectory.prompt_tokens,
                 "completion_tokens": trajectory.completion_tokens,
+                "judge_failed": any(failed_judgement(v) for v in used),
             }
         )
     return records

@@ -10,6 +10,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
+from r3rag.llm.scheduler import Scheduler
+
 Conversation = list[dict[str, str]]
 
 
@@ -61,6 +63,25 @@ class Generator(Protocol):
     def generate(
         self, conversations: Sequence[Conversation], sampling: SamplingParams | Sequence[SamplingParams]
     ) -> list[Completion]: ...
+
+
+@runtime_checkable
+class AsyncGenerator(Protocol):
+    """A Generator that can also complete one conversation at a time, awaited on its scheduler's event loop
+    (a remote endpoint): the agent then runs every question on its own instead of in lockstep batches.
+    ``agenerate`` is the batch, awaitable from any event loop."""
+
+    scheduler: Scheduler
+
+    def generate(
+        self, conversations: Sequence[Conversation], sampling: SamplingParams | Sequence[SamplingParams]
+    ) -> list[Completion]: ...
+
+    async def agenerate(
+        self, conversations: Sequence[Conversation], sampling: SamplingParams | Sequence[SamplingParams]
+    ) -> list[Completion]: ...
+
+    async def complete(self, conversation: Conversation, params: SamplingParams) -> Completion: ...
 
 
 def per_row(sampling: SamplingParams | Sequence[SamplingParams], n: int) -> list[SamplingParams]:

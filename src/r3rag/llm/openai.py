@@ -1,11 +1,14 @@
 """Any OpenAI-compatible chat-completions server (vLLM, SGLang, DeepSeek, a hosted API) as a Generator.
 
-Requests run in a thread pool bounded by ``concurrency`` (the ``openai`` client is thread-safe and keeps one
-connection pool; threads keep the Generator protocol synchronous, so the agent needs no event loop).
-Timeouts and retries are the ``openai`` client's own: it retries connection errors, timeouts, 408/409/429
-and 5xx with exponential backoff and honours ``Retry-After``. Whatever still fails becomes
-``Completion(finish_reason="error", error=...)`` for that conversation only, so one bad request never crashes
-a rollout or an evaluation.
+Every request runs on the generator's :class:`~r3rag.llm.scheduler.Scheduler`: at most ``concurrency`` in
+flight across everything that shares the generator, each retried on connection errors, timeouts, 408/409/429
+and 5xx with exponential backoff that honours ``Retry-After``, and abandoned (then retried) when no whole
+response came within ``timeout`` seconds. The ``openai`` client's own retries are off (the scheduler's module
+says why). Two ways in: :meth:`OpenAIGenerator.generate`, the synchronous batch of the Generator protocol (the
+batch fans out to the scheduler), and :meth:`OpenAIGenerator.complete`, one awaitable completion, with which
+the agent runs each question on its own. Whatever still fails becomes ``Completion(finish_reason="error",
+error=...)`` for that conversation only, so one bad request never crashes a rollout or an evaluation; the
+callers record it as a failed, retryable call.
 
 The API key is read from the environment variable named by ``api_key_env``; when it is unset the key
 ``"EMPTY"`` is sent, which servers started without a key (vLLM's default) accept. With
@@ -17,12 +20,13 @@ sampling params becomes the API's ``logprobs: true``; a server that does not sup
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from r3rag.llm.base import Completion, Conversation, SamplingParams, per_row
+from r3rag.llm.scheduler import Scheduler
 
 
 class OpenAIGenerator:
@@ -34,23 +38,22 @@ class OpenAIGenerator:
         model: str,
         *,
         api_key_env: str = "OPENAI_API_KEY",
-        concurrency: int = 8,
+        concurrency: int = 64,
         timeout: float = 120.0,
-        max_retries: int = 3,
+        max_retries: int = 6,
+        backoff_s: float = 1.0,
         return_token_ids: bool = False,
     ):
         import openai
 
-        if concurrency < 1:
-            raise ValueError("concurrency must be >= 1")
         self.model = model
-        self.concurrency = concurrency
         self.return_token_ids = return_token_ids
-        self.client = openai.OpenAI(
+        self.scheduler = Scheduler(concurrency, max_retries, timeout, backoff_s)
+        self.client = openai.AsyncOpenAI(
             base_url=base_url,
             api_key=os.environ.get(api_key_env) or "EMPTY",
             timeout=timeout,
-            max_retries=max_retries,
+            max_retries=0,  # the scheduler retries, with a whole-request deadline and the slot released
         )
 
     def generate(
@@ -59,12 +62,26 @@ class OpenAIGenerator:
         params = per_row(sampling, len(conversations))
         if not conversations:
             return []
-        with ThreadPoolExecutor(max_workers=min(self.concurrency, len(conversations))) as pool:
-            return list(pool.map(self._complete, conversations, params))
+        return self.scheduler.run(self._gather(conversations, params))
 
-    def _complete(self, conversation: Conversation, params: SamplingParams) -> Completion:
+    async def agenerate(
+        self, conversations: Sequence[Conversation], sampling: SamplingParams | Sequence[SamplingParams]
+    ) -> list[Completion]:
+        """:meth:`generate`, awaited from any event loop."""
+        params = per_row(sampling, len(conversations))
+        return await self.scheduler.submit(self._gather(conversations, params))
+
+    async def _gather(
+        self, conversations: Sequence[Conversation], params: list[SamplingParams]
+    ) -> list[Completion]:
+        return list(await asyncio.gather(*map(self.complete, conversations, params)))
+
+    async def complete(self, conversation: Conversation, params: SamplingParams) -> Completion:
+        """One completion, awaited on the scheduler's loop; a call that still fails after the retries is an
+        error completion."""
+        request = self._request(conversation, params)
         try:
-            response = self.client.chat.completions.create(**self._request(conversation, params))
+            response = await self.scheduler.call(lambda: self.client.chat.completions.create(**request))
         except Exception as e:  # noqa: BLE001 - any failure of one request is reported on that completion
             return Completion(text="", finish_reason="error", error=f"{type(e).__name__}: {e}")
         if not response.choices:
@@ -75,13 +92,16 @@ class OpenAIGenerator:
         prompt_ids = list((response.model_extra or {}).get("prompt_token_ids") or [])
         completion_ids = list(extra.get("token_ids") or [])
         logprobs = [t.logprob for t in (choice.logprobs.content or [])] if choice.logprobs else []
+        prompt_tokens = usage.prompt_tokens if usage else len(prompt_ids)
+        completion_tokens = usage.completion_tokens if usage else len(completion_ids)
+        self.scheduler.add_tokens(prompt_tokens, completion_tokens)
         return Completion(
             text=choice.message.content or "",
             finish_reason=choice.finish_reason or "stop",  # "content_filter" etc. are kept as the server said
             prompt_token_ids=prompt_ids,
             completion_token_ids=completion_ids,
-            prompt_tokens=usage.prompt_tokens if usage else len(prompt_ids),
-            completion_tokens=usage.completion_tokens if usage else len(completion_ids),
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
             token_logprobs=logprobs,
         )
 
@@ -107,3 +127,7 @@ class OpenAIGenerator:
         if extra_body:
             request["extra_body"] = extra_body
         return request
+
+    def close(self) -> None:
+        """Stop the scheduler's loop (the connections close with the process)."""
+        self.scheduler.close()

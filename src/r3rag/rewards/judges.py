@@ -12,6 +12,7 @@ since several samples of one question often repeat an answer or a search.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Hashable, Sequence
@@ -22,7 +23,7 @@ import numpy as np
 
 from r3rag.config import JudgeConfig
 from r3rag.gold import MatchRule
-from r3rag.llm.base import Conversation, Generator, SamplingParams
+from r3rag.llm.base import AsyncGenerator, Completion, Conversation, Generator, SamplingParams
 from r3rag.llm.openai import OpenAIGenerator
 from r3rag.rewards.metrics import cover_exact_match, exact_match, normalize_answer, supporting_precision
 from r3rag.rewards.prompts import correctness_prompt, parse_score, parse_verdict, relevance_prompt
@@ -119,11 +120,41 @@ def _ask(
     stats.llm_calls += len(conversations)
     try:
         completions = generator.generate(conversations, sampling)
-        if len(completions) != len(conversations):
-            raise RuntimeError(f"generator returned {len(completions)} completions for {len(conversations)}")
     except Exception as exc:  # a judge must never take a rollout down with it
-        logger.warning("judge generator failed on a batch of %d: %r", len(conversations), exc)
-        return [(None, GENERATOR_RAISED)] * len(conversations)
+        return _raised(exc, len(conversations))
+    return _read(completions, len(conversations), parse)
+
+
+async def _aask(
+    generator: AsyncGenerator,
+    conversations: list[Conversation],
+    sampling: SamplingParams,
+    parse: Callable[[str], T | None],
+    stats: JudgeStats,
+) -> list[tuple[T | None, str]]:
+    """:func:`_ask`, awaited on the endpoint's scheduler (so that a question waiting for its verdict holds no
+    other question)."""
+    if not conversations:
+        return []
+    stats.llm_calls += len(conversations)
+    try:
+        completions = await generator.agenerate(conversations, sampling)
+    except Exception as exc:
+        return _raised(exc, len(conversations))
+    return _read(completions, len(conversations), parse)
+
+
+def _raised(exc: Exception, n: int) -> list[tuple[Any, str]]:
+    logger.warning("judge generator failed on a batch of %d: %r", n, exc)
+    return [(None, GENERATOR_RAISED)] * n
+
+
+def _read(
+    completions: Sequence[Completion], n: int, parse: Callable[[str], T | None]
+) -> list[tuple[T | None, str]]:
+    """The parsed value of each completion, or None and why not."""
+    if len(completions) != n:
+        return _raised(RuntimeError(f"generator returned {len(completions)} completions for {n}"), n)
     results: list[tuple[T | None, str]] = []
     for completion in completions:
         value = None if completion.finish_reason == "error" else parse(completion.text)
@@ -149,6 +180,10 @@ class CorrectnessItem:
     question: str
     answer: str | None
     golds: tuple[str, ...]
+
+
+_Key = tuple[str, str, tuple[str, ...]]
+"""What the LLM is asked about an answer: the question, the answer, the gold aliases."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,8 +223,33 @@ class CorrectnessJudge:
 
     def judge_many(self, items: Sequence[CorrectnessItem]) -> list[Verdict]:
         """Verdicts in order; every item the match cannot settle goes to the LLM in one batch."""
+        verdicts, pending = self._match(items)
+        if pending and self._generator is not None:
+            prompts = [correctness_prompt(*key) for key in pending]
+            results = _ask(self._generator, prompts, _sampling(self.config), parse_verdict, self.stats)
+            self._settle(verdicts, pending, results)
+        return cast(list[Verdict], verdicts)
+
+    async def ajudge_many(self, items: Sequence[CorrectnessItem]) -> list[Verdict]:
+        """:meth:`judge_many` from an event loop: the LLM's calls are awaited on its endpoint's scheduler when
+        it has one, else the batch runs on a worker thread."""
+        verdicts, pending = self._match(items)
+        if pending and self._generator is not None:
+            prompts = [correctness_prompt(*key) for key in pending]
+            sampling = _sampling(self.config)
+            if isinstance(self._generator, AsyncGenerator):
+                results = await _aask(self._generator, prompts, sampling, parse_verdict, self.stats)
+            else:
+                results = await asyncio.to_thread(
+                    _ask, self._generator, prompts, sampling, parse_verdict, self.stats
+                )
+            self._settle(verdicts, pending, results)
+        return cast(list[Verdict], verdicts)
+
+    def _match(self, items: Sequence[CorrectnessItem]) -> tuple[list[Verdict | None], dict[_Key, list[int]]]:
+        """The verdicts the match (or the cache) settles; the others' positions by what the LLM is asked."""
         verdicts: list[Verdict | None] = [None] * len(items)
-        pending: dict[tuple[str, str, tuple[str, ...]], list[int]] = {}
+        pending: dict[_Key, list[int]] = {}
         for i, item in enumerate(items):
             self.stats.items += 1
             answer = (item.answer or "").strip()
@@ -210,24 +270,33 @@ class CorrectnessJudge:
                 self.stats.decided["llm"] += 1
             else:
                 pending.setdefault(key, []).append(i)
+        return verdicts, pending
 
-        if pending and self._generator is not None:
-            keys = list(pending)
-            prompts = [correctness_prompt(*key) for key in keys]
-            results = _ask(self._generator, prompts, _sampling(self.config), parse_verdict, self.stats)
-            for key, (value, reason) in zip(keys, results, strict=True):
-                indices = pending[key]
-                self.stats.cache_hits += len(indices) - 1
-                if value is None:
-                    verdict = Verdict(False, "fallback", reason)
-                    self.stats.fallbacks[reason] += len(indices)
-                else:
-                    verdict = Verdict(value, "llm")
-                    self._cache.put(key, verdict)
-                    self.stats.decided["llm"] += len(indices)
-                for i in indices:
-                    verdicts[i] = verdict
-        return cast(list[Verdict], verdicts)
+    def _settle(
+        self,
+        verdicts: list[Verdict | None],
+        pending: dict[_Key, list[int]],
+        results: list[tuple[bool | None, str]],
+    ) -> None:
+        """Fill in the LLM's verdicts (or the fallback, counted, where it could not be asked or read)."""
+        for key, (value, reason) in zip(pending, results, strict=True):
+            indices = pending[key]
+            self.stats.cache_hits += len(indices) - 1
+            if value is None:
+                verdict = Verdict(False, "fallback", reason)
+                self.stats.fallbacks[reason] += len(indices)
+            else:
+                verdict = Verdict(value, "llm")
+                self._cache.put(key, verdict)
+                self.stats.decided["llm"] += len(indices)
+            for i in indices:
+                verdicts[i] = verdict
+
+
+def failed_judgement(verdict: Verdict) -> bool:
+    """Whether the LLM could not be asked (its call failed after the endpoint's retries, or the generator
+    raised): the verdict is the match's fallback, and asking again later may change it."""
+    return verdict.fallback_reason in (GENERATION_ERROR, GENERATOR_RAISED)
 
 
 # ------------------------------------------------------------------------------------------------ relevance
@@ -432,4 +501,5 @@ def endpoint_generator(config: JudgeConfig) -> Generator | None:
         concurrency=config.concurrency,
         timeout=config.timeout_s,
         max_retries=config.max_retries,
+        backoff_s=config.backoff_s,
     )

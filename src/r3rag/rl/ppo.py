@@ -45,7 +45,7 @@ from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
 from r3rag import runs
 from r3rag.agent import Agent
-from r3rag.config import AGENT_FILE, PPOConfig
+from r3rag.config import AGENT_FILE, JUDGE_CALL_FIELDS, PPOConfig
 from r3rag.device import (
     describe,
     enable_gradient_checkpointing,
@@ -81,9 +81,17 @@ FINAL_DIR = "final"
 CHECKPOINTS = "checkpoints"
 CHECKPOINT_LABEL = "iter"
 RESUMABLE_CHANGES = frozenset(
-    {"iterations", "max_minutes", "tensorboard", "device", "gradient_checkpointing"}
+    {
+        "iterations",
+        "max_minutes",
+        "tensorboard",
+        "device",
+        "gradient_checkpointing",
+        *(f"judges.{name}" for name in JUDGE_CALL_FIELDS),
+    }
 )
-"""Config fields a resumed run may change; any other difference means another run, in another folder."""
+"""Config fields a resumed run may change (how the judges' endpoint is called, and where the model runs,
+among them); any other difference means another run, in another folder."""
 SCHEDULE_RESOLUTION = 1_000_000
 """Positions of the learning-rate schedule over the whole run: it is a function of progress through the run,
 since the number of optimizer steps depends on how many steps the rollouts take."""

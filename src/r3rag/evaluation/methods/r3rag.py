@@ -10,7 +10,7 @@ from pydantic import Field
 from r3rag.agent import Agent
 from r3rag.config import AgentConfig
 from r3rag.evaluation.methods.base import EvalMethod, MethodSettings
-from r3rag.llm.base import Generator
+from r3rag.llm.base import AsyncGenerator, Generator
 from r3rag.retrieval.base import Retriever
 from r3rag.schema import QAExample, Trajectory
 
@@ -59,7 +59,15 @@ class R3RAG(EvalMethod):
         self.agent = Agent(generator, retriever, agent_config)
 
     def run(self, examples: Sequence[QAExample]) -> list[Trajectory]:
-        trajectories = self.agent.run(examples)
+        generator = self.generator
+        if isinstance(generator, AsyncGenerator):  # through an endpoint: each question on its own
+            window = max(1, len(examples))
+            found = dict(
+                generator.scheduler.map(range(len(examples)), lambda n: self.agent.arun(examples[n]), window)
+            )
+            trajectories = [found[n] for n in range(len(examples))]
+        else:
+            trajectories = self.agent.run(examples)
         for trajectory in trajectories:
             trajectory.metadata["method"] = self.name
         return trajectories
