@@ -73,7 +73,10 @@ class DenseRetriever:
         return cls(encoder, index, MappedPassageStore.load(directory), config)
 
     @classmethod
-    def load(cls, directory: str | Path, device: str | None = None) -> DenseRetriever:
+    def load(
+        cls, directory: str | Path, device: str | None = None, encoder: PassageEncoder | None = None
+    ) -> DenseRetriever:
+        """Load a folder; ``device`` places the query encoder, ``encoder`` replaces it (a stand-in)."""
         directory = Path(directory)
         meta = json.loads((directory / CONFIG_FILE).read_text(encoding="utf-8"))
         config = DenseConfig.model_validate(meta["config"])
@@ -88,13 +91,14 @@ class DenseRetriever:
         else:
             raise FileNotFoundError(f"{directory}: no {faiss_index.INDEX_FILE}; rebuild the index")
         settings = config.encoder
-        encoder = Encoder(
-            spec,
-            device=device or settings.device,
-            bf16=settings.bf16,
-            batch_size=settings.batch_size,
-            fp16=settings.fp16,
-        )
+        if encoder is None:
+            encoder = Encoder(
+                spec,
+                device=device or settings.device,
+                bf16=settings.bf16,
+                batch_size=settings.batch_size,
+                fp16=settings.fp16,
+            )
         return cls(encoder, index, MappedPassageStore.load(directory), config)
 
     @property

@@ -23,6 +23,7 @@ from r3rag import __version__, runs
 from r3rag.config import IndexBuildConfig
 from r3rag.data.corpus import corpus_checksum, iter_corpus
 from r3rag.retrieval.base import Retriever
+from r3rag.retrieval.embeddings import PassageEncoder
 from r3rag.retrieval.encoders import EncoderSpec
 from r3rag.retrieval.store import OFFSETS_FILE, MappedPassageStore, write_store
 
@@ -154,13 +155,16 @@ def _open_staging(staging: Path, identity: dict[str, Any]) -> bool:
     return False
 
 
-def build_index(config: IndexBuildConfig, progress: bool = True) -> IndexManifest:
+def build_index(
+    config: IndexBuildConfig, progress: bool = True, encoder: PassageEncoder | None = None
+) -> IndexManifest:
     """Build the index ``config`` describes into ``config.out``.
 
     It is built in a staging folder beside ``out`` and moved into place when complete. A build that fails
     or is killed leaves the staging folder; the next build of the same corpus and settings resumes from it
     (the passages if they were written, the embeddings from the last chunk written, the faiss index if it
-    was written) instead of starting over.
+    was written) instead of starting over. ``encoder`` replaces the configured dense encoder (the
+    benchmark's fast stand-in).
     """
     if not config.corpus.is_file():
         raise FileNotFoundError(f"corpus: {config.corpus}: no such file")
@@ -172,14 +176,19 @@ def build_index(config: IndexBuildConfig, progress: bool = True) -> IndexManifes
     staging = staging_folder(config.out)
     if _open_staging(staging, _build_identity(config, checksum)):
         log.info("index build: resuming from %s", staging)
-    manifest = _build_into(staging, config, checksum, progress, started)
+    manifest = _build_into(staging, config, checksum, progress, started, encoder)
     (staging / STATE_FILE).unlink()
     runs.move_into_place(staging, config.out)
     return manifest
 
 
 def _build_into(
-    staging: Path, config: IndexBuildConfig, checksum: str, progress: bool, started: float
+    staging: Path,
+    config: IndexBuildConfig,
+    checksum: str,
+    progress: bool,
+    started: float,
+    dense_encoder: PassageEncoder | None,
 ) -> IndexManifest:
     from r3rag.retrieval.bm25 import BM25Retriever
     from r3rag.retrieval.dense import DenseRetriever
@@ -194,7 +203,7 @@ def _build_into(
         sizes = {"vocabulary": bm25.vocabulary_size}
         settings = config.bm25.model_dump(mode="json")
     else:
-        dense = DenseRetriever.build(store, config.dense, staging, progress=progress)
+        dense = DenseRetriever.build(store, config.dense, staging, progress=progress, encoder=dense_encoder)
         encoder, sizes = dense.encoder.spec, {"dimension": dense.dimension}
         settings = config.dense.model_dump(mode="json")
     manifest = IndexManifest(

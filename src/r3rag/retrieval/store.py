@@ -179,12 +179,15 @@ class MappedPassageStore:
         return len(self._offsets) - 1
 
     def _records(self, start: int, stop: int | None) -> Iterator[dict[str, str]]:
+        """Rows in order, read in blocks with plain reads: a pass over the whole file (encoding, id look-up)
+        then leaves no page mapped in this process, unlike the random reads of :meth:`hits`."""
         stop = len(self) if stop is None else min(stop, len(self))
-        for first in range(start, stop, _ROWS_PER_READ):
-            last = min(first + _ROWS_PER_READ, stop)
-            block = self._map[int(self._offsets[first]) : int(self._offsets[last])]
-            for line in block.splitlines():
-                yield json.loads(line)
+        with open(self._path, "rb") as f:
+            for first in range(start, stop, _ROWS_PER_READ):
+                last = min(first + _ROWS_PER_READ, stop)
+                f.seek(int(self._offsets[first]))
+                for line in f.read(int(self._offsets[last]) - int(self._offsets[first])).splitlines():
+                    yield json.loads(line)
 
     def contents(self, start: int = 0, stop: int | None = None) -> Iterator[str]:
         """The text each retriever indexes (title and text), rows ``start`` to ``stop``, read in blocks."""
