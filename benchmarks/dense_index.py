@@ -407,7 +407,7 @@ def print_tables(args: argparse.Namespace, memory: dict, resume: tuple, recall: 
             if name in measured
             else f"{small / mib:.0f} MiB"
         )
-        label = "IVF65536,PQ64" if name == "IVF-PQ" else name
+        label = "IVF16384,PQ64" if name == "IVF-PQ" else name
         print(
             f"| {label} | {bytes_per_vector(name, PAPER_DIM, 64):.0f} | {check} | {big / GIB:.1f} GiB | "
             f"{(big + build_extra) / GIB:.1f} GiB |"

@@ -331,7 +331,6 @@ class DenseConfig(StageConfig):
     encoder: EncoderConfig = Field(default_factory=EncoderConfig)
     index: str = Field(
         "flat",
-        min_length=1,
         description="faiss index: flat (exact inner product), hnsw (approximate), or a faiss.index_factory "
         "string such as 'IVF4096,PQ64', 'HNSW32' or 'SQ8'.",
     )
@@ -340,7 +339,9 @@ class DenseConfig(StageConfig):
         200, ge=8, description="HNSW build breadth: higher is slower and better."
     )
     hnsw_ef_search: int = Field(64, ge=1, description="HNSW search breadth: higher is slower and more exact.")
-    nprobe: int = Field(32, ge=1, description="IVF indexes: lists searched per query (more is slower, exacter).")
+    nprobe: int = Field(
+        32, ge=1, description="IVF indexes: lists searched per query (more is slower, exacter)."
+    )
     train_size: int = Field(
         262_144, ge=1, description="IVF/PQ/SQ indexes: passages sampled (seeded) to train on."
     )
