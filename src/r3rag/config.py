@@ -431,6 +431,12 @@ class RetrieverServerConfig(StageConfig):
         ge=0,
         description="LRU cache bytes (each entry's query and JSON answer, plus overhead); 0 disables it.",
     )
+    workers: int = Field(
+        1,
+        ge=1,
+        description="uvicorn worker processes on the port, each with its own batcher and cache; the index is "
+        "memory-mapped, so they share one copy of it.",
+    )
 
     @field_validator("allowed_hosts")
     @classmethod
