@@ -339,3 +339,28 @@ def test_several_devices_encode_with_a_process_pool(encoder_dir: Path) -> None:
     finally:
         pooled.close()
     assert pooled._pool is None
+
+
+def test_a_folder_left_by_another_build_is_redone_not_reused(
+    encoder: Encoder, encoder_dir: Path, tmp_path: Path
+) -> None:
+    """Another index type over the same embeddings rebuilds the index and keeps the embeddings (the encoder
+    and passages are the same); another encoder re-encodes everything; search settings change neither."""
+    import faiss
+
+    flat = dense_config(encoder_dir, chunk_size=100)
+    DenseRetriever.build(PassageStore(CORPUS), flat, tmp_path, encoder=encoder, progress=False)
+    same = CountingEncoder(encoder)
+    DenseRetriever.build(PassageStore(CORPUS), flat.model_copy(update={"nprobe": 3}), tmp_path, encoder=same)
+    hnsw = CountingEncoder(encoder)
+    built = DenseRetriever.build(
+        PassageStore(CORPUS), dense_config(encoder_dir, index="HNSW16"), tmp_path, encoder=hnsw
+    )
+    assert same.rows == hnsw.rows == 0
+    assert isinstance(faiss.downcast_index(built._index), faiss.IndexHNSW)
+    cls = Encoder.from_config(EncoderConfig(model=str(encoder_dir), pooling="cls", bf16=False))
+    other = CountingEncoder(cls)
+    DenseRetriever.build(
+        PassageStore(CORPUS), dense_config(encoder_dir, index="HNSW16"), tmp_path, encoder=other
+    )
+    assert other.rows == len(CORPUS)

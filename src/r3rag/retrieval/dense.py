@@ -16,13 +16,13 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from r3rag.config import DenseConfig
 from r3rag.retrieval import faiss_index
-from r3rag.retrieval.embeddings import EMBEDDINGS_FILE, PassageEncoder, encode_to_disk
+from r3rag.retrieval.embeddings import EMBEDDINGS_FILE, PROGRESS_FILE, PassageEncoder, encode_to_disk
 from r3rag.retrieval.encoders import Encoder, EncoderSpec
 from r3rag.retrieval.store import MappedPassageStore, Passages
 from r3rag.schema import Passage
@@ -32,6 +32,21 @@ if TYPE_CHECKING:
 
 OLD_HNSW_FILE = "hnsw.faiss"
 CONFIG_FILE = "dense.json"
+# Settings that change how fast a build runs or how a search is done, not what is built: a build may resume
+# with other values of these.
+BUILD_INDEPENDENT: dict[str, Any] = {
+    "chunk_size": True,
+    "gpu": True,
+    "nprobe": True,
+    "hnsw_ef_search": True,
+    "encoder": {"batch_size": True, "device": True, "devices": True},
+}
+
+
+def _what_is_built(meta: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """What decides the embeddings (the encoder and its settings) and what decides the index (the rest)."""
+    config = DenseConfig.model_validate(meta["config"]).model_dump(mode="json", exclude=BUILD_INDEPENDENT)
+    return {"encoder": meta["encoder"], "settings": config.pop("encoder")}, config
 
 
 class DenseRetriever:
@@ -52,12 +67,22 @@ class DenseRetriever:
         progress: bool = True,
         encoder: PassageEncoder | None = None,
     ) -> DenseRetriever:
-        """Build into ``directory``, resuming what an interrupted build there left (embeddings by chunk, a
-        written index whole). ``encoder`` replaces the configured one (the benchmark's fast stand-in)."""
+        """Build into ``directory``, resuming what an interrupted build of the same index left there
+        (embeddings by chunk, a written index whole); what a build of another index left is redone.
+        ``encoder`` replaces the configured one (the benchmark's fast stand-in)."""
         directory = Path(directory)
         store.save(directory)
         own = encoder is None
         encoder = Encoder.from_config(config.encoder) if encoder is None else encoder
+        meta = {"config": config.model_dump(mode="json"), "encoder": encoder.spec.model_dump()}
+        meta_path = directory / CONFIG_FILE
+        if meta_path.is_file():  # left by an earlier build: keep what it built that this one would too
+            embedded, indexed = _what_is_built(json.loads(meta_path.read_text(encoding="utf-8")))
+            if embedded != _what_is_built(meta)[0]:
+                (directory / PROGRESS_FILE).unlink(missing_ok=True)
+            if (embedded, indexed) != _what_is_built(meta):
+                (directory / faiss_index.INDEX_FILE).unlink(missing_ok=True)
+        meta_path.write_text(json.dumps(meta, indent=2), encoding="utf-8")
         try:
             embeddings = encode_to_disk(encoder, store, directory, config.chunk_size, progress)
         finally:
@@ -67,8 +92,6 @@ class DenseRetriever:
             index = faiss_index.build(embeddings, len(store), config, progress)
             faiss_index.write(index, directory / faiss_index.INDEX_FILE)
             del index
-        meta = {"config": config.model_dump(mode="json"), "encoder": encoder.spec.model_dump()}
-        (directory / CONFIG_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
         index = faiss_index.read(directory / faiss_index.INDEX_FILE, config)
         return cls(encoder, index, MappedPassageStore.load(directory), config)
 

@@ -23,6 +23,7 @@ from r3rag import __version__, runs
 from r3rag.config import IndexBuildConfig
 from r3rag.data.corpus import corpus_checksum, iter_corpus
 from r3rag.retrieval.base import Retriever
+from r3rag.retrieval.dense import BUILD_INDEPENDENT
 from r3rag.retrieval.embeddings import PassageEncoder
 from r3rag.retrieval.encoders import EncoderSpec
 from r3rag.retrieval.store import OFFSETS_FILE, MappedPassageStore, write_store
@@ -120,12 +121,6 @@ def _check_out(out: Path) -> None:
 
 
 STATE_FILE = "build.json"
-# Settings that change how fast a build runs, not what it builds: a build may resume with others.
-_SPEED_SETTINGS: dict[str, Any] = {
-    "chunk_size": True,
-    "gpu": True,
-    "encoder": {"batch_size": True, "device": True, "devices": True},
-}
 
 
 def staging_folder(out: Path) -> Path:
@@ -138,7 +133,7 @@ def _build_identity(config: IndexBuildConfig, checksum: str) -> dict[str, Any]:
     if config.retriever == "bm25":
         settings = config.bm25.model_dump(mode="json")
     else:
-        settings = config.dense.model_dump(mode="json", exclude=_SPEED_SETTINGS)
+        settings = config.dense.model_dump(mode="json", exclude=BUILD_INDEPENDENT)
     return {"corpus_sha256": checksum, "retriever": config.retriever, "settings": settings}
 
 
