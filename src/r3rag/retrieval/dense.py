@@ -21,10 +21,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from r3rag.config import DenseConfig
+from r3rag.data.corpus import corpus_checksum
 from r3rag.retrieval import faiss_index
 from r3rag.retrieval.embeddings import EMBEDDINGS_FILE, PROGRESS_FILE, PassageEncoder, encode_to_disk
 from r3rag.retrieval.encoders import Encoder, EncoderSpec
-from r3rag.retrieval.store import MappedPassageStore, Passages
+from r3rag.retrieval.store import PASSAGES_FILE, MappedPassageStore, Passages
 from r3rag.schema import Passage
 
 if TYPE_CHECKING:
@@ -46,7 +47,12 @@ BUILD_INDEPENDENT: dict[str, Any] = {
 def _what_is_built(meta: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """What decides the embeddings (the encoder and its settings) and what decides the index (the rest)."""
     config = DenseConfig.model_validate(meta["config"]).model_dump(mode="json", exclude=BUILD_INDEPENDENT)
-    return {"encoder": meta["encoder"], "settings": config.pop("encoder")}, config
+    embedded = {
+        "encoder": meta["encoder"],
+        "settings": config.pop("encoder"),
+        "passages": meta.get("passages"),
+    }
+    return embedded, config
 
 
 class DenseRetriever:
@@ -74,7 +80,11 @@ class DenseRetriever:
         store.save(directory)
         own = encoder is None
         encoder = Encoder.from_config(config.encoder) if encoder is None else encoder
-        meta = {"config": config.model_dump(mode="json"), "encoder": encoder.spec.model_dump()}
+        meta = {
+            "config": config.model_dump(mode="json"),
+            "encoder": encoder.spec.model_dump(),
+            "passages": corpus_checksum(directory / PASSAGES_FILE),  # under a minute at 21M; encoding: hours
+        }
         meta_path = directory / CONFIG_FILE
         if meta_path.is_file():  # left by an earlier build: keep what it built that this one would too
             embedded, indexed = _what_is_built(json.loads(meta_path.read_text(encoding="utf-8")))
