@@ -74,3 +74,16 @@ def tiny_encoder_dir(directory: Path, seed: int = 0) -> Path:
     BertModel(config).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
+
+
+def generated_passages(n: int, seed: int = 0, words_per_passage: int = 12) -> list[Passage]:
+    """``n`` passages of words drawn (seeded) from the hand corpus, so the tiny encoder knows every word:
+    enough rows for several chunks, IVF lists and an HNSW graph that is not the whole corpus."""
+    import random
+
+    rng = random.Random(seed)
+    words = sorted({w.strip(".,;:()").lower() for p in PASSAGES for w in p.contents.split()} - {""})
+    return [
+        Passage(f"g{i}", rng.choice(words).title(), " ".join(rng.choices(words, k=words_per_passage)))
+        for i in range(n)
+    ]

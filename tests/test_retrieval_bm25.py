@@ -6,6 +6,7 @@ import math
 from collections import Counter
 
 import bm25s
+import numpy as np
 import pytest
 import Stemmer
 from hypothesis import given, settings
@@ -132,3 +133,12 @@ def test_tokenizer_matches_bm25s(text: str) -> None:
         [text], stopwords="en", stemmer=Stemmer.Stemmer("english"), return_ids=False, show_progress=False
     )[0]
     assert Bm25Tokenizer(BM25Config()).tokens(text) == expected
+
+
+def test_memory_mapped_load_equals_in_memory_load(retriever: BM25Retriever, tmp_path) -> None:
+    retriever.save(tmp_path)
+    mapped, read = BM25Retriever.load(tmp_path), BM25Retriever.load(tmp_path, mmap=False)
+    assert isinstance(mapped.engine.scores["data"], np.memmap)
+    assert not isinstance(read.engine.scores["data"], np.memmap)
+    queries = [*QUERIES, "Paris river", "English computer mathematician"]
+    assert mapped.search(queries, k=5) == read.search(queries, k=5) == retriever.search(queries, k=5)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -15,6 +17,7 @@ from r3rag.data.corpus import corpus_checksum, write_corpus
 from r3rag.retrieval import open_retriever
 from r3rag.retrieval.bm25 import BM25Retriever
 from r3rag.retrieval.dense import DenseRetriever
+from r3rag.retrieval.encoders import Encoder
 from r3rag.retrieval.index import (
     MANIFEST_FILE,
     IndexFormatError,
@@ -22,6 +25,7 @@ from r3rag.retrieval.index import (
     build_index,
     load_index,
     read_manifest,
+    staging_folder,
 )
 from retrieval_fixtures import PASSAGES, tiny_encoder_dir, write_hand_corpus
 
@@ -163,3 +167,67 @@ def test_cli_build_and_search(corpus: Path, tmp_path: Path) -> None:
         app, ["index", "build", "--corpus", str(corpus), "--out", str(out), "--retriever", "tfidf"]
     )
     assert bad.exit_code == 2 and "retriever" in bad.output and "'bm25' or 'dense'" in bad.output
+
+
+# ------------------------------------------------------------------------- resumed builds, old folders
+
+
+def test_an_interrupted_dense_build_resumes_where_it_stopped(
+    corpus: Path, dense_index: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A build that fails after its second chunk keeps its staging folder; the next build of the same corpus
+    and settings encodes only the passages left and ends with the index an uninterrupted build makes."""
+    dense = DenseConfig.model_validate(read_manifest(dense_index).config | {"chunk_size": 4})
+    config = IndexBuildConfig(corpus=corpus, out=tmp_path / "dense", retriever="dense", dense=dense)
+    encoded: list[int] = []
+    real = Encoder.encode_passages
+
+    def interrupted(self: Encoder, texts: list[str]) -> np.ndarray:
+        if len(encoded) == 2:
+            raise KeyboardInterrupt  # what a Ctrl-C or a pre-empted job looks like from inside
+        encoded.append(len(texts))
+        return real(self, texts)
+
+    monkeypatch.setattr(Encoder, "encode_passages", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        build_index(config, progress=False)
+    staging = staging_folder(config.out)
+    assert encoded == [4, 4] and not config.out.exists() and staging.is_dir()
+    monkeypatch.setattr(
+        Encoder, "encode_passages", lambda self, texts: [encoded.append(len(texts)), real(self, texts)][1]
+    )
+    build_index(config, progress=False)
+    assert encoded == [4, 4, 2] and not staging.exists()  # 10 passages: only the last chunk was left
+    resumed, whole = load_index(config.out), load_index(dense_index)
+    queries = ["Marie Curie radioactivity", "river", "computer"]
+    for a, b in zip(resumed.search(queries, k=4), whole.search(queries, k=4), strict=True):
+        assert [p.id for p in a] == [p.id for p in b]
+        assert [p.score for p in a] == pytest.approx([p.score for p in b], abs=2e-3)  # fp16 storage
+
+
+def test_a_staging_folder_of_another_corpus_is_started_afresh(corpus: Path, tmp_path: Path) -> None:
+    out = tmp_path / "index"
+    staging = staging_folder(out)
+    staging.mkdir()
+    (staging / "build.json").write_text('{"corpus_sha256": "another"}')
+    (staging / "passages.offsets.npy").write_text("left by a build of another corpus")
+    build_index(IndexBuildConfig(corpus=corpus, out=out), progress=False)
+    assert read_manifest(out).passages == len(PASSAGES) and not staging.exists()
+    assert load_index(out).search(["Marie Curie radioactivity"], k=1)[0][0].id == "curie"
+
+
+@pytest.mark.parametrize(("fixture", "old_files"), [("bm25_index", []), ("dense_index", ["index.faiss"])])
+def test_folders_of_format_1_still_load(
+    fixture: str, old_files: list[str], request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """Format 1 had no offsets file and no index.faiss (Flat was rebuilt from the embeddings on load)."""
+    new = request.getfixturevalue(fixture)
+    old = tmp_path / "old"
+    shutil.copytree(new, old)
+    (old / "passages.offsets.npy").unlink()
+    for name in old_files:
+        (old / name).unlink()
+    manifest = json.loads((old / MANIFEST_FILE).read_text()) | {"format": 1}
+    (old / MANIFEST_FILE).write_text(json.dumps(manifest))
+    queries = ["Marie Curie radioactivity", "river Seine", "English mathematician"]
+    assert load_index(old).search(queries, k=3) == load_index(new).search(queries, k=3)

@@ -423,3 +423,32 @@ def test_a_named_key_variable_that_is_empty_stops_the_start(monkeypatch: pytest.
     for name in ("EMPTY_KEY", "UNSET_KEY"):
         with pytest.raises(ValueError, match=f"the environment variable {name} is unset or empty"):
             create_app(SlowRetriever(0.0), RetrieverServerConfig(api_key_env=name))
+
+
+def test_several_workers_serve_one_mapped_index(index: Path) -> None:
+    """`--workers 2`: two uvicorn processes on one port, each mapping the same index, answer as it does."""
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [sys.executable, "-m", "r3rag", "serve", "retriever", str(index), "--port", str(port)]
+    server = subprocess.Popen([*command, "--workers", "2"], stderr=subprocess.PIPE, text=True)
+    try:
+        client = RetrieverClient(f"http://127.0.0.1:{port}", retries=8, backoff_s=0.5)
+        queries = ["Marie Curie radioactivity", "river Seine", "English mathematician"]
+        expected = as_tuples(load_index(index).search(queries, k=3))
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                assert as_tuples(client.search(queries, k=3)) == expected
+                break
+            except RetrieverUnavailable:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise
+    finally:
+        server.terminate()
+        _, errors = server.communicate(timeout=30)
+    assert errors.count("Started server process") == 2, errors

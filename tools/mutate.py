@@ -127,8 +127,8 @@ MUTATIONS: list[Mutation] = [
     ),
     Mutation(
         "retrieval/bm25.py",
-        "return cls(bm25, Bm25Tokenizer(config), PassageStore.load(directory), config)",
-        "return cls(bm25, Bm25Tokenizer(BM25Config()), PassageStore.load(directory), config)",
+        "return cls(bm25, Bm25Tokenizer(config), MappedPassageStore.load(directory), config)",
+        "return cls(bm25, Bm25Tokenizer(BM25Config()), MappedPassageStore.load(directory), config)",
         "BM25 load: the tokenizer rebuilt with default settings, not the saved ones",
     ),
     # ---------------------------------------------------------------------------------- the trainer

@@ -339,25 +339,56 @@ class EncoderConfig(StageConfig):
         None, ge=8, description="Passage truncation in tokens (paper: 512)."
     )
     batch_size: int = Field(64, ge=1, description="Texts per forward pass when encoding.")
-    device: str = Field("cpu", description="torch device for the encoder.")
+    device: str = device_field()
     bf16: bool = Field(
         True, description="bfloat16 autocast: about 3x faster passage encoding on CPUs with AVX-512 BF16/AMX."
+    )
+    fp16: bool = Field(
+        False, description="float16 weights (GPUs; wins over bf16): half the memory, faster on GPUs."
+    )
+    devices: list[str] = Field(
+        default_factory=list,
+        description="Two or more devices (cuda:0 cuda:1 ...) encode passages in parallel with "
+        "sentence-transformers' multi-process pool; queries stay on `device`.",
     )
 
 
 class DenseConfig(StageConfig):
-    """Dense index: exact inner product (faiss Flat) by default, HNSW for corpora too large to scan."""
+    """Dense index: a faiss index over fp16 passage embeddings, built in chunks that survive an interruption.
+
+    ``index`` is ``flat`` (exact inner product, the paper's E5/BGE indexes), ``hnsw`` (HNSW with ``hnsw_m``
+    neighbours), or any ``faiss.index_factory`` string (``HNSW32``, ``IVF4096,PQ64``, ``SQ8``,
+    ``IVF65536,SQfp16``...): docs/retrieval.md gives the memory each takes at 21M passages.
+    """
 
     encoder: EncoderConfig = Field(default_factory=EncoderConfig)
-    index: Literal["flat", "hnsw"] = Field(
+    index: str = Field(
         "flat",
-        description="faiss index: flat (exact inner product) or hnsw (approximate, for large corpora).",
+        description="faiss index: flat (exact inner product), hnsw (approximate), or a faiss.index_factory "
+        "string such as 'IVF4096,PQ64', 'HNSW32' or 'SQ8'.",
     )
-    hnsw_m: int = Field(32, ge=4, description="HNSW graph degree.")
+    hnsw_m: int = Field(32, ge=4, description="HNSW graph degree (index: hnsw).")
     hnsw_ef_construction: int = Field(
         200, ge=8, description="HNSW build breadth: higher is slower and better."
     )
     hnsw_ef_search: int = Field(64, ge=1, description="HNSW search breadth: higher is slower and more exact.")
+    nprobe: int = Field(
+        32, ge=1, description="IVF indexes: lists searched per query (more is slower, exacter)."
+    )
+    train_size: int = Field(
+        262_144, ge=1, description="IVF/PQ/SQ indexes: passages sampled (seeded) to train on."
+    )
+    chunk_size: int = Field(
+        32_768,
+        ge=1,
+        description="Passages encoded, written to disk and added to the index at a time; an interrupted "
+        "build resumes after the last chunk written.",
+    )
+    gpu: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="faiss on GPUs (training and search) when faiss-gpu is installed and a GPU is visible "
+        "(auto); on: refuse to run without; off: CPU only.",
+    )
 
 
 class IndexBuildConfig(StageConfig):
@@ -454,6 +485,12 @@ class RetrieverServerConfig(ServerAccessConfig):
         256 << 20,
         ge=0,
         description="LRU cache bytes (each entry's query and JSON answer, plus overhead); 0 disables it.",
+    )
+    workers: int = Field(
+        1,
+        ge=1,
+        description="uvicorn worker processes on the port, each with its own batcher and cache; the index is "
+        "memory-mapped, so they share one copy of it.",
     )
 
 

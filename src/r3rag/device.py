@@ -20,6 +20,8 @@ from typing import Any
 import torch
 
 AUTO = "auto"
+HOST = torch.device("cpu")
+"""Where files are read into and batches laid out: the host's memory, whatever device a model runs on."""
 GRADIENT_CHECKPOINTING_PARAMETERS = 1_000_000_000
 """Above this many parameters, training recomputes activations in the backward pass by default: a 7B model's
 activations at 4k tokens would otherwise take more memory than its weights."""
@@ -120,6 +122,11 @@ def enable_gradient_checkpointing(model: Any) -> None:
     for module in model.modules():
         if isinstance(module, GradientCheckpointingLayer):
             module.training = True
+
+
+def peak_gpu_bytes(device: torch.device) -> int | None:
+    """Peak memory torch allocated on ``device`` so far, if it is a GPU (None on a CPU)."""
+    return torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
 
 
 def describe(device: torch.device) -> str:

@@ -187,16 +187,21 @@ def atomic_folder(final: Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
     try:
         yield tmp
-        if final.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
-            os.replace(final, old / final.name)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
+        move_into_place(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def move_into_place(folder: Path, final: Path) -> None:
+    """Rename a finished ``folder`` to ``final``, replacing what is there (moved aside, then deleted)."""
+    if final.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
+        os.replace(final, old / final.name)
+        os.replace(folder, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(folder, final)
 
 
 # ------------------------------------------------------------------------------------------- checkpoints
@@ -275,7 +280,9 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     of a model or an optimizer copies them to where its parameters are)."""
     import torch
 
-    state = torch.load(path / STATE_FILE, weights_only=False, map_location="cpu")
+    from r3rag.device import HOST
+
+    state = torch.load(path / STATE_FILE, weights_only=False, map_location=HOST)
     set_rng_state(state["rng"])
     return state
 

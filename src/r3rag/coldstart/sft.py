@@ -57,6 +57,7 @@ from r3rag.device import (
     describe,
     enable_gradient_checkpointing,
     module_device,
+    peak_gpu_bytes,
     wants_gradient_checkpointing,
     weights_dtype,
 )
@@ -363,7 +364,7 @@ def _train(
         eval_loss=eval_loss,
         wall_seconds=time.perf_counter() - started,
         peak_rss_bytes=runs.peak_rss_bytes(),
-        peak_gpu_bytes=torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
+        peak_gpu_bytes=peak_gpu_bytes(device),
     )
     weights = _full_weights(trained, processes) if config.fsdp else None
     if processes.main:

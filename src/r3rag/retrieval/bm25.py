@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from tqdm.auto import tqdm
 
 from r3rag.config import BM25Config
-from r3rag.retrieval.store import PassageStore
+from r3rag.retrieval.store import MappedPassageStore, Passages
 from r3rag.schema import Passage
 
 if TYPE_CHECKING:
@@ -97,7 +97,7 @@ class BM25Retriever:
     arbitrary ones, and likewise only passages with a positive score are returned.
     """
 
-    def __init__(self, bm25: bm25s.BM25, tokenizer: Bm25Tokenizer, store: PassageStore, config: BM25Config):
+    def __init__(self, bm25: bm25s.BM25, tokenizer: Bm25Tokenizer, store: Passages, config: BM25Config):
         self._bm25 = bm25
         self._tokenizer = tokenizer
         self._store = store
@@ -105,7 +105,7 @@ class BM25Retriever:
         self.n_threads = 0
 
     @classmethod
-    def build(cls, store: PassageStore, config: BM25Config, progress: bool = True) -> BM25Retriever:
+    def build(cls, store: Passages, config: BM25Config, progress: bool = True) -> BM25Retriever:
         import bm25s
 
         tokenizer = Bm25Tokenizer(config)
@@ -121,13 +121,15 @@ class BM25Retriever:
         self._store.save(directory)
 
     @classmethod
-    def load(cls, directory: str | Path) -> BM25Retriever:
+    def load(cls, directory: str | Path, mmap: bool = True) -> BM25Retriever:
+        """Load a saved index; ``mmap`` maps bm25s's score matrix and the passages from disk instead of
+        reading them in, so every process serving the folder shares one copy in the page cache."""
         import bm25s
 
         directory = Path(directory)
         config = BM25Config.model_validate(json.loads((directory / CONFIG_FILE).read_text(encoding="utf-8")))
-        bm25 = bm25s.BM25.load(directory / BM25S_DIR, show_progress=False)
-        return cls(bm25, Bm25Tokenizer(config), PassageStore.load(directory), config)
+        bm25 = bm25s.BM25.load(directory / BM25S_DIR, show_progress=False, mmap=mmap)
+        return cls(bm25, Bm25Tokenizer(config), MappedPassageStore.load(directory), config)
 
     @property
     def vocabulary_size(self) -> int:

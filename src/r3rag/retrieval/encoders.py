@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
-from tqdm.auto import tqdm
 
 from r3rag.config import EncoderConfig
 
@@ -47,7 +46,6 @@ PRESETS: dict[str, tuple[str | None, Conventions]] = {
     "e5": ("intfloat/e5-base-v2", "e5"),
     "bge": ("BAAI/bge-large-en-v1.5", "bge"),
 }
-_PASSAGES_PER_CHUNK = 4096
 
 
 def embedded_minilm_path() -> str:
@@ -144,34 +142,69 @@ def _load_model(spec: EncoderSpec, device: str) -> SentenceTransformer:
 
 
 class Encoder:
-    """Encodes queries and passages with the spec's prefixes and lengths, in batches, optionally in bf16."""
+    """Encodes queries and passages with the spec's prefixes and lengths, in batches.
 
-    def __init__(self, spec: EncoderSpec, device: str = "cpu", bf16: bool = True, batch_size: int = 64):
+    Precision: ``bf16`` autocast (CPUs with AVX-512 BF16/AMX, and GPUs), or ``fp16`` weights (GPUs; it wins
+    over ``bf16``). ``devices`` (two or more, e.g. ``["cuda:0", "cuda:1"]``) encodes passages on all of them
+    with sentence-transformers' multi-process pool, started on the first passage batch and stopped by
+    :meth:`close`; queries are always encoded in this process, on ``device`` (``auto``: a GPU if torch sees
+    one, as :mod:`r3rag.device` decides for every model).
+    """
+
+    def __init__(
+        self,
+        spec: EncoderSpec,
+        device: str = "auto",
+        bf16: bool = True,
+        batch_size: int = 64,
+        fp16: bool = False,
+        devices: Sequence[str] = (),
+    ):
+        from r3rag.device import resolve_device
+
         self.spec = spec
-        self.device = device
-        self._bf16 = bf16
+        self.device = resolve_device(device)
+        self._bf16 = bf16 and not fp16
         self._batch_size = batch_size
-        self._model = _load_model(spec, device)
+        self._devices = list(devices)
+        self._model = _load_model(spec, str(self.device))
+        if fp16:
+            self._model.half()
         self._default_max_length = self._model.max_seq_length
+        self._pool: dict[Literal["input", "output", "processes"], Any] | None = None
 
     @classmethod
     def from_config(cls, config: EncoderConfig) -> Encoder:
         return cls(
-            resolve_encoder(config), device=config.device, bf16=config.bf16, batch_size=config.batch_size
+            resolve_encoder(config),
+            device=config.device,
+            bf16=config.bf16,
+            batch_size=config.batch_size,
+            fp16=config.fp16,
+            devices=config.devices,
         )
 
-    def _encode(self, texts: Sequence[str], max_length: int | None) -> np.ndarray:
-        import torch
+    @property
+    def dimension(self) -> int:
+        dimension = self._model.get_embedding_dimension()
+        if dimension is None:
+            raise ValueError(f"encoder {self.spec.name!r}: the model does not say its embedding dimension")
+        return int(dimension)
+
+    def _encode(self, texts: Sequence[str], max_length: int | None, pooled: bool = False) -> np.ndarray:
+        from r3rag.device import autocast
 
         self._model.max_seq_length = max_length or self._default_max_length
-        device_type = torch.device(self.device).type
-        with torch.autocast(device_type=device_type, dtype=torch.bfloat16, enabled=self._bf16):
+        if pooled and len(self._devices) > 1 and self._pool is None:
+            self._pool = self._model.start_multi_process_pool(self._devices)
+        with autocast(self.device, enabled=self._bf16):
             embeddings = self._model.encode(
                 list(texts),
                 batch_size=self._batch_size,
                 show_progress_bar=False,
                 convert_to_numpy=True,
                 normalize_embeddings=self.spec.normalize,
+                pool=self._pool if pooled else None,
             )
         return np.asarray(embeddings, dtype=np.float32)
 
@@ -180,13 +213,15 @@ class Encoder:
         prefix = self.spec.query_prefix
         return self._encode([prefix + q for q in queries], self.spec.query_max_length)
 
-    def encode_passages(self, texts: Sequence[str], progress: bool = True) -> np.ndarray:
-        """float16 (as the index stores them), a row per passage, in chunks under a progress bar."""
+    def encode_passages(self, texts: Sequence[str]) -> np.ndarray:
+        """float16 (as the index stores them), a row per passage, on every device given."""
         prefix = self.spec.passage_prefix
-        chunks = []
-        with tqdm(total=len(texts), desc="encode", unit="passage", disable=not progress) as bar:
-            for start in range(0, len(texts), _PASSAGES_PER_CHUNK):
-                chunk = [prefix + t for t in texts[start : start + _PASSAGES_PER_CHUNK]]
-                chunks.append(self._encode(chunk, self.spec.passage_max_length).astype(np.float16))
-                bar.update(len(chunk))
-        return np.concatenate(chunks)
+        return self._encode([prefix + t for t in texts], self.spec.passage_max_length, pooled=True).astype(
+            np.float16
+        )
+
+    def close(self) -> None:
+        """Stop the multi-process pool, if one was started."""
+        if self._pool is not None:
+            self._model.stop_multi_process_pool(self._pool)
+            self._pool = None

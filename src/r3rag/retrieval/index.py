@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import shutil
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,13 +21,18 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from r3rag import __version__, runs
 from r3rag.config import IndexBuildConfig
-from r3rag.data.corpus import corpus_checksum
+from r3rag.data.corpus import corpus_checksum, iter_corpus
 from r3rag.retrieval.base import Retriever
+from r3rag.retrieval.dense import BUILD_INDEPENDENT
+from r3rag.retrieval.embeddings import PassageEncoder
 from r3rag.retrieval.encoders import EncoderSpec
-from r3rag.retrieval.store import PassageStore
+from r3rag.retrieval.store import OFFSETS_FILE, MappedPassageStore, write_store
 
 MANIFEST_FILE = "manifest.json"
-FORMAT_VERSION = 1
+# Format 2 added passage offsets and index.faiss; folders of format 1 still load (read_manifest).
+FORMAT_VERSION = 2
+READABLE_FORMATS = (1, 2)
+log = logging.getLogger(__name__)
 
 
 class IndexFormatError(ValueError):
@@ -64,10 +71,10 @@ def read_manifest(directory: str | Path) -> IndexManifest:
         manifest = IndexManifest.model_validate_json(path.read_text(encoding="utf-8"))
     except ValidationError as e:
         raise IndexFormatError(f"{path}: not a valid index manifest: {e}") from None
-    if manifest.format != FORMAT_VERSION:
+    if manifest.format not in READABLE_FORMATS:
         raise IndexFormatError(
-            f"{path}: index format {manifest.format}, but this r3rag ({__version__}) reads format "
-            f"{FORMAT_VERSION}; rebuild the index"
+            f"{path}: index format {manifest.format}, but this r3rag ({__version__}) reads formats "
+            f"{', '.join(map(str, READABLE_FORMATS))}; rebuild the index"
         )
     return manifest
 
@@ -113,24 +120,77 @@ def _check_out(out: Path) -> None:
         raise FileExistsError(f"{out}: exists and is not an r3rag index; refusing to replace it")
 
 
-def build_index(config: IndexBuildConfig, progress: bool = True) -> IndexManifest:
-    """Build the index ``config`` describes into ``config.out`` (built aside, then moved into place)."""
+STATE_FILE = "build.json"
+
+
+def staging_folder(out: Path) -> Path:
+    """Where a build of ``out`` writes until it is complete (kept after a failure, to resume from)."""
+    return out.parent / f".{out.name}.partial"
+
+
+def _build_identity(config: IndexBuildConfig, checksum: str) -> dict[str, Any]:
+    """What a staging folder was built from: a resumed build must match it, or it starts over."""
+    if config.retriever == "bm25":
+        settings = config.bm25.model_dump(mode="json")
+    else:
+        settings = config.dense.model_dump(mode="json", exclude=BUILD_INDEPENDENT)
+    return {"corpus_sha256": checksum, "retriever": config.retriever, "settings": settings}
+
+
+def _open_staging(staging: Path, identity: dict[str, Any]) -> bool:
+    """Reuse ``staging`` if an earlier build of the same corpus and settings left it; else start it afresh.
+    Return whether it was reused."""
+    state = staging / STATE_FILE
+    if state.is_file() and json.loads(state.read_text(encoding="utf-8")) == identity:
+        return True
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    state.write_text(json.dumps(identity, indent=2), encoding="utf-8")
+    return False
+
+
+def build_index(
+    config: IndexBuildConfig, progress: bool = True, encoder: PassageEncoder | None = None
+) -> IndexManifest:
+    """Build the index ``config`` describes into ``config.out``.
+
+    It is built in a staging folder beside ``out`` and moved into place when complete. A build that fails
+    or is killed leaves the staging folder; the next build of the same corpus and settings resumes from it
+    (the passages if they were written, the embeddings from the last chunk written, the faiss index if it
+    was written) instead of starting over. ``encoder`` replaces the configured dense encoder (the
+    benchmark's fast stand-in).
+    """
     if not config.corpus.is_file():
         raise FileNotFoundError(f"corpus: {config.corpus}: no such file")
     _check_out(config.out)
-    with runs.atomic_folder(config.out) as staging:
-        return _build_into(staging, config, progress)
+    if next(iter_corpus(config.corpus), None) is None:
+        raise ValueError(f"corpus: {config.corpus}: no passages")
+    started = time.perf_counter()
+    checksum = corpus_checksum(config.corpus)
+    staging = staging_folder(config.out)
+    if _open_staging(staging, _build_identity(config, checksum)):
+        log.info("index build: resuming from %s", staging)
+    manifest = _build_into(staging, config, checksum, progress, started, encoder)
+    (staging / STATE_FILE).unlink()
+    runs.move_into_place(staging, config.out)
+    return manifest
 
 
-def _build_into(staging: Path, config: IndexBuildConfig, progress: bool) -> IndexManifest:
+def _build_into(
+    staging: Path,
+    config: IndexBuildConfig,
+    checksum: str,
+    progress: bool,
+    started: float,
+    dense_encoder: PassageEncoder | None,
+) -> IndexManifest:
     from r3rag.retrieval.bm25 import BM25Retriever
     from r3rag.retrieval.dense import DenseRetriever
 
-    started = time.perf_counter()
-    checksum = corpus_checksum(config.corpus)
-    store = PassageStore.from_corpus(config.corpus)
-    if not len(store):
-        raise ValueError(f"corpus: {config.corpus}: no passages")
+    if not (staging / OFFSETS_FILE).is_file():
+        write_store(iter_corpus(config.corpus), staging, source=config.corpus)
+    store = MappedPassageStore.load(staging)
     encoder: EncoderSpec | None = None
     if config.retriever == "bm25":
         bm25 = BM25Retriever.build(store, config.bm25, progress=progress)
@@ -138,8 +198,7 @@ def _build_into(staging: Path, config: IndexBuildConfig, progress: bool) -> Inde
         sizes = {"vocabulary": bm25.vocabulary_size}
         settings = config.bm25.model_dump(mode="json")
     else:
-        dense = DenseRetriever.build(store, config.dense, progress=progress)
-        dense.save(staging)
+        dense = DenseRetriever.build(store, config.dense, staging, progress=progress, encoder=dense_encoder)
         encoder, sizes = dense.encoder.spec, {"dimension": dense.dimension}
         settings = config.dense.model_dump(mode="json")
     manifest = IndexManifest(

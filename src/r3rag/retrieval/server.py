@@ -50,10 +50,11 @@ from pydantic import (
 from r3rag.config import LOOPBACK_HOSTS, RetrieverServerConfig, ServerAccessConfig
 from r3rag.gold import PassageLookup
 from r3rag.retrieval.base import Retriever
-from r3rag.retrieval.index import IndexManifest, load_index, read_manifest
+from r3rag.retrieval.index import IndexManifest, check_manifest, load_index, read_manifest
 from r3rag.schema import Passage
 
 logger = logging.getLogger(__name__)
+WORKER_ENV = "R3RAG_RETRIEVER_WORKER"
 
 _MAX_ERRORS_SHOWN = 5
 # What one cache entry costs beyond its query's and its JSON's bytes: the ordered dict's slot and link, the
@@ -503,9 +504,40 @@ def serve(
     config = config or RetrieverServerConfig()
     if not logging.getLogger().handlers:  # the startup warning, formatted like uvicorn's own lines
         logging.basicConfig(format="%(levelname)s:  %(message)s")
-    retriever = load_index(directory, expect_corpus, expect_encoder, n_threads=n_threads, device=device)
-    app = create_app(retriever, config, read_manifest(directory))
-    uvicorn.run(app, host=config.host, port=config.port, log_level=log_level, access_log=False)
+    if config.workers == 1:
+        retriever = load_index(directory, expect_corpus, expect_encoder, n_threads=n_threads, device=device)
+        app = create_app(retriever, config, read_manifest(directory))
+        uvicorn.run(app, host=config.host, port=config.port, log_level=log_level, access_log=False)
+        return
+    check_manifest(read_manifest(directory), directory, expect_corpus, expect_encoder)  # fail here, once
+    read_api_key(config)
+    os.environ[WORKER_ENV] = json.dumps(
+        {
+            "directory": str(directory),
+            "config": config.model_dump(mode="json"),
+            "n_threads": n_threads,
+            "device": device,
+        }
+    )
+    uvicorn.run(
+        f"{__name__}:worker_app",
+        factory=True,
+        workers=config.workers,
+        host=config.host,
+        port=config.port,
+        log_level=log_level,
+        access_log=False,
+    )
+
+
+def worker_app() -> FastAPI:
+    """The app of one uvicorn worker process (``workers`` > 1). uvicorn starts workers by import string, so
+    :func:`serve` passes the settings through the environment; each worker maps the same index files."""
+    settings = json.loads(os.environ[WORKER_ENV])
+    directory = settings["directory"]
+    config = RetrieverServerConfig.model_validate(settings["config"])
+    retriever = load_index(directory, n_threads=settings["n_threads"], device=settings["device"])
+    return create_app(retriever, config, read_manifest(directory))
 
 
 @contextmanager
