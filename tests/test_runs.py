@@ -135,3 +135,29 @@ def test_checkpoints_carry_the_cuda_generators_where_there_is_a_gpu(tmp_path: Pa
     state = runs.load_checkpoint(runs.latest_checkpoint(tmp_path, "step"))
     assert state["x"] == 1 and len(restored) == 1
     assert torch.equal(restored[0][0], torch.tensor([7, 8], dtype=torch.uint8))
+
+
+def test_settings_added_since_a_folder_was_made_count_as_their_defaults(tmp_path: Path) -> None:
+    """A run folder written before a setting existed (an upgrade added `device`, `fsdp`, a nested agent
+    field) resumes; setting the new field to anything but its default is another run."""
+    config = SFTConfig(data=tmp_path / "sft.jsonl", out=tmp_path / "run")
+    old = config.model_dump(mode="json")
+    for name in ("device", "fsdp", "gradient_checkpointing"):
+        del old[name]
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / runs.CONFIG_FILE).write_text(yaml.safe_dump(old, sort_keys=False))
+    runs.bind(tmp_path / "run", config, holds_results=True)  # no refusal
+    (tmp_path / "run" / runs.CONFIG_FILE).write_text(yaml.safe_dump(old, sort_keys=False))
+    with pytest.raises(runs.RunFolderError, match=r"fsdp: False -> True"):
+        runs.bind(tmp_path / "run", config.model_copy(update={"fsdp": True}), holds_results=True)
+
+
+def test_nested_settings_added_since_count_as_their_defaults(tmp_path: Path) -> None:
+    from r3rag.config import PPOConfig
+
+    config = PPOConfig(model="m", train=tmp_path / "t.jsonl", index="i", out=tmp_path / "run")
+    old = config.model_dump(mode="json")
+    del old["rollout"]["seed"], old["device"]
+    filled = runs.with_defaults(old, config)
+    assert filled == config.model_dump(mode="json")
+    assert runs.config_differences(filled, config.model_dump(mode="json")) == []

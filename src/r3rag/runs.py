@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import yaml
+from pydantic import BaseModel, TypeAdapter
 
 from r3rag.config import StageConfig
 
@@ -101,9 +102,31 @@ def bind(
                 "use another --out"
             )
         if holds_results:
+            if isinstance(
+                config, StageConfig
+            ):  # settings added since the folder was made ran as their defaults
+                old = with_defaults(old, config)
             changed = [line for line in config_differences(old, new) if not _may_change(line, may_change)]
             refuse_differences(folder, changed, hint)
     write_text(path, yaml.safe_dump(new, sort_keys=False))
+
+
+def with_defaults(old: dict[str, Any], config: BaseModel) -> dict[str, Any]:
+    """``old`` (a config as a folder recorded it) with every field it lacks set to that field's default in
+    ``config``'s model, nested sections included: a run made before a setting existed ran as its default, so
+    an upgrade that adds a setting does not make the folder another run. (A default that changed is still a
+    difference: the folder's run used the old one.)"""
+    filled = dict(old)
+    for name, info in type(config).model_fields.items():
+        value = getattr(config, name)
+        if name not in filled:
+            if info.is_required() or info.annotation is None:
+                continue
+            default = info.get_default(call_default_factory=True, validated_data={})
+            filled[name] = TypeAdapter(info.annotation).dump_python(default, mode="json")
+        elif isinstance(value, BaseModel) and isinstance(filled[name], dict):
+            filled[name] = with_defaults(filled[name], value)
+    return filled
 
 
 def _may_change(difference: str, may_change: Collection[str]) -> bool:
