@@ -1022,3 +1022,37 @@ class ViewerConfig(StageConfig):
     generator: GeneratorConfig = Field(
         default_factory=GeneratorConfig, description="Ask tab, local model: the policy (with --index)."
     )
+
+
+class VerlLoopConfig(StageConfig):
+    """The r3rag agent loop inside veRL (``r3rag.integrations.verl``): what each rollout worker builds once.
+
+    It travels in veRL's own hydra config under the key ``r3rag`` (``+r3rag.retrieval.source=...``;
+    ``r3rag verl prepare`` writes the overrides), so every Ray worker gets it with the trainer config.
+    Defaults are the official RL rollout, as in :class:`PPOConfig`.
+    """
+
+    retrieval: RetrievalConfig = Field(
+        description="The retriever every worker queries: the URL of `r3rag serve retriever` on a cluster "
+        "(one index in memory for all workers), or an index folder each worker loads."
+    )
+    rollout: AgentConfig = Field(
+        default_factory=lambda: AgentConfig(top_k=2, max_doc_chars=512, record_token_ids=True),
+        description="Agent settings of rollouts (official RL: top-2, 512 characters); token ids are always "
+        "recorded.",
+    )
+    reward: RewardConfig = Field(default_factory=RewardConfig)
+    judges: JudgeConfig = Field(
+        default_factory=lambda: JudgeConfig(
+            correctness_llm=False, relevance="reference", reference_match="id"
+        ),
+        description="Offline by default (exact match, gold passages by id); point `endpoint` at an LLM judge "
+        "server and switch `correctness_llm` and `relevance: llm` on for the paper's judges. The reference "
+        "judge needs `reference_match` id or title here (workers do not see the question files).",
+    )
+    temperatures: list[float] = Field(
+        default_factory=lambda: [0.1, 0.4, 0.7, 1.0],
+        min_length=1,
+        description="Temperature of a question's i-th sample (veRL's session id), cycled (official: "
+        "0.1 + 0.3 i); a greedy request from veRL (validation) stays greedy.",
+    )
