@@ -9,6 +9,8 @@ Runs in .venv-verl (``make test`` builds it): veRL pins transformers<5.11, which
 from __future__ import annotations
 
 import asyncio
+import shlex
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,13 +30,13 @@ from verl_fixtures import EXAMPLE, ROLLOUT, TinyServer, build_bm25, teach_policy
 from r3rag.agent import Agent
 from r3rag.config import RetrievalConfig, VerlLoopConfig
 from r3rag.integrations.verl.agent_loop import R3RagAgentLoop, loop_config, sample_temperature
-from r3rag.integrations.verl.data import write_parquet
+from r3rag.integrations.verl.data import row_example, write_parquet
 from r3rag.integrations.verl.generator import ServerGenerator
 from r3rag.integrations.verl.overrides import r3rag_overrides
 from r3rag.retrieval import open_retriever
 from r3rag.rewards import TrajectoryScorer, build_relevance_judge
 from r3rag.rewards.judges import CorrectnessJudge
-from r3rag.schema import Trajectory
+from r3rag.schema import QAExample, Trajectory
 
 TEMPERATURES = [0.1, 0.4, 0.7, 1.0]
 UID = "uid-0"
@@ -227,3 +229,66 @@ def test_without_veRLs_V1_trainer_the_loop_says_to_switch_it_on(rollout: Rollout
 def test_a_config_without_the_r3rag_section_names_the_override(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"\+r3rag.retrieval.source"):
         loop_config(verl_config(tmp_path))
+
+
+def test_prepare_writes_rows_veRL_reads_and_a_launch_whose_overrides_compose(
+    rollout: Rollout, tmp_path: Path
+) -> None:
+    """`r3rag verl prepare` on a FlashRAG file: veRL's dataset class reads the question back whole, the
+    overrides compose into veRL's config with the paper's hyperparameters, and the script is valid bash."""
+    from typer.testing import CliRunner
+
+    from r3rag.cli import app
+    from r3rag.jsonl import write_jsonl
+
+    questions = tmp_path / "train.jsonl"
+    record = {"id": EXAMPLE.id, "question": EXAMPLE.question, "golden_answers": EXAMPLE.answers}
+    write_jsonl(questions, [{**record, "metadata": {"supporting_ids": ["ada"]}}])
+    index = rollout.loop.retrieval.source
+    model = rollout.config.actor_rollout_ref.model.path
+    out = tmp_path / "run"
+    args = [
+        "verl",
+        "prepare",
+        "--model",
+        model,
+        "--train",
+        str(questions),
+        "--index",
+        index,
+        "--out",
+        str(out),
+    ]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+
+    overrides = (out / "overrides.txt").read_text().splitlines()
+    config = verl_config(Path(model), overrides)
+    assert config.trainer.use_v1 is True
+    assert (config.algorithm.adv_estimator, config.algorithm.gamma, config.algorithm.lam) == ("gae", 1.0, 1.0)
+    assert (config.algorithm.use_kl_in_reward, config.algorithm.kl_ctrl.kl_coef) == (True, 0.01)
+    assert config.actor_rollout_ref.actor.optim.lr == 5e-7 and config.critic.optim.lr == 9e-6
+    assert config.actor_rollout_ref.rollout.n == 4
+    assert config.actor_rollout_ref.rollout.agent.default_agent_loop == "r3rag"
+    loop = loop_config(config)
+    assert (loop.rollout.top_k, loop.rollout.max_doc_chars, loop.judges.reference_match) == (2, 512, "id")
+    assert loop.retrieval.source == index
+
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    (row,) = RLHFDataset(data_files=config.data.train_files, tokenizer=tokenizer, config=config.data)
+    assert row["agent_name"] == "r3rag"
+    assert row_example(row["extra_info"]) == QAExample(
+        id=EXAMPLE.id, question=EXAMPLE.question, answers=EXAMPLE.answers, supporting_ids=["ada"], dataset=""
+    )
+    script = out / "run_verl.sh"
+    assert subprocess.run(["bash", "-n", str(script)], check=False).returncode == 0
+    assert all(shlex.quote(o) in script.read_text() for o in overrides)
+
+
+def test_overrides_quote_what_hydra_would_misread(tmp_path: Path) -> None:
+    tricky = "It's a: [test], {x} ${y} \\ done \\"
+    loop = VerlLoopConfig(
+        retrieval=RetrievalConfig(source=str(tmp_path)),
+        rollout=ROLLOUT.model_copy(update={"system_prompt": tricky, "stop": ["a,b", "c'd"]}),
+    )
+    assert loop_config(verl_config(tmp_path, r3rag_overrides(loop))) == loop
