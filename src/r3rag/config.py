@@ -769,6 +769,11 @@ class SFTConfig(StageConfig):
 # ------------------------------------------------------------------------------------------------------- PPO
 
 
+def _paper_temperatures() -> list[float]:
+    """The official rollout's temperature of a question's i-th sample: 0.1 + 0.3 i."""
+    return [0.1, 0.4, 0.7, 1.0]
+
+
 def _rollout_agent() -> AgentConfig:
     """The official RL rollout: top-2 passages, each step's documents cut to 512 characters, 5 steps."""
     return AgentConfig(top_k=2, max_doc_chars=512)
@@ -808,7 +813,7 @@ class PPOConfig(StageConfig):
         4, ge=1, description="Trajectories per question (official n_samples_per_prompt: 4)."
     )
     temperatures: list[float] = Field(
-        default_factory=lambda: [0.1, 0.4, 0.7, 1.0],
+        default_factory=_paper_temperatures,
         min_length=1,
         description="Temperature of the i-th trajectory of a question, cycled (official: 0.1 + 0.3 i).",
     )
@@ -1037,9 +1042,9 @@ class VerlLoopConfig(StageConfig):
         "(one index in memory for all workers), or an index folder each worker loads."
     )
     rollout: AgentConfig = Field(
-        default_factory=lambda: AgentConfig(top_k=2, max_doc_chars=512, record_token_ids=True),
+        default_factory=_rollout_agent,
         description="Agent settings of rollouts (official RL: top-2, 512 characters); token ids are always "
-        "recorded.",
+        "recorded, whatever record_token_ids says.",
     )
     reward: RewardConfig = Field(default_factory=RewardConfig)
     judges: JudgeConfig = Field(
@@ -1051,7 +1056,7 @@ class VerlLoopConfig(StageConfig):
         "judge needs `reference_match` id or title here (workers do not see the question files).",
     )
     temperatures: list[float] = Field(
-        default_factory=lambda: [0.1, 0.4, 0.7, 1.0],
+        default_factory=_paper_temperatures,
         min_length=1,
         description="Temperature of a question's i-th sample (veRL's session id), cycled (official: "
         "0.1 + 0.3 i); a greedy request from veRL (validation) stays greedy.",
@@ -1072,7 +1077,7 @@ class VerlPrepareConfig(StageConfig):
         None, description="The critic's initial weights (default: the policy's)."
     )
     rollout: AgentConfig = Field(
-        default_factory=lambda: AgentConfig(top_k=2, max_doc_chars=512, record_token_ids=True),
+        default_factory=_rollout_agent,
         description="Agent settings of rollouts (official RL: top-2, 512 characters); max_new_tokens is "
         "veRL's response length. Use the values R3-RAG-CS was trained with.",
     )
@@ -1083,7 +1088,7 @@ class VerlPrepareConfig(StageConfig):
         "`endpoint` at an LLM judge server reachable from every node for the paper's judges.",
     )
     temperatures: list[float] = Field(
-        default_factory=lambda: [0.1, 0.4, 0.7, 1.0],
+        default_factory=_paper_temperatures,
         min_length=1,
         description="Temperature of a question's i-th sample, cycled (official: 0.1 + 0.3 i).",
     )
