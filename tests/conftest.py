@@ -8,12 +8,16 @@ purpose; a failure prints the ``@reproduce_failure`` blob to pin it).
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from typing import Any
 
 from hypothesis import settings
 
 import sample_data
+
+# tests/verl_integration/ runs in .venv-verl (`make test`), which has veRL; r3rag's own venv cannot import it.
+collect_ignore = [] if importlib.util.find_spec("verl") else ["verl_integration"]
 
 settings.register_profile("deterministic", derandomize=True, database=None)
 settings.register_profile("explore", derandomize=False, print_blob=True)

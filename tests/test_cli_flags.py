@@ -56,6 +56,7 @@ def test_the_config_commands_are_the_stage_commands() -> None:
         ("serve", "retriever"),
         ("serve", "agent"),
         ("view",),
+        ("verl", "prepare"),
     }
 
 

@@ -28,6 +28,7 @@ from r3rag.config import (
     PPOConfig,
     RetrieverServerConfig,
     SFTConfig,
+    VerlPrepareConfig,
     ViewerConfig,
     WorldConfig,
 )
@@ -77,6 +78,9 @@ def valid_settings(command: tuple[str, ...], files: dict[str, Path], out: Path) 
         ("serve", "retriever"): RetrieverServerConfig(),
         ("serve", "agent"): AgentServerConfig(),
         ("view",): ViewerConfig(),
+        ("verl", "prepare"): VerlPrepareConfig(
+            model=str(files["model"]), train=files["train"], index=str(files["index"]), out=out
+        ),
     }
     config = configs[command]
     if config is None:  # eval and coldstart: their config's defaults, with one setting written out

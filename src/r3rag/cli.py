@@ -29,6 +29,7 @@ from r3rag.config import (
     PPOConfig,
     RetrieverServerConfig,
     SFTConfig,
+    VerlPrepareConfig,
     ViewerConfig,
     WorldConfig,
 )
@@ -68,10 +69,22 @@ serve_app = typer.Typer(
     rich_markup_mode=None,
 )
 app.add_typer(serve_app, name="serve")
+verl_app = typer.Typer(
+    help="Scale out on veRL (pip install r3rag[verl]): the data and launch script of R3-RAG's PPO there.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+app.add_typer(verl_app, name="verl")
 
 console = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
-_GROUP_PATHS = {id(app): (), id(data_app): ("data",), id(index_app): ("index",), id(serve_app): ("serve",)}
+_GROUP_PATHS = {
+    id(app): (),
+    id(data_app): ("data",),
+    id(index_app): ("index",),
+    id(serve_app): ("serve",),
+    id(verl_app): ("verl",),
+}
 CONFIG_COMMANDS: dict[tuple[str, ...], ConfigOptions] = {}
 """The commands whose flags come from a config, by their words (``("data", "world")``), for the reference
 docs and the test that every field is a documented flag."""
@@ -824,6 +837,22 @@ def train_command(config: PPOConfig) -> None:
 
 
 # ------------------------------------------------------------------------------------------- r3rag quickstart
+
+
+@command(verl_app, "prepare", ConfigOptions(VerlPrepareConfig))
+def verl_prepare(config: VerlPrepareConfig) -> None:
+    """veRL's parquet files and the launch script of R3-RAG's PPO on veRL (docs/verl.md)."""
+    try:
+        from r3rag.integrations.verl.prepare import prepare
+    except ImportError as error:
+        raise fail(f"{error}: r3rag verl prepare needs the veRL extra (pip install 'r3rag[verl]')") from None
+    existing_file(config.train)
+    if config.dev is not None:
+        existing_file(config.dev)
+    prepared = prepare(config)
+    files = [prepared.train, *([prepared.dev] if prepared.dev else []), prepared.script]
+    console.print(f"[green]wrote[/] {', '.join(str(f) for f in files)} ({len(prepared.overrides)} overrides)")
+    console.print(f"run it where veRL, vLLM and the GPUs are: bash {prepared.script}", highlight=False)
 
 
 def _quickstart_presets() -> Presets:

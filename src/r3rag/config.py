@@ -769,6 +769,11 @@ class SFTConfig(StageConfig):
 # ------------------------------------------------------------------------------------------------------- PPO
 
 
+def _paper_temperatures() -> list[float]:
+    """The official rollout's temperature of a question's i-th sample: 0.1 + 0.3 i."""
+    return [0.1, 0.4, 0.7, 1.0]
+
+
 def _rollout_agent() -> AgentConfig:
     """The official RL rollout: top-2 passages, each step's documents cut to 512 characters, 5 steps."""
     return AgentConfig(top_k=2, max_doc_chars=512)
@@ -808,7 +813,7 @@ class PPOConfig(StageConfig):
         4, ge=1, description="Trajectories per question (official n_samples_per_prompt: 4)."
     )
     temperatures: list[float] = Field(
-        default_factory=lambda: [0.1, 0.4, 0.7, 1.0],
+        default_factory=_paper_temperatures,
         min_length=1,
         description="Temperature of the i-th trajectory of a question, cycled (official: 0.1 + 0.3 i).",
     )
@@ -1022,3 +1027,96 @@ class ViewerConfig(StageConfig):
     generator: GeneratorConfig = Field(
         default_factory=GeneratorConfig, description="Ask tab, local model: the policy (with --index)."
     )
+
+
+class VerlLoopConfig(StageConfig):
+    """The r3rag agent loop inside veRL (``r3rag.integrations.verl``): what each rollout worker builds once.
+
+    It travels in veRL's own hydra config under the key ``r3rag`` (``+r3rag.retrieval.source=...``;
+    ``r3rag verl prepare`` writes the overrides), so every Ray worker gets it with the trainer config.
+    Defaults are the official RL rollout, as in :class:`PPOConfig`.
+    """
+
+    retrieval: RetrievalConfig = Field(
+        description="The retriever every worker queries: the URL of `r3rag serve retriever` on a cluster "
+        "(one index in memory for all workers), or an index folder each worker loads."
+    )
+    rollout: AgentConfig = Field(
+        default_factory=_rollout_agent,
+        description="Agent settings of rollouts (official RL: top-2, 512 characters); token ids are always "
+        "recorded, whatever record_token_ids says.",
+    )
+    reward: RewardConfig = Field(default_factory=RewardConfig)
+    judges: JudgeConfig = Field(
+        default_factory=lambda: JudgeConfig(
+            correctness_llm=False, relevance="reference", reference_match="id"
+        ),
+        description="Offline by default (exact match, gold passages by id); point `endpoint` at an LLM judge "
+        "server and switch `correctness_llm` and `relevance: llm` on for the paper's judges. The reference "
+        "judge needs `reference_match` id or title here (workers do not see the question files).",
+    )
+    temperatures: list[float] = Field(
+        default_factory=_paper_temperatures,
+        min_length=1,
+        description="Temperature of a question's i-th sample (veRL's session id), cycled (official: "
+        "0.1 + 0.3 i); a greedy request from veRL (validation) stays greedy.",
+    )
+
+
+class VerlPrepareConfig(StageConfig):
+    """``r3rag verl prepare``: veRL's parquet files from our question files, and the launch script of the
+    paper's recipe on veRL (PPO with a critic, GAE, KL in the reward, 4 samples per question, one sample per
+    step). Defaults are the official run's where veRL has the same knob; see docs/verl.md for the mapping."""
+
+    model: str = Field(description="The cold-start policy R3-RAG-CS (a Hugging Face folder on every node).")
+    train: Path = Field(description="Training questions (FlashRAG jsonl or any dataset r3rag reads).")
+    index: str = Field(description="The URL of `r3rag serve retriever` (or an index folder every node has).")
+    out: Path = Field(description="Folder for train.parquet, dev.parquet, overrides.txt and run_verl.sh.")
+    dev: Path | None = Field(None, description="Dev questions, veRL's validation set (greedy).")
+    critic_model: str | None = Field(
+        None, description="The critic's initial weights (default: the policy's)."
+    )
+    rollout: AgentConfig = Field(
+        default_factory=_rollout_agent,
+        description="Agent settings of rollouts (official RL: top-2, 512 characters); max_new_tokens is "
+        "veRL's response length. Use the values R3-RAG-CS was trained with.",
+    )
+    reward: RewardConfig = Field(default_factory=RewardConfig)
+    judges: JudgeConfig = Field(
+        default_factory=lambda: JudgeConfig(correctness_llm=False, relevance="reference"),
+        description="Offline by default; `reference_match` auto is resolved here against the index. Point "
+        "`endpoint` at an LLM judge server reachable from every node for the paper's judges.",
+    )
+    temperatures: list[float] = Field(
+        default_factory=_paper_temperatures,
+        min_length=1,
+        description="Temperature of a question's i-th sample, cycled (official: 0.1 + 0.3 i).",
+    )
+    actor_lr: float = Field(5e-7, gt=0, description="Actor learning rate (official: 5e-7).")
+    critic_lr: float = Field(9e-6, gt=0, description="Critic learning rate (official: 9e-6).")
+    kl_coef: float = Field(0.01, ge=0, description="KL penalty in the reward (official init_kl_coef 0.01).")
+    kl_estimator: Literal["k1", "k3"] = Field("k1", description="k1 (veRL 'kl') or k3 ('low_var_kl').")
+    gamma: float = Field(1.0, ge=0, le=1, description="GAE discount (official: 1.0).")
+    lam: float = Field(1.0, ge=0, le=1, description="GAE lambda (official: 1.0).")
+    clip_ratio: float = Field(0.2, gt=0, description="PPO ratio clip (official: 0.2).")
+    value_clip: float = Field(0.2, gt=0, description="Critic value clip (official: 0.2).")
+    samples_per_question: int = Field(4, ge=1, description="veRL's rollout.n (official: 4).")
+    questions_per_iteration: int = Field(64, ge=1, description="veRL's data.train_batch_size (official: 64).")
+    minibatch_size: int = Field(
+        64, ge=1, description="veRL's ppo_mini_batch_size, in questions (veRL multiplies by rollout.n)."
+    )
+    micro_batch_per_gpu: int = Field(4, ge=1, description="Samples per forward pass on one GPU.")
+    epochs: int = Field(4, ge=1, description="Passes over the training questions (official: 4 episodes).")
+    max_prompt_length: int = Field(
+        4096, ge=1, description="Prompt tokens of a step (question, earlier steps, their documents)."
+    )
+    n_gpus_per_node: int = Field(8, ge=1, description="GPUs per node (the paper: one node of 8).")
+    nnodes: int = Field(1, ge=1, description="Nodes of the Ray cluster.")
+    rollout_engine: Literal["vllm", "sglang"] = Field("vllm", description="veRL's rollout server.")
+    gpu_memory_utilization: float = Field(
+        0.5, gt=0, le=1, description="Share of each GPU's memory the rollout server takes."
+    )
+    save_freq: int = Field(50, description="Save a checkpoint every N training steps (-1: never).")
+    test_freq: int = Field(50, description="Validate every N training steps (-1: never).")
+    project_name: str = Field("r3rag", description="veRL's trainer.project_name (logs, checkpoints).")
+    experiment_name: str = Field("r3rag-ppo", description="veRL's trainer.experiment_name.")

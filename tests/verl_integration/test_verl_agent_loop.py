@@ -1,0 +1,294 @@
+"""r3rag inside veRL 0.9.1, for real on the CPU: veRL's own V1 rollout worker reads our parquet file with its
+own dataset class, instantiates our agent loop from its registry, runs it against a server manager backed by a
+real local model and the real BM25 index, and post-processes the outputs into its transfer-queue batch; its
+own GAE then computes the advantages. Only the transfer queue's network calls are replaced, by a recorder.
+
+Runs in .venv-verl (``make test`` builds it): veRL pins transformers<5.11, which r3rag's own venv is past.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shlex
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import verl.trainer.ppo.v1.agent_loop_tq as tq_module
+from tensordict import TensorDict
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from verl.protocol import DataProto
+from verl.trainer.ppo.v1.utils import compute_advantage_for_multi_trajectories
+from verl.utils import tensordict_utils as tu
+from verl.utils.dataset.rl_dataset import RLHFDataset, collate_fn
+from verl_fixtures import EXAMPLE, ROLLOUT, TinyServer, build_bm25, teach_policy, verl_config
+
+from r3rag.agent import Agent
+from r3rag.config import RetrievalConfig, VerlLoopConfig
+from r3rag.integrations.verl.agent_loop import R3RagAgentLoop, loop_config, sample_temperature
+from r3rag.integrations.verl.data import row_example, write_parquet
+from r3rag.integrations.verl.generator import ServerGenerator
+from r3rag.integrations.verl.overrides import r3rag_overrides
+from r3rag.retrieval import open_retriever
+from r3rag.rewards import TrajectoryScorer, build_relevance_judge
+from r3rag.rewards.judges import CorrectnessJudge
+from r3rag.schema import QAExample, Trajectory
+
+TEMPERATURES = [0.1, 0.4, 0.7, 1.0]
+UID = "uid-0"
+
+
+@dataclass
+class Rollout:
+    """What one rollout of EXAMPLE through veRL's worker left: the transfer-queue puts, the requests the
+    server saw, and, for comparison, the trajectories our agent gives the same question outside veRL."""
+
+    keys: list[str]
+    fields: TensorDict
+    requests: list[dict[str, Any]]
+    expected: list[Trajectory]
+    rewards: list[list[float]]
+    loop: VerlLoopConfig
+    config: Any
+    tokenizer: Any
+
+
+def _recorder(puts: list[dict[str, Any]]) -> tuple[Any, Any]:
+    async def kv_put(**kwargs: Any) -> None:
+        puts.append({"status": kwargs["tag"]["status"]})
+
+    async def kv_batch_put(**kwargs: Any) -> None:
+        puts.append(kwargs)
+
+    return kv_put, kv_batch_put
+
+
+@pytest.fixture(scope="module")
+def rollout(tmp_path_factory: pytest.TempPathFactory) -> Rollout:
+    root = tmp_path_factory.mktemp("verl")
+    index = build_bm25(root)
+    model_dir = teach_policy(index, root / "model")
+    train = write_parquet([EXAMPLE], root / "train.parquet", ROLLOUT.system_prompt)
+    loop = VerlLoopConfig(
+        retrieval=RetrievalConfig(source=str(index)),
+        rollout=ROLLOUT.model_copy(update={"record_token_ids": True}),
+        temperatures=TEMPERATURES,
+    )
+    config = verl_config(
+        model_dir,
+        [
+            "algorithm.adv_estimator=gae",
+            "actor_rollout_ref.rollout.n=4",
+            "actor_rollout_ref.rollout.agent.default_agent_loop=r3rag",
+            f"data.train_files=[{train}]",
+            *r3rag_overrides(loop),
+        ],
+    )
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    server = TinyServer(AutoModelForCausalLM.from_pretrained(model_dir), tokenizer)
+    puts: list[dict[str, Any]] = []
+    kv_put, kv_batch_put = _recorder(puts)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(tq_module.tq, "init", lambda *a, **k: None)
+        patch.setattr(tq_module.tq, "async_kv_put", kv_put)
+        patch.setattr(tq_module.tq, "async_kv_batch_put", kv_batch_put)
+        worker = tq_module.AgentLoopWorkerTQ.__ray_metadata__.modified_class(config, llm_client=server)
+        dataset = RLHFDataset(data_files=[str(train)], tokenizer=worker.tokenizer, config=config.data)
+        batch_dict = collate_fn([dataset[0]])
+        batch_dict["uid"] = np.array([UID], dtype=object)
+        batch = tu.get_tensordict(batch_dict)
+        tu.assign_non_tensor_data(batch, "global_steps", 1)
+
+        async def run() -> None:
+            await worker.generate_sequences(batch)
+            await asyncio.gather(*list(worker.background_tasks))
+
+        asyncio.run(run())
+    assert puts[-1] == {"status": "finished"}, puts
+    outputs = [p for p in puts if "keys" in p]
+    keys = [k for p in outputs for k in p["keys"]]
+    fields = tu.concat_tensordict([p["fields"] for p in outputs])
+    requests = list(server.requests)
+
+    agent = Agent(ServerGenerator(server, tokenizer), open_retriever(loop.retrieval), loop.rollout)
+
+    async def outside() -> list[Trajectory]:
+        return list(await asyncio.gather(*(agent.arun(EXAMPLE, t, s) for s, t in enumerate(TEMPERATURES))))
+
+    expected = asyncio.run(outside())
+    scorer = TrajectoryScorer(loop.reward, CorrectnessJudge(loop.judges), build_relevance_judge(loop.judges))
+    rewards = [r.rewards for r in scorer.score([EXAMPLE] * len(expected), expected)]
+    return Rollout(keys, fields, requests, expected, rewards, loop, config, tokenizer)
+
+
+def _row(rollout: Rollout, session: int, step: int) -> dict[str, Any]:
+    i = rollout.keys.index(f"{UID}_{session}_{step}")
+    return {k: rollout.fields[k][i] for k in ("prompts", "responses", "response_mask", "rm_scores")}
+
+
+def test_one_output_per_step_each_with_its_own_reward_on_its_last_token(rollout: Rollout) -> None:
+    expected_keys = {f"{UID}_{s}_{i}" for s, t in enumerate(rollout.expected) for i in range(len(t.steps))}
+    assert set(rollout.keys) == expected_keys
+    for session, (trajectory, rewards) in enumerate(zip(rollout.expected, rollout.rewards, strict=True)):
+        for step, ids in enumerate(trajectory.metadata["step_token_ids"]):
+            row = _row(rollout, session, step)
+            assert row["prompts"].tolist() == ids["prompt"]
+            assert row["responses"].tolist() == ids["completion"]
+            scores = row["rm_scores"].tolist()
+            assert scores[-1] == pytest.approx(rewards[step])
+            assert scores[:-1] == [0.0] * (len(scores) - 1)
+
+
+def test_hand_computed_rewards_of_the_retrieve_then_answer_trajectory(rollout: Rollout) -> None:
+    """The coolest sample writes the taught steps: the query's top-2 are the gold passage 'ada' and
+    'babbage' (Rel = 1/2 gold) and the answer is right, so step 1 earns lambda_correct * Rel = 1.6 * 0.5 and
+    step 2 the correct reward 2.0, each on its own last token, although veRL copies the final output's
+    reward onto the earlier ones."""
+    first = rollout.expected[0]
+    assert first.status == "answered" and [s.is_retrieval for s in first.steps] == [True, False]
+    assert [p.id for p in first.steps[0].passages] == ["ada", "babbage"]
+    assert _row(rollout, 0, 0)["rm_scores"][-1].item() == pytest.approx(0.8)
+    assert _row(rollout, 0, 1)["rm_scores"][-1].item() == pytest.approx(2.0)
+
+
+def test_documents_are_in_the_next_prompt_never_in_a_response(rollout: Rollout) -> None:
+    passage = rollout.expected[0].steps[0].passages[0]
+    step1, step2 = _row(rollout, 0, 0), _row(rollout, 0, 1)
+    assert passage.text in rollout.tokenizer.decode(step2["prompts"].tolist())
+    for row in (step1, step2):
+        assert row["response_mask"].tolist() == [1] * len(row["responses"])
+        response = rollout.tokenizer.decode(row["responses"].tolist())
+        assert passage.text not in response and "The retrieval documents" not in response
+
+
+def test_each_sample_of_a_question_runs_at_the_papers_temperature(rollout: Rollout) -> None:
+    """veRL asks for its rollout temperature (1.0) for every sample; the loop sends sample i at the paper's
+    0.1 + 0.3 i instead (no step here needed a re-generation, which would sample hotter)."""
+    assert sorted({r["temperature"] for r in rollout.requests}) == TEMPERATURES
+    assert all(r["max_tokens"] == ROLLOUT.max_new_tokens and r["top_p"] == 1.0 for r in rollout.requests)
+
+
+def test_veRLs_gae_gives_each_step_its_own_return_and_advantage(rollout: Rollout) -> None:
+    """The trainer's own path (``_compute_advantage``): padded batch, rm_scores as token rewards, zero values
+    (an untrained critic), GAE with the paper's gamma = lambda = 1. Each step's return on its action tokens
+    is its own reward, so the retrieval step and the answer step get different advantages."""
+    fields = rollout.fields.select("uid", "response_mask", "rm_scores")
+    data = DataProto(batch=fields.to_padded_tensor())
+    data.batch["token_level_rewards"] = data.batch["rm_scores"]
+    data.batch["values"] = torch.zeros_like(data.batch["rm_scores"])
+    data.non_tensor_batch["uid"] = np.array(data.batch.pop("uid").tolist(), dtype=object)
+    algorithm = rollout.config.algorithm
+    assert (algorithm.adv_estimator, algorithm.gamma, algorithm.lam) == ("gae", 1.0, 1.0)
+    out = compute_advantage_for_multi_trajectories(
+        data,
+        batch_keys=rollout.keys,
+        adv_estimator=algorithm.adv_estimator,
+        gamma=algorithm.gamma,
+        lam=algorithm.lam,
+        num_repeat=rollout.config.actor_rollout_ref.rollout.n,
+        config=algorithm,
+    )
+    mask = out.batch["response_mask"].bool()
+    step_advantage = {}
+    for i, key in enumerate(rollout.keys):
+        session, step = (int(x) for x in key.rsplit("_", 2)[1:])
+        returns = out.batch["returns"][i][mask[i]]
+        assert torch.allclose(returns, torch.full_like(returns, rollout.rewards[session][step]))
+        step_advantage[key] = out.batch["advantages"][i][mask[i]].mean().item()
+    assert step_advantage[f"{UID}_0_0"] != pytest.approx(step_advantage[f"{UID}_0_1"])
+
+
+def test_the_r3rag_section_composes_into_veRLs_config_and_reads_back(rollout: Rollout) -> None:
+    assert rollout.config.trainer.use_v1 is True
+    assert loop_config(rollout.config) == rollout.loop
+
+
+def test_a_greedy_request_from_veRL_stays_greedy() -> None:
+    config = VerlLoopConfig(retrieval=RetrievalConfig(source="x"))
+    assert [sample_temperature(config, {"temperature": 1.0}, s) for s in range(5)] == [
+        0.1,
+        0.4,
+        0.7,
+        1.0,
+        0.1,
+    ]
+    assert sample_temperature(config, {"temperature": 0}, 2) == 0.0
+
+
+def test_without_veRLs_V1_trainer_the_loop_says_to_switch_it_on(rollout: Rollout) -> None:
+    loop = R3RagAgentLoop.__new__(R3RagAgentLoop)
+    loop.config = rollout.config
+    with pytest.raises(ValueError, match="trainer.use_v1=true"):
+        asyncio.run(loop.run({"temperature": 1.0}, extra_info={}))
+
+
+def test_a_config_without_the_r3rag_section_names_the_override(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"\+r3rag.retrieval.source"):
+        loop_config(verl_config(tmp_path))
+
+
+def test_prepare_writes_rows_veRL_reads_and_a_launch_whose_overrides_compose(
+    rollout: Rollout, tmp_path: Path
+) -> None:
+    """`r3rag verl prepare` on a FlashRAG file: veRL's dataset class reads the question back whole, the
+    overrides compose into veRL's config with the paper's hyperparameters, and the script is valid bash."""
+    from typer.testing import CliRunner
+
+    from r3rag.cli import app
+    from r3rag.jsonl import write_jsonl
+
+    questions = tmp_path / "train.jsonl"
+    record = {"id": EXAMPLE.id, "question": EXAMPLE.question, "golden_answers": EXAMPLE.answers}
+    write_jsonl(questions, [{**record, "metadata": {"supporting_ids": ["ada"]}}])
+    index = rollout.loop.retrieval.source
+    model = rollout.config.actor_rollout_ref.model.path
+    out = tmp_path / "run"
+    args = [
+        "verl",
+        "prepare",
+        "--model",
+        model,
+        "--train",
+        str(questions),
+        "--index",
+        index,
+        "--out",
+        str(out),
+    ]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+
+    overrides = (out / "overrides.txt").read_text().splitlines()
+    config = verl_config(Path(model), overrides)
+    assert config.trainer.use_v1 is True
+    assert (config.algorithm.adv_estimator, config.algorithm.gamma, config.algorithm.lam) == ("gae", 1.0, 1.0)
+    assert (config.algorithm.use_kl_in_reward, config.algorithm.kl_ctrl.kl_coef) == (True, 0.01)
+    assert config.actor_rollout_ref.actor.optim.lr == 5e-7 and config.critic.optim.lr == 9e-6
+    assert config.actor_rollout_ref.rollout.n == 4
+    assert config.actor_rollout_ref.rollout.agent.default_agent_loop == "r3rag"
+    loop = loop_config(config)
+    assert (loop.rollout.top_k, loop.rollout.max_doc_chars, loop.judges.reference_match) == (2, 512, "id")
+    assert loop.retrieval.source == index
+
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    (row,) = RLHFDataset(data_files=config.data.train_files, tokenizer=tokenizer, config=config.data)
+    assert row["agent_name"] == "r3rag"
+    assert row_example(row["extra_info"]) == QAExample(
+        id=EXAMPLE.id, question=EXAMPLE.question, answers=EXAMPLE.answers, supporting_ids=["ada"], dataset=""
+    )
+    script = out / "run_verl.sh"
+    assert subprocess.run(["bash", "-n", str(script)], check=False).returncode == 0
+    assert all(shlex.quote(o) in script.read_text() for o in overrides)
+
+
+def test_overrides_quote_what_hydra_would_misread(tmp_path: Path) -> None:
+    tricky = "It's a: [test], {x} ${y} \\ done \\"
+    loop = VerlLoopConfig(
+        retrieval=RetrievalConfig(source=str(tmp_path)),
+        rollout=ROLLOUT.model_copy(update={"system_prompt": tricky, "stop": ["a,b", "c'd"]}),
+    )
+    assert loop_config(verl_config(tmp_path, r3rag_overrides(loop))) == loop
