@@ -74,7 +74,7 @@ class _Pending:
 
 
 @dataclass
-class _Counters:
+class ServerCounters:
     started: float = field(default_factory=time.monotonic)
     requests: int = 0
     queries: int = 0
@@ -97,7 +97,7 @@ class SearchBatcher:
     queries once with the largest k asked for, and gives each request its own top-k prefix back.
     """
 
-    def __init__(self, retriever: Retriever, config: RetrieverServerConfig, counters: _Counters):
+    def __init__(self, retriever: Retriever, config: RetrieverServerConfig, counters: ServerCounters):
         self._retriever = retriever
         self._max_batch = config.max_batch_queries
         self._wait_s = config.batch_wait_ms / 1000
@@ -220,7 +220,7 @@ def _request_model(config: RetrieverServerConfig) -> type[BaseModel]:
     )
 
 
-def _describe(error: ValidationError) -> str:
+def describe_validation_error(error: ValidationError) -> str:
     """'queries.3: String should have at most 2000 characters; k: ...': the field, then what is wrong."""
     parts = [
         f"{'.'.join(str(part) for part in e['loc']) or 'body'}: {e['msg']}"
@@ -230,7 +230,7 @@ def _describe(error: ValidationError) -> str:
     return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
+async def read_body(request: Request, limit: int) -> bytes:
     """The raw body, refused with 413 as soon as it is known to exceed ``limit`` (declared or streamed)."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
@@ -310,11 +310,13 @@ def exposure_warning(
     )
 
 
-class _Guard:
+class AccessGuard:
     """ASGI middleware in front of every route: the Host check (400), then the API key (401), each answered
     with a JSON ``detail`` that says what to send, before any other work."""
 
-    def __init__(self, app: Any, hosts: list[str], key: str | None, key_env: str | None, counters: _Counters):
+    def __init__(
+        self, app: Any, hosts: list[str], key: str | None, key_env: str | None, counters: ServerCounters
+    ):
         self.app, self.hosts, self.key_env, self.counters = app, hosts, key_env, counters
         self.key = key.encode() if key else None
 
@@ -372,7 +374,7 @@ def create_app(
     Raises ValueError when ``config.api_key_env`` names a variable that holds no key.
     """
     config = config or RetrieverServerConfig()
-    counters = _Counters()
+    counters = ServerCounters()
     cache = LRUCache(config.cache_size, config.cache_max_bytes)
     request_model = _request_model(config)
     state: dict[str, SearchBatcher] = {}
@@ -390,7 +392,7 @@ def create_app(
 
     app = FastAPI(title="r3rag retriever", lifespan=lifespan)
     app.add_middleware(
-        _Guard, hosts=accepted_hosts(config), key=key, key_env=config.api_key_env, counters=counters
+        AccessGuard, hosts=accepted_hosts(config), key=key, key_env=config.api_key_env, counters=counters
     )
     index_summary = _index_summary(manifest) if manifest else {"retriever": type(retriever).__name__}
     limits = config.model_dump(include={"max_queries", "max_k", "max_query_chars", "max_body_bytes"})
@@ -431,9 +433,9 @@ def create_app(
         """Which of the given passage ids the index holds (gold matching asks once per run); ``known`` is
         null when the retriever cannot tell."""
         try:
-            body = _IdsRequest.model_validate_json(await _read_body(request, config.max_body_bytes))
+            body = _IdsRequest.model_validate_json(await read_body(request, config.max_body_bytes))
         except ValidationError as e:
-            raise HTTPException(422, _describe(e)) from None
+            raise HTTPException(422, describe_validation_error(e)) from None
         if not isinstance(retriever, PassageLookup):
             return {"known": None}
         known = await asyncio.to_thread(retriever.known_ids, body.ids)
@@ -449,13 +451,13 @@ def create_app(
                 415, f"Content-Type must be application/json, not {media_type or 'none'}: send a JSON body"
             )
         try:
-            body = request_model.model_validate_json(await _read_body(request, config.max_body_bytes))
+            body = request_model.model_validate_json(await read_body(request, config.max_body_bytes))
         except HTTPException:
             counters.rejected += 1
             raise
         except ValidationError as e:
             counters.rejected += 1
-            raise HTTPException(422, _describe(e)) from None
+            raise HTTPException(422, describe_validation_error(e)) from None
         queries: list[str] = body.queries  # type: ignore[attr-defined]  # a model made from the config
         k: int = body.k  # type: ignore[attr-defined]  # (its fields are not declared)
         counters.queries += len(queries)
@@ -476,7 +478,7 @@ def create_app(
 
 
 async def _search_missing(
-    batcher: SearchBatcher, queries: Sequence[str], k: int, counters: _Counters
+    batcher: SearchBatcher, queries: Sequence[str], k: int, counters: ServerCounters
 ) -> list[list[Passage]]:
     try:
         return await batcher.search(list(queries), k)

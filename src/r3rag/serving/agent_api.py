@@ -40,13 +40,13 @@ from r3rag.config import AgentConfig, AgentServerConfig
 from r3rag.llm.base import Completion, Conversation, Generator, SamplingParams
 from r3rag.retrieval.base import Retriever
 from r3rag.retrieval.server import (
-    _Counters,
-    _describe,
-    _Guard,
-    _read_body,
+    AccessGuard,
+    ServerCounters,
     accepted_hosts,
+    describe_validation_error,
     exposure_warning,
     read_api_key,
+    read_body,
 )
 from r3rag.schema import QAExample, Step, Trajectory
 from r3rag.serving.batching import BatchingGenerator, BatchingRetriever
@@ -154,7 +154,7 @@ class _Stats:
     errors: int = 0
     cancelled: int = 0
     seconds: float = 0.0
-    guard: _Counters = field(default_factory=_Counters)  # the Host and key refusals
+    guard: ServerCounters = field(default_factory=ServerCounters)  # the Host and key refusals
 
 
 class AgentService:
@@ -252,9 +252,13 @@ def create_app(
         description="The R3-RAG reason-retrieve loop: a question in, the answer and every step out.",
         lifespan=lifespan,
     )
-    guard_counters = _Counters()
+    guard_counters = ServerCounters()
     app.add_middleware(
-        _Guard, hosts=accepted_hosts(config), key=key, key_env=config.api_key_env, counters=guard_counters
+        AccessGuard,
+        hosts=accepted_hosts(config),
+        key=key,
+        key_env=config.api_key_env,
+        counters=guard_counters,
     )
     limits = config.model_dump(
         include={"max_question_chars", "max_steps", "max_top_k", "max_body_bytes", "max_concurrent"}
@@ -273,9 +277,9 @@ def create_app(
                 415, f"Content-Type must be application/json, not {media_type or 'none'}: send a JSON body"
             )
         try:
-            return body_model.model_validate_json(await _read_body(request, config.max_body_bytes))
+            return body_model.model_validate_json(await read_body(request, config.max_body_bytes))
         except ValidationError as e:
-            raise HTTPException(422, _describe(e)) from None
+            raise HTTPException(422, describe_validation_error(e)) from None
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
