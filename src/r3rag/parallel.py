@@ -71,14 +71,6 @@ class Processes:
         dist.all_reduce(total, op=dist.ReduceOp.SUM)
         return float(total.item())
 
-    def full_state_dict(self, module: torch.nn.Module) -> dict[str, torch.Tensor]:
-        """A sharded module's whole state dict on the host (every process must call it; each gets it)."""
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-        state = get_model_state_dict(module, options=options)
-        return {name: value for name, value in state.items() if isinstance(value, torch.Tensor)}
-
     def close(self) -> None:
         if self.world > 1 and dist.is_initialized():
             dist.barrier()
@@ -123,6 +115,15 @@ def shard(module: torch.nn.Module) -> torch.nn.Module:
     # the root reshards after its forward too: an evaluation (no backward) would leave its weights whole
     fully_shard(module, reshard_after_forward=True)
     return module
+
+
+def full_model_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A sharded module's whole state dict on the host (every process must call it; each gets it)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    state = get_model_state_dict(module, options=options)
+    return {name: value for name, value in state.items() if isinstance(value, torch.Tensor)}
 
 
 def full_optimizer_state(module: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:

@@ -321,8 +321,10 @@ def _train(
             )
             record.update(runs.peak_memory())
             last_loss = record["loss"]
-            # every process evaluates and gathers a checkpoint: under FSDP both are collective
-            if data.val and ((step + 1) % config.eval_every == 0 or step + 1 == total):
+            # under FSDP every process evaluates and gathers a checkpoint (both are collective); otherwise
+            # the main process alone, which writes them
+            evaluating = data.val and ((step + 1) % config.eval_every == 0 or step + 1 == total)
+            if evaluating and (config.fsdp or processes.main):
                 eval_loss = record["eval_loss"] = evaluate(trained, data.val, config, pad_id)
             if (step + 1) % config.save_every == 0 and step + 1 < total:
                 state = {
@@ -332,7 +334,7 @@ def _train(
                     "scheduler": scheduler.state_dict(),
                     "fingerprint": data.fingerprint,
                 }
-                weights = _full_weights(trained, processes) if config.fsdp else None
+                weights = _full_weights(trained) if config.fsdp else None
                 if processes.main:
                     runs.save_checkpoint(
                         out / CHECKPOINTS,
@@ -366,7 +368,7 @@ def _train(
         peak_rss_bytes=runs.peak_rss_bytes(),
         peak_gpu_bytes=peak_gpu_bytes(device),
     )
-    weights = _full_weights(trained, processes) if config.fsdp else None
+    weights = _full_weights(trained) if config.fsdp else None
     if processes.main:
         _save_final(out, model, tokenizer, config, result, weights)
     return result
@@ -439,10 +441,10 @@ def _with_lora(model: Any, config: SFTConfig, checkpoint: Path | None) -> Any:
     return add_lora(model, config.lora_rank, config.lora_alpha, config.lora_targets, config.lora_dropout)
 
 
-def _full_weights(trained: Any, processes: parallel.Processes) -> dict[str, torch.Tensor]:
+def _full_weights(trained: Any) -> dict[str, torch.Tensor]:
     """The whole weights of an FSDP-sharded model under their Hugging Face names (every process calls it)."""
     prefix = "model."  # the ActionLogprobs root holds the causal LM as `model`
-    return {name.removeprefix(prefix): t for name, t in processes.full_state_dict(trained).items()}
+    return {name.removeprefix(prefix): t for name, t in parallel.full_model_state(trained).items()}
 
 
 def _save_model(
