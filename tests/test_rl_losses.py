@@ -11,7 +11,10 @@ from r3rag.rl.losses import (
     approx_kl,
     explained_variance,
     gae,
+    group_normalized_advantages,
+    leave_one_out_advantages,
     policy_loss,
+    rewards_to_go,
     sample_mean,
     token_rewards,
     value_loss,
@@ -180,3 +183,35 @@ def test_learning_rate_schedule() -> None:
 def test_minibatches_accumulate_micro_batches_up_to_the_size() -> None:
     assert minibatches([2, 0, 1, 3], sizes=[3, 2, 4, 1], minibatch_size=4) == [[2], [0, 1], [3]]
     assert minibatches([0, 1, 2, 3], sizes=[1, 1, 1, 1], minibatch_size=8) == [[0, 1, 2, 3]]
+
+
+# ------------------------------------------------------------------ returns over steps and group baselines
+
+
+def test_rewards_to_go_add_every_later_step() -> None:
+    assert rewards_to_go([0.8, 0.5, 2.0]) == pytest.approx([3.3, 2.5, 2.0])
+    assert rewards_to_go([-1.0]) == [-1.0] and rewards_to_go([]) == []
+
+
+def test_leave_one_out_compares_each_trajectory_with_its_siblings_only() -> None:
+    # group a: returns 2, 0, 1, 1 -> baselines (0+1+1)/3, (2+1+1)/3, (2+0+1)/3, (2+0+1)/3; b is alone
+    advantages = leave_one_out_advantages([2.0, 0.0, 1.0, 1.0, 3.0], ["a", "a", "a", "a", "b"])
+    assert advantages == pytest.approx([2 - 2 / 3, 0 - 4 / 3, 0.0, 0.0, 0.0])
+    # the identity A = K/(K-1) (G - group mean), K = 4, mean 1
+    assert advantages[:4] == pytest.approx([4 / 3 * (g - 1) for g in (2.0, 0.0, 1.0, 1.0)])
+
+
+def test_group_normalised_advantages_use_the_group_mean_and_sample_std() -> None:
+    # group a: mean 1, sample std sqrt((1 + 1 + 0 + 0) / 3) = 0.81650; group b all equal; c alone
+    std = math.sqrt(2 / 3)
+    advantages = group_normalized_advantages(
+        [2.0, 0.0, 1.0, 1.0, 0.5, 0.5, 7.0], ["a", "a", "a", "a", "b", "b", "c"], eps=1e-4
+    )
+    assert advantages == pytest.approx([1 / (std + 1e-4), -1 / (std + 1e-4), 0.0, 0.0, 0.0, 0.0, 0.0])
+
+
+def test_group_baselines_refuse_unlabelled_returns() -> None:
+    with pytest.raises(ValueError, match="2 returns for 1 group labels"):
+        leave_one_out_advantages([1.0, 2.0], ["a"])
+    with pytest.raises(ValueError, match="2 returns for 1 group labels"):
+        group_normalized_advantages([1.0, 2.0], ["a"])

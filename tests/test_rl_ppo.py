@@ -10,6 +10,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from r3rag.config import AgentConfig
+from r3rag.packing import Sample
 from r3rag.runs import checkpoints
 from rl_fixtures import ToyScorer, tiny_config, tiny_trainer
 from tiny_llm import tiny_model
@@ -182,3 +183,58 @@ def test_lora_on_a_bf16_base_trains_fp32_adapters(tmp_path: Path) -> None:
     frozen = {n: p for n, p in trainer.model.named_parameters() if not p.requires_grad}
     assert trained == {torch.float32} and {p.dtype for p in frozen.values()} == {torch.bfloat16}
     assert all(torch.equal(base_before[n], p) for n, p in frozen.items())
+
+
+@pytest.mark.parametrize("advantage", ["gae-trajectory", "rloo", "grpo"])
+def test_each_credit_scheme_learns_the_toy_reward(tmp_path: Path, advantage: str) -> None:
+    """The bandit of test_mean_reward_rises_on_a_toy_reward, 4 samples per question (the group). A group
+    whose 4 samples agree teaches nothing: 5 iterations at a higher rate."""
+    rollout = {"max_steps": 1, "max_format_retries": 0, "max_new_tokens": 1}
+    config = tiny_config(
+        tmp_path,
+        advantage=advantage,
+        iterations=5,
+        actor_lr=1e-3,
+        questions_per_iteration=12,
+        samples_per_question=4,
+        rollout=rollout,
+        ppo_epochs=1,
+        minibatch_size=12,
+        eval_questions=1,
+    )
+    records = tiny_trainer(config).train(progress=False)
+    rewards = [r["reward/step_mean"] for r in records if r["iteration"] > 0]
+    assert rewards[-1] > rewards[0] + 0.3, rewards
+
+
+@pytest.mark.parametrize("advantage", ["rloo", "grpo"])
+def test_critic_free_runs_learn_no_value_and_build_no_critic(tmp_path: Path, advantage: str) -> None:
+    trainer = tiny_trainer(tiny_config(tmp_path, advantage=advantage, critic="separate"))
+    assert trainer.model.critic_trunk is None  # no second trunk for a critic nobody trains
+    head = [p.detach().clone() for p in trainer.model.value_head.parameters()]
+    metrics = trainer.iteration(1)
+    assert all(torch.equal(p, q) for p, q in zip(head, trainer.model.value_head.parameters(), strict=True))
+    assert not {"ppo/value_loss", "ppo/explained_variance", "ppo/grad_norm_critic"} & metrics.keys()
+    assert metrics["ppo/policy_loss"] == metrics["ppo/policy_loss"]  # a number, not NaN
+
+
+def test_critic_free_token_advantages_are_the_samples_less_the_kl_to_come(tmp_path: Path) -> None:
+    """A_t = (the scalar the credit scheme placed) - beta * sum of KL_t' for t' >= t in the step, by hand."""
+    config = tiny_config(tmp_path, advantage="rloo", normalize_advantages=False, kl_coef=0.5)
+    trainer = tiny_trainer(config)
+    trainer.iteration(1)  # moves the actor off the reference: KL != 0 from here on
+    samples = [
+        Sample((5, 6, 7, 8), (False, True, True, True), (0.0, 0.0, 0.0, 1.5), trajectory=0, step=0),
+        Sample((5, 9, 10), (False, True, True), (0.0, 0.0, -0.5), trajectory=1, step=0),
+    ]
+    buffer, _ = trainer._experience(samples)
+    checked = 0
+    for e in buffer:
+        mask = e.batch.action_mask
+        assert e.kl.abs().sum() > 0
+        placed = e.batch.rewards.sum(-1, keepdim=True)  # one scalar per sample
+        kl_to_come = (e.kl * mask).flip(-1).cumsum(-1).flip(-1)
+        torch.testing.assert_close(e.advantages, (placed - 0.5 * kl_to_come) * mask)
+        assert torch.equal(e.old_values, torch.zeros_like(e.old_values))
+        checked += e.batch.size
+    assert checked == 2

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
 from r3rag.packing import Sample, collate, length_groups, pack_samples
-from r3rag.rl.samples import step_samples
+from r3rag.rl.samples import CREDIT_SCHEMES, return_to_go_samples, step_samples
 from rl_fixtures import ANSWER, INVALID, QUERY, scripted_rollout
 from tiny_llm import tiny_tokenizer
 
@@ -147,3 +149,26 @@ def test_length_groups_fill_a_micro_batch_exactly_to_its_bound() -> None:
     assert length_groups([45, 44], max_tokens=89) == [[0], [1]]
     assert length_groups([30, 30, 30], max_tokens=90) == [[0, 1, 2]]
     assert length_groups([100, 3], max_tokens=90) == [[0], [1]]  # too long for any bound: alone
+
+
+def test_returns_to_go_carry_every_later_steps_reward() -> None:
+    _, trajectories, rewards = scripted_rollout({"q": [QUERY, ANSWER]})
+    first, second = return_to_go_samples(trajectories, rewards)
+    assert first.rewards[-1] == pytest.approx(1.6 * 0.5 + 2.0) and second.rewards[-1] == 2.0
+    assert sum(first.rewards) == first.rewards[-1]  # still only on the last action token
+    # the same cut as the paper's scheme: only the placed scalar differs
+    paper = step_samples(trajectories, rewards)
+    assert [(s.tokens, s.action_mask) for s in paper] == [(s.tokens, s.action_mask) for s in (first, second)]
+
+
+def test_group_baselines_put_the_trajectorys_advantage_on_every_step() -> None:
+    _, trajectories, rewards = scripted_rollout({"q": [QUERY, ANSWER], "r": [INVALID]})
+    # two samples of one question: returns 0.8 + 2.0 = 2.8 and -1.0
+    same = [dataclasses.replace(t, example_id="g") for t in trajectories]
+    samples = CREDIT_SCHEMES["rloo"](same, rewards)
+    assert [s.rewards[-1] for s in samples] == pytest.approx([3.8, 3.8, -3.8])  # 2.8 - (-1), -1 - 2.8
+    assert [sum(s.rewards) for s in samples] == pytest.approx([3.8, 3.8, -3.8])
+    grpo = CREDIT_SCHEMES["grpo"](same, rewards)  # mean 0.9, sample std 3.8 / sqrt(2)
+    assert grpo[0].rewards[-1] == pytest.approx(1.9 / (3.8 / 2**0.5 + 1e-4))
+    # as asked (different questions), each trajectory is alone: nothing to compare with
+    assert [s.rewards[-1] for s in CREDIT_SCHEMES["rloo"](trajectories, rewards)] == [0.0, 0.0, 0.0]

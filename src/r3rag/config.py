@@ -842,6 +842,13 @@ class PPOConfig(StageConfig):
     kl_estimator: Literal["k1", "k3"] = Field(
         "k1", description="Per-token KL estimator (official: k1, log pi - log pi_ref; k3 is never negative)."
     )
+    advantage: Literal["gae", "gae-trajectory", "rloo", "grpo"] = Field(
+        "gae",
+        description="How a step is credited. gae: its own reward, a learned value, GAE (official). "
+        "gae-trajectory: its reward plus every later step's (returns-to-go over the trajectory), GAE. "
+        "rloo / grpo: critic-free; the trajectory's return against its question's other samples (leave-one-"
+        "out mean; group mean and std) on every step, no value learned (`critic` unused).",
+    )
     gamma: float = Field(1.0, ge=0, le=1, description="GAE discount within a step-sample (official: 1.0).")
     lam: float = Field(1.0, ge=0, le=1, description="GAE lambda (official: 1.0).")
     normalize_advantages: bool = Field(

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from functools import partial
@@ -120,38 +120,64 @@ class PipelineResult:
 
 
 def run_pipeline(
-    config: PipelineConfig, out: str | Path, console: Console | None = None, progress: bool = True
+    config: PipelineConfig,
+    out: str | Path,
+    console: Console | None = None,
+    progress: bool = True,
+    only: Collection[str] | None = None,
 ) -> PipelineResult:
     """Run every stage not yet done into ``out``; write the results table; return it.
 
     ``console`` receives one line per stage (and the evaluations' progress); ``progress`` also shows the
-    stages' own progress bars (SFT, PPO, index). Raises :class:`PipelineError` when ``out`` holds another
-    config or a later stage is done while an earlier one is not.
+    stages' own progress bars (SFT, PPO, index). ``only`` names the stages to run (default: all of them):
+    the table then has the rows of the evaluations done. Raises :class:`PipelineError` when ``out`` holds
+    another config, a later stage is done while an earlier one is not, or a stage asked for needs one that is
+    neither done nor asked for.
     """
     ctx = Context(config, Path(out).resolve(), console or Console(stderr=True, quiet=True), progress)
     try:
         with runs.locked(ctx.out):
-            return _run_stages(ctx)
+            return _run_stages(ctx, only)
     except runs.RunFolderError as e:
         raise PipelineError(str(e)) from None
 
 
-def _run_stages(ctx: Context) -> PipelineResult:
+def _run_stages(ctx: Context, only: Collection[str] | None) -> PipelineResult:
     config = ctx.config
     bind_folder(config, ctx.out)
     stages = pipeline_stages(config)
     done = [stage_done(ctx.out, stage) for stage in stages]
     _check_dependents(ctx.out, stages, done)
+    chosen = _chosen_stages(stages, done, only)
     if all(done):
         ctx.say(f"every stage of {ctx.out} is done; delete a stage's folder to redo it")
     reports = []
     for number, (stage, finished) in enumerate(zip(stages, done, strict=True), start=1):
+        if stage.name not in chosen:
+            continue
         label = f"[{number}/{len(stages)}] {stage.title}"
         reports.append(_skip(ctx, stage, label, quiet=all(done)) if finished else _run(ctx, stage, label))
     rows = collect_results(ctx.out, config)
     result = PipelineResult(rows, reports, artifact_paths(ctx.out, config))
     write_results(ctx.out, result)
     return result
+
+
+def _chosen_stages(stages: list[Stage], done: list[bool], only: Collection[str] | None) -> set[str]:
+    """The names of the stages to run: ``only``, checked (every name a stage, every stage it needs either
+    done or chosen too), or all of them."""
+    if only is None:
+        return {stage.name for stage in stages}
+    names = [stage.name for stage in stages]
+    unknown = sorted(set(only) - set(names))
+    if unknown:
+        raise PipelineError(f"no stage named {', '.join(unknown)}; the stages are {', '.join(names)}")
+    finished = {stage.name for stage, d in zip(stages, done, strict=True) if d}
+    for stage in stages:
+        missing = [n for n in stage.needs if stage.name in only and n not in only and n not in finished]
+        if missing:
+            raise PipelineError(f"stage {stage.name} needs {', '.join(missing)}: not done, and not asked for")
+    return set(only)
 
 
 def _run(ctx: Context, stage: Stage, label: str) -> StageReport:
@@ -395,13 +421,19 @@ def _ppo(ctx: Context) -> str:
 
 def _evaluate(evaluation: Evaluation, ctx: Context) -> str:
     """Evaluate one model on the first dev questions into its own folder (resumed if interrupted)."""
+    config, model = evaluation.config_of(ctx.config), evaluation.model_of(ctx.out, ctx.config)
+    evaluate_model(ctx, model, config, ctx.out / evaluation.folder)
+    return ", ".join(f"{r.method} Acc {r.acc:.1%}" for r in _rows(ctx.out, ctx.config, evaluation))
+
+
+def evaluate_model(ctx: Context, model: str, config: EvalConfigBase, out: Path) -> None:
+    """Evaluate ``model`` with ``config`` on the first ``eval_questions`` dev questions of the folder's world,
+    against its index, into ``out`` (an evaluation folder: resumed if interrupted, bound to this model)."""
     from r3rag.evaluation.run import open_run, run_and_report
     from r3rag.evaluation.runner import Progress, load_datasets
     from r3rag.llm.hf import HFGenerator
     from r3rag.llm.models import describe_model
 
-    config, model = evaluation.config_of(ctx.config), evaluation.model_of(ctx.out, ctx.config)
-    out = ctx.out / evaluation.folder
     datasets = load_datasets([str(ctx.out / "world" / "dev.jsonl")], ctx.config.eval_questions)
     manifest, retriever = open_run(config, datasets, describe_model(model), str(ctx.out / "index"), out)
     generator = HFGenerator.from_name(
@@ -412,16 +444,20 @@ def _evaluate(evaluation: Evaluation, ctx: Context) -> str:
         ctx.say(f"    {p.method}: {p.done}/{p.total} questions ({p.seconds:.0f} s)")
 
     run_and_report(config, generator, retriever, manifest, datasets, out, on_progress=show)
-    return ", ".join(f"{r.method} Acc {r.acc:.1%}" for r in _rows(ctx.out, ctx.config, evaluation))
 
 
 # ------------------------------------------------------------------------------------------- the results
 
 
 def collect_results(out: Path, config: PipelineConfig) -> list[ResultRow]:
-    """The table's rows, from each evaluation's ``results.json``: the untrained model with each baseline
-    method, then R3-RAG-CS and R3-RAG with method r3rag."""
-    return [row for evaluation in EVALUATIONS for row in _rows(out, config, evaluation)]
+    """The table's rows, from each finished evaluation's ``results.json``: the untrained model with each
+    baseline method, then R3-RAG-CS and R3-RAG with method r3rag."""
+    return [
+        row
+        for evaluation in EVALUATIONS
+        if (out / evaluation.folder / "results.json").is_file()
+        for row in _rows(out, config, evaluation)
+    ]
 
 
 def _rows(out: Path, config: PipelineConfig, evaluation: Evaluation) -> list[ResultRow]:

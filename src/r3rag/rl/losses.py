@@ -9,7 +9,9 @@ sample's tokens and then over samples.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import statistics
+from collections import defaultdict
+from collections.abc import Hashable, Sequence
 from typing import Literal
 
 import torch
@@ -97,6 +99,56 @@ def gae(
         advantages[:, t] = running
     advantages = advantages * mask
     return advantages, (advantages + values) * mask
+
+
+def rewards_to_go(rewards: Sequence[float]) -> list[float]:
+    """G_s = r_s + r_{s+1} + ... + r_last for every step s of one trajectory (undiscounted, as the paper's
+    gamma = 1): what a step is worth when the steps after it count as its consequences."""
+    out, running = [], 0.0
+    for reward in reversed(rewards):
+        running += reward
+        out.append(running)
+    return out[::-1]
+
+
+def leave_one_out_advantages(returns: Sequence[float], groups: Sequence[Hashable]) -> list[float]:
+    """RLOO (Ahmadian et al. 2024): A_i = G_i - mean of G_j over the *other* trajectories j of i's group.
+
+    The baseline excludes the trajectory itself, so it is independent of its action and the estimate stays
+    unbiased; A_i = K/(K-1) (G_i - mean of the group) for a group of K. A trajectory alone in its group
+    (its siblings were dropped) has nothing to be compared with: 0.
+    """
+    if len(returns) != len(groups):
+        raise ValueError(f"{len(returns)} returns for {len(groups)} group labels")
+    totals: dict[Hashable, float] = defaultdict(float)
+    counts: dict[Hashable, int] = defaultdict(int)
+    for g, key in zip(returns, groups, strict=True):
+        totals[key] += g
+        counts[key] += 1
+    return [
+        0.0 if counts[key] < 2 else g - (totals[key] - g) / (counts[key] - 1)
+        for g, key in zip(returns, groups, strict=True)
+    ]
+
+
+def group_normalized_advantages(
+    returns: Sequence[float], groups: Sequence[Hashable], eps: float = 1e-4
+) -> list[float]:
+    """GRPO (Shao et al. 2024): A_i = (G_i - mean of i's group) / (std of i's group + eps), the sample
+    standard deviation (n - 1, as TRL's ``GRPOTrainer``). A group whose returns are all equal, or of one
+    trajectory, teaches nothing: 0."""
+    if len(returns) != len(groups):
+        raise ValueError(f"{len(returns)} returns for {len(groups)} group labels")
+    members: dict[Hashable, list[float]] = defaultdict(list)
+    for g, key in zip(returns, groups, strict=True):
+        members[key].append(g)
+    stats = {
+        key: (statistics.fmean(v), statistics.stdev(v) if len(v) > 1 else 0.0) for key, v in members.items()
+    }
+    return [
+        0.0 if stats[key][1] == 0 else (g - stats[key][0]) / (stats[key][1] + eps)
+        for g, key in zip(returns, groups, strict=True)
+    ]
 
 
 def whiten(

@@ -73,7 +73,7 @@ from r3rag.rl.losses import (
 )
 from r3rag.rl.models import ActorCritic, ReferencePolicy
 from r3rag.rl.rollout import Rollout, Scorer, collect, repeat, rollout_metrics
-from r3rag.rl.samples import CreditScheme, step_samples
+from r3rag.rl.samples import CREDIT_SCHEMES, CRITIC_FREE, CreditScheme
 from r3rag.rl.tracking import CURVE_FILE, MetricsLog, plot_curve
 from r3rag.schema import QAExample, Trajectory
 
@@ -156,7 +156,7 @@ class PPOTrainer:
         judge: CorrectnessJudge,
         train: Sequence[QAExample],
         dev: Sequence[QAExample] = (),
-        credit: CreditScheme = step_samples,
+        credit: CreditScheme | None = None,
     ) -> None:
         if not train:
             raise ValueError("no training questions")
@@ -167,11 +167,16 @@ class PPOTrainer:
         self.judge = judge
         self.train_examples = list(train)
         self.dev_examples = list(dev)[: config.eval_questions]
-        self.credit = credit
+        self.credit = credit or CREDIT_SCHEMES[config.advantage]
+        self.critic_free = config.advantage in CRITIC_FREE  # the samples carry the baseline: no value
         self.out = Path(config.out)
         torch.manual_seed(config.seed)  # LoRA's initial A matrices
-        self.model = ActorCritic(
-            actor, config.critic, config.lora_rank, config.lora_alpha, tuple(config.lora_targets)
+        self.model = ActorCritic(  # critic-free: the (cheap, never trained) head, no second trunk
+            actor,
+            "shared" if config.advantage in CRITIC_FREE else config.critic,
+            config.lora_rank,
+            config.lora_alpha,
+            tuple(config.lora_targets),
         ).eval()  # no dropout anywhere: log-probs of the update match those of the rollout (as OpenRLHF)
         self.device = module_device(actor)
         if wants_gradient_checkpointing(config.gradient_checkpointing, actor):
@@ -347,19 +352,20 @@ class PPOTrainer:
             mask = batch.action_mask
             t0 = time.perf_counter()
             with torch.no_grad():
-                old = self.model(batch, c.bf16, values=True)
+                old = self.model(batch, c.bf16, values=not self.critic_free)
             t1 = time.perf_counter()
             ref_logprobs = self.reference.logprobs(batch, c.bf16)
             reference_seconds += time.perf_counter() - t1
             policy_seconds += t1 - t0
-            assert old.values is not None
+            old_values = torch.zeros_like(old.logprobs) if old.values is None else old.values * mask
             # KL_t = log pi_old(a_t) - log pi_ref(a_t)  (k1), or k3; per token, on the sampled tokens
             kl = approx_kl(old.logprobs, ref_logprobs, mask, c.kl_estimator)
             # r_t = -beta * KL_t, plus the step's reward on its last action token
             rewards = token_rewards(batch.rewards, kl, c.kl_coef, mask)
             # GAE in each sample: delta_t = r_t + gamma V_{t+1} - V_t; A_t = delta_t + gamma lambda A_{t+1}
-            advantages, returns = gae(rewards, old.values * mask, mask, c.gamma, c.lam)
-            buffer.append(Experience(batch, old.logprobs, old.values * mask, kl, advantages, returns))
+            # (critic-free: V = 0, so A_t is the sample's advantage less the KL penalty from t on)
+            advantages, returns = gae(rewards, old_values, mask, c.gamma, c.lam)
+            buffer.append(Experience(batch, old.logprobs, old_values, kl, advantages, returns))
 
         masks = [e.batch.action_mask for e in buffer]
         flat = {
@@ -371,6 +377,11 @@ class PPOTrainer:
                 e.advantages = whitened
         tokens = sum(e.batch.tokens for e in buffer)
         sample_kl = torch.cat([(e.kl).sum(-1) for e in buffer])
+        critic = {
+            "ppo/return_mean": float(flat["returns"].mean()),
+            "ppo/value_mean": float(flat["old_values"].mean()),
+            "ppo/explained_variance": explained_variance(flat["old_values"], flat["returns"]),
+        }
         return buffer, {
             "samples": float(len(samples)),
             "samples/action_tokens": float(flat["kl"].numel()),
@@ -379,9 +390,7 @@ class PPOTrainer:
             "ppo/kl_per_sample": float(sample_kl.mean()),
             "ppo/advantage_raw_mean": float(flat["advantages"].mean()),
             "ppo/advantage_raw_std": float(flat["advantages"].std(unbiased=False)),
-            "ppo/return_mean": float(flat["returns"].mean()),
-            "ppo/value_mean": float(flat["old_values"].mean()),
-            "ppo/explained_variance": explained_variance(flat["old_values"], flat["returns"]),
+            **({} if self.critic_free else critic),
             "time/policy_pass": policy_seconds,
             "time/reference_pass": reference_seconds,
             "passes/tokens_per_s": 2 * tokens / max(policy_seconds + reference_seconds, 1e-9),
@@ -406,22 +415,26 @@ class PPOTrainer:
                 for i in group:
                     e = buffer[i]
                     mask = e.batch.action_mask
-                    new = self.model(e.batch, c.bf16, values=True, entropy_grad=c.ent_coef > 0)
-                    assert new.values is not None
+                    new = self.model(
+                        e.batch, c.bf16, values=not self.critic_free, entropy_grad=c.ent_coef > 0
+                    )
                     # ratio_t = pi(a_t) / pi_old(a_t);  L_clip = -min(ratio A, clip(ratio, 1-eps, 1+eps) A)
                     pg_tokens, ratio = policy_loss(
                         new.logprobs, e.old_logprobs, e.advantages, mask, c.clip_ratio
                     )
-                    # L_V = 0.5 max((V - R)^2, (V_old + clip(V - V_old, -c, c) - R)^2)
-                    v_tokens = value_loss(new.values, e.old_values, e.returns, mask, c.value_clip)
                     pg = sample_mean(pg_tokens, mask, n)
-                    vl = sample_mean(v_tokens, mask, n)
                     entropy = sample_mean(new.entropy, mask, n)
-                    (pg + value_weight * vl - c.ent_coef * entropy).backward()
+                    loss = pg - c.ent_coef * entropy
+                    if new.values is not None:
+                        # L_V = 0.5 max((V - R)^2, (V_old + clip(V - V_old, -c, c) - R)^2)
+                        v_tokens = value_loss(new.values, e.old_values, e.returns, mask, c.value_clip)
+                        vl = sample_mean(v_tokens, mask, n)
+                        loss = loss + value_weight * vl
+                        sums["value_loss"] += float(vl.detach())
+                    loss.backward()
                     with torch.no_grad():
                         log_ratio = ratio.log()
                         sums["policy_loss"] += float(pg)
-                        sums["value_loss"] += float(vl)
                         sums["entropy"] += float(entropy)
                         # the share of tokens whose ratio left [1 - eps, 1 + eps], and KL(pi_old || pi)
                         sums["clip_fraction"] += float(
@@ -431,7 +444,10 @@ class PPOTrainer:
                     tokens += e.batch.tokens
                 # clip each network's gradient norm on its own, as the official actor and critic engines do
                 sums["grad_norm_actor"] += float(nn.utils.clip_grad_norm_(actor_params, c.max_grad_norm))
-                sums["grad_norm_critic"] += float(nn.utils.clip_grad_norm_(critic_params, c.max_grad_norm))
+                if not self.critic_free:
+                    sums["grad_norm_critic"] += float(
+                        nn.utils.clip_grad_norm_(critic_params, c.max_grad_norm)
+                    )
                 progress = (iteration - 1 + (epoch + (k + 1) / len(groups)) / c.ppo_epochs) / c.iterations
                 schedule_to(self.scheduler, progress)
                 self.optimizer.step()

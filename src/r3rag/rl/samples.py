@@ -11,22 +11,25 @@ paper's: each step is its own sample (official ``experience_maker.py``; referenc
   the *next* step's prompt, so they are never actions;
 - reward = the step's scalar reward, on its last action token.
 
-A trajectory-level scheme (one sequence per trajectory, rewards at the end of each step, GAE across steps)
-fits the same :class:`~r3rag.packing.Sample` (actions need not be contiguous; :func:`~r3rag.packing.collate`
-gathers them in order) and would be a second function next to :func:`step_samples`; the trainer only sees
-the scheme it is given.
+The other schemes keep that cut and change only the scalar a step carries (``PPOConfig.advantage``):
+:func:`return_to_go_samples` (the step's reward plus every later one's, for GAE) and
+:func:`group_baseline_samples` (the trajectory's return against its question's other samples, RLOO or GRPO,
+for a critic-free update). The trainer only sees the scheme it is given.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 
 from r3rag.packing import Sample
 from r3rag.rewards.shaping import TrajectoryReward
+from r3rag.rl.losses import group_normalized_advantages, leave_one_out_advantages, rewards_to_go
 from r3rag.schema import Trajectory
 
 CreditScheme = Callable[[Sequence[Trajectory], Sequence[TrajectoryReward]], list[Sample]]
 """Turns a rollout's trajectories and their per-step rewards into PPO samples."""
+GroupBaseline = Callable[[Sequence[float], Sequence[Hashable]], list[float]]
+"""Trajectory returns and their group labels -> advantages (:mod:`r3rag.rl.losses`)."""
 
 
 def step_token_ids(trajectory: Trajectory) -> list[dict[str, list[int]]]:
@@ -45,13 +48,14 @@ def step_token_ids(trajectory: Trajectory) -> list[dict[str, list[int]]]:
     return recorded
 
 
-def step_samples(trajectories: Sequence[Trajectory], rewards: Sequence[TrajectoryReward]) -> list[Sample]:
-    """The paper's credit scheme: one sample per step, its reward on its last action token."""
-    if len(trajectories) != len(rewards):
-        raise ValueError(f"{len(rewards)} rewards for {len(trajectories)} trajectories")
+def samples_with_rewards(
+    trajectories: Sequence[Trajectory], step_values: Sequence[Sequence[float]]
+) -> list[Sample]:
+    """One sample per step of every trajectory, ``step_values[t][s]`` on step s's last action token: every
+    credit scheme below cuts trajectories the same way and differs only in the scalar a step carries."""
     samples = []
-    for t, (trajectory, reward) in enumerate(zip(trajectories, rewards, strict=True)):
-        for s, (ids, step_reward) in enumerate(zip(step_token_ids(trajectory), reward.rewards, strict=True)):
+    for t, (trajectory, values) in enumerate(zip(trajectories, step_values, strict=True)):
+        for s, (ids, value) in enumerate(zip(step_token_ids(trajectory), values, strict=True)):
             prompt, completion = ids["prompt"], ids["completion"]
             if not prompt or not completion:
                 raise ValueError(
@@ -59,6 +63,55 @@ def step_samples(trajectories: Sequence[Trajectory], rewards: Sequence[Trajector
                 )
             tokens = (*prompt, *completion)
             mask = (False,) * len(prompt) + (True,) * len(completion)
-            placed = (0.0,) * (len(tokens) - 1) + (float(step_reward),)
+            placed = (0.0,) * (len(tokens) - 1) + (float(value),)
             samples.append(Sample(tokens, mask, placed, trajectory=t, step=s))
     return samples
+
+
+def _check_lengths(trajectories: Sequence[Trajectory], rewards: Sequence[TrajectoryReward]) -> None:
+    if len(trajectories) != len(rewards):
+        raise ValueError(f"{len(rewards)} rewards for {len(trajectories)} trajectories")
+
+
+def step_samples(trajectories: Sequence[Trajectory], rewards: Sequence[TrajectoryReward]) -> list[Sample]:
+    """The paper's credit scheme: one sample per step, its own reward on its last action token."""
+    _check_lengths(trajectories, rewards)
+    return samples_with_rewards(trajectories, [r.rewards for r in rewards])
+
+
+def return_to_go_samples(
+    trajectories: Sequence[Trajectory], rewards: Sequence[TrajectoryReward]
+) -> list[Sample]:
+    """Trajectory-level returns spread over the steps: each step carries its reward plus every later step's
+    (:func:`~r3rag.rl.losses.rewards_to_go`), so a search is credited with the answer it led to, not only
+    with lambda_T x Rel."""
+    _check_lengths(trajectories, rewards)
+    return samples_with_rewards(trajectories, [rewards_to_go(r.rewards) for r in rewards])
+
+
+def group_baseline_samples(baseline: GroupBaseline) -> CreditScheme:
+    """A critic-free scheme: a trajectory's return is the sum of its step rewards, compared with the other
+    trajectories of the same question (the rollout's samples of one question are the group) by ``baseline``,
+    and every one of its steps carries that advantage on its last action token. The trainer then uses no
+    value: with gamma = lambda = 1 each action token's advantage is the trajectory's, less the KL penalty
+    still to come in its step."""
+
+    def scheme(trajectories: Sequence[Trajectory], rewards: Sequence[TrajectoryReward]) -> list[Sample]:
+        _check_lengths(trajectories, rewards)
+        advantages = baseline([sum(r.rewards) for r in rewards], [t.example_id for t in trajectories])
+        return samples_with_rewards(
+            trajectories, [[a] * len(r.rewards) for a, r in zip(advantages, rewards, strict=True)]
+        )
+
+    return scheme
+
+
+CREDIT_SCHEMES: dict[str, CreditScheme] = {
+    "gae": step_samples,
+    "gae-trajectory": return_to_go_samples,
+    "rloo": group_baseline_samples(leave_one_out_advantages),
+    "grpo": group_baseline_samples(group_normalized_advantages),
+}
+"""The credit scheme of each ``PPOConfig.advantage``."""
+CRITIC_FREE = frozenset({"rloo", "grpo"})
+"""Advantages whose samples already carry a baseline: the trainer learns and uses no value for them."""

@@ -38,6 +38,11 @@ class R3RAG(EvalMethod):
             description="Cut each step's joined documents (paper evaluation: no cut; a model trained on "
             "512-character steps, as the official RL and our cold start do, may be run with 512).",
         )
+        force_answer: bool = Field(
+            False,
+            description="When the steps run out, ask once more for a final answer (the paper does not): the "
+            "control that tells a model that reads better from one that only stops searching sooner.",
+        )
 
     settings: Settings
 
@@ -54,6 +59,7 @@ class R3RAG(EvalMethod):
             seed=config.seed,
             max_new_tokens=self.settings.max_new_tokens,
             max_doc_chars=self.settings.max_doc_chars,
+            force_answer=self.settings.force_answer,
             system_prompt=config.system_prompt,
         )
         self.agent = Agent(generator, retriever, agent_config)

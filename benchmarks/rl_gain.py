@@ -1,0 +1,303 @@
+"""What RL adds to the cold start, on any synthetic world: one command, one table.
+
+Runs, into one folder (every part resumes, every finished part is skipped on a rerun):
+
+1. the base, with the quickstart's own stages: the world (``--world-seed``: a world the code was never tuned
+   on), its BM25 index, the oracle cold-start data, SFT of the embedded SmolLM2 (R3-RAG-CS), and the
+   evaluations of the untrained model (RAG with CoT, IRCoT), of R3-RAG-CS, and of R3-RAG-CS made to answer
+   when its steps run out (the control that separates reading better from stopping sooner);
+2. one RL run per variant x reward mode x seed from that R3-RAG-CS, each on the same budget of minutes
+   (``--rl-minutes``; the CPU preset :meth:`~r3rag.config.PPOConfig.small_model`, the variant's switches on
+   top), then its evaluation in R3-RAG-CS's settings;
+3. the table: accuracy per question type, answered share, steps and searches per question for every system,
+   and each RL run against R3-RAG-CS paired by question (exact McNemar), written to ``report.md``.
+
+    .venv/bin/python benchmarks/rl_gain.py --out runs/rl-gain --world-seed 7     # the base and its rows
+    .venv/bin/python benchmarks/rl_gain.py --out runs/rl-gain --world-seed 7 --variant rloo --seed 0
+    .venv/bin/python benchmarks/rl_gain.py --out runs/rl-gain --world-seed 7 --variant gae \\
+        --reward hybrid --reward outcome --reward process --seed 0 --seed 1 --rl-minutes 60
+
+An invocation without ``--variant`` builds and evaluates the base; one with variants builds the base's
+models if they are missing, then its RL runs. Invocations on the same folder may run at once once R3-RAG-CS
+exists (the base's evaluations in one, RL runs in others; ``--threads 1`` gives each its own core); the
+report lists every system evaluated so far. ``--tiny`` runs the whole thing on the tiny quickstart
+preset (a random 2-layer model: the plumbing, in about a minute; its numbers mean nothing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+from rich.console import Console  # noqa: E402
+
+from r3rag.config import PPOConfig, WorldConfig  # noqa: E402
+from r3rag.data.datasets import load_dataset  # noqa: E402
+from r3rag.evaluation.config import EvalConfigBase  # noqa: E402
+from r3rag.evaluation.paired import compare  # noqa: E402
+from r3rag.evaluation.runner import PREDICTIONS_FILE, main_top_k, read_records  # noqa: E402
+from r3rag.pipeline import (  # noqa: E402
+    Context,
+    evaluate_model,
+    pipeline_stages,
+    ppo_config,
+    run_pipeline,
+    stage_done,
+)
+from r3rag.pipeline_config import PipelineConfig  # noqa: E402
+from r3rag.rl.ppo import FINAL_DIR, PPOTrainer  # noqa: E402
+
+BASE_DIR = "base"
+RUNS_DIR = "rl"
+FORCED_DIR = "eval-cs-forced"
+REPORT = "report.md"
+TRAIN_STAGES = ("world", "index", "base-model", "coldstart", "sft")
+EVAL_STAGES = ("eval-base", "eval-cs")
+VARIANTS: dict[str, dict[str, Any]] = {
+    "gae": {"advantage": "gae"},
+    "gae-trajectory": {"advantage": "gae-trajectory"},
+    "rloo": {"advantage": "rloo"},
+    "grpo": {"advantage": "grpo"},
+}
+"""Each variant's switches over the CPU preset: the paper's step-level GAE, GAE over returns-to-go across the
+steps, and the two critic-free group baselines (see ``PPOConfig.advantage``)."""
+REWARD_MODES = ("hybrid", "outcome", "process")
+
+
+def base_config(world_seed: int, dev_questions: int, sft_examples: int, tiny: bool) -> PipelineConfig:
+    """The quickstart's ``small`` preset on the default world's full question mix (every type: 2-hop,
+    chains, inference, comparisons), seeded; SFT on ``sft_examples`` examples; the baselines are RAG with
+    CoT and IRCoT, every evaluation on the first ``dev_questions`` dev questions."""
+    preset = PipelineConfig.preset("tiny" if tiny else "small").model_dump()
+    world = preset["world"] | {"seed": world_seed}
+    if not tiny:
+        world["type_mix"] = WorldConfig().type_mix  # the default world's mix, not the quickstart's 2-hop one
+        world["dev_questions"] = max(world["dev_questions"], dev_questions)
+    preset |= {
+        "based_on": "custom",
+        "world": world,
+        "sft": preset["sft"] | ({} if tiny else {"max_examples": sft_examples}),
+        "eval": preset["eval"] | {"methods": ["rag-cot", "ircot"]},
+        "eval_questions": dev_questions,
+    }
+    return PipelineConfig.model_validate(preset)
+
+
+def forced_config(config: PipelineConfig) -> EvalConfigBase:
+    """R3-RAG-CS's evaluation with one more step that must answer when the steps run out."""
+    r3rag_eval = config.r3rag_eval()
+    forced = r3rag_eval.settings("r3rag").model_copy(update={"force_answer": True})
+    return r3rag_eval.model_copy(update={"r3rag": forced})
+
+
+def rl_config(
+    base: PipelineConfig,
+    base_out: Path,
+    out: Path,
+    variant: str,
+    reward: str,
+    seed: int,
+    minutes: float,
+    iterations: int,
+) -> PPOConfig:
+    """The CPU preset from the base's R3-RAG-CS with the variant's switches, for ``minutes`` of training.
+    ``iterations`` is the learning-rate schedule's horizon (warmup and cosine are fractions of it); the time
+    budget is meant to stop the run before it."""
+    paths = ppo_config(base, base_out)
+    preset = PPOConfig.small_model_settings()
+    if base.based_on == "tiny" or base.tiny_model is not None:
+        preset |= {
+            k: getattr(paths, k) for k in ("rollout", "questions_per_iteration", "samples_per_question")
+        }
+    settings = {
+        **preset,
+        **VARIANTS[variant],
+        "model": paths.model,
+        "train": paths.train,
+        "index": paths.index,
+        "out": out,
+        "dev": None,
+        "reward": paths.reward.model_copy(update={"mode": reward}),
+        "seed": seed,
+        "iterations": iterations,
+        "max_minutes": minutes,
+        "tensorboard": False,
+    }
+    return PPOConfig.model_validate(settings)
+
+
+@dataclass(frozen=True, slots=True)
+class System:
+    """One row of the table: a model evaluated with one method into one folder."""
+
+    name: str
+    folder: Path
+    method: str
+    config: EvalConfigBase
+
+
+def train_base(config: PipelineConfig, out: Path, console: Console, progress: bool) -> Context:
+    """The quickstart's stages up to R3-RAG-CS (skipped without taking the folder's lock once they are
+    done, so that RL runs can start while another invocation still evaluates the base)."""
+    stages = [s for s in pipeline_stages(config) if s.name in TRAIN_STAGES]
+    if not all(stage_done(out, s) for s in stages):
+        run_pipeline(config, out, console, progress, only=TRAIN_STAGES)
+    return Context(config, out.resolve(), console, progress)
+
+
+def evaluate_base(ctx: Context) -> None:
+    """The untrained baselines and R3-RAG-CS (the quickstart's evaluations), then the forced answer."""
+    run_pipeline(ctx.config, ctx.out, ctx.console, ctx.progress, only=(*TRAIN_STAGES, *EVAL_STAGES))
+    if not (ctx.out / FORCED_DIR / "results.json").is_file():
+        ctx.console.print("evaluation: R3-RAG-CS with a forced final answer ...")
+        evaluate_model(ctx, str(ctx.out / "sft" / "final"), forced_config(ctx.config), ctx.out / FORCED_DIR)
+
+
+def run_rl(ctx: Context, name: str, config: PPOConfig, progress: bool) -> None:
+    """Train one RL run (resumed if interrupted; skipped once its final actor exists), then evaluate it."""
+    run = Path(config.out).parent
+    if not (Path(config.out) / FINAL_DIR / "config.json").is_file():
+        ctx.console.print(f"RL run {name}: {config.max_minutes:g} minutes ...")
+        PPOTrainer.from_config(config).train(progress=progress)
+    if not (run / "eval" / "results.json").is_file():
+        ctx.console.print(f"evaluation: {name} ...")
+        evaluate_model(ctx, str(Path(config.out) / FINAL_DIR), ctx.config.r3rag_eval(), run / "eval")
+
+
+# ---------------------------------------------------------------------------------------------- the report
+
+
+def systems(config: PipelineConfig, out: Path) -> list[System]:
+    """Every evaluated system in the folder, baselines first, then R3-RAG-CS (plain and forced), then the RL
+    runs in name order."""
+    found = [
+        System(f"untrained {m}", out / BASE_DIR / "eval-base", m, config.eval) for m in config.eval.methods
+    ]
+    found += [
+        System("R3-RAG-CS", out / BASE_DIR / "eval-cs", "r3rag", config.r3rag_eval()),
+        System("R3-RAG-CS, forced answer", out / BASE_DIR / FORCED_DIR, "r3rag", forced_config(config)),
+    ]
+    runs_dir = out / RUNS_DIR
+    names = sorted(p.name for p in runs_dir.iterdir()) if runs_dir.is_dir() else []
+    found += [System(f"R3-RAG {n}", runs_dir / n / "eval", "r3rag", config.r3rag_eval()) for n in names]
+    return [s for s in found if (s.folder / "results.json").is_file()]
+
+
+def records_of(system: System) -> dict[str, dict[str, Any]]:
+    """The system's prediction records at its method's main top-k, by question id."""
+    top_k = main_top_k(system.method, system.config)
+    records = read_records(system.folder / PREDICTIONS_FILE)
+    return {r["id"]: r for r in records if r["method"] == system.method and r["top_k"] == top_k}
+
+
+def report(config: PipelineConfig, out: Path) -> str:
+    """The markdown table of every evaluated system, and each RL run against R3-RAG-CS paired by question."""
+    types = {ex.id: ex.type or "?" for ex in load_dataset(out / BASE_DIR / "world" / "dev.jsonl")}
+    found = systems(config, out)
+    by_system = {s.name: records_of(s) for s in found}
+    type_names = sorted({types[i] for records in by_system.values() for i in records})
+    header = ["system", "n", "Acc", *type_names, "answered", "steps/q", "searches/q", "vs CS", "p"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    cs = {i: bool(r["acc"]) for i, r in by_system.get("R3-RAG-CS", {}).items()}
+    for name, records in by_system.items():
+        per_type: dict[str, list[float]] = defaultdict(list)
+        for i, r in records.items():
+            per_type[types[i]].append(r["acc"])
+        values = list(records.values())
+        paired = ["", ""]
+        if name.startswith("R3-RAG ") and cs:
+            c = compare(cs, {i: bool(r["acc"]) for i, r in records.items()})
+            paired = [f"+{c.gained} / -{c.lost} ({100 * c.difference:+.1f})", f"{c.p_value:.3g}"]
+        row = [
+            name,
+            str(len(values)),
+            f"{100 * statistics.fmean(r['acc'] for r in values):.1f}",
+            *(f"{100 * statistics.fmean(per_type[t]):.1f}" if per_type[t] else "-" for t in type_names),
+            f"{100 * statistics.fmean(r['status'] == 'answered' for r in values):.0f}%",
+            f"{statistics.fmean(r['steps'] for r in values):.2f}",
+            f"{statistics.fmean(r['retrievals'] for r in values):.2f}",
+            *paired,
+        ]
+        lines.append("| " + " | ".join(row) + " |")
+    counts: dict[str, int] = defaultdict(int)
+    for i in next(iter(by_system.values()), {}):
+        counts[types[i]] += 1
+    legend = ", ".join(f"{t} {counts[t]}" for t in type_names)
+    return (
+        f"Accuracy (%) on the first {config.eval_questions} dev questions of world seed {config.world.seed} "
+        f"(per type: {legend}); vs CS: questions gained / lost against R3-RAG-CS (points), p: exact "
+        "McNemar.\n\n" + "\n".join(lines) + "\n"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--out", type=Path, required=True, help="The experiment's folder.")
+    parser.add_argument("--world-seed", type=int, default=0, help="Seed of the synthetic world.")
+    parser.add_argument("--dev-questions", type=int, default=200, help="Dev questions every evaluation runs.")
+    parser.add_argument("--sft-examples", type=int, default=768, help="Cold-start examples SFT trains on.")
+    parser.add_argument(
+        "--variant", action="append", choices=sorted(VARIANTS), default=[], help="RL variant."
+    )
+    parser.add_argument("--reward", action="append", choices=REWARD_MODES, default=[], help="Reward mode.")
+    parser.add_argument("--seed", action="append", type=int, default=[], help="Seed of an RL run.")
+    parser.add_argument("--rl-minutes", type=float, default=60.0, help="Wall-clock minutes of each RL run.")
+    parser.add_argument(
+        "--rl-iterations",
+        type=int,
+        default=40,
+        help="Iterations the learning-rate schedule spans (the README's 50-minute run: 40, of which the time "
+        "budget let 10 run); a run that reaches them stops before its minutes are spent.",
+    )
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's).")
+    parser.add_argument("--tiny", action="store_true", help="The tiny preset: checks the plumbing only.")
+    parser.add_argument("--quiet", action="store_true", help="No progress bars.")
+    args = parser.parse_args(argv)
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    console = Console(stderr=True, highlight=False, soft_wrap=True)
+    config = base_config(args.world_seed, args.dev_questions, args.sft_examples, args.tiny)
+    out: Path = args.out
+    ctx = train_base(config, out / BASE_DIR, console, not args.quiet)
+    if not args.variant:
+        evaluate_base(ctx)
+    for variant in args.variant:
+        for reward in args.reward or ["hybrid"]:
+            for seed in args.seed or [0]:
+                name = f"{variant}-{reward}-s{seed}"
+                run = rl_config(
+                    config,
+                    ctx.out,
+                    out / RUNS_DIR / name / "ppo",
+                    variant,
+                    reward,
+                    seed,
+                    args.rl_minutes,
+                    args.rl_iterations,
+                )
+                run_rl(ctx, name, run, not args.quiet)
+    table = report(config, out)
+    (out / REPORT).write_text(table, encoding="utf-8")
+    (out / "experiment.json").write_text(
+        json.dumps(vars(args), default=str, indent=2) + "\n", encoding="utf-8"
+    )
+    print(table, end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,56 @@
+"""benchmarks/rl_gain.py end to end on the tiny preset: the base (world to R3-RAG-CS, its evaluations and the
+forced-answer control), an RL run from that R3-RAG-CS, and a report whose paired counts match the
+predictions."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from r3rag.evaluation.runner import read_records
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def run(out: Path, *args: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "rl_gain.py", "--tiny", "--quiet", "--out", str(out), "--dev-questions", "4", *args],
+        cwd=BENCHMARKS,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+def test_the_experiment_runs_the_base_an_rl_run_and_reports_them_paired(tmp_path: Path) -> None:
+    run(tmp_path, "--world-seed", "3")
+    table = run(tmp_path, "--world-seed", "3", "--variant", "rloo", "--rl-minutes", "0.01")
+    assert table == (tmp_path / "report.md").read_text()
+    assert "world seed 3" in table
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in table.splitlines() if line.startswith("| ")}
+    assert list(rows)[1:] == [
+        "untrained rag-cot",
+        "untrained ircot",
+        "R3-RAG-CS",
+        "R3-RAG-CS, forced answer",
+        "R3-RAG rloo-hybrid-s0",
+    ]
+    # the paired counts are those of the two prediction files
+    cs = {r["id"]: r["acc"] for r in read_records(tmp_path / "base" / "eval-cs" / "predictions.jsonl")}
+    rl = {
+        r["id"]: r["acc"]
+        for r in read_records(tmp_path / "rl" / "rloo-hybrid-s0" / "eval" / "predictions.jsonl")
+    }
+    assert len(cs) == len(rl) == 4
+    gained = sum(1 for q in cs if rl[q] and not cs[q])
+    lost = sum(1 for q in cs if cs[q] and not rl[q])
+    assert f"+{gained} / -{lost}" in rows["R3-RAG rloo-hybrid-s0"]
+    forced = read_records(tmp_path / "base" / "eval-cs-forced" / "predictions.jsonl")
+    assert forced and all(r["trajectory"]["steps"] for r in forced)
+    config = (tmp_path / "rl" / "rloo-hybrid-s0" / "ppo" / "config.yaml").read_text()
+    assert "advantage: rloo" in config and "seed: 0" in config
