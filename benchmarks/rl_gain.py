@@ -46,6 +46,7 @@ from r3rag.data.datasets import load_dataset  # noqa: E402
 from r3rag.evaluation.config import EvalConfigBase  # noqa: E402
 from r3rag.evaluation.paired import compare  # noqa: E402
 from r3rag.evaluation.runner import PREDICTIONS_FILE, main_top_k, read_records  # noqa: E402
+from r3rag.jsonl import iter_jsonl  # noqa: E402
 from r3rag.pipeline import (  # noqa: E402
     Context,
     evaluate_model,
@@ -236,8 +237,32 @@ def report(config: PipelineConfig, out: Path) -> str:
     return (
         f"Accuracy (%) on the first {config.eval_questions} dev questions of world seed {config.world.seed} "
         f"(per type: {legend}); vs CS: questions gained / lost against R3-RAG-CS (points), p: exact "
-        "McNemar.\n\n" + "\n".join(lines) + "\n"
+        "McNemar.\n\n" + "\n".join(lines) + "\n\n" + runs_table(out, by_system) + "\n"
     )
+
+
+def runs_table(out: Path, by_system: dict[str, dict[str, dict[str, Any]]]) -> str:
+    """Each RL configuration over its seeds: accuracy of every seed and their mean, and what each run's
+    budget bought (iterations, minutes of training)."""
+    configurations: dict[str, list[str]] = defaultdict(list)
+    for name in by_system:
+        if name.startswith("R3-RAG "):
+            run = name.removeprefix("R3-RAG ")
+            configurations[run.rsplit("-s", 1)[0]].append(run)
+    lines = [
+        "| RL configuration | seeds | Acc per seed | mean Acc | iterations per seed | minutes per seed |",
+        "|---|---|---|---|---|---|",
+    ]
+    for configuration, names in configurations.items():
+        accs = [100 * statistics.fmean(r["acc"] for r in by_system[f"R3-RAG {n}"].values()) for n in names]
+        records = [[r for _, r in iter_jsonl(out / RUNS_DIR / n / "ppo" / "metrics.jsonl")] for n in names]
+        iterations = [str(max(r["iteration"] for r in rs)) for rs in records]
+        minutes = [f"{sum(r.get('time/iteration', 0.0) for r in rs) / 60:.0f}" for rs in records]
+        lines.append(
+            f"| {configuration} | {len(names)} | {' / '.join(f'{a:.1f}' for a in accs)} | "
+            f"{statistics.fmean(accs):.1f} | {' / '.join(iterations)} | {' / '.join(minutes)} |"
+        )
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:

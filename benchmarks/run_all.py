@@ -2,8 +2,8 @@
 
 Each script prints its own tables as it runs (echoed here as they stream); the final table gathers the
 headline figures each one reports with `_summary.report`, with its status and wall time, so all key results
-can be read at once. Files starting with `_` are helpers, not benchmarks. Arguments are passed on to every
-script.
+can be read at once. Files starting with `_` are helpers, not benchmarks; `rl_gain.py` is an experiment of
+hours, run on its own. Arguments are passed on to every script.
 
 Benchmarks compare ratios measured in one run (ours vs a reference on the same machine) and report
 medians: the machines are shared and noisy, so absolute seconds are only indicative.
@@ -22,6 +22,9 @@ from pathlib import Path
 from _summary import parse
 
 HERE = Path(__file__).resolve().parent
+EXPERIMENTS = frozenset({"rl_gain.py"})
+"""Scripts in this folder that are experiments of hours (cold start, RL runs, evaluations), not benchmarks:
+they are run on their own, with their own arguments."""
 
 
 @dataclass
@@ -72,7 +75,9 @@ def table(outcomes: Sequence[Outcome]) -> str:
 def main(folder: Path = HERE, args: Sequence[str] = ()) -> int:
     """Run every benchmark in ``folder`` and print the summary table; the exit code is the largest one."""
     scripts = sorted(
-        p for p in folder.glob("*.py") if p.name != Path(__file__).name and not p.name.startswith("_")
+        p
+        for p in folder.glob("*.py")
+        if p.name != Path(__file__).name and not p.name.startswith("_") and p.name not in EXPERIMENTS
     )
     outcomes: list[Outcome] = []
     for script in scripts:

@@ -32,7 +32,8 @@ def test_the_experiment_runs_the_base_an_rl_run_and_reports_them_paired(tmp_path
     table = run(tmp_path, "--world-seed", "3", "--variant", "rloo", "--rl-minutes", "0.01")
     assert table == (tmp_path / "report.md").read_text()
     assert "world seed 3" in table
-    rows = {line.split(" | ")[0].lstrip("| "): line for line in table.splitlines() if line.startswith("| ")}
+    systems, runs = table.split("\n\n")[1:3]
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in systems.splitlines() if line.startswith("| ")}
     assert list(rows)[1:] == [
         "untrained rag-cot",
         "untrained ircot",
@@ -50,6 +51,12 @@ def test_the_experiment_runs_the_base_an_rl_run_and_reports_them_paired(tmp_path
     gained = sum(1 for q in cs if rl[q] and not cs[q])
     lost = sum(1 for q in cs if cs[q] and not rl[q])
     assert f"+{gained} / -{lost}" in rows["R3-RAG rloo-hybrid-s0"]
+    metrics = tmp_path / "rl" / "rloo-hybrid-s0" / "ppo" / "metrics.jsonl"
+    iterations = len(metrics.read_text().splitlines())
+    assert runs.splitlines()[2].startswith(
+        f"| rloo-hybrid | 1 | {rows['R3-RAG rloo-hybrid-s0'].split(' | ')[2]} |"
+    )
+    assert f"| {iterations} | " in runs.splitlines()[2]  # no dev evaluation: one record per iteration
     forced = read_records(tmp_path / "base" / "eval-cs-forced" / "predictions.jsonl")
     assert forced and all(r["trajectory"]["steps"] for r in forced)
     config = (tmp_path / "rl" / "rloo-hybrid-s0" / "ppo" / "config.yaml").read_text()

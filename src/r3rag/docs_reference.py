@@ -554,6 +554,16 @@ PPO_DETAILS = (
         "official `init_kl_coef 0.01`, no KL target",
     ),
     PPODetail(
+        "credit scheme",
+        (
+            "the scalar on a step's last action token: its reward (gae), its return-to-go (gae-trajectory), "
+            "or its trajectory's return against the question's other samples, no critic (rloo, grpo)"
+        ),
+        ("advantage",),
+        "{0}",
+        "official: gae; the others ours",
+    ),
+    PPODetail(
         "GAE",
         (
             "delta_t = r_t + gamma V_{t+1} - V_t, A_t = delta_t + gamma lambda A_{t+1}, V after "
