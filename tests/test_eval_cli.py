@@ -112,7 +112,12 @@ def test_per_method_flags_set_their_methods_sections_over_a_config_file(setup: d
     assert result.exit_code == 0, result.output
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert saved["rag_cot"]["top_k"] == 4 and saved["ircot"]["max_passages"] == 5  # flags win
-    assert saved["r3rag"] == {"max_new_tokens": 2, "format_retries": 2, "max_doc_chars": 256}  # file kept
+    assert saved["r3rag"] == {  # the file's values kept
+        "max_new_tokens": 2,
+        "format_retries": 2,
+        "max_doc_chars": 256,
+        "force_answer": False,
+    }
     assert saved["flare"]["threshold"] == 0.2
     assert saved["search_r1"]["max_new_tokens"] == 7 and saved["cot"]["max_new_tokens"] == 2
 

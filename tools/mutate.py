@@ -59,6 +59,8 @@ class Outcome:
 TESTS: dict[str, tuple[str, ...]] = {
     "rl/ppo.py": ("test_rl_trainer.py", "test_rl_losses.py", "test_rl_ppo.py"),
     "rl/losses.py": ("test_rl_losses.py", "test_rl_trainer.py"),
+    "rl/samples.py": ("test_rl_samples.py",),
+    "evaluation/paired.py": ("test_paired.py",),
     "packing.py": ("test_rl_samples.py", "test_rl_models.py", "test_rl_trainer.py"),
     "rewards/metrics.py": ("test_metrics.py", "test_eval_scoring.py", "test_shaping.py", "test_judges.py"),
     "rewards/shaping.py": ("test_shaping.py",),
@@ -139,6 +141,30 @@ MUTATIONS: list[Mutation] = [
         "trainer: KL(ref || old) instead of KL(old || ref)",
     ),
     Mutation(
+        "rl/losses.py",
+        "0.0 if counts[key] < 2 else g - (totals[key] - g) / (counts[key] - 1)",
+        "0.0 if counts[key] < 2 else g - totals[key] / counts[key]",
+        "RLOO: the baseline includes the trajectory itself",
+    ),
+    Mutation(
+        "rl/losses.py",
+        "statistics.stdev(v) if len(v) > 1 else 0.0",
+        "statistics.pstdev(v) if len(v) > 1 else 0.0",
+        "GRPO: the population standard deviation instead of the sample one",
+    ),
+    Mutation(
+        "rl/samples.py",
+        "[rewards_to_go(r.rewards) for r in rewards]",
+        "[r.rewards for r in rewards]",
+        "returns-to-go: each step keeps only its own reward",
+    ),
+    Mutation(
+        "evaluation/paired.py",
+        "tail = sum(comb(n, i) for i in range(min(gained, lost) + 1))",
+        "tail = sum(comb(n, i) for i in range(min(gained, lost)))",
+        "McNemar: the tail misses its own count",
+    ),
+    Mutation(
         "rl/ppo.py",
         "if c.normalize_advantages:",
         "if not c.normalize_advantages:",
@@ -146,14 +172,14 @@ MUTATIONS: list[Mutation] = [
     ),
     Mutation(
         "rl/ppo.py",
-        "gae(rewards, old.values * mask, mask, c.gamma, c.lam)",
-        "gae(rewards, old.values * mask, mask, c.lam, c.gamma)",
+        "gae(rewards, old_values, mask, c.gamma, c.lam)",
+        "gae(rewards, old_values, mask, c.lam, c.gamma)",
         "trainer: gamma and lambda swapped",
     ),
     Mutation(
         "rl/ppo.py",
-        "buffer.append(Experience(batch, old.logprobs, old.values * mask,",
-        "buffer.append(Experience(batch, old.logprobs, old.values,",
+        "else old.values * mask",
+        "else old.values",
         "trainer: old values stored with garbage at padding",
     ),
     Mutation(
