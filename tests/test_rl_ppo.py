@@ -33,21 +33,25 @@ def test_before_the_first_update_the_policy_is_the_rollout_policy_and_the_refere
     assert metrics["rollout/format_error"] == 1.0  # the random tiny model never writes a valid step
 
 
-def test_mean_reward_rises_on_a_toy_reward(tmp_path: Path) -> None:
-    """A one-token bandit: reward 1 when the token is in TARGET_IDS (about 1 in 5 tokens at the start)."""
+def bandit_run(out: Path, **overrides: object) -> tuple[list[dict], list[float]]:
+    """A one-token bandit: reward 1 when the token is in TARGET_IDS (about 1 in 5 tokens at the start), 12
+    questions x 4 samples per iteration; returns the records and the mean step reward of each iteration."""
     rollout = {"max_steps": 1, "max_format_retries": 0, "max_new_tokens": 1}
-    config = tiny_config(
-        tmp_path,
-        iterations=3,
-        questions_per_iteration=12,
-        samples_per_question=4,
-        rollout=rollout,
-        ppo_epochs=1,
-        minibatch_size=12,
-        eval_questions=1,
-    )
-    records = tiny_trainer(config).train(progress=False)
-    rewards = [r["reward/step_mean"] for r in records if r["iteration"] > 0]
+    settings: dict = {
+        "iterations": 3,
+        "questions_per_iteration": 12,
+        "samples_per_question": 4,
+        "rollout": rollout,
+        "ppo_epochs": 1,
+        "minibatch_size": 12,
+        "eval_questions": 1,
+    }
+    records = tiny_trainer(tiny_config(out, **(settings | overrides))).train(progress=False)
+    return records, [r["reward/step_mean"] for r in records if r["iteration"] > 0]
+
+
+def test_mean_reward_rises_on_a_toy_reward(tmp_path: Path) -> None:
+    records, rewards = bandit_run(tmp_path)
     assert rewards[0] < 0.3 and rewards[-1] > rewards[0] + 0.4, rewards
     assert records[-1]["ppo/kl"] > 0  # it moved away from the reference to get there
 
@@ -187,23 +191,9 @@ def test_lora_on_a_bf16_base_trains_fp32_adapters(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("advantage", ["gae-trajectory", "rloo", "grpo"])
 def test_each_credit_scheme_learns_the_toy_reward(tmp_path: Path, advantage: str) -> None:
-    """The bandit of test_mean_reward_rises_on_a_toy_reward, 4 samples per question (the group). A group
+    """The bandit of :func:`bandit_run`, whose 4 samples per question are the group. A group
     whose 4 samples agree teaches nothing: 5 iterations at a higher rate."""
-    rollout = {"max_steps": 1, "max_format_retries": 0, "max_new_tokens": 1}
-    config = tiny_config(
-        tmp_path,
-        advantage=advantage,
-        iterations=5,
-        actor_lr=1e-3,
-        questions_per_iteration=12,
-        samples_per_question=4,
-        rollout=rollout,
-        ppo_epochs=1,
-        minibatch_size=12,
-        eval_questions=1,
-    )
-    records = tiny_trainer(config).train(progress=False)
-    rewards = [r["reward/step_mean"] for r in records if r["iteration"] > 0]
+    _, rewards = bandit_run(tmp_path, advantage=advantage, iterations=5, actor_lr=1e-3)
     assert rewards[-1] > rewards[0] + 0.3, rewards
 
 
