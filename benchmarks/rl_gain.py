@@ -27,7 +27,6 @@ preset (a random 2-layer model: the plumbing, in about a minute; its numbers mea
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -289,6 +288,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's).")
     parser.add_argument("--tiny", action="store_true", help="The tiny preset: checks the plumbing only.")
     parser.add_argument("--quiet", action="store_true", help="No progress bars.")
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="Write and print the table of what is evaluated; run nothing.",
+    )
     args = parser.parse_args(argv)
     if args.threads is not None:
         import torch
@@ -297,6 +301,16 @@ def main(argv: list[str] | None = None) -> int:
     console = Console(stderr=True, highlight=False, soft_wrap=True)
     config = base_config(args.world_seed, args.dev_questions, args.sft_examples, args.tiny)
     out: Path = args.out
+    if not args.report_only:
+        run_all(args, config, out, console)
+    table = report(config, out)
+    (out / REPORT).write_text(table, encoding="utf-8")
+    print(table, end="")
+    return 0
+
+
+def run_all(args: argparse.Namespace, config: PipelineConfig, out: Path, console: Console) -> None:
+    """The base, then the RL runs the arguments name, each with its evaluation."""
     ctx = train_base(config, out / BASE_DIR, console, not args.quiet)
     if not args.variant:
         evaluate_base(ctx)
@@ -315,13 +329,6 @@ def main(argv: list[str] | None = None) -> int:
                     args.rl_iterations,
                 )
                 run_rl(ctx, name, run, not args.quiet)
-    table = report(config, out)
-    (out / REPORT).write_text(table, encoding="utf-8")
-    (out / "experiment.json").write_text(
-        json.dumps(vars(args), default=str, indent=2) + "\n", encoding="utf-8"
-    )
-    print(table, end="")
-    return 0
 
 
 if __name__ == "__main__":

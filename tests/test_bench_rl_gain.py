@@ -31,6 +31,7 @@ def test_the_experiment_runs_the_base_an_rl_run_and_reports_them_paired(tmp_path
     run(tmp_path, "--world-seed", "3")
     table = run(tmp_path, "--world-seed", "3", "--variant", "rloo", "--rl-minutes", "0.01")
     assert table == (tmp_path / "report.md").read_text()
+    assert run(tmp_path, "--world-seed", "3", "--report-only") == table  # runs nothing, reads what is there
     assert "world seed 3" in table
     systems, runs = table.split("\n\n")[1:3]
     rows = {line.split(" | ")[0].lstrip("| "): line for line in systems.splitlines() if line.startswith("| ")}
