@@ -115,7 +115,7 @@ def rl_config(
     budget is meant to stop the run before it."""
     paths = ppo_config(base, base_out)
     preset = PPOConfig.small_model_settings()
-    if base.based_on == "tiny" or base.tiny_model is not None:
+    if base.tiny_model is not None:  # the tiny preset: its short rollouts and small groups
         preset |= {
             k: getattr(paths, k) for k in ("rollout", "questions_per_iteration", "samples_per_question")
         }

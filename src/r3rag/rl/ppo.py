@@ -5,10 +5,12 @@ One iteration (defaults: the official run, reference §1.5 and §3.3; CleanRL's 
 1. **Rollout.** ``questions_per_iteration`` training questions, each ``samples_per_question`` times at
    temperatures 0.1/0.4/0.7/1.0, through the agent loop with the real retriever and the *current* actor.
    The hybrid reward scores every step (:mod:`r3rag.rl.rollout`).
-2. **Samples.** The credit scheme (:func:`r3rag.rl.samples.step_samples`, the paper's) makes one sample per
-   step: its prompt, its action tokens, its reward on the last action token. Samples are sorted by length
-   and cut into micro-batches of at most ``micro_batch_tokens`` padded tokens; the same micro-batches serve
-   the passes below and the updates, so log-probs before the first update match exactly (ratio = 1).
+2. **Samples.** The credit scheme (``advantage``; by default :func:`r3rag.rl.samples.step_samples`, the
+   paper's) makes one sample per step: its prompt, its action tokens, one scalar on the last action token (its
+   reward; its return-to-go; or, critic-free, its trajectory's group advantage, with V = 0). Samples are
+   sorted by length and cut into micro-batches of at most ``micro_batch_tokens`` padded tokens; the same
+   micro-batches serve the passes below and the updates, so log-probs before the first update match
+   exactly (ratio = 1).
 3. **Experience** (no gradients), per micro-batch: log pi_old and V_old from one actor pass (and the critic
    trunk if separate), log pi_ref from the reference, then ``KL_t`` (k1 or k3), ``r_t = -beta KL_t`` (plus
    the step reward on the last token), GAE with gamma = lambda = 1 inside each sample, and advantages
