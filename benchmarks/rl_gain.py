@@ -27,6 +27,7 @@ preset (a random 2-layer model: the plumbing, in about a minute; its numbers mea
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -55,7 +56,12 @@ from r3rag.pipeline import (  # noqa: E402
     stage_done,
 )
 from r3rag.pipeline_config import PipelineConfig  # noqa: E402
-from r3rag.rl.ppo import FINAL_DIR, PPOTrainer  # noqa: E402
+from r3rag.rl.ppo import (  # noqa: E402
+    FINAL_DIR,
+    SNAPSHOT_FILE,
+    SNAPSHOTS_DIR,
+    PPOTrainer,
+)
 
 BASE_DIR = "base"
 RUNS_DIR = "rl"
@@ -100,50 +106,70 @@ def forced_config(config: PipelineConfig) -> EvalConfigBase:
     return r3rag_eval.model_copy(update={"r3rag": forced})
 
 
-def rl_config(
-    base: PipelineConfig,
-    base_out: Path,
-    out: Path,
-    variant: str,
-    reward: str,
-    seed: int,
-    minutes: float,
-    iterations: int,
-) -> PPOConfig:
-    """The CPU preset from the base's R3-RAG-CS with the variant's switches, for ``minutes`` of training.
-    ``iterations`` is the learning-rate schedule's horizon (warmup and cosine are fractions of it); the time
-    budget is meant to stop the run before it."""
+@dataclass(frozen=True, slots=True)
+class RLSettings:
+    """What one RL run of the experiment sets over the CPU preset (its seed aside)."""
+
+    variant: str
+    reward: str
+    minutes: float
+    iterations: int
+    kl_target: float | None = None
+    snapshot_minutes: tuple[float, ...] = ()
+
+    def configuration(self, minutes: float | None = None) -> str:
+        """The configuration's name at a budget (by default its own), as runs and rows are named."""
+        kl = "" if self.kl_target is None else f"-kl{self.kl_target:g}"
+        return f"{self.variant}-{self.reward}{kl}-{minutes or self.minutes:g}min"
+
+
+def rl_config(base: PipelineConfig, base_out: Path, out: Path, settings: RLSettings, seed: int) -> PPOConfig:
+    """The CPU preset from the base's R3-RAG-CS with the run's switches, for its minutes of training. Its
+    ``iterations`` are the learning-rate schedule's horizon (warmup and cosine are fractions of it); the time
+    budget is meant to stop the run before them."""
     paths = ppo_config(base, base_out)
     preset = PPOConfig.small_model_settings()
     if base.tiny_model is not None:  # the tiny preset: its short rollouts and small groups
         preset |= {
             k: getattr(paths, k) for k in ("rollout", "questions_per_iteration", "samples_per_question")
         }
-    settings = {
+    values = {
         **preset,
-        **VARIANTS[variant],
+        **VARIANTS[settings.variant],
         "model": paths.model,
         "train": paths.train,
         "index": paths.index,
         "out": out,
         "dev": None,
-        "reward": paths.reward.model_copy(update={"mode": reward}),
+        "reward": paths.reward.model_copy(update={"mode": settings.reward}),
         "seed": seed,
-        "iterations": iterations,
-        "max_minutes": minutes,
+        "iterations": settings.iterations,
+        "max_minutes": settings.minutes,
+        "kl_target": settings.kl_target,
+        "snapshot_minutes": list(settings.snapshot_minutes),
         "tensorboard": False,
     }
-    return PPOConfig.model_validate(settings)
+    return PPOConfig.model_validate(values)
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """What an RL row's model is: its configuration at a budget, and what the budget bought."""
+
+    configuration: str
+    iterations: int
+    minutes: float
 
 
 @dataclass(frozen=True, slots=True)
 class System:
-    """One row of the table: a model evaluated with one method into one folder."""
+    """One row of the table: a model evaluated with one method into one folder (an RL model: its budget)."""
 
     name: str
     folder: Path
     method: str
     config: EvalConfigBase
+    budget: Budget | None = None
 
 
 def train_base(config: PipelineConfig, out: Path, console: Console, progress: bool) -> Context:
@@ -164,14 +190,18 @@ def evaluate_base(ctx: Context) -> None:
 
 
 def run_rl(ctx: Context, name: str, config: PPOConfig, progress: bool) -> None:
-    """Train one RL run (resumed if interrupted; skipped once its final actor exists), then evaluate it."""
-    run = Path(config.out).parent
-    if not (Path(config.out) / FINAL_DIR / "config.json").is_file():
+    """Train one RL run (resumed if interrupted; skipped once its final actor exists), then evaluate it and
+    the snapshots of its shorter budgets (into ``eval-<M>min``)."""
+    run, ppo = Path(config.out).parent, Path(config.out)
+    if not (ppo / FINAL_DIR / "config.json").is_file():
         ctx.console.print(f"RL run {name}: {config.max_minutes:g} minutes ...")
         PPOTrainer.from_config(config).train(progress=progress)
-    if not (run / "eval" / "results.json").is_file():
-        ctx.console.print(f"evaluation: {name} ...")
-        evaluate_model(ctx, str(Path(config.out) / FINAL_DIR), ctx.config.r3rag_eval(), run / "eval")
+    models = [(ppo / FINAL_DIR, run / "eval")]
+    models += [(s, run / f"eval-{s.name}") for s in sorted((ppo / SNAPSHOTS_DIR).glob("*min"))]
+    for model, folder in models:
+        if not (folder / "results.json").is_file():
+            ctx.console.print(f"evaluation: {name}, {model.name} ...")
+            evaluate_model(ctx, str(model), ctx.config.r3rag_eval(), folder)
 
 
 # ---------------------------------------------------------------------------------------------- the report
@@ -188,8 +218,23 @@ def systems(config: PipelineConfig, out: Path) -> list[System]:
         System("R3-RAG-CS, forced answer", out / BASE_DIR / FORCED_DIR, "r3rag", forced_config(config)),
     ]
     runs_dir = out / RUNS_DIR
-    names = sorted(p.name for p in runs_dir.iterdir()) if runs_dir.is_dir() else []
-    found += [System(f"R3-RAG {n}", runs_dir / n / "eval", "r3rag", config.r3rag_eval()) for n in names]
+    for run in sorted(runs_dir.iterdir()) if runs_dir.is_dir() else []:
+        configuration = run.name.rsplit("-s", 1)[0]
+        records = [r for _, r in iter_jsonl(run / "ppo" / "metrics.jsonl")] if run.is_dir() else []
+        if records:
+            final = Budget(
+                configuration,
+                max(r["iteration"] for r in records),
+                sum(r.get("time/iteration", 0.0) for r in records) / 60,
+            )
+            found.append(System(f"R3-RAG {run.name}", run / "eval", "r3rag", config.r3rag_eval(), final))
+        for snapshot in sorted((run / "ppo" / SNAPSHOTS_DIR).glob("*min")):
+            done = json.loads((snapshot / SNAPSHOT_FILE).read_text(encoding="utf-8"))
+            budget = Budget(
+                f"{configuration.rsplit('-', 1)[0]}-{snapshot.name}", done["iteration"], done["minutes"]
+            )
+            name = f"R3-RAG {run.name} @{snapshot.name}"
+            found.append(System(name, run / f"eval-{snapshot.name}", "r3rag", config.r3rag_eval(), budget))
     return [s for s in found if (s.folder / "results.json").is_file()]
 
 
@@ -205,6 +250,7 @@ def report(config: PipelineConfig, out: Path) -> str:
     types = {ex.id: ex.type or "?" for ex in load_dataset(out / BASE_DIR / "world" / "dev.jsonl")}
     found = systems(config, out)
     by_system = {s.name: records_of(s) for s in found}
+    budgets = {s.name: s.budget for s in found if s.budget is not None}
     type_names = sorted({types[i] for records in by_system.values() for i in records})
     header = ["system", "n", "Acc", *type_names, "answered", "steps/q", "searches/q", "vs CS", "p"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -215,7 +261,7 @@ def report(config: PipelineConfig, out: Path) -> str:
             per_type[types[i]].append(r["acc"])
         values = list(records.values())
         paired = ["", ""]
-        if name.startswith("R3-RAG ") and cs:
+        if name in budgets and cs:
             c = compare(cs, {i: bool(r["acc"]) for i, r in records.items()})
             paired = [f"+{c.gained} / -{c.lost} ({100 * c.difference:+.1f})", f"{c.p_value:.3g}"]
         row = [
@@ -236,30 +282,31 @@ def report(config: PipelineConfig, out: Path) -> str:
     return (
         f"Accuracy (%) on the first {config.eval_questions} dev questions of world seed {config.world.seed} "
         f"(per type: {legend}); vs CS: questions gained / lost against R3-RAG-CS (points), p: exact "
-        "McNemar.\n\n" + "\n".join(lines) + "\n\n" + runs_table(out, by_system) + "\n"
+        "McNemar; `@<M>min`: the model a run had after M of its minutes (its snapshot).\n\n"
+        + "\n".join(lines)
+        + "\n\n"
+        + runs_table(by_system, budgets)
+        + "\n"
     )
 
 
-def runs_table(out: Path, by_system: dict[str, dict[str, dict[str, Any]]]) -> str:
-    """Each RL configuration over its seeds: accuracy of every seed and their mean, and what each run's
-    budget bought (iterations, minutes of training)."""
+def runs_table(by_system: dict[str, dict[str, dict[str, Any]]], budgets: dict[str, Budget]) -> str:
+    """Each RL configuration at each budget over its seeds (a long run's snapshot counts at its budget):
+    accuracy of every seed and their mean, and what each run's budget bought (iterations, minutes)."""
     configurations: dict[str, list[str]] = defaultdict(list)
-    for name in by_system:
-        if name.startswith("R3-RAG "):
-            run = name.removeprefix("R3-RAG ")
-            configurations[run.rsplit("-s", 1)[0]].append(run)
+    for name, budget in budgets.items():
+        configurations[budget.configuration].append(name)
     lines = [
         "| RL configuration | seeds | Acc per seed | mean Acc | iterations per seed | minutes per seed |",
         "|---|---|---|---|---|---|",
     ]
-    for configuration, names in configurations.items():
-        accs = [100 * statistics.fmean(r["acc"] for r in by_system[f"R3-RAG {n}"].values()) for n in names]
-        records = [[r for _, r in iter_jsonl(out / RUNS_DIR / n / "ppo" / "metrics.jsonl")] for n in names]
-        iterations = [str(max(r["iteration"] for r in rs)) for rs in records]
-        minutes = [f"{sum(r.get('time/iteration', 0.0) for r in rs) / 60:.0f}" for rs in records]
+    for configuration, names in sorted(configurations.items()):
+        accs = [100 * statistics.fmean(r["acc"] for r in by_system[n].values()) for n in names]
+        iterations = " / ".join(str(budgets[n].iterations) for n in names)
+        minutes = " / ".join(f"{budgets[n].minutes:.0f}" for n in names)
         lines.append(
             f"| {configuration} | {len(names)} | {' / '.join(f'{a:.1f}' for a in accs)} | "
-            f"{statistics.fmean(accs):.1f} | {' / '.join(iterations)} | {' / '.join(minutes)} |"
+            f"{statistics.fmean(accs):.1f} | {iterations} | {minutes} |"
         )
     return "\n".join(lines)
 
@@ -284,6 +331,20 @@ def main(argv: list[str] | None = None) -> int:
         default=40,
         help="Iterations the learning-rate schedule spans (the README's 50-minute run: 40, of which the time "
         "budget let 10 run); a run that reaches them stops before its minutes are spent.",
+    )
+    parser.add_argument(
+        "--kl-target",
+        type=float,
+        default=None,
+        help="Adapt the KL penalty towards this KL per token (PPOConfig.kl_target); default: fixed beta.",
+    )
+    parser.add_argument(
+        "--snapshot-minutes",
+        action="append",
+        type=float,
+        default=[],
+        help="Also evaluate the model each run had after this many of its minutes (repeatable): one long "
+        "run gives the shorter budget's row too.",
     )
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's).")
     parser.add_argument("--tiny", action="store_true", help="The tiny preset: checks the plumbing only.")
@@ -316,18 +377,17 @@ def run_all(args: argparse.Namespace, config: PipelineConfig, out: Path, console
         evaluate_base(ctx)
     for variant in args.variant:
         for reward in args.reward or ["hybrid"]:
+            settings = RLSettings(
+                variant,
+                reward,
+                args.rl_minutes,
+                args.rl_iterations,
+                args.kl_target,
+                tuple(m for m in args.snapshot_minutes if m < args.rl_minutes),
+            )
             for seed in args.seed or [0]:
-                name = f"{variant}-{reward}-s{seed}"
-                run = rl_config(
-                    config,
-                    ctx.out,
-                    out / RUNS_DIR / name / "ppo",
-                    variant,
-                    reward,
-                    seed,
-                    args.rl_minutes,
-                    args.rl_iterations,
-                )
+                name = f"{settings.configuration()}-s{seed}"
+                run = rl_config(config, ctx.out, out / RUNS_DIR / name / "ppo", settings, seed)
                 run_rl(ctx, name, run, not args.quiet)
 
 

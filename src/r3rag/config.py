@@ -837,7 +837,24 @@ class PPOConfig(StageConfig):
         description="Linear layers that get adapters (Llama/Qwen/SmolLM names).",
     )
     kl_coef: float = Field(
-        0.01, ge=0, description="beta of the per-token KL penalty (official init_kl_coef 0.01, fixed)."
+        0.01,
+        ge=0,
+        description="beta of the per-token KL penalty (official init_kl_coef 0.01, fixed); with `kl_target`, "
+        "its first value.",
+    )
+    kl_target: float | None = Field(
+        None,
+        gt=0,
+        description="Adapt beta after every iteration towards this mean KL per action token (Ziegler et al. "
+        "2019's controller, veRL's kl_ctrl.type adaptive): up while the policy is further from the cold start, "
+        "down while nearer. None: beta stays `kl_coef` (official).",
+    )
+    kl_horizon: float = Field(
+        16.0,
+        gt=0,
+        description="With `kl_target`: samples over which beta moves by at most 20% (veRL's kl_ctrl.horizon, "
+        "10,000 there, for batches of thousands; here an iteration's ~50 step-samples move it by up to 60%, "
+        "so that a run of tens of iterations can raise it tenfold).",
     )
     kl_estimator: Literal["k1", "k3"] = Field(
         "k1", description="Per-token KL estimator (official: k1, log pi - log pi_ref; k3 is never negative)."
@@ -909,6 +926,11 @@ class PPOConfig(StageConfig):
     keep_checkpoints: int = Field(1, ge=1, description="Checkpoints kept; older ones are deleted.")
     max_minutes: float | None = Field(
         None, gt=0, description="Stop before an iteration that would end past this wall-clock budget."
+    )
+    snapshot_minutes: list[float] = Field(
+        default_factory=list,
+        description="Also save the actor a run with `max_minutes` of each of these would have ended with, "
+        "as `snapshots/<M>min/` (in `final/`'s layout): one long run gives the shorter budgets' models.",
     )
     tensorboard: bool = Field(True, description="Also write the metrics as TensorBoard events.")
 
@@ -1102,6 +1124,12 @@ class VerlPrepareConfig(StageConfig):
     actor_lr: float = Field(5e-7, gt=0, description="Actor learning rate (official: 5e-7).")
     critic_lr: float = Field(9e-6, gt=0, description="Critic learning rate (official: 9e-6).")
     kl_coef: float = Field(0.01, ge=0, description="KL penalty in the reward (official init_kl_coef 0.01).")
+    kl_target: float | None = Field(
+        None, gt=0, description="Adaptive beta towards this KL (veRL kl_ctrl.type adaptive); None: fixed."
+    )
+    kl_horizon: float = Field(
+        10_000.0, gt=0, description="veRL's kl_ctrl.horizon: samples over which beta moves by at most 20%."
+    )
     kl_estimator: Literal["k1", "k3"] = Field("k1", description="k1 (veRL 'kl') or k3 ('low_var_kl').")
     gamma: float = Field(1.0, ge=0, le=1, description="GAE discount (official: 1.0).")
     lam: float = Field(1.0, ge=0, le=1, description="GAE lambda (official: 1.0).")

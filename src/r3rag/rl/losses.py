@@ -77,6 +77,18 @@ def token_rewards(
     return (step_rewards - kl_coef * kl) * mask
 
 
+def adaptive_kl_coef(beta: float, kl: float, target: float, samples: int, horizon: float) -> float:
+    """The next beta of Ziegler et al. (2019)'s proportional controller (veRL's ``AdaptiveKLController``).
+
+    beta <- beta * (1 + clip(KL / target - 1, -0.2, 0.2) * samples / horizon): the penalty grows while the
+    policy sits further from the reference than ``target`` per token, and shrinks while it sits nearer, by at
+    most 20% per ``horizon`` samples. The factor is kept at 0.5 or more (veRL's turns negative when an
+    iteration holds more than 5 horizons of samples), so beta stays positive whatever the horizon.
+    """
+    error = min(max(kl / target - 1.0, -0.2), 0.2)
+    return beta * max(1.0 + error * samples / horizon, 0.5)
+
+
 def gae(
     rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float
 ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -31,6 +31,7 @@ steps), no padding of the buffer by duplicated samples, and optionally a critic 
 from __future__ import annotations
 
 import copy
+import json
 import random
 import time
 from collections import defaultdict
@@ -64,6 +65,7 @@ from r3rag.retrieval.base import Retriever
 from r3rag.rewards.judges import CorrectnessJudge
 from r3rag.rl.dev_eval import evaluate
 from r3rag.rl.losses import (
+    adaptive_kl_coef,
     approx_kl,
     explained_variance,
     gae,
@@ -80,12 +82,15 @@ from r3rag.rl.tracking import CURVE_FILE, MetricsLog, plot_curve
 from r3rag.schema import QAExample, Trajectory
 
 FINAL_DIR = "final"
+SNAPSHOTS_DIR = "snapshots"
+SNAPSHOT_FILE = "snapshot.json"
 CHECKPOINTS = "checkpoints"
 CHECKPOINT_LABEL = "iter"
 RESUMABLE_CHANGES = frozenset(
     {
         "iterations",
         "max_minutes",
+        "snapshot_minutes",
         "tensorboard",
         "device",
         "gradient_checkpointing",
@@ -97,6 +102,11 @@ among them); any other difference means another run, in another folder."""
 SCHEDULE_RESOLUTION = 1_000_000
 """Positions of the learning-rate schedule over the whole run: it is a function of progress through the run,
 since the number of optimizer steps depends on how many steps the rollouts take."""
+
+
+def snapshot_folder(out: Path, minutes: float) -> Path:
+    """Where a run in ``out`` saves the actor of its first ``minutes`` (``snapshot_minutes``)."""
+    return out / SNAPSHOTS_DIR / f"{minutes:g}min"
 
 
 @dataclass(slots=True)
@@ -199,6 +209,7 @@ class PPOTrainer:
         self.pad_id = int(pad or 0)
         self._orders: dict[int, list[int]] = {}
         self._eval_seconds = 0.0  # the last dev evaluation's duration, for the time budget
+        self.kl_coef = config.kl_coef  # beta of the next iteration; moves with `kl_target`
 
     @classmethod
     def from_config(cls, config: PPOConfig) -> PPOTrainer:
@@ -276,6 +287,9 @@ class PPOTrainer:
                 if iteration % c.save_every == 0 or last:
                     bar.set_description(f"iter {iteration}: checkpoint")
                     self._save(iteration)
+                for minutes in c.snapshot_minutes:  # the run that stops on time alone has no later ones
+                    if iteration == c.iterations or self._out_of_time(started, iter_started, minutes):
+                        self._save_snapshot(minutes, iteration, time.perf_counter() - started)
                 bar.update(1)
                 bar.set_postfix(self._postfix(metrics))
                 if out_of_time:
@@ -291,22 +305,36 @@ class PPOTrainer:
         """Write ``final/``: the actor, its tokenizer and ``agent.yaml`` (the rollout's agent settings,
         greedy), which R3-RAG must be run with, as R3-RAG-CS is with its own. Written beside and renamed into
         place, so a ``final/`` that exists is complete (a crash while saving leaves the checkpoints)."""
-        with runs.atomic_folder(self.out / FINAL_DIR) as tmp:
+        self._save_actor(self.out / FINAL_DIR)
+
+    def _save_snapshot(self, minutes: float, iteration: int, elapsed: float) -> None:
+        """The actor a run of ``max_minutes = minutes`` would have ended with, once, in ``final/``'s layout,
+        with ``snapshot.json``: the iteration it is from and the minutes trained to reach it."""
+        folder = snapshot_folder(self.out, minutes)
+        if not folder.exists():
+            self._save_actor(folder, {"iteration": iteration, "minutes": elapsed / 60})
+
+    def _save_actor(self, folder: Path, snapshot: dict[str, float] | None = None) -> None:
+        with runs.atomic_folder(folder) as tmp:
+            if snapshot is not None:
+                (tmp / SNAPSHOT_FILE).write_text(json.dumps(snapshot), encoding="utf-8")
             self.model.save_actor(tmp, self.tokenizer)
             agent = self.config.rollout.model_copy(update={"temperature": 0.0, "record_token_ids": False})
             agent.to_yaml(tmp / AGENT_FILE)
 
-    def _out_of_time(self, started: float, iter_started: float) -> bool:
-        """Would one more iteration, and the final dev evaluation after it, end past ``max_minutes``?
+    def _out_of_time(self, started: float, iter_started: float, minutes: float | None = None) -> bool:
+        """Would one more iteration, and the final dev evaluation after it, end past ``minutes`` (by default
+        ``max_minutes``)?
 
         Both are estimated by the last ones (an iteration takes about as long as the one before it), so the
         run stops, evaluates and saves within its budget instead of overrunning it by an iteration.
         """
-        if self.config.max_minutes is None:
+        budget = self.config.max_minutes if minutes is None else minutes
+        if budget is None:
             return False
         now = time.perf_counter()
         next_end = now - started + (now - iter_started) + (self._eval_seconds if self.dev_examples else 0.0)
-        return next_end / 60 > self.config.max_minutes
+        return next_end / 60 > budget
 
     def iteration(self, iteration: int, bar: tqdm[Any] | None = None) -> dict[str, Any]:
         """Rollout, samples, experience, update: one PPO iteration; returns its metrics."""
@@ -363,7 +391,7 @@ class PPOTrainer:
             # KL_t = log pi_old(a_t) - log pi_ref(a_t)  (k1), or k3; per token, on the sampled tokens
             kl = approx_kl(old.logprobs, ref_logprobs, mask, c.kl_estimator)
             # r_t = -beta * KL_t, plus the step's reward on its last action token
-            rewards = token_rewards(batch.rewards, kl, c.kl_coef, mask)
+            rewards = token_rewards(batch.rewards, kl, self.kl_coef, mask)
             # GAE in each sample: delta_t = r_t + gamma V_{t+1} - V_t; A_t = delta_t + gamma lambda A_{t+1}
             # (critic-free: V = 0, so A_t is the sample's advantage less the KL penalty from t on)
             advantages, returns = gae(rewards, old_values, mask, c.gamma, c.lam)
@@ -379,6 +407,11 @@ class PPOTrainer:
                 e.advantages = whitened
         tokens = sum(e.batch.tokens for e in buffer)
         sample_kl = torch.cat([(e.kl).sum(-1) for e in buffer])
+        kl_coef = self.kl_coef  # this iteration's; the controller sets the next one from its KL
+        if c.kl_target is not None:
+            self.kl_coef = adaptive_kl_coef(
+                kl_coef, float(flat["kl"].mean()), c.kl_target, len(samples), c.kl_horizon
+            )
         critic = {
             "ppo/return_mean": float(flat["returns"].mean()),
             "ppo/value_mean": float(flat["old_values"].mean()),
@@ -390,6 +423,7 @@ class PPOTrainer:
             "samples/tokens": float(tokens),
             "ppo/kl": float(flat["kl"].mean()),
             "ppo/kl_per_sample": float(sample_kl.mean()),
+            "ppo/kl_coef": kl_coef,
             "ppo/advantage_raw_mean": float(flat["advantages"].mean()),
             "ppo/advantage_raw_std": float(flat["advantages"].std(unbiased=False)),
             **({} if self.critic_free else critic),
@@ -519,6 +553,7 @@ class PPOTrainer:
         state = runs.load_checkpoint(checkpoint)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        self.kl_coef = float(state.get("kl_coef", self.config.kl_coef))  # older checkpoints: fixed beta
         return int(state["step"])
 
     def _save(self, iteration: int) -> None:
@@ -526,7 +561,11 @@ class PPOTrainer:
             self.out / CHECKPOINTS,
             CHECKPOINT_LABEL,
             iteration,
-            {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()},
+            {
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "kl_coef": self.kl_coef,
+            },
             keep=self.config.keep_checkpoints,
             digits=5,
         )
