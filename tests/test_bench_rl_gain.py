@@ -12,6 +12,7 @@ from pathlib import Path
 from r3rag.evaluation.runner import read_records
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+RUN = "rloo-hybrid-kl0.05-0.01min-s0"
 
 
 def run(out: Path, *args: str) -> str:
@@ -29,7 +30,11 @@ def run(out: Path, *args: str) -> str:
 
 def test_the_experiment_runs_the_base_an_rl_run_and_reports_them_paired(tmp_path: Path) -> None:
     run(tmp_path, "--world-seed", "3")
-    table = run(tmp_path, "--world-seed", "3", "--variant", "rloo", "--rl-minutes", "0.01")
+    table = run(
+        tmp_path,
+        *("--world-seed", "3", "--variant", "rloo", "--rl-minutes", "0.01", "--rl-iterations", "3"),
+        *("--kl-target", "0.05", "--snapshot-minutes", "0.001"),
+    )
     assert table == (tmp_path / "report.md").read_text()
     assert run(tmp_path, "--world-seed", "3", "--report-only") == table  # runs nothing, reads what is there
     assert "world seed 3" in table
@@ -40,25 +45,30 @@ def test_the_experiment_runs_the_base_an_rl_run_and_reports_them_paired(tmp_path
         "untrained ircot",
         "R3-RAG-CS",
         "R3-RAG-CS, forced answer",
-        "R3-RAG rloo-hybrid-s0",
+        f"R3-RAG {RUN}",
+        f"R3-RAG {RUN} @0.001min",  # the model after its first iteration, the snapshot of a shorter budget
     ]
     # the paired counts are those of the two prediction files
     cs = {r["id"]: r["acc"] for r in read_records(tmp_path / "base" / "eval-cs" / "predictions.jsonl")}
     rl = {
         r["id"]: r["acc"]
-        for r in read_records(tmp_path / "rl" / "rloo-hybrid-s0" / "eval" / "predictions.jsonl")
+        for r in read_records(tmp_path / "rl" / RUN / "eval" / "predictions.jsonl")
     }
     assert len(cs) == len(rl) == 4
     gained = sum(1 for q in cs if rl[q] and not cs[q])
     lost = sum(1 for q in cs if cs[q] and not rl[q])
-    assert f"+{gained} / -{lost}" in rows["R3-RAG rloo-hybrid-s0"]
-    metrics = tmp_path / "rl" / "rloo-hybrid-s0" / "ppo" / "metrics.jsonl"
-    iterations = len(metrics.read_text().splitlines())
-    assert runs.splitlines()[2].startswith(
-        f"| rloo-hybrid | 1 | {rows['R3-RAG rloo-hybrid-s0'].split(' | ')[2]} |"
+    assert f"+{gained} / -{lost}" in rows[f"R3-RAG {RUN}"]
+    metrics = tmp_path / "rl" / RUN / "ppo" / "metrics.jsonl"
+    iterations = len(metrics.read_text().splitlines())  # no dev evaluation: one record per iteration
+    # a configuration per budget: the snapshot counts as the 0.001-minute run's model
+    snapshot, whole = runs.splitlines()[2:4]
+    assert snapshot.startswith(
+        f"| rloo-hybrid-kl0.05-0.001min | 1 | {rows[f'R3-RAG {RUN} @0.001min'].split(' | ')[2]} |"
     )
-    assert f"| {iterations} | " in runs.splitlines()[2]  # no dev evaluation: one record per iteration
+    assert " | 1 | " in snapshot.split(" | ", 3)[3]  # its iterations: the first
+    assert whole.startswith(f"| rloo-hybrid-kl0.05-0.01min | 1 | {rows[f'R3-RAG {RUN}'].split(' | ')[2]} |")
+    assert f"| {iterations} | " in whole
     forced = read_records(tmp_path / "base" / "eval-cs-forced" / "predictions.jsonl")
     assert forced and all(r["trajectory"]["steps"] for r in forced)
-    config = (tmp_path / "rl" / "rloo-hybrid-s0" / "ppo" / "config.yaml").read_text()
-    assert "advantage: rloo" in config and "seed: 0" in config
+    config = (tmp_path / "rl" / RUN / "ppo" / "config.yaml").read_text()
+    assert "advantage: rloo" in config and "seed: 0" in config and "kl_target: 0.05" in config

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from r3rag.rl.losses import (
+    adaptive_kl_coef,
     approx_kl,
     explained_variance,
     gae,
@@ -215,3 +216,13 @@ def test_group_baselines_refuse_unlabelled_returns() -> None:
         leave_one_out_advantages([1.0, 2.0], ["a"])
     with pytest.raises(ValueError, match="2 returns for 1 group labels"):
         group_normalized_advantages([1.0, 2.0], ["a"])
+
+
+def test_the_adaptive_kl_controller_by_hand() -> None:
+    # KL twice the target: error clipped to +0.2, 32 samples over a horizon of 16: x (1 + 0.4)
+    assert adaptive_kl_coef(0.1, kl=0.06, target=0.03, samples=32, horizon=16) == pytest.approx(0.14)
+    # KL 10% under: error -0.1 -> x (1 - 0.2)
+    assert adaptive_kl_coef(0.1, kl=0.027, target=0.03, samples=32, horizon=16) == pytest.approx(0.08)
+    assert adaptive_kl_coef(0.1, kl=0.03, target=0.03, samples=32, horizon=16) == pytest.approx(0.1)
+    # veRL's factor would be 1 - 0.2 x 10 = -1: beta at most halves instead
+    assert adaptive_kl_coef(0.1, kl=0.0, target=0.03, samples=160, horizon=16) == pytest.approx(0.05)

@@ -11,6 +11,8 @@ from transformers import AutoModelForCausalLM
 
 from r3rag.config import AgentConfig
 from r3rag.packing import Sample
+from r3rag.rl.losses import adaptive_kl_coef
+from r3rag.rl.ppo import snapshot_folder
 from r3rag.runs import checkpoints
 from rl_fixtures import ToyScorer, tiny_config, tiny_trainer
 from tiny_llm import tiny_model
@@ -228,3 +230,42 @@ def test_critic_free_token_advantages_are_the_samples_less_the_kl_to_come(tmp_pa
         assert torch.equal(e.old_values, torch.zeros_like(e.old_values))
         checked += e.batch.size
     assert checked == 2
+
+
+def test_the_kl_penalty_follows_the_controller_and_resumes_where_it_was(tmp_path: Path) -> None:
+    """Each iteration's beta is the controller's step from the one before, on that iteration's KL and
+    samples; a run resumed from a checkpoint goes on with the beta it had, not the first one."""
+    settings = {"kl_target": 1e-4, "kl_horizon": 4.0, "iterations": 4, "eval_questions": 1}
+    straight = tiny_trainer(tiny_config(tmp_path / "a", **settings)).train(progress=False)
+    steps = [r for r in straight if r["iteration"] > 0]
+    assert steps[0]["ppo/kl_coef"] == 0.01  # kl_coef is the first beta
+    for before, after in zip(steps, steps[1:], strict=False):
+        expected = adaptive_kl_coef(before["ppo/kl_coef"], before["ppo/kl"], 1e-4, before["samples"], 4.0)
+        assert after["ppo/kl_coef"] == pytest.approx(expected)
+    # at the reference (KL 0) beta halves, at most; then the actor moves past the tiny target: beta rises
+    assert [r["ppo/kl_coef"] for r in steps][:2] == [0.01, 0.005]
+    assert steps[-1]["ppo/kl_coef"] > steps[-2]["ppo/kl_coef"] > 0.005
+
+    with pytest.raises(KeyboardInterrupt):
+        tiny_trainer(tiny_config(tmp_path / "b", **settings), ToyScorer(fail_on=3)).train(progress=False)
+    resumed = tiny_trainer(tiny_config(tmp_path / "b", **settings)).train(progress=False)
+    assert comparable(resumed) == comparable(straight)
+
+
+def test_a_snapshot_is_the_model_a_shorter_budget_ends_with(tmp_path: Path) -> None:
+    """snapshot_minutes M keeps the actor of the iteration a run of max_minutes M stops after (here the
+    first: any iteration outlasts the budget); a budget the run never reaches keeps its last iteration."""
+    tiny_trainer(tiny_config(tmp_path / "short", iterations=3, max_minutes=1e-4)).train(progress=False)
+    long = tiny_trainer(tiny_config(tmp_path / "long", iterations=3, snapshot_minutes=[1e-4, 1e3]))
+    records = long.train(progress=False)
+    assert records[-1]["iteration"] == 3
+    early, whole = snapshot_folder(tmp_path / "long", 1e-4), snapshot_folder(tmp_path / "long", 1e3)
+    assert early.name == "0.0001min" and whole.name == "1000min"
+    assert json.loads((early / "snapshot.json").read_text())["iteration"] == 1
+    assert json.loads((whole / "snapshot.json").read_text())["iteration"] == 3
+    short = AutoModelForCausalLM.from_pretrained(tmp_path / "short" / "final").state_dict()
+    for name, weights in AutoModelForCausalLM.from_pretrained(early).state_dict().items():
+        assert torch.equal(weights, short[name]), name
+    assert AgentConfig.from_yaml(early / "agent.yaml") == AgentConfig.from_yaml(
+        tmp_path / "short" / "final" / "agent.yaml"
+    )

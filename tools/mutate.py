@@ -75,8 +75,8 @@ MUTATIONS: list[Mutation] = [
     # ---------------------------------------------------------------- the 10 survivors of issue 23
     Mutation(
         "rl/ppo.py",
-        "rewards = token_rewards(batch.rewards, kl, c.kl_coef, mask)",
-        "rewards = token_rewards(batch.rewards, -kl, c.kl_coef, mask)",
+        "rewards = token_rewards(batch.rewards, kl, self.kl_coef, mask)",
+        "rewards = token_rewards(batch.rewards, -kl, self.kl_coef, mask)",
         "trainer: the KL penalty's sign flipped",
     ),
     Mutation(
@@ -157,6 +157,37 @@ MUTATIONS: list[Mutation] = [
         "[rewards_to_go(r.rewards) for r in rewards]",
         "[r.rewards for r in rewards]",
         "returns-to-go: each step keeps only its own reward",
+    ),
+    # ------------------------------------------------------- the adaptive KL controller and snapshots
+    Mutation(
+        "rl/losses.py",
+        "error = min(max(kl / target - 1.0, -0.2), 0.2)",
+        "error = min(max(kl / target - 1.0, -0.2), 0.4)",
+        "KL controller: the proportional error clipped at 0.4 instead of 0.2",
+    ),
+    Mutation(
+        "rl/losses.py",
+        "return beta * max(1.0 + error * samples / horizon, 0.5)",
+        "return beta * (1.0 + error * samples / horizon)",
+        "KL controller: no floor on the factor (beta turns negative on a long iteration)",
+    ),
+    Mutation(
+        "rl/ppo.py",
+        "kl_coef, float(flat[\"kl\"].mean()), c.kl_target, len(samples), c.kl_horizon",
+        "kl_coef, float(flat[\"kl\"].mean()), c.kl_target, len(buffer), c.kl_horizon",
+        "trainer: the controller counts micro-batches, not samples",
+    ),
+    Mutation(
+        "rl/ppo.py",
+        "self.kl_coef = float(state.get(\"kl_coef\", self.config.kl_coef))",
+        "self.kl_coef = self.config.kl_coef",
+        "trainer: a resumed run restarts the adaptive beta from kl_coef",
+    ),
+    Mutation(
+        "rl/ppo.py",
+        "if iteration == c.iterations or self._out_of_time(started, iter_started, minutes):",
+        "if self._out_of_time(started, iter_started, minutes):",
+        "trainer: no snapshot for a budget the run finishes within",
     ),
     Mutation(
         "evaluation/paired.py",
@@ -416,8 +447,8 @@ MUTATIONS: list[Mutation] = [
     ),
     Mutation(
         "config.py",
-        '0.01, ge=0, description="beta of the per-token KL penalty',
-        '0.001, ge=0, description="beta of the per-token KL penalty',
+        '0.01,\n        ge=0,\n        description="beta of the per-token KL penalty',
+        '0.001,\n        ge=0,\n        description="beta of the per-token KL penalty',
         "PPOConfig: kl_coef default 0.01 -> 0.001",
     ),
     # -------------------------------------------------------------------------------------- judges

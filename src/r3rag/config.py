@@ -845,9 +845,9 @@ class PPOConfig(StageConfig):
     kl_target: float | None = Field(
         None,
         gt=0,
-        description="Adapt beta after every iteration towards this mean KL per action token (Ziegler et al. "
-        "2019's controller, veRL's kl_ctrl.type adaptive): up while the policy is further from the cold start, "
-        "down while nearer. None: beta stays `kl_coef` (official).",
+        description="Adapt beta after every iteration towards this mean KL per action token (Ziegler et "
+        "al. 2019's controller, veRL's kl_ctrl.type adaptive): up while the policy is further from the cold "
+        "start, down while nearer. None: beta stays `kl_coef` (official).",
     )
     kl_horizon: float = Field(
         16.0,

@@ -554,6 +554,14 @@ PPO_DETAILS = (
         "official `init_kl_coef 0.01`, no KL target",
     ),
     PPODetail(
+        "KL control",
+        "after each iteration beta <- beta (1 + clip(KL / target - 1, -0.2, 0.2) samples / horizon), the "
+        "factor at least 0.5; KL: the buffer's mean per action token",
+        ("kl_target", "kl_horizon"),
+        "target {0}, horizon {1}",
+        "official: none (fixed beta); Ziegler et al. 2019, veRL `kl_ctrl.type adaptive`",
+    ),
+    PPODetail(
         "credit scheme",
         (
             "the scalar on a step's last action token: its reward (gae), its return-to-go (gae-trajectory), "

@@ -258,6 +258,8 @@ def test_prepare_writes_rows_veRL_reads_and_a_launch_whose_overrides_compose(
         index,
         "--out",
         str(out),
+        "--kl-target",
+        "0.05",
     ]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
@@ -267,6 +269,8 @@ def test_prepare_writes_rows_veRL_reads_and_a_launch_whose_overrides_compose(
     assert config.trainer.use_v1 is True
     assert (config.algorithm.adv_estimator, config.algorithm.gamma, config.algorithm.lam) == ("gae", 1.0, 1.0)
     assert (config.algorithm.use_kl_in_reward, config.algorithm.kl_ctrl.kl_coef) == (True, 0.01)
+    kl_ctrl = config.algorithm.kl_ctrl  # our adaptive controller is veRL's
+    assert (kl_ctrl.type, kl_ctrl.target_kl, kl_ctrl.horizon) == ("adaptive", 0.05, 10_000)
     assert config.actor_rollout_ref.actor.optim.lr == 5e-7 and config.critic.optim.lr == 9e-6
     assert config.actor_rollout_ref.rollout.n == 4
     assert config.actor_rollout_ref.rollout.agent.default_agent_loop == "r3rag"
