@@ -50,10 +50,7 @@ def test_the_experiment_runs_the_base_an_rl_run_and_reports_them_paired(tmp_path
     ]
     # the paired counts are those of the two prediction files
     cs = {r["id"]: r["acc"] for r in read_records(tmp_path / "base" / "eval-cs" / "predictions.jsonl")}
-    rl = {
-        r["id"]: r["acc"]
-        for r in read_records(tmp_path / "rl" / RUN / "eval" / "predictions.jsonl")
-    }
+    rl = {r["id"]: r["acc"] for r in read_records(tmp_path / "rl" / RUN / "eval" / "predictions.jsonl")}
     assert len(cs) == len(rl) == 4
     gained = sum(1 for q in cs if rl[q] and not cs[q])
     lost = sum(1 for q in cs if cs[q] and not rl[q])

@@ -173,13 +173,13 @@ MUTATIONS: list[Mutation] = [
     ),
     Mutation(
         "rl/ppo.py",
-        "kl_coef, float(flat[\"kl\"].mean()), c.kl_target, len(samples), c.kl_horizon",
-        "kl_coef, float(flat[\"kl\"].mean()), c.kl_target, len(buffer), c.kl_horizon",
+        'kl_coef, float(flat["kl"].mean()), c.kl_target, len(samples), c.kl_horizon',
+        'kl_coef, float(flat["kl"].mean()), c.kl_target, len(buffer), c.kl_horizon',
         "trainer: the controller counts micro-batches, not samples",
     ),
     Mutation(
         "rl/ppo.py",
-        "self.kl_coef = float(state.get(\"kl_coef\", self.config.kl_coef))",
+        'self.kl_coef = float(state.get("kl_coef", self.config.kl_coef))',
         "self.kl_coef = self.config.kl_coef",
         "trainer: a resumed run restarts the adaptive beta from kl_coef",
     ),
