@@ -219,10 +219,13 @@ def test_group_baselines_refuse_unlabelled_returns() -> None:
 
 
 def test_the_adaptive_kl_controller_by_hand() -> None:
+    step = {"target": 0.03, "samples": 32, "horizon": 16, "floor": 0.01}
     # KL twice the target: error clipped to +0.2, 32 samples over a horizon of 16: x (1 + 0.4)
-    assert adaptive_kl_coef(0.1, kl=0.06, target=0.03, samples=32, horizon=16) == pytest.approx(0.14)
+    assert adaptive_kl_coef(0.1, kl=0.06, **step) == pytest.approx(0.14)
     # KL 10% under: error -0.1 -> x (1 - 0.2)
-    assert adaptive_kl_coef(0.1, kl=0.027, target=0.03, samples=32, horizon=16) == pytest.approx(0.08)
-    assert adaptive_kl_coef(0.1, kl=0.03, target=0.03, samples=32, horizon=16) == pytest.approx(0.1)
-    # veRL's factor would be 1 - 0.2 x 10 = -1: beta at most halves instead
-    assert adaptive_kl_coef(0.1, kl=0.0, target=0.03, samples=160, horizon=16) == pytest.approx(0.05)
+    assert adaptive_kl_coef(0.1, kl=0.027, **step) == pytest.approx(0.08)
+    assert adaptive_kl_coef(0.1, kl=0.03, **step) == pytest.approx(0.1)
+    # KL 0 at the floor: x 0.6 would be 0.006; the floor holds
+    assert adaptive_kl_coef(0.01, kl=0.0, **step) == 0.01
+    # veRL's factor would be 1 - 0.2 x 10 = -1 (a negative beta): the floor
+    assert adaptive_kl_coef(0.1, kl=0.0, **(step | {"samples": 160})) == 0.01

@@ -167,14 +167,14 @@ MUTATIONS: list[Mutation] = [
     ),
     Mutation(
         "rl/losses.py",
-        "return beta * max(1.0 + error * samples / horizon, 0.5)",
+        "return max(beta * (1.0 + error * samples / horizon), floor)",
         "return beta * (1.0 + error * samples / horizon)",
-        "KL controller: no floor on the factor (beta turns negative on a long iteration)",
+        "KL controller: no floor (beta wears down at the reference, turns negative on a long iteration)",
     ),
     Mutation(
         "rl/ppo.py",
-        'kl_coef, float(flat["kl"].mean()), c.kl_target, len(samples), c.kl_horizon',
-        'kl_coef, float(flat["kl"].mean()), c.kl_target, len(buffer), c.kl_horizon',
+        'kl_coef, float(flat["kl"].mean()), c.kl_target, len(samples), c.kl_horizon, c.kl_coef',
+        'kl_coef, float(flat["kl"].mean()), c.kl_target, len(buffer), c.kl_horizon, c.kl_coef',
         "trainer: the controller counts micro-batches, not samples",
     ),
     Mutation(

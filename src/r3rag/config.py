@@ -840,14 +840,14 @@ class PPOConfig(StageConfig):
         0.01,
         ge=0,
         description="beta of the per-token KL penalty (official init_kl_coef 0.01, fixed); with `kl_target`, "
-        "its first value.",
+        "its first and smallest value.",
     )
     kl_target: float | None = Field(
         None,
         gt=0,
         description="Adapt beta after every iteration towards this mean KL per action token (Ziegler et "
         "al. 2019's controller, veRL's kl_ctrl.type adaptive): up while the policy is further from the cold "
-        "start, down while nearer. None: beta stays `kl_coef` (official).",
+        "start, back down to `kl_coef` at least while nearer. None: beta stays `kl_coef` (official).",
     )
     kl_horizon: float = Field(
         16.0,

@@ -555,8 +555,8 @@ PPO_DETAILS = (
     ),
     PPODetail(
         "KL control",
-        "after each iteration beta <- beta (1 + clip(KL / target - 1, -0.2, 0.2) samples / horizon), the "
-        "factor at least 0.5; KL: the buffer's mean per action token",
+        "after each iteration beta <- max(beta (1 + clip(KL / target - 1, -0.2, 0.2) samples / horizon), "
+        "kl_coef); KL: the buffer's mean per action token",
         ("kl_target", "kl_horizon"),
         "target {0}, horizon {1}",
         "official: none (fixed beta); Ziegler et al. 2019, veRL `kl_ctrl.type adaptive`",

@@ -77,16 +77,21 @@ def token_rewards(
     return (step_rewards - kl_coef * kl) * mask
 
 
-def adaptive_kl_coef(beta: float, kl: float, target: float, samples: int, horizon: float) -> float:
-    """The next beta of Ziegler et al. (2019)'s proportional controller (veRL's ``AdaptiveKLController``).
+def adaptive_kl_coef(
+    beta: float, kl: float, target: float, samples: int, horizon: float, floor: float
+) -> float:
+    """The next beta of Ziegler et al. (2019)'s proportional controller (veRL's ``AdaptiveKLController``),
+    never below ``floor``.
 
-    beta <- beta * (1 + clip(KL / target - 1, -0.2, 0.2) * samples / horizon): the penalty grows while the
-    policy sits further from the reference than ``target`` per token, and shrinks while it sits nearer, by at
-    most 20% per ``horizon`` samples. The factor is kept at 0.5 or more (veRL's turns negative when an
-    iteration holds more than 5 horizons of samples), so beta stays positive whatever the horizon.
+    beta <- max(beta * (1 + clip(KL / target - 1, -0.2, 0.2) * samples / horizon), floor): the penalty grows
+    while the policy sits further from the reference than ``target`` per token, by at most 20% per
+    ``horizon`` samples, and shrinks back while it sits nearer. The floor (the run's first beta) keeps the
+    early iterations, where the policy is still the reference, from wearing the penalty down to nothing
+    before the policy moves (unfloored, halving per iteration at KL = 0, it would take as many iterations
+    to climb back as it took to fall), and beta positive when an iteration holds more than five horizons.
     """
     error = min(max(kl / target - 1.0, -0.2), 0.2)
-    return beta * max(1.0 + error * samples / horizon, 0.5)
+    return max(beta * (1.0 + error * samples / horizon), floor)
 
 
 def gae(

@@ -410,7 +410,7 @@ class PPOTrainer:
         kl_coef = self.kl_coef  # this iteration's; the controller sets the next one from its KL
         if c.kl_target is not None:
             self.kl_coef = adaptive_kl_coef(
-                kl_coef, float(flat["kl"].mean()), c.kl_target, len(samples), c.kl_horizon
+                kl_coef, float(flat["kl"].mean()), c.kl_target, len(samples), c.kl_horizon, c.kl_coef
             )
         critic = {
             "ppo/return_mean": float(flat["returns"].mean()),
