@@ -67,6 +67,14 @@ BASE_DIR = "base"
 RUNS_DIR = "rl"
 FORCED_DIR = "eval-cs-forced"
 REPORT = "report.md"
+CURVES = "curves.png"
+CURVE_PANELS = {
+    "ppo/kl": "KL to R3-RAG-CS per action token",
+    "ppo/kl_coef": "KL coefficient beta",
+    "rollout/format_error": "rollout trajectories ended by a format error",
+    "reward/trajectory_mean": "rollout reward per trajectory",
+}
+"""The panels of ``curves.png``: per iteration of every RL run, against its minutes of training."""
 TRAIN_STAGES = ("world", "index", "base-model", "coldstart", "sft")
 EVAL_STAGES = ("eval-base", "eval-cs")
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -290,6 +298,39 @@ def report(config: PipelineConfig, out: Path) -> str:
     )
 
 
+def plot_curves(out: Path, path: Path) -> None:
+    """``curves.png``: :data:`CURVE_PANELS` for every RL run, one line per run, against the minutes of
+    training (runs of one budget end at the same x); nothing before a run has a record."""
+    runs = {
+        run.name: [r for _, r in iter_jsonl(run / "ppo" / "metrics.jsonl")]
+        for run in sorted((out / RUNS_DIR).glob("*"))
+        if (run / "ppo" / "metrics.jsonl").is_file()
+    }
+    runs = {name: records for name, records in runs.items() if records}
+    if not runs:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8))
+    for ax, (key, title) in zip(axes.flat, CURVE_PANELS.items(), strict=True):
+        for name, records in runs.items():
+            minutes = [
+                sum(r.get("time/iteration", 0.0) for r in records[: i + 1]) / 60 for i in range(len(records))
+            ]
+            points = [(m, r[key]) for m, r in zip(minutes, records, strict=True) if key in r]
+            if points:
+                ax.plot(*zip(*points, strict=True), marker=".", label=name)
+        ax.set(xlabel="minutes of RL", title=title)
+        ax.grid(alpha=0.3)
+    axes.flat[0].legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def runs_table(by_system: dict[str, dict[str, dict[str, Any]]], budgets: dict[str, Budget]) -> str:
     """Each RL configuration at each budget over its seeds (a long run's snapshot counts at its budget):
     accuracy of every seed and their mean, and what each run's budget bought (iterations, minutes)."""
@@ -366,6 +407,7 @@ def main(argv: list[str] | None = None) -> int:
         run_all(args, config, out, console)
     table = report(config, out)
     (out / REPORT).write_text(table, encoding="utf-8")
+    plot_curves(out, out / CURVES)
     print(table, end="")
     return 0
 

@@ -36,6 +36,7 @@ def test_the_experiment_runs_the_base_an_rl_run_and_reports_them_paired(tmp_path
         *("--kl-target", "0.05", "--snapshot-minutes", "0.001"),
     )
     assert table == (tmp_path / "report.md").read_text()
+    assert (tmp_path / "curves.png").stat().st_size > 0  # KL, beta, format errors, reward per run
     assert run(tmp_path, "--world-seed", "3", "--report-only") == table  # runs nothing, reads what is there
     assert "world seed 3" in table
     systems, runs = table.split("\n\n")[1:3]
