@@ -10,12 +10,21 @@ Runs, into one folder (every part resumes, every finished part is skipped on a r
    (``--rl-minutes``; the CPU preset :meth:`~r3rag.config.PPOConfig.small_model`, the variant's switches on
    top), then its evaluation in R3-RAG-CS's settings;
 3. the table: accuracy per question type, answered share, steps and searches per question for every system,
-   and each RL run against R3-RAG-CS paired by question (exact McNemar), written to ``report.md``.
+   and each RL run against R3-RAG-CS paired by question (exact McNemar), written to ``report.md``; then each
+   RL configuration at each budget over its seeds; ``curves.png``: KL, beta, format errors and reward of
+   every run against its minutes.
+
+A run is named by its configuration, budget and seed (``rloo-hybrid-kl0.03-60min-s1``). ``--kl-target``
+switches on the adaptive KL penalty; ``--snapshot-minutes 60`` makes each run also keep, and the experiment
+evaluate, the model it had after 60 of its minutes (a row ``@60min``, counted as the 60-minute
+configuration): one 100-minute run gives a long curve and a 60-minute seed at once.
 
     .venv/bin/python benchmarks/rl_gain.py --out runs/rl-gain --world-seed 7     # the base and its rows
     .venv/bin/python benchmarks/rl_gain.py --out runs/rl-gain --world-seed 7 --variant rloo --seed 0
     .venv/bin/python benchmarks/rl_gain.py --out runs/rl-gain --world-seed 7 --variant gae \\
         --reward hybrid --reward outcome --reward process --seed 0 --seed 1 --rl-minutes 60
+    .venv/bin/python benchmarks/rl_gain.py --out runs/rl-gain --world-seed 7 --variant rloo \\
+        --kl-target 0.03 --rl-minutes 100 --snapshot-minutes 60
 
 An invocation without ``--variant`` builds and evaluates the base; one with variants builds the base's
 models if they are missing, then its RL runs. Invocations on the same folder may run at once once R3-RAG-CS
