@@ -206,17 +206,18 @@ def evaluate_base(ctx: Context) -> None:
         evaluate_model(ctx, str(ctx.out / "sft" / "final"), forced_config(ctx.config), ctx.out / FORCED_DIR)
 
 
-def run_rl(ctx: Context, name: str, config: PPOConfig, progress: bool) -> None:
+def run_rl(ctx: Context, name: str, config: PPOConfig, progress: bool, train: bool = True) -> None:
     """Train one RL run (resumed if interrupted; skipped once its final actor exists), then evaluate it and
-    the snapshots of its shorter budgets (into ``eval-<M>min``)."""
+    the snapshots of its shorter budgets (into ``eval-<M>min``). ``train`` False: only evaluate the models
+    the run has saved so far."""
     run, ppo = Path(config.out).parent, Path(config.out)
-    if not (ppo / FINAL_DIR / "config.json").is_file():
+    if train and not (ppo / FINAL_DIR / "config.json").is_file():
         ctx.console.print(f"RL run {name}: {config.max_minutes:g} minutes ...")
         PPOTrainer.from_config(config).train(progress=progress)
     models = [(ppo / FINAL_DIR, run / "eval")]
     models += [(s, run / f"eval-{s.name}") for s in sorted((ppo / SNAPSHOTS_DIR).glob("*min"))]
     for model, folder in models:
-        if not (folder / "results.json").is_file():
+        if (model / "config.json").is_file() and not (folder / "results.json").is_file():
             ctx.console.print(f"evaluation: {name}, {model.name} ...")
             evaluate_model(ctx, str(model), ctx.config.r3rag_eval(), folder)
 
@@ -396,6 +397,12 @@ def main(argv: list[str] | None = None) -> int:
         help="Also evaluate the model each run had after this many of its minutes (repeatable): one long "
         "run gives the shorter budget's row too.",
     )
+    parser.add_argument(
+        "--no-train",
+        action="store_true",
+        help="Train nothing: evaluate the models the named runs have saved so far (a snapshot while its run "
+        "still trains, on another core) and report. Not while another invocation evaluates the same model.",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's).")
     parser.add_argument("--tiny", action="store_true", help="The tiny preset: checks the plumbing only.")
     parser.add_argument("--quiet", action="store_true", help="No progress bars.")
@@ -439,7 +446,7 @@ def run_all(args: argparse.Namespace, config: PipelineConfig, out: Path, console
             for seed in args.seed or [0]:
                 name = f"{settings.configuration()}-s{seed}"
                 run = rl_config(config, ctx.out, out / RUNS_DIR / name / "ppo", settings, seed)
-                run_rl(ctx, name, run, not args.quiet)
+                run_rl(ctx, name, run, not args.quiet, train=not args.no_train)
 
 
 if __name__ == "__main__":

@@ -30,11 +30,13 @@ def run(out: Path, *args: str) -> str:
 
 def test_the_experiment_runs_the_base_an_rl_run_and_reports_them_paired(tmp_path: Path) -> None:
     run(tmp_path, "--world-seed", "3")
-    table = run(
-        tmp_path,
+    rl_args = (
         *("--world-seed", "3", "--variant", "rloo", "--rl-minutes", "0.01", "--rl-iterations", "3"),
         *("--kl-target", "0.05", "--snapshot-minutes", "0.001"),
     )
+    before = run(tmp_path, *rl_args, "--no-train")  # nothing trained yet: nothing to evaluate
+    assert "R3-RAG rloo" not in before and not (tmp_path / "rl" / RUN / "ppo" / "final").exists()
+    table = run(tmp_path, *rl_args)
     assert table == (tmp_path / "report.md").read_text()
     assert (tmp_path / "curves.png").stat().st_size > 0  # KL, beta, format errors, reward per run
     assert run(tmp_path, "--world-seed", "3", "--report-only") == table  # runs nothing, reads what is there
