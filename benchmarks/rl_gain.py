@@ -42,6 +42,7 @@ import statistics
 import sys
 from collections import defaultdict
 from dataclasses import dataclass
+from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +80,7 @@ REPORT = "report.md"
 CURVES = "curves.png"
 CURVE_PANELS = {
     "ppo/kl": "KL to R3-RAG-CS per action token",
-    "ppo/kl_coef": "KL coefficient beta",
+    "ppo/kl_coef": "KL coefficient beta (logged by runs since the adaptive controller)",
     "rollout/format_error": "rollout trajectories ended by a format error",
     "reward/trajectory_mean": "rollout reward per trajectory",
 }
@@ -326,13 +327,11 @@ def plot_curves(out: Path, path: Path) -> None:
 
     fig, axes = plt.subplots(2, 2, figsize=(12, 8))
     for ax, (key, title) in zip(axes.flat, CURVE_PANELS.items(), strict=True):
-        for name, records in runs.items():
-            minutes = [
-                sum(r.get("time/iteration", 0.0) for r in records[: i + 1]) / 60 for i in range(len(records))
-            ]
+        for colour, (name, records) in enumerate(runs.items()):  # a run keeps its colour in every panel
+            minutes = [t / 60 for t in accumulate(r.get("time/iteration", 0.0) for r in records)]
             points = [(m, r[key]) for m, r in zip(minutes, records, strict=True) if key in r]
             if points:
-                ax.plot(*zip(*points, strict=True), marker=".", label=name)
+                ax.plot(*zip(*points, strict=True), marker=".", label=name, color=f"C{colour}")
         ax.set(xlabel="minutes of RL", title=title)
         ax.grid(alpha=0.3)
     axes.flat[0].legend(fontsize="small")
