@@ -135,10 +135,10 @@ class RLSettings:
     kl_target: float | None = None
     snapshot_minutes: tuple[float, ...] = ()
 
-    def configuration(self, minutes: float | None = None) -> str:
-        """The configuration's name at a budget (by default its own), as runs and rows are named."""
+    def configuration(self) -> str:
+        """The configuration's name with its budget, as runs are named (their seed after it)."""
         kl = "" if self.kl_target is None else f"-kl{self.kl_target:g}"
-        return f"{self.variant}-{self.reward}{kl}-{minutes or self.minutes:g}min"
+        return f"{self.variant}-{self.reward}{kl}-{self.minutes:g}min"
 
 
 def rl_config(base: PipelineConfig, base_out: Path, out: Path, settings: RLSettings, seed: int) -> PPOConfig:
@@ -226,7 +226,18 @@ def run_rl(ctx: Context, name: str, config: PPOConfig, progress: bool, train: bo
 # ---------------------------------------------------------------------------------------------- the report
 
 
-def systems(config: PipelineConfig, out: Path) -> list[System]:
+def run_records(out: Path) -> dict[str, list[dict[str, Any]]]:
+    """Each RL run's metrics records, by run name; a run without a record yet is left out."""
+    runs = {}
+    for run in sorted((out / RUNS_DIR).glob("*")):
+        metrics = run / "ppo" / "metrics.jsonl"
+        records = [r for _, r in iter_jsonl(metrics)] if metrics.is_file() else []
+        if records:
+            runs[run.name] = records
+    return runs
+
+
+def systems(config: PipelineConfig, out: Path, runs: dict[str, list[dict[str, Any]]]) -> list[System]:
     """Every evaluated system in the folder, baselines first, then R3-RAG-CS (plain and forced), then the RL
     runs in name order."""
     found = [
@@ -236,24 +247,22 @@ def systems(config: PipelineConfig, out: Path) -> list[System]:
         System("R3-RAG-CS", out / BASE_DIR / "eval-cs", "r3rag", config.r3rag_eval()),
         System("R3-RAG-CS, forced answer", out / BASE_DIR / FORCED_DIR, "r3rag", forced_config(config)),
     ]
-    runs_dir = out / RUNS_DIR
-    for run in sorted(runs_dir.iterdir()) if runs_dir.is_dir() else []:
-        configuration = run.name.rsplit("-s", 1)[0]
-        records = [r for _, r in iter_jsonl(run / "ppo" / "metrics.jsonl")] if run.is_dir() else []
-        if records:
-            final = Budget(
-                configuration,
-                max(r["iteration"] for r in records),
-                sum(r.get("time/iteration", 0.0) for r in records) / 60,
-            )
-            found.append(System(f"R3-RAG {run.name}", run / "eval", "r3rag", config.r3rag_eval(), final))
+    for name, records in runs.items():
+        run = out / RUNS_DIR / name
+        configuration = name.rsplit("-s", 1)[0]
+        final = Budget(
+            configuration,
+            max(r["iteration"] for r in records),
+            sum(r.get("time/iteration", 0.0) for r in records) / 60,
+        )
+        found.append(System(f"R3-RAG {name}", run / "eval", "r3rag", config.r3rag_eval(), final))
         for snapshot in sorted((run / "ppo" / SNAPSHOTS_DIR).glob("*min")):
             done = json.loads((snapshot / SNAPSHOT_FILE).read_text(encoding="utf-8"))
             budget = Budget(
                 f"{configuration.rsplit('-', 1)[0]}-{snapshot.name}", done["iteration"], done["minutes"]
             )
-            name = f"R3-RAG {run.name} @{snapshot.name}"
-            found.append(System(name, run / f"eval-{snapshot.name}", "r3rag", config.r3rag_eval(), budget))
+            row = f"R3-RAG {name} @{snapshot.name}"
+            found.append(System(row, run / f"eval-{snapshot.name}", "r3rag", config.r3rag_eval(), budget))
     return [s for s in found if (s.folder / "results.json").is_file()]
 
 
@@ -264,10 +273,10 @@ def records_of(system: System) -> dict[str, dict[str, Any]]:
     return {r["id"]: r for r in records if r["method"] == system.method and r["top_k"] == top_k}
 
 
-def report(config: PipelineConfig, out: Path) -> str:
+def report(config: PipelineConfig, out: Path, runs: dict[str, list[dict[str, Any]]]) -> str:
     """The markdown table of every evaluated system, and each RL run against R3-RAG-CS paired by question."""
     types = {ex.id: ex.type or "?" for ex in load_dataset(out / BASE_DIR / "world" / "dev.jsonl")}
-    found = systems(config, out)
+    found = systems(config, out, runs)
     by_system = {s.name: records_of(s) for s in found}
     budgets = {s.name: s.budget for s in found if s.budget is not None}
     type_names = sorted({types[i] for records in by_system.values() for i in records})
@@ -309,15 +318,9 @@ def report(config: PipelineConfig, out: Path) -> str:
     )
 
 
-def plot_curves(out: Path, path: Path) -> None:
+def plot_curves(runs: dict[str, list[dict[str, Any]]], path: Path) -> None:
     """``curves.png``: :data:`CURVE_PANELS` for every RL run, one line per run, against the minutes of
     training (runs of one budget end at the same x); nothing before a run has a record."""
-    runs = {
-        run.name: [r for _, r in iter_jsonl(run / "ppo" / "metrics.jsonl")]
-        for run in sorted((out / RUNS_DIR).glob("*"))
-        if (run / "ppo" / "metrics.jsonl").is_file()
-    }
-    runs = {name: records for name, records in runs.items() if records}
     if not runs:
         return
     import matplotlib
@@ -420,9 +423,10 @@ def main(argv: list[str] | None = None) -> int:
     out: Path = args.out
     if not args.report_only:
         run_all(args, config, out, console)
-    table = report(config, out)
+    runs = run_records(out)
+    table = report(config, out, runs)
     (out / REPORT).write_text(table, encoding="utf-8")
-    plot_curves(out, out / CURVES)
+    plot_curves(runs, out / CURVES)
     print(table, end="")
     return 0
 

@@ -173,8 +173,8 @@ MUTATIONS: list[Mutation] = [
     ),
     Mutation(
         "rl/ppo.py",
-        'kl_coef, float(flat["kl"].mean()), c.kl_target, len(samples), c.kl_horizon, c.kl_coef',
-        'kl_coef, float(flat["kl"].mean()), c.kl_target, len(buffer), c.kl_horizon, c.kl_coef',
+        'self.kl_coef, metrics["ppo/kl"], c.kl_target, len(samples), c.kl_horizon, c.kl_coef',
+        'self.kl_coef, metrics["ppo/kl"], c.kl_target, len(buffer), c.kl_horizon, c.kl_coef',
         "trainer: the controller counts micro-batches, not samples",
     ),
     Mutation(

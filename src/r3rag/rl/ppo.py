@@ -287,7 +287,7 @@ class PPOTrainer:
                 if iteration % c.save_every == 0 or last:
                     bar.set_description(f"iter {iteration}: checkpoint")
                     self._save(iteration)
-                for minutes in c.snapshot_minutes:  # the run that stops on time alone has no later ones
+                for minutes in c.snapshot_minutes:  # a budget the whole run fits in: its last iteration
                     if iteration == c.iterations or self._out_of_time(started, iter_started, minutes):
                         self._save_snapshot(minutes, iteration, time.perf_counter() - started)
                 bar.update(1)
@@ -365,6 +365,10 @@ class PPOTrainer:
         phase("log-probs")
         buffer, experience_metrics = self._experience(samples)
         metrics.update(experience_metrics)
+        if c.kl_target is not None:  # the next iteration's beta, from this one's KL
+            self.kl_coef = adaptive_kl_coef(
+                self.kl_coef, metrics["ppo/kl"], c.kl_target, len(samples), c.kl_horizon, c.kl_coef
+            )
         phase("update")
         metrics.update(self._update(buffer, iteration))
         return metrics
@@ -407,11 +411,6 @@ class PPOTrainer:
                 e.advantages = whitened
         tokens = sum(e.batch.tokens for e in buffer)
         sample_kl = torch.cat([(e.kl).sum(-1) for e in buffer])
-        kl_coef = self.kl_coef  # this iteration's; the controller sets the next one from its KL
-        if c.kl_target is not None:
-            self.kl_coef = adaptive_kl_coef(
-                kl_coef, float(flat["kl"].mean()), c.kl_target, len(samples), c.kl_horizon, c.kl_coef
-            )
         critic = {
             "ppo/return_mean": float(flat["returns"].mean()),
             "ppo/value_mean": float(flat["old_values"].mean()),
@@ -423,7 +422,7 @@ class PPOTrainer:
             "samples/tokens": float(tokens),
             "ppo/kl": float(flat["kl"].mean()),
             "ppo/kl_per_sample": float(sample_kl.mean()),
-            "ppo/kl_coef": kl_coef,
+            "ppo/kl_coef": self.kl_coef,
             "ppo/advantage_raw_mean": float(flat["advantages"].mean()),
             "ppo/advantage_raw_std": float(flat["advantages"].std(unbiased=False)),
             **({} if self.critic_free else critic),
