@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import sys
 from collections import defaultdict
@@ -45,6 +46,8 @@ from dataclasses import dataclass
 from itertools import accumulate
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -134,11 +137,14 @@ class RLSettings:
     iterations: int
     kl_target: float | None = None
     snapshot_minutes: tuple[float, ...] = ()
+    overrides: tuple[tuple[str, Any], ...] = ()
+    tag: str = ""
 
     def configuration(self) -> str:
         """The configuration's name with its budget, as runs are named (their seed after it)."""
         kl = "" if self.kl_target is None else f"-kl{self.kl_target:g}"
-        return f"{self.variant}-{self.reward}{kl}-{self.minutes:g}min"
+        tag = f"-{self.tag}" if self.tag else ""
+        return f"{self.variant}-{self.reward}{kl}{tag}-{self.minutes:g}min"
 
 
 def rl_config(base: PipelineConfig, base_out: Path, out: Path, settings: RLSettings, seed: int) -> PPOConfig:
@@ -167,7 +173,27 @@ def rl_config(base: PipelineConfig, base_out: Path, out: Path, settings: RLSetti
         "snapshot_minutes": list(settings.snapshot_minutes),
         "tensorboard": False,
     }
-    return PPOConfig.model_validate(values)
+    config = PPOConfig.model_validate(values)
+    if not settings.overrides:
+        return config
+    data = config.model_dump()
+    for key, value in settings.overrides:
+        *parents, leaf = key.split(".")
+        node = data
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or leaf not in node:
+            raise ValueError(f"--set {key}: PPOConfig has no field {key!r}")
+        node[leaf] = value
+    return PPOConfig.model_validate(data)
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` of ``--set``: a PPOConfig field (dotted into its sections) and a YAML value."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key.strip(), yaml.safe_load(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -392,6 +418,21 @@ def main(argv: list[str] | None = None) -> int:
         help="Adapt the KL penalty towards this KL per token (PPOConfig.kl_target); default: fixed beta.",
     )
     parser.add_argument(
+        "--set",
+        dest="overrides",
+        metavar="KEY=VALUE",
+        action="append",
+        type=parse_override,
+        default=[],
+        help="Set a PPOConfig field of every run over the preset (repeatable; dotted into sections: "
+        "questions_per_iteration=8, reward.process_scale=trajectory). Needs --tag.",
+    )
+    parser.add_argument(
+        "--tag",
+        default="",
+        help="Name of the --set changes in the runs' names (rloo-hybrid-<tag>-60min-s0).",
+    )
+    parser.add_argument(
         "--snapshot-minutes",
         action="append",
         type=float,
@@ -414,6 +455,10 @@ def main(argv: list[str] | None = None) -> int:
         help="Write and print the table of what is evaluated; run nothing.",
     )
     args = parser.parse_args(argv)
+    if bool(args.overrides) != bool(args.tag):
+        parser.error("--set and --tag go together: runs with changed settings need a name of their own")
+    if args.tag and not re.fullmatch(r"[a-z0-9.]+(-[a-z0-9.]+)*", args.tag):
+        parser.error(f"--tag {args.tag!r}: use lowercase letters, digits, dots and single dashes")
     if args.threads is not None:
         import torch
 
@@ -445,6 +490,8 @@ def run_all(args: argparse.Namespace, config: PipelineConfig, out: Path, console
                 args.rl_iterations,
                 args.kl_target,
                 tuple(m for m in args.snapshot_minutes if m < args.rl_minutes),
+                tuple(args.overrides),
+                args.tag,
             )
             for seed in args.seed or [0]:
                 name = f"{settings.configuration()}-s{seed}"

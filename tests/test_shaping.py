@@ -89,6 +89,29 @@ def test_reward_table(
     )
 
 
+def test_trajectory_process_scale_pays_lambda_times_the_mean_relevance() -> None:
+    config = RewardConfig(process_scale="trajectory")
+    # hybrid: 1.6 x Rel / 2 on each of two searches, the outcome untouched; lambda_T is still reported
+    correct = shape_rewards(CORRECT, True, [0.5, 1.0], config)
+    assert correct.rewards == pytest.approx([0.4, 0.8, 2.0]) and correct.lambda_t == 1.6
+    # five searches that never answer: 0.9 x mean Rel (0.3) = 0.27 in all, where the paper's sum pays 1.35
+    out = shape_rewards(OUT_OF_STEPS, None, [0.1, 0.2, 0.3, 0.4, 0.5], config)
+    assert out.rewards == pytest.approx([0.018, 0.036, 0.054, 0.072, 0.09]) and sum(out.rewards) == (
+        pytest.approx(0.27)
+    )
+    # the format penalty is not spread: only Rel is
+    fmt = shape_rewards(FORMAT_ERROR, None, [0.7, 0.3], config)
+    assert fmt.rewards == pytest.approx([0.35, 0.15, -1.0])
+    # process-only mode spreads Rel too; outcome-only pays no Rel, so the switch changes nothing there
+    process = RewardConfig(mode="process", process_scale="trajectory")
+    assert shape_rewards(WRONG, False, [0.5, 0.25], process).rewards == pytest.approx([0.25, 0.125, 0.0])
+    outcome = RewardConfig(mode="outcome", process_scale="trajectory")
+    assert shape_rewards(CORRECT, True, [0.5, 1.0], outcome).rewards == [2.0, 2.0, 2.0]
+    # a trajectory whose only step answers has no search to spread over
+    direct = trajectory(ANSWERED, answer(1))
+    assert shape_rewards(direct, True, [], config).rewards == [2.0]
+
+
 def test_official_constants_format_penalty_and_rounding() -> None:
     config = RewardConfig.official()
     assert shape_rewards(FORMAT_ERROR, None, [0.7, 0.3], config).rewards == [0.7, 0.3, -0.9]

@@ -187,6 +187,15 @@ class RewardConfig(StageConfig):
     lambda_format_error: float = Field(
         1.0, description="lambda_T when the trajectory ended in a format error: Rel unscaled (paper, code)."
     )
+    process_scale: Literal["step", "trajectory"] = Field(
+        "step",
+        description="How Rel is paid over a trajectory's retrieval steps. step: each earns lambda_T x Rel "
+        "(paper; official code), so a trajectory's process reward grows with its number of searches. "
+        "trajectory: each earns lambda_T x Rel / (retrieval steps), so the trajectory's process reward is "
+        "lambda_T x its mean Rel: searching once more earns nothing unless it finds better documents (for "
+        "trajectory-level credit, rloo/grpo/gae-trajectory, where the paper's sum pays a run of searches "
+        "that never answers more than a short wrong answer).",
+    )
     round_digits: int | None = Field(
         None,
         ge=0,
