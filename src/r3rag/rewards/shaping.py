@@ -4,8 +4,8 @@ Every step is its own PPO sample in R3-RAG, so the reward is per step (paper §3
 
     r(step) = format reward                          if the step is not in the required format
             = outcome (correct 2.0 / wrong 0.0)       on the final-answer step
-            = lambda_T x Rel(step's new documents)    on a retrieval step (divided by the trajectory's number of
-                                              retrieval steps with RewardConfig.process_scale "trajectory")
+            = lambda_T x Rel(step's new documents)    on a retrieval step (over the trajectory's number
+                                              of retrieval steps with process_scale "trajectory")
 
 lambda_T depends on how the whole trajectory ended (1.6 correct, 0.8 wrong, 0.9 out of steps, 1.0 format
 error). Since there is no return across steps, lambda_T is the only way the outcome reaches the retrieval
