@@ -1,18 +1,22 @@
 """benchmarks/rl_gain.py end to end on the tiny preset: the base (world to R3-RAG-CS, its evaluations and the
-forced-answer control), an RL run from that R3-RAG-CS, and a report whose paired counts match the
-predictions."""
+forced-answer control), an RL run from that R3-RAG-CS with settings changed by --set, and a report whose paired
+counts match the predictions; and the arguments rl_gain refuses."""
 
 from __future__ import annotations
 
+import importlib
 import os
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
+
+import pytest
 
 from r3rag.evaluation.runner import read_records
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-RUN = "rloo-hybrid-kl0.05-0.01min-s0"
+RUN = "rloo-hybrid-kl0.05-mean-e1-0.01min-s0"
 
 
 def run(out: Path, *args: str) -> str:
@@ -33,6 +37,7 @@ def test_the_experiment_runs_the_base_an_rl_run_and_reports_them_paired(tmp_path
     rl_args = (
         *("--world-seed", "3", "--variant", "rloo", "--rl-minutes", "0.01", "--rl-iterations", "3"),
         *("--kl-target", "0.05", "--snapshot-minutes", "0.001"),
+        *("--set", "reward.process_scale=trajectory", "--set", "ppo_epochs=1", "--tag", "mean-e1"),
     )
     before = run(tmp_path, *rl_args, "--no-train")  # nothing trained yet: nothing to evaluate
     assert "R3-RAG rloo" not in before and not (tmp_path / "rl" / RUN / "ppo" / "final").exists()
@@ -63,12 +68,50 @@ def test_the_experiment_runs_the_base_an_rl_run_and_reports_them_paired(tmp_path
     # a configuration per budget: the snapshot counts as the 0.001-minute run's model
     snapshot, whole = runs.splitlines()[2:4]
     assert snapshot.startswith(
-        f"| rloo-hybrid-kl0.05-0.001min | 1 | {rows[f'R3-RAG {RUN} @0.001min'].split(' | ')[2]} |"
+        f"| rloo-hybrid-kl0.05-mean-e1-0.001min | 1 | {rows[f'R3-RAG {RUN} @0.001min'].split(' | ')[2]} |"
     )
     assert " | 1 | " in snapshot.split(" | ", 3)[3]  # its iterations: the first
-    assert whole.startswith(f"| rloo-hybrid-kl0.05-0.01min | 1 | {rows[f'R3-RAG {RUN}'].split(' | ')[2]} |")
+    assert whole.startswith(f"| rloo-hybrid-kl0.05-mean-e1-0.01min | 1 | {rows[f'R3-RAG {RUN}'].split(' | ')[2]} |")
     assert f"| {iterations} | " in whole
     forced = read_records(tmp_path / "base" / "eval-cs-forced" / "predictions.jsonl")
     assert forced and all(r["trajectory"]["steps"] for r in forced)
     config = (tmp_path / "rl" / RUN / "ppo" / "config.yaml").read_text()
     assert "advantage: rloo" in config and "seed: 0" in config and "kl_target: 0.05" in config
+    assert "ppo_epochs: 1" in config and "process_scale: trajectory" in config  # the --set values
+
+
+@pytest.fixture
+def rl_gain(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    return importlib.import_module("rl_gain")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--set", "ppo_epochs=1"], "--set and --tag go together"),
+        (["--tag", "e1"], "--set and --tag go together"),
+        (["--set", "ppo_epochs", "--tag", "e1"], "expected KEY=VALUE, got 'ppo_epochs'"),
+        (["--set", "ppo_epochs=1", "--tag", "E1 x"], "use lowercase letters"),
+    ],
+)
+def test_bad_arguments_are_refused_before_anything_runs(
+    rl_gain: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        rl_gain.main(["--out", str(tmp_path), *args])
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
+def test_set_reaches_nested_fields_and_names_a_missing_one(rl_gain: ModuleType, tmp_path: Path) -> None:
+    config = rl_gain.base_config(0, 4, 8, tiny=True)
+    (tmp_path / "base").mkdir()
+    overrides = (("reward.process_scale", "trajectory"), ("questions_per_iteration", 8))
+    settings = rl_gain.RLSettings("grpo", "outcome", 5, 10, overrides=overrides, tag="mean-q8")
+    run = rl_gain.rl_config(config, tmp_path / "base", tmp_path / "run", settings, seed=2)
+    assert (run.reward.process_scale, run.reward.mode, run.questions_per_iteration) == ("trajectory", "outcome", 8)
+    assert (run.advantage, run.seed, settings.configuration()) == ("grpo", 2, "grpo-outcome-mean-q8-5min")
+    typo = rl_gain.RLSettings("rloo", "hybrid", 5, 10, overrides=(("reward.proces_scale", "x"),), tag="t")
+    with pytest.raises(ValueError, match="--set reward.proces_scale: PPOConfig has no field"):
+        rl_gain.rl_config(config, tmp_path / "base", tmp_path / "run", typo, seed=0)

@@ -110,6 +110,12 @@ MUTATIONS: list[Mutation] = [
         "outcome-only mode: unanswered trajectories paid wrong_reward",
     ),
     Mutation(
+        "rewards/shaping.py",
+        'spread = len(relevances) if config.process_scale == "trajectory" and relevances else 1',
+        'spread = len(trajectory.steps) if config.process_scale == "trajectory" else 1',
+        "process_scale trajectory: Rel spread over every step, the answer's included",
+    ),
+    Mutation(
         "steps.py",
         '_HEADER = re.compile(r"(?im)^[ \\t#*>]*step[ \\t]*(\\d{1,9})[ \\t]*:")',
         '_HEADER = re.compile(r"(?i)\\bstep[ \\t]*(\\d{1,9})[ \\t]*:")',
