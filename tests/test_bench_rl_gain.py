@@ -1,6 +1,6 @@
 """benchmarks/rl_gain.py end to end on the tiny preset: the base (world to R3-RAG-CS, its evaluations and the
-forced-answer control), an RL run from that R3-RAG-CS with settings changed by --set, and a report whose paired
-counts match the predictions; and the arguments rl_gain refuses."""
+forced-answer control), an RL run from that R3-RAG-CS with settings changed by --set, and a report whose
+paired counts match the predictions; and the arguments rl_gain refuses."""
 
 from __future__ import annotations
 
@@ -71,7 +71,8 @@ def test_the_experiment_runs_the_base_an_rl_run_and_reports_them_paired(tmp_path
         f"| rloo-hybrid-kl0.05-mean-e1-0.001min | 1 | {rows[f'R3-RAG {RUN} @0.001min'].split(' | ')[2]} |"
     )
     assert " | 1 | " in snapshot.split(" | ", 3)[3]  # its iterations: the first
-    assert whole.startswith(f"| rloo-hybrid-kl0.05-mean-e1-0.01min | 1 | {rows[f'R3-RAG {RUN}'].split(' | ')[2]} |")
+    whole_acc = rows[f"R3-RAG {RUN}"].split(" | ")[2]
+    assert whole.startswith(f"| rloo-hybrid-kl0.05-mean-e1-0.01min | 1 | {whole_acc} |")
     assert f"| {iterations} | " in whole
     forced = read_records(tmp_path / "base" / "eval-cs-forced" / "predictions.jsonl")
     assert forced and all(r["trajectory"]["steps"] for r in forced)
@@ -110,7 +111,8 @@ def test_set_reaches_nested_fields_and_names_a_missing_one(rl_gain: ModuleType, 
     overrides = (("reward.process_scale", "trajectory"), ("questions_per_iteration", 8))
     settings = rl_gain.RLSettings("grpo", "outcome", 5, 10, overrides=overrides, tag="mean-q8")
     run = rl_gain.rl_config(config, tmp_path / "base", tmp_path / "run", settings, seed=2)
-    assert (run.reward.process_scale, run.reward.mode, run.questions_per_iteration) == ("trajectory", "outcome", 8)
+    chosen = (run.reward.process_scale, run.reward.mode, run.questions_per_iteration)
+    assert chosen == ("trajectory", "outcome", 8)
     assert (run.advantage, run.seed, settings.configuration()) == ("grpo", 2, "grpo-outcome-mean-q8-5min")
     typo = rl_gain.RLSettings("rloo", "hybrid", 5, 10, overrides=(("reward.proces_scale", "x"),), tag="t")
     with pytest.raises(ValueError, match="--set reward.proces_scale: PPOConfig has no field"):
