@@ -47,8 +47,6 @@ from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
@@ -59,6 +57,7 @@ from r3rag.data.datasets import load_dataset  # noqa: E402
 from r3rag.evaluation.config import EvalConfigBase  # noqa: E402
 from r3rag.evaluation.paired import compare  # noqa: E402
 from r3rag.evaluation.runner import PREDICTIONS_FILE, main_top_k, read_records  # noqa: E402
+from r3rag.flags import config_fields, flatten, nest, yaml_or_text  # noqa: E402
 from r3rag.jsonl import iter_jsonl  # noqa: E402
 from r3rag.pipeline import (  # noqa: E402
     Context,
@@ -176,24 +175,20 @@ def rl_config(base: PipelineConfig, base_out: Path, out: Path, settings: RLSetti
     config = PPOConfig.model_validate(values)
     if not settings.overrides:
         return config
-    data = config.model_dump()
-    for key, value in settings.overrides:
-        *parents, leaf = key.split(".")
-        node = data
-        for part in parents:
-            node = node.get(part) if isinstance(node, dict) else None
-        if not isinstance(node, dict) or leaf not in node:
+    fields = {flag.dotted for flag in config_fields(PPOConfig)}  # what r3rag train has a flag for
+    for key, _ in settings.overrides:
+        if key not in fields:
             raise ValueError(f"--set {key}: PPOConfig has no field {key!r}")
-        node[leaf] = value
-    return PPOConfig.model_validate(data)
+    return PPOConfig.model_validate(nest(flatten(config.model_dump(), fields) | dict(settings.overrides)))
 
 
 def parse_override(text: str) -> tuple[str, Any]:
-    """``KEY=VALUE`` of ``--set``: a PPOConfig field (dotted into its sections) and a YAML value."""
+    """``KEY=VALUE`` of ``--set``: a PPOConfig field (dotted into its sections) and its value, read as the
+    flags of ``r3rag train`` read theirs."""
     key, sep, value = text.partition("=")
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    return key.strip(), yaml.safe_load(value)
+    return key.strip(), yaml_or_text(value)
 
 
 @dataclass(frozen=True, slots=True)

@@ -228,7 +228,7 @@ def parse_flag(flag: Flag, texts: tuple[str, ...] | str) -> Any:
         text = texts[0]
         if _allows_none(flag.annotation) and text.strip().lower() in _NONE_WORDS:
             return None
-        candidates += [text, _yaml_or_text(text)]
+        candidates += [text, yaml_or_text(text)]
     if _is_mapping(flag.annotation):
         candidates.append(_mapping(texts))
     if _sequence_type(flag.annotation) is not None:
@@ -252,7 +252,8 @@ def _one_of(choices: list[str], quote: bool = False) -> str:
     return shown[0] if len(shown) == 1 else f"{', '.join(shown[:-1])} or {shown[-1]}"
 
 
-def _yaml_or_text(text: str) -> Any:
+def yaml_or_text(text: str) -> Any:
+    """A flag's text as YAML (``8`` -> 8, ``[a, b]`` -> a list), or as the text itself if it is not YAML."""
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError:
@@ -261,7 +262,7 @@ def _yaml_or_text(text: str) -> Any:
 
 def _items(text: str) -> list[Any]:
     """One repetition of a list flag: a YAML list, or comma-separated values."""
-    loaded = _yaml_or_text(text)
+    loaded = yaml_or_text(text)
     if isinstance(loaded, list):
         return loaded
     return [item.strip() for item in text.split(",") if item.strip()]
@@ -271,12 +272,12 @@ def _mapping(texts: tuple[str, ...]) -> dict[str, Any] | None:
     """``KEY=VALUE`` entries and YAML mappings, later ones winning; None when one is neither."""
     merged: dict[str, Any] = {}
     for text in texts:
-        loaded = _yaml_or_text(text)
+        loaded = yaml_or_text(text)
         if isinstance(loaded, dict):
             merged.update(loaded)
         elif "=" in text:
             key, value = text.split("=", 1)
-            merged[key.strip()] = _yaml_or_text(value)
+            merged[key.strip()] = yaml_or_text(value)
         else:
             return None
     return merged
@@ -390,13 +391,13 @@ def build_config(
     for layer in layers:
         merged |= layer
     try:
-        return options.model.model_validate(_nest(merged))
+        return options.model.model_validate(nest(merged))
     except ValidationError as e:
         source = f"{config_file} and flags" if config_file is not None else "settings"
         raise SettingsError(settings_errors(e, flags, source)) from None
 
 
-def _nest(dotted: Mapping[str, Any]) -> dict[str, Any]:
+def nest(dotted: Mapping[str, Any]) -> dict[str, Any]:
     """``{"rollout.top_k": 2}`` -> ``{"rollout": {"top_k": 2}}``."""
     nested: dict[str, Any] = {}
     for key, value in dotted.items():
@@ -502,7 +503,7 @@ def with_config(options: ConfigOptions) -> Callable[[F], F]:
             for name, model in options.extra.items():
                 given = _given(extra_flags[name], values)
                 try:
-                    extras[name] = model.model_validate(_nest(given))
+                    extras[name] = model.model_validate(nest(given))
                 except ValidationError as e:
                     flags = {flag.dotted: flag for flag in extra_flags[name]}
                     raise SettingsError(settings_errors(e, flags, "flags")) from None
