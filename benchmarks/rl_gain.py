@@ -11,8 +11,9 @@ Runs, into one folder (every part resumes, every finished part is skipped on a r
    top), then its evaluation in R3-RAG-CS's settings;
 3. the table: accuracy per question type, answered share, steps and searches per question for every system,
    and each RL run against R3-RAG-CS paired by question (exact McNemar), written to ``report.md``; then each
-   RL configuration at each budget over its seeds; ``curves.png``: KL, beta, format errors and reward of
-   every run against its minutes.
+   RL configuration at each budget over its seeds, and the correct share of each run's sampled trajectories
+   per question type (a type no sample answers gives no update a signal); ``curves.png``: KL, beta, format
+   errors and reward of every run against its minutes.
 
 A run is named by its configuration, budget and seed (``rloo-hybrid-kl0.03-60min-s1``). ``--kl-target``
 switches on the adaptive KL penalty; ``--snapshot-minutes 60`` makes each run also keep, and the experiment
@@ -70,6 +71,7 @@ from r3rag.pipeline import (  # noqa: E402
 from r3rag.pipeline_config import PipelineConfig  # noqa: E402
 from r3rag.rl.ppo import (  # noqa: E402
     FINAL_DIR,
+    ROLLOUTS_DIR,
     SNAPSHOT_FILE,
     SNAPSHOTS_DIR,
     PPOTrainer,
@@ -335,6 +337,8 @@ def report(config: PipelineConfig, out: Path, runs: dict[str, list[dict[str, Any
         + "\n".join(lines)
         + "\n\n"
         + runs_table(by_system, budgets)
+        + "\n\n"
+        + rollout_signal_table(out, runs)
         + "\n"
     )
 
@@ -382,6 +386,34 @@ def runs_table(by_system: dict[str, dict[str, dict[str, Any]]], budgets: dict[st
             f"| {configuration} | {len(names)} | {' / '.join(f'{a:.1f}' for a in accs)} | "
             f"{statistics.fmean(accs):.1f} | {iterations} | {minutes} |"
         )
+    return "\n".join(lines)
+
+
+def rollout_signal_table(out: Path, runs: dict[str, list[dict[str, Any]]]) -> str:
+    """What each RL run's rollouts gave its updates, per question type: correct sampled trajectories out of
+    those sampled. A type no sample answers carries no outcome signal, whatever the credit scheme: this is
+    where a type that stays at 0% after RL is explained, or not."""
+    types = {ex.id: ex.type or "?" for ex in load_dataset(out / BASE_DIR / "world" / "train.jsonl")}
+    counts: dict[str, dict[str, list[int]]] = {}
+    for name in runs:
+        sampled: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+        for path in sorted((out / RUNS_DIR / name / "ppo" / ROLLOUTS_DIR).glob("iter-*.jsonl")):
+            for _, record in iter_jsonl(path):
+                for key in (types[record["example_id"]], "all"):
+                    sampled[key][0] += bool(record["reward"]["correct"])
+                    sampled[key][1] += 1
+        counts[name] = sampled
+    type_names = sorted({t for sampled in counts.values() for t in sampled} - {"all"})
+    header = ["RL run", *type_names, "all"]
+    lines = [
+        "Correct / sampled rollout trajectories per question type (what the updates learned from):",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
+    for name, sampled in counts.items():
+        cells = [f"{sampled[t][0]} / {sampled[t][1]}" if sampled[t][1] else "-" for t in (*type_names, "all")]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -14,6 +14,7 @@ from types import ModuleType
 import pytest
 
 from r3rag.evaluation.runner import read_records
+from r3rag.jsonl import iter_jsonl
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 RUN = "rloo-hybrid-kl0.05-mean-e1-0.01min-s0"
@@ -74,6 +75,14 @@ def test_the_experiment_runs_the_base_an_rl_run_and_reports_them_paired(tmp_path
     whole_acc = rows[f"R3-RAG {RUN}"].split(" | ")[2]
     assert whole.startswith(f"| rloo-hybrid-kl0.05-mean-e1-0.01min | 1 | {whole_acc} |")
     assert f"| {iterations} | " in whole
+    # what the rollouts gave the updates: correct / sampled trajectories, counted here from the rollout files
+    rollouts = (tmp_path / "rl" / RUN / "ppo" / "rollouts").glob("*.jsonl")
+    sampled = [r for path in rollouts for _, r in iter_jsonl(path)]
+    correct = sum(bool(r["reward"]["correct"]) for r in sampled)
+    signal = next(line for line in table.splitlines() if line.startswith(f"| {RUN} | "))
+    assert sampled and signal.endswith(f" | {correct} / {len(sampled)} |")
+    per_type = [cell.split(" / ") for cell in signal.split(" | ")[1:-1] if cell != "-"]
+    assert sum(int(n) for _, n in per_type) == len(sampled)
     forced = read_records(tmp_path / "base" / "eval-cs-forced" / "predictions.jsonl")
     assert forced and all(r["trajectory"]["steps"] for r in forced)
     config = (tmp_path / "rl" / RUN / "ppo" / "config.yaml").read_text()

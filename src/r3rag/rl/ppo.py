@@ -84,6 +84,7 @@ from r3rag.schema import QAExample, Trajectory
 FINAL_DIR = "final"
 SNAPSHOTS_DIR = "snapshots"
 SNAPSHOT_FILE = "snapshot.json"
+ROLLOUTS_DIR = "rollouts"
 CHECKPOINTS = "checkpoints"
 CHECKPOINT_LABEL = "iter"
 RESUMABLE_CHANGES = frozenset(
@@ -353,7 +354,7 @@ class PPOTrainer:
             Agent(self._generator(), self.retriever, agent_config), self.scorer, examples, temperatures
         )
         self._write_trajectories(
-            self.out / "rollouts" / f"iter-{iteration:05d}.jsonl", rollout.trajectories, rollout
+            self.out / ROLLOUTS_DIR / f"iter-{iteration:05d}.jsonl", rollout.trajectories, rollout
         )
         metrics: dict[str, Any] = {"iteration": iteration, **rollout_metrics(rollout)}
         metrics["time/rollout"] = rollout.generate_seconds
