@@ -452,7 +452,7 @@ def main(argv: list[str] | None = None) -> int:
         type=parse_override,
         default=[],
         help="Set a PPOConfig field of every run over the preset (repeatable; dotted into sections: "
-        "questions_per_iteration=8, reward.process_scale=trajectory). Needs --tag.",
+        "questions_per_iteration=8, reward.scale=trajectory). Needs --tag.",
     )
     parser.add_argument(
         "--tag",

@@ -38,7 +38,7 @@ def test_the_experiment_runs_the_base_an_rl_run_and_reports_them_paired(tmp_path
     rl_args = (
         *("--world-seed", "3", "--variant", "rloo", "--rl-minutes", "0.01", "--rl-iterations", "3"),
         *("--kl-target", "0.05", "--snapshot-minutes", "0.001"),
-        *("--set", "reward.process_scale=trajectory", "--set", "ppo_epochs=1", "--tag", "mean-e1"),
+        *("--set", "reward.scale=trajectory", "--set", "ppo_epochs=1", "--tag", "mean-e1"),
     )
     before = run(tmp_path, *rl_args, "--no-train")  # nothing trained yet: nothing to evaluate
     assert "R3-RAG rloo" not in before and not (tmp_path / "rl" / RUN / "ppo" / "final").exists()
@@ -87,7 +87,7 @@ def test_the_experiment_runs_the_base_an_rl_run_and_reports_them_paired(tmp_path
     assert forced and all(r["trajectory"]["steps"] for r in forced)
     config = (tmp_path / "rl" / RUN / "ppo" / "config.yaml").read_text()
     assert "advantage: rloo" in config and "seed: 0" in config and "kl_target: 0.05" in config
-    assert "ppo_epochs: 1" in config and "process_scale: trajectory" in config  # the --set values
+    assert "ppo_epochs: 1" in config and "scale: trajectory" in config  # the --set values
 
 
 @pytest.fixture
@@ -117,12 +117,12 @@ def test_bad_arguments_are_refused_before_anything_runs(
 def test_set_reaches_nested_fields_and_names_a_missing_one(rl_gain: ModuleType, tmp_path: Path) -> None:
     config = rl_gain.base_config(0, 4, 8, tiny=True)
     (tmp_path / "base").mkdir()
-    overrides = (("reward.process_scale", "trajectory"), ("questions_per_iteration", 8))
+    overrides = (("reward.scale", "trajectory"), ("questions_per_iteration", 8))
     settings = rl_gain.RLSettings("grpo", "outcome", 5, 10, overrides=overrides, tag="mean-q8")
     run = rl_gain.rl_config(config, tmp_path / "base", tmp_path / "run", settings, seed=2)
-    chosen = (run.reward.process_scale, run.reward.mode, run.questions_per_iteration)
+    chosen = (run.reward.scale, run.reward.mode, run.questions_per_iteration)
     assert chosen == ("trajectory", "outcome", 8)
     assert (run.advantage, run.seed, settings.configuration()) == ("grpo", 2, "grpo-outcome-mean-q8-5min")
-    typo = rl_gain.RLSettings("rloo", "hybrid", 5, 10, overrides=(("reward.proces_scale", "x"),), tag="t")
-    with pytest.raises(ValueError, match="--set reward.proces_scale: PPOConfig has no field"):
+    typo = rl_gain.RLSettings("rloo", "hybrid", 5, 10, overrides=(("reward.scal", "x"),), tag="t")
+    with pytest.raises(ValueError, match="--set reward.scal: PPOConfig has no field"):
         rl_gain.rl_config(config, tmp_path / "base", tmp_path / "run", typo, seed=0)

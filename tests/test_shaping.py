@@ -89,8 +89,8 @@ def test_reward_table(
     )
 
 
-def test_trajectory_process_scale_pays_lambda_times_the_mean_relevance() -> None:
-    config = RewardConfig(process_scale="trajectory")
+def test_trajectory_scale_pays_lambda_times_the_mean_relevance_and_the_outcome_once() -> None:
+    config = RewardConfig(scale="trajectory")
     # hybrid: 1.6 x Rel / 2 on each of two searches, the outcome untouched; lambda_T is still reported
     correct = shape_rewards(CORRECT, True, [0.5, 1.0], config)
     assert correct.rewards == pytest.approx([0.4, 0.8, 2.0]) and correct.lambda_t == 1.6
@@ -102,14 +102,19 @@ def test_trajectory_process_scale_pays_lambda_times_the_mean_relevance() -> None
     # the format penalty is not spread: only Rel is
     fmt = shape_rewards(FORMAT_ERROR, None, [0.7, 0.3], config)
     assert fmt.rewards == pytest.approx([0.35, 0.15, -1.0])
-    # process-only mode spreads Rel too; outcome-only pays no Rel, so the switch changes nothing there
-    process = RewardConfig(mode="process", process_scale="trajectory")
+    # process-only mode spreads Rel too
+    process = RewardConfig(mode="process", scale="trajectory")
     assert shape_rewards(WRONG, False, [0.5, 0.25], process).rewards == pytest.approx([0.25, 0.125, 0.0])
-    outcome = RewardConfig(mode="outcome", process_scale="trajectory")
-    assert shape_rewards(CORRECT, True, [0.5, 1.0], outcome).rewards == [2.0, 2.0, 2.0]
+    # outcome-only mode: the outcome over the three valid steps (the paper's pays 2.0 on each: 6.0 in all)
+    outcome = RewardConfig(mode="outcome", scale="trajectory", wrong_reward=-0.5)
+    assert shape_rewards(CORRECT, True, None, outcome).rewards == pytest.approx([2 / 3] * 3)
+    assert shape_rewards(WRONG, False, None, outcome).rewards == pytest.approx([-1 / 6] * 3)
+    assert shape_rewards(OUT_OF_STEPS, None, None, outcome).rewards == [0.0] * 5  # no answer, no outcome
+    assert shape_rewards(FORMAT_ERROR, None, None, outcome).rewards == [0.0, 0.0, -1.0]
     # a trajectory whose only step answers has no search to spread over
     direct = trajectory(ANSWERED, answer(1))
     assert shape_rewards(direct, True, [], config).rewards == [2.0]
+    assert shape_rewards(direct, True, None, outcome).rewards == [2.0]
 
 
 def test_official_constants_format_penalty_and_rounding() -> None:

@@ -105,15 +105,22 @@ MUTATIONS: list[Mutation] = [
     ),
     Mutation(
         "rewards/shaping.py",
-        "outcome_every_step = outcome if trajectory.status == TrajectoryStatus.ANSWERED else 0.0",
-        "outcome_every_step = outcome",
+        "outcome_every_step = outcome / valid_steps"
+        " if trajectory.status == TrajectoryStatus.ANSWERED else 0.0",
+        "outcome_every_step = outcome / valid_steps",
         "outcome-only mode: unanswered trajectories paid wrong_reward",
     ),
     Mutation(
         "rewards/shaping.py",
-        'spread = len(relevances) if config.process_scale == "trajectory" and relevances else 1',
-        'spread = len(trajectory.steps) if config.process_scale == "trajectory" else 1',
-        "process_scale trajectory: Rel spread over every step, the answer's included",
+        "valid_steps = sum(step.valid for step in trajectory.steps) if per_trajectory else 1",
+        "valid_steps = 1",
+        "scale trajectory: outcome mode pays the whole outcome on every step",
+    ),
+    Mutation(
+        "rewards/shaping.py",
+        "spread = len(relevances) if per_trajectory and relevances else 1",
+        "spread = len(trajectory.steps) if per_trajectory else 1",
+        "scale trajectory: Rel spread over every step, the answer's included",
     ),
     Mutation(
         "steps.py",

@@ -187,14 +187,15 @@ class RewardConfig(StageConfig):
     lambda_format_error: float = Field(
         1.0, description="lambda_T when the trajectory ended in a format error: Rel unscaled (paper, code)."
     )
-    process_scale: Literal["step", "trajectory"] = Field(
+    scale: Literal["step", "trajectory"] = Field(
         "step",
-        description="How Rel is paid over a trajectory's retrieval steps. step: each earns lambda_T x Rel "
-        "(paper; official code), so a trajectory's process reward grows with its number of searches. "
-        "trajectory: each earns lambda_T x Rel / (retrieval steps), so the trajectory's process reward is "
-        "lambda_T x its mean Rel: searching once more earns nothing unless it finds better documents (for "
-        "trajectory-level credit, rloo/grpo/gae-trajectory, where the paper's sum pays a run of searches "
-        "that never answers more than a short wrong answer).",
+        description="What a trajectory's steps are paid together. step: each step's reward stands "
+        "alone (paper; official code): each search earns lambda_T x Rel, and outcome mode pays the outcome "
+        "on every valid step, so a trajectory's sum grows with its number of steps. trajectory: each search "
+        "earns lambda_T x Rel / (retrieval steps) and outcome mode pays outcome / (valid steps) on each, so "
+        "the sum is lambda_T x mean Rel plus the outcome, once: another step earns nothing by itself (for "
+        "trajectory-level credit, rloo/grpo/gae-trajectory, which add the steps up; there the paper's sum "
+        "pays a run of searches that never answers more than a short wrong answer).",
     )
     round_digits: int | None = Field(
         None,

@@ -5,7 +5,7 @@ Every step is its own PPO sample in R3-RAG, so the reward is per step (paper §3
     r(step) = format reward                          if the step is not in the required format
             = outcome (correct 2.0 / wrong 0.0)       on the final-answer step
             = lambda_T x Rel(step's new documents)    on a retrieval step (over the trajectory's number
-                                              of retrieval steps with process_scale "trajectory")
+                                              of retrieval steps with scale "trajectory")
 
 lambda_T depends on how the whole trajectory ended (1.6 correct, 0.8 wrong, 0.9 out of steps, 1.0 format
 error). Since there is no return across steps, lambda_T is the only way the outcome reaches the retrieval
@@ -64,7 +64,7 @@ class TrajectoryReward:
     """The rewards of one trajectory, step by step, with what they were computed from (for the training log).
 
     ``lambda_t`` is the trajectory's lambda_T (None in outcome-only mode, which pays no Rel); Rel was
-    multiplied by it, or by it over the retrieval steps with ``RewardConfig.process_scale`` "trajectory".
+    multiplied by it, or by it over the retrieval steps with ``RewardConfig.scale`` "trajectory".
     """
 
     status: TrajectoryStatus
@@ -143,11 +143,14 @@ def shape_rewards(
 
     factor = None if config.mode == "outcome" else lambda_t(trajectory.status, correct, config)
     # What one unit of Rel earns on a step: lambda_T, or lambda_T over the retrieval steps (mean Rel).
-    spread = len(relevances) if config.process_scale == "trajectory" and relevances else 1
+    per_trajectory = config.scale == "trajectory"
+    spread = len(relevances) if per_trajectory and relevances else 1
     per_rel = None if factor is None else factor / spread
     outcome = config.correct_reward if correct else config.wrong_reward
-    # Outcome-only mode pays the outcome on every valid step; trajectories without an answer earn none.
-    outcome_every_step = outcome if trajectory.status == TrajectoryStatus.ANSWERED else 0.0
+    # Outcome-only mode pays the outcome on every valid step (or its share of it, so that the trajectory's
+    # sum is the outcome once); trajectories without an answer earn none.
+    valid_steps = sum(step.valid for step in trajectory.steps) if per_trajectory else 1
+    outcome_every_step = outcome / valid_steps if trajectory.status == TrajectoryStatus.ANSWERED else 0.0
     pending = iter(relevances or ())
 
     def rounded(x: float) -> float:
