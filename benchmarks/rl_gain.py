@@ -12,8 +12,9 @@ Runs, into one folder (every part resumes, every finished part is skipped on a r
 3. the table: accuracy per question type, answered share, steps and searches per question for every system,
    and each RL run against R3-RAG-CS paired by question (exact McNemar), written to ``report.md``; then each
    RL configuration at each budget over its seeds, and the correct share of each run's sampled trajectories
-   per question type (a type no sample answers gives no update a signal); ``curves.png``: KL, beta, format
-   errors and reward of every run against its minutes.
+   per question type (a type no sample answers gives no update a signal), and every run iteration by
+   iteration (what its rollouts did, what its update cost in KL); ``curves.png``: KL, beta, format errors and
+   reward of every run against its minutes.
 
 A run is named by its configuration, budget and seed (``rloo-hybrid-kl0.03-60min-s1``). ``--kl-target``
 switches on the adaptive KL penalty; ``--snapshot-minutes 60`` makes each run also keep, and the experiment
@@ -339,6 +340,8 @@ def report(config: PipelineConfig, out: Path, runs: dict[str, list[dict[str, Any
         + runs_table(by_system, budgets)
         + "\n\n"
         + rollout_signal_table(out, runs)
+        + "\n\n"
+        + iterations_table(runs)
         + "\n"
     )
 
@@ -414,6 +417,38 @@ def rollout_signal_table(out: Path, runs: dict[str, list[dict[str, Any]]]) -> st
     for name, sampled in counts.items():
         cells = [f"{sampled[t][0]} / {sampled[t][1]}" if sampled[t][1] else "-" for t in (*type_names, "all")]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+ITERATION_COLUMNS = {
+    "rollout/accuracy": ("rollout Acc", "{:.0%}"),
+    "rollout/answered": ("answered", "{:.0%}"),
+    "rollout/format_error": ("format errors", "{:.0%}"),
+    "rollout/retrievals_per_trajectory": ("searches/trajectory", "{:.2f}"),
+    "reward/trajectory_mean": ("reward/trajectory", "{:.2f}"),
+    "ppo/kl": ("KL/token", "{:.3f}"),
+}
+"""The columns of :func:`iterations_table`: a metrics key, its header and its format."""
+
+
+def iterations_table(runs: dict[str, list[dict[str, Any]]]) -> str:
+    """Every RL run iteration by iteration: the minute it ended at, then :data:`ITERATION_COLUMNS` (its
+    sampled rollouts, and the KL to R3-RAG-CS its update started from); a key a record lacks shows as "-"."""
+    header = ["RL run", "iteration", "minutes", *(title for title, _ in ITERATION_COLUMNS.values())]
+    lines = [
+        "Every RL run per iteration (its sampled trajectories; KL per action token to R3-RAG-CS):",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
+    for name, records in runs.items():
+        minutes = accumulate(r.get("time/iteration", 0.0) / 60 for r in records)
+        for record, minute in zip(records, minutes, strict=True):
+            cells = [
+                fmt.format(record[key]) if key in record else "-"
+                for key, (_, fmt) in ITERATION_COLUMNS.items()
+            ]
+            lines.append(f"| {name} | {record['iteration']} | {minute:.0f} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

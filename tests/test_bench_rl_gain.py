@@ -126,3 +126,29 @@ def test_set_reaches_nested_fields_and_names_a_missing_one(rl_gain: ModuleType, 
     typo = rl_gain.RLSettings("rloo", "hybrid", 5, 10, overrides=(("reward.scal", "x"),), tag="t")
     with pytest.raises(ValueError, match="--set reward.scal: PPOConfig has no field"):
         rl_gain.rl_config(config, tmp_path / "base", tmp_path / "run", typo, seed=0)
+
+
+def test_the_iterations_table_shows_each_iteration_at_the_minute_it_ended(rl_gain: ModuleType) -> None:
+    first = {
+        "iteration": 1,
+        "time/iteration": 310.0,
+        "rollout/accuracy": 0.21875,
+        "rollout/answered": 0.90625,
+        "rollout/format_error": 0.03125,
+        "rollout/retrievals_per_trajectory": 2.59375,
+        "reward/trajectory_mean": 0.8,
+        "ppo/kl": 0.0,
+    }
+    second = {**first, "iteration": 2, "time/iteration": 300.0, "ppo/kl": 0.012}
+    del second["rollout/format_error"]  # a key a record lacks (a run from before it was logged)
+    table = rl_gain.iterations_table(
+        {"rloo-a": [first, second], "gae-b": [{**first, "time/iteration": 40.0}]}
+    )
+    assert table.splitlines()[2:] == [
+        "| RL run | iteration | minutes | rollout Acc | answered | format errors | searches/trajectory"
+        " | reward/trajectory | KL/token |",
+        "|---|---|---|---|---|---|---|---|---|",
+        "| rloo-a | 1 | 5 | 22% | 91% | 3% | 2.59 | 0.80 | 0.000 |",  # 310 s
+        "| rloo-a | 2 | 10 | 22% | 91% | - | 2.59 | 0.80 | 0.012 |",  # 610 s: minutes add up over a run
+        "| gae-b | 1 | 1 | 22% | 91% | 3% | 2.59 | 0.80 | 0.000 |",  # 40 s: each run counts from 0
+    ]
