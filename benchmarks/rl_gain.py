@@ -305,7 +305,7 @@ def report(config: PipelineConfig, out: Path, runs: dict[str, list[dict[str, Any
     budgets = {s.name: s.budget for s in found if s.budget is not None}
     type_names = sorted({types[i] for records in by_system.values() for i in records})
     header = ["system", "n", "Acc", *type_names, "answered", "steps/q", "searches/q", "vs CS", "p"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    rows = []
     cs = {i: bool(r["acc"]) for i, r in by_system.get("R3-RAG-CS", {}).items()}
     for name, records in by_system.items():
         per_type: dict[str, list[float]] = defaultdict(list)
@@ -326,7 +326,7 @@ def report(config: PipelineConfig, out: Path, runs: dict[str, list[dict[str, Any
             f"{statistics.fmean(r['retrievals'] for r in values):.2f}",
             *paired,
         ]
-        lines.append("| " + " | ".join(row) + " |")
+        rows.append(row)
     counts: dict[str, int] = defaultdict(int)
     for i in next(iter(by_system.values()), {}):
         counts[types[i]] += 1
@@ -335,7 +335,7 @@ def report(config: PipelineConfig, out: Path, runs: dict[str, list[dict[str, Any
         f"Accuracy (%) on the first {config.eval_questions} dev questions of world seed {config.world.seed} "
         f"(per type: {legend}); vs CS: questions gained / lost against R3-RAG-CS (points), p: exact "
         "McNemar; `@<M>min`: the model a run had after M of its minutes (its snapshot).\n\n"
-        + "\n".join(lines)
+        + markdown_table(header, rows)
         + "\n\n"
         + runs_table(by_system, budgets)
         + "\n\n"
@@ -377,19 +377,28 @@ def runs_table(by_system: dict[str, dict[str, dict[str, Any]]], budgets: dict[st
     configurations: dict[str, list[str]] = defaultdict(list)
     for name, budget in budgets.items():
         configurations[budget.configuration].append(name)
-    lines = [
-        "| RL configuration | seeds | Acc per seed | mean Acc | iterations per seed | minutes per seed |",
-        "|---|---|---|---|---|---|",
+    header = [
+        "RL configuration",
+        "seeds",
+        "Acc per seed",
+        "mean Acc",
+        "iterations per seed",
+        "minutes per seed",
     ]
+    rows = []
     for configuration, names in sorted(configurations.items()):
         accs = [100 * statistics.fmean(r["acc"] for r in by_system[n].values()) for n in names]
-        iterations = " / ".join(str(budgets[n].iterations) for n in names)
-        minutes = " / ".join(f"{budgets[n].minutes:.0f}" for n in names)
-        lines.append(
-            f"| {configuration} | {len(names)} | {' / '.join(f'{a:.1f}' for a in accs)} | "
-            f"{statistics.fmean(accs):.1f} | {iterations} | {minutes} |"
+        rows.append(
+            [
+                configuration,
+                str(len(names)),
+                " / ".join(f"{a:.1f}" for a in accs),
+                f"{statistics.fmean(accs):.1f}",
+                " / ".join(str(budgets[n].iterations) for n in names),
+                " / ".join(f"{budgets[n].minutes:.0f}" for n in names),
+            ]
         )
-    return "\n".join(lines)
+    return markdown_table(header, rows)
 
 
 def rollout_signal_table(out: Path, runs: dict[str, list[dict[str, Any]]]) -> str:
@@ -407,17 +416,17 @@ def rollout_signal_table(out: Path, runs: dict[str, list[dict[str, Any]]]) -> st
                     sampled[key][1] += 1
         counts[name] = sampled
     type_names = sorted({t for sampled in counts.values() for t in sampled} - {"all"})
-    header = ["RL run", *type_names, "all"]
-    lines = [
-        "Correct / sampled rollout trajectories per question type (what the updates learned from):",
-        "",
-        "| " + " | ".join(header) + " |",
-        "|" + "---|" * len(header),
+    rows = [
+        [
+            name,
+            *(f"{sampled[t][0]} / {sampled[t][1]}" if sampled[t][1] else "-" for t in (*type_names, "all")),
+        ]
+        for name, sampled in counts.items()
     ]
-    for name, sampled in counts.items():
-        cells = [f"{sampled[t][0]} / {sampled[t][1]}" if sampled[t][1] else "-" for t in (*type_names, "all")]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return (
+        "Correct / sampled rollout trajectories per question type (what the updates learned from):\n\n"
+        + markdown_table(["RL run", *type_names, "all"], rows)
+    )
 
 
 ITERATION_COLUMNS = {
@@ -434,13 +443,7 @@ ITERATION_COLUMNS = {
 def iterations_table(runs: dict[str, list[dict[str, Any]]]) -> str:
     """Every RL run iteration by iteration: the minute it ended at, then :data:`ITERATION_COLUMNS` (its
     sampled rollouts, and the KL to R3-RAG-CS its update started from); a key a record lacks shows as "-"."""
-    header = ["RL run", "iteration", "minutes", *(title for title, _ in ITERATION_COLUMNS.values())]
-    lines = [
-        "Every RL run per iteration (its sampled trajectories; KL per action token to R3-RAG-CS):",
-        "",
-        "| " + " | ".join(header) + " |",
-        "|" + "---|" * len(header),
-    ]
+    rows = []
     for name, records in runs.items():
         minutes = accumulate(r.get("time/iteration", 0.0) / 60 for r in records)
         for record, minute in zip(records, minutes, strict=True):
@@ -448,8 +451,18 @@ def iterations_table(runs: dict[str, list[dict[str, Any]]]) -> str:
                 fmt.format(record[key]) if key in record else "-"
                 for key, (_, fmt) in ITERATION_COLUMNS.items()
             ]
-            lines.append(f"| {name} | {record['iteration']} | {minute:.0f} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+            rows.append([name, str(record["iteration"]), f"{minute:.0f}", *cells])
+    header = ["RL run", "iteration", "minutes", *(title for title, _ in ITERATION_COLUMNS.values())]
+    return (
+        "Every RL run per iteration (its sampled trajectories; KL per action token to R3-RAG-CS):\n\n"
+        + markdown_table(header, rows)
+    )
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    """The lines of a markdown table, without a trailing newline."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
 
 
 def main(argv: list[str] | None = None) -> int:
