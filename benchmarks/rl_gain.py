@@ -58,6 +58,7 @@ from r3rag.config import PPOConfig, WorldConfig  # noqa: E402
 from r3rag.data.datasets import load_dataset  # noqa: E402
 from r3rag.evaluation.config import EvalConfigBase  # noqa: E402
 from r3rag.evaluation.paired import compare  # noqa: E402
+from r3rag.evaluation.report import markdown_table  # noqa: E402
 from r3rag.evaluation.runner import PREDICTIONS_FILE, main_top_k, read_records  # noqa: E402
 from r3rag.flags import config_fields, flatten, nest, yaml_or_text  # noqa: E402
 from r3rag.jsonl import iter_jsonl  # noqa: E402
@@ -457,12 +458,6 @@ def iterations_table(runs: dict[str, list[dict[str, Any]]]) -> str:
         "Every RL run per iteration (its sampled trajectories; KL per action token to R3-RAG-CS):\n\n"
         + markdown_table(header, rows)
     )
-
-
-def markdown_table(header: list[str], rows: list[list[str]]) -> str:
-    """The lines of a markdown table, without a trailing newline."""
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
 
 
 def main(argv: list[str] | None = None) -> int:

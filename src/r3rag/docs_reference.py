@@ -36,6 +36,7 @@ from r3rag import cli, config, flags
 from r3rag.config import AgentConfig, PPOConfig, StageConfig
 from r3rag.evaluation.config import EvalConfig
 from r3rag.evaluation.methods.registry import field_name, method_classes
+from r3rag.evaluation.report import markdown_table
 from r3rag.pipeline_config import PipelineConfig
 
 CLI_PAGE = "docs/reference/cli.md"
@@ -96,9 +97,7 @@ def _code(text: str) -> str:
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
+    return markdown_table(header, [[_cell(c) for c in row] for row in rows])
 
 
 def slug(heading: str) -> str:

@@ -67,7 +67,8 @@ def average_acc(cells: dict[tuple[str, str], Summary], method: str, datasets: Se
     return fmean(accs) if accs and len(accs) == len(datasets) else None
 
 
-def _markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A markdown table's lines, without a trailing newline (cells as given: escape them first if needed)."""
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
@@ -163,12 +164,12 @@ def render_markdown(summaries: Sequence[Summary], config: EvalConfigBase, manife
         "# Evaluation results",
         "## Setting\n\n" + _setting(manifest, config),
         "## Table 1: Acc / F1 / EM (%)\n\n"
-        + _markdown_table(header, rows)
+        + markdown_table(header, rows)
         + "\n\nAcc: the correctness judge (see the setting). EM and F1: SQuAD exact match and token F1 of "
         "the raw final answer against every gold alias (the paper's EM/F1 are after an LLM extracts a short "
         "answer, so they are higher for wordy answers). Average Acc: mean over the datasets.",
         "## Efficiency and retrieval\n\n"
-        + _markdown_table(
+        + markdown_table(
             [
                 "Method",
                 "Dataset",
@@ -187,7 +188,7 @@ def render_markdown(summaries: Sequence[Summary], config: EvalConfigBase, manife
         "holds every gold passage id of the dataset, else by title). "
         "tokens/correct: mean generated tokens of the correctly answered questions (the paper's Table 4).",
         "## Acc (%) by step budget (mean over datasets; `accuracy_vs_steps.png`)\n\n"
-        + _markdown_table(["Method", *(f"{t}" for t in range(1, budgets + 1))], budget_rows)
+        + markdown_table(["Method", *(f"{t}" for t in range(1, budgets + 1))], budget_rows)
         + "\n\nAn answer counts at budget t only if it came within t steps; all budgets come from one run.",
     ]
     sweep = _sweep_table(summaries, methods, datasets)
@@ -217,7 +218,7 @@ def _sweep_table(summaries: Sequence[Summary], methods: Sequence[str], datasets:
         return ""
     ks = sorted({k for points in curves.values() for k in points})
     rows = [[method_title(m), *(pct(curves[m].get(k)) for k in ks)] for m in methods if m in curves]
-    return _markdown_table(["Method", *(f"k={k}" for k in ks)], rows)
+    return markdown_table(["Method", *(f"k={k}" for k in ks)], rows)
 
 
 CSV_FIELDS: tuple[str, ...] = (
