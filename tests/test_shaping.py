@@ -6,7 +6,7 @@ import pytest
 
 from r3rag.config import JudgeConfig, RewardConfig
 from r3rag.rewards.judges import CorrectnessJudge, ReferenceRelevanceJudge
-from r3rag.rewards.scoring import TrajectoryScorer, relevance_items
+from r3rag.rewards.scoring import TrajectoryScorer, gold_recall_gains, relevance_items
 from r3rag.rewards.shaping import StepKind, lambda_t, shape_rewards
 from r3rag.schema import Passage, QAExample, Step, Trajectory, TrajectoryStatus
 
@@ -253,3 +253,52 @@ def test_scorer_checks_its_inputs() -> None:
         outcome_only.score([other], [CORRECT])
     with pytest.raises(ValueError, match="1 examples for 2"):
         outcome_only.score([EXAMPLE], [CORRECT, WRONG])
+
+
+def test_gold_recall_gains_credit_each_gold_passage_to_the_step_that_reached_it_first() -> None:
+    """Gold g1..g4 (a 4-hop chain): the first search reaches g1, the second g1 again and g2, the third
+    nothing gold, the fourth g3 twice over: 1/4, 1/4, 0, 1/4, adding up to the trajectory's recall 3/4."""
+    chain = QAExample(id="q1", question="Q?", answers=["Velmora"], supporting_ids=["g1", "g2", "g3", "g4"])
+    traj = trajectory(
+        ANSWERED,
+        retrieval(1, "g1", "x"),
+        retrieval(2, "g1", "g2"),
+        retrieval(3, "x", "y"),
+        retrieval(4, "g3", "g3"),
+        answer(5),
+    )
+    assert gold_recall_gains(chain, traj, "id") == [0.25, 0.25, 0.0, 0.25]
+    by_title = QAExample(id="q1", question="Q?", answers=["v"], supporting_titles=["tg2", " TG1 "])
+    assert gold_recall_gains(by_title, traj, "title") == [0.5, 0.5, 0.0, 0.0]
+    with pytest.raises(ValueError, match="example 'q1' names none"):
+        gold_recall_gains(QAExample(id="q1", question="Q?", answers=["v"]), traj, "id")
+
+
+def test_gold_recall_is_added_to_each_retrieval_steps_process_reward() -> None:
+    """Hybrid, step scale: a correct answer after two searches with Rel 0.5 and 1.0 (1.6 x Rel) whose
+    searches reached 1/2 and 1/4 of the gold; gold_recall 2.0 adds 1.0 and 0.5 to their process parts. In
+    outcome mode (trajectory scale) the recall comes on top of the outcome's share of each step."""
+    hybrid = RewardConfig(gold_recall=2.0)
+    result = shape_rewards(CORRECT, True, [0.5, 1.0], hybrid, [0.5, 0.25])
+    assert result.rewards == pytest.approx([0.8 + 1.0, 1.6 + 0.5, 2.0])
+    assert [s.process for s in result.steps] == pytest.approx([1.8, 2.1, 0.0])
+    assert [s.relevance for s in result.steps] == [0.5, 1.0, None]
+    outcome = RewardConfig(mode="outcome", scale="trajectory", gold_recall=1.0)
+    assert shape_rewards(CORRECT, True, None, outcome, [0.5, 0.0]).rewards == pytest.approx(
+        [2 / 3 + 0.5, 2 / 3, 2 / 3]
+    )
+    with pytest.raises(ValueError, match="recall gain of every retrieval step"):
+        shape_rewards(CORRECT, True, [0.5, 1.0], hybrid)
+    with pytest.raises(ValueError, match="1 recall gains for 2 retrieval steps"):
+        shape_rewards(CORRECT, True, [0.5, 1.0], hybrid, [0.5])
+
+
+def test_scorer_pays_gold_recall_under_the_runs_matching_rule() -> None:
+    judges = JudgeConfig(correctness_llm=False, relevance="reference")
+    config = RewardConfig(mode="outcome", gold_recall=1.0)
+    with pytest.raises(ValueError, match="gold-matching rule"):
+        TrajectoryScorer(config, CorrectnessJudge(judges))
+    scorer = TrajectoryScorer(config, CorrectnessJudge(judges), gold_match="id")
+    stuck = trajectory(OUT, retrieval(1, "g2"), retrieval(2, "g2", "g1"))
+    # EXAMPLE's gold is g1 and g2: each search reached one of them first; no answer, so no outcome.
+    assert scorer.score([EXAMPLE], [stuck])[0].rewards == pytest.approx([0.5, 0.5])

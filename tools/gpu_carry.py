@@ -17,7 +17,16 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-MISSING_THERE = ("pydantic", "pydantic-core", "annotated-types", "typing-inspection", "bm25s", "PyStemmer")
+# r3rag imports tenacity at module level (llm/scheduler.py, reached from the PPO part's imports).
+MISSING_THERE = (
+    "pydantic",
+    "pydantic-core",
+    "annotated-types",
+    "typing-inspection",
+    "bm25s",
+    "PyStemmer",
+    "tenacity",
+)
 PLATFORMS = (
     "manylinux_2_17_x86_64",
     "manylinux2014_x86_64",

@@ -197,6 +197,16 @@ class RewardConfig(StageConfig):
         "trajectory-level credit, rloo/grpo/gae-trajectory, which add the steps up; there the paper's sum "
         "pays a run of searches that never answers more than a short wrong answer).",
     )
+    gold_recall: float = Field(
+        0.0,
+        ge=0.0,
+        description="Weight of a reward for reaching the gold evidence (ours, not the paper's; 0: off): each "
+        "retrieval step earns gold_recall x the share of the question's gold supporting passages that no "
+        "earlier step retrieved, so a trajectory earns gold_recall x its recall of the gold passages, in "
+        "every mode. Rel pays the precision of each search, so a trajectory that stops after its first hop "
+        "can outscore one that goes on to the next; recall pays each further hop found. Needs gold "
+        "supporting passages on every training question (HotpotQA, 2Wiki, MuSiQue, the synthetic world).",
+    )
     round_digits: int | None = Field(
         None,
         ge=0,

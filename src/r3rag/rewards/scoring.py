@@ -3,8 +3,9 @@
 This is the one place that decides what each judge sees: the correctness judge gets the final answer with
 every gold alias, and the relevance judge gets, for each valid retrieval step, only the passages that step
 newly retrieved (a passage fetched again later is not credited twice, as in the official rollout, which
-deduplicates across the trajectory). An RL trainer or a veRL adapter calls :meth:`TrajectoryScorer.score`
-once per rollout.
+deduplicates across the trajectory). With ``RewardConfig.gold_recall``, each retrieval step's share of the
+question's gold passages that it reached first is computed here too, under the run's gold-matching rule. An
+RL trainer or a veRL adapter calls :meth:`TrajectoryScorer.score` once per rollout.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from r3rag.config import RewardConfig
+from r3rag.gold import GoldSet, MatchRule
 from r3rag.rewards.judges import CorrectnessItem, CorrectnessJudge, RelevanceItem, RelevanceJudge
 from r3rag.rewards.shaping import TrajectoryReward, shape_rewards
 from r3rag.schema import Passage, QAExample, Trajectory, TrajectoryStatus
@@ -33,6 +35,25 @@ def relevance_items(example: QAExample, trajectory: Trajectory) -> list[Relevanc
     return items
 
 
+def gold_recall_gains(example: QAExample, trajectory: Trajectory, rule: MatchRule) -> list[float]:
+    """For each valid retrieval step, in order: the share of the example's gold supporting passages that
+    step retrieved and no earlier step had; they add up to the trajectory's recall of the gold passages."""
+    gold = GoldSet.of(example.supporting_ids, example.supporting_titles, rule)
+    if not gold:
+        raise ValueError(
+            f"reward.gold_recall needs gold supporting passages: example {example.id!r} names none"
+        )
+    reached: set[str] = set()
+    gains = []
+    for step in trajectory.steps:
+        if not step.is_retrieval:
+            continue
+        new = {gold.key(p) for p in step.passages if p in gold} - reached
+        reached |= new
+        gains.append(len(new) / len(gold))
+    return gains
+
+
 def _final_answer(trajectory: Trajectory) -> str | None:
     if trajectory.final_answer is not None:
         return trajectory.final_answer
@@ -42,17 +63,29 @@ def _final_answer(trajectory: Trajectory) -> str | None:
 class TrajectoryScorer:
     """The hybrid reward for a batch of trajectories, each paired with the example it answers.
 
-    A relevance judge is needed unless the reward is outcome-only, which asks for no relevance at all.
+    A relevance judge is needed unless the reward is outcome-only, which asks for no relevance at all;
+    ``gold_match``, the rule :func:`~r3rag.gold.resolve_gold_match` decided for the training questions and
+    the index, is needed when the reward pays ``gold_recall``.
     """
 
     def __init__(
-        self, config: RewardConfig, correctness: CorrectnessJudge, relevance: RelevanceJudge | None = None
+        self,
+        config: RewardConfig,
+        correctness: CorrectnessJudge,
+        relevance: RelevanceJudge | None = None,
+        gold_match: MatchRule | None = None,
     ) -> None:
         if relevance is None and config.mode != "outcome":
             raise ValueError(f"reward mode {config.mode!r} needs a relevance judge")
+        if config.gold_recall and gold_match is None:
+            raise ValueError(
+                "reward.gold_recall needs the gold-matching rule (id or title): "
+                "pass r3rag.gold.resolve_gold_match(...).rule as gold_match"
+            )
         self.config = config
         self.correctness = correctness
         self.relevance = relevance
+        self.gold_match = gold_match
 
     def score(
         self, examples: Sequence[QAExample], trajectories: Sequence[Trajectory]
@@ -88,7 +121,15 @@ class TrajectoryScorer:
                 relevances[i] = flat[start : start + len(items)]
                 start += len(items)
 
-        return [shape_rewards(t, correct[i], relevances[i], self.config) for i, t in enumerate(trajectories)]
+        recall: list[list[float] | None] = [None] * len(trajectories)
+        if self.config.gold_recall and self.gold_match is not None:
+            pairs = zip(examples, trajectories, strict=True)
+            recall = [gold_recall_gains(ex, t, self.gold_match) for ex, t in pairs]
+
+        return [
+            shape_rewards(t, correct[i], relevances[i], self.config, recall[i])
+            for i, t in enumerate(trajectories)
+        ]
 
     def stats(self) -> dict[str, int]:
         """Both judges' counters, prefixed, for one metrics log line."""

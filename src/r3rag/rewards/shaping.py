@@ -6,6 +6,8 @@ Every step is its own PPO sample in R3-RAG, so the reward is per step (paper §3
             = outcome (correct 2.0 / wrong 0.0)       on the final-answer step
             = lambda_T x Rel(step's new documents)    on a retrieval step (over the trajectory's number
                                               of retrieval steps with scale "trajectory")
+      + gold_recall x (share of the gold passages the step reached first), on a retrieval step (ours,
+                                              off by default)
 
 lambda_T depends on how the whole trajectory ended (1.6 correct, 0.8 wrong, 0.9 out of steps, 1.0 format
 error). Since there is no return across steps, lambda_T is the only way the outcome reaches the retrieval
@@ -37,7 +39,8 @@ class StepKind(StrEnum):
 @dataclass(frozen=True, slots=True)
 class StepReward:
     """One step's reward and its parts: ``total = format + outcome + process``; ``relevance`` is the raw Rel
-    the process part was computed from (None on steps that retrieved nothing)."""
+    the process part was computed from (None on steps that retrieved nothing); ``process`` also holds the
+    step's gold-recall reward when ``RewardConfig.gold_recall`` is set."""
 
     index: int
     kind: StepKind
@@ -129,15 +132,24 @@ def shape_rewards(
     correct: bool | None,
     relevances: Sequence[float] | None,
     config: RewardConfig,
+    recall_gains: Sequence[float] | None = None,
 ) -> TrajectoryReward:
     """Per-step rewards of a finished trajectory.
 
     ``correct`` is the correctness verdict for an answered trajectory and None otherwise. ``relevances`` holds
     Rel in [0, 1] for each valid retrieval step, in order; it may be None only in outcome-only mode.
+    ``recall_gains`` holds, likewise, each retrieval step's share of the gold passages reached first
+    (:func:`~r3rag.rewards.scoring.gold_recall_gains`), needed when ``config.gold_recall`` is set; its
+    weighted value is part of the step's ``process`` reward.
     """
     if relevances is None and config.mode != "outcome":
         raise ValueError(f"mode {config.mode!r} needs a relevance score for every retrieval step")
+    if recall_gains is None and config.gold_recall:
+        raise ValueError("reward.gold_recall needs the recall gain of every retrieval step")
     _check(trajectory, correct, None if relevances is None else len(relevances))
+    retrievals = sum(s.is_retrieval for s in trajectory.steps)
+    if recall_gains is not None and len(recall_gains) != retrievals:
+        raise ValueError(f"{len(recall_gains)} recall gains for {retrievals} retrieval steps")
     if relevances is not None and any(not 0.0 <= r <= 1.0 for r in relevances):
         raise ValueError(f"relevance scores must lie in [0, 1], got {list(relevances)}")
 
@@ -152,6 +164,7 @@ def shape_rewards(
     valid_steps = sum(step.valid for step in trajectory.steps) if per_trajectory else 1
     outcome_every_step = outcome / valid_steps if trajectory.status == TrajectoryStatus.ANSWERED else 0.0
     pending = iter(relevances or ())
+    gains = iter(recall_gains or ())
 
     def rounded(x: float) -> float:
         return x if config.round_digits is None else round(x, config.round_digits)
@@ -170,6 +183,7 @@ def shape_rewards(
             relevance = next(pending, None)
             if per_rel is not None and relevance is not None:
                 proc = per_rel * relevance
+            proc += config.gold_recall * next(gains, 0.0)
             if config.mode == "outcome":
                 out = outcome_every_step
         steps.append(

@@ -231,19 +231,19 @@ class PPOTrainer:
         train = load_dataset(config.train)
         judge_llm = endpoint_generator(config.judges)
         judge = CorrectnessJudge(config.judges, judge_llm)
-        relevance = None
+        relevance = match = None
+        reference = config.judges.relevance == "reference" and config.reward.mode != "outcome"
+        if reference or config.reward.gold_recall:  # logged here; metrics count judgements by rule
+            sources = {str(config.train): train}
+            match = resolve_gold_match(config.judges.reference_match, sources, retriever).rule
         if config.reward.mode != "outcome":
-            match = None
-            if config.judges.relevance == "reference":  # logged here; metrics count judgements by rule
-                sources = {str(config.train): train}
-                match = resolve_gold_match(config.judges.reference_match, sources, retriever).rule
-            relevance = build_relevance_judge(config.judges, judge_llm, match=match)
+            relevance = build_relevance_judge(config.judges, judge_llm, match=match if reference else None)
         return cls(
             config,
             actor,
             tokenizer,
             retriever,
-            TrajectoryScorer(config.reward, judge, relevance),
+            TrajectoryScorer(config.reward, judge, relevance, gold_match=match),
             judge,
             train,
             load_dataset(config.dev) if config.dev is not None else (),

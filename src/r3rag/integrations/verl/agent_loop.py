@@ -73,7 +73,13 @@ def _runtime(config_json: str) -> _Runtime:
     relevance = None
     if config.reward.mode != "outcome":
         relevance = build_relevance_judge(config.judges, judge_llm)
-    scorer = TrajectoryScorer(config.reward, CorrectnessJudge(config.judges, judge_llm), relevance)
+    match = config.judges.reference_match  # resolved by `r3rag verl prepare` when the reward needs it
+    scorer = TrajectoryScorer(
+        config.reward,
+        CorrectnessJudge(config.judges, judge_llm),
+        relevance,
+        gold_match=None if match == "auto" else match,
+    )
     return _Runtime(config, _OneAtATime(open_retriever(config.retrieval)), scorer)
 
 

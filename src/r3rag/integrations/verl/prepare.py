@@ -40,10 +40,12 @@ class Prepared:
 
 def loop_settings(config: VerlPrepareConfig, sources: dict[str, list[QAExample]]) -> VerlLoopConfig:
     """The agent loop's config: the command's rollout, reward, judges and temperatures, the index as its
-    retriever, and the gold-matching rule resolved against that index."""
+    retriever, and the gold-matching rule resolved against that index (for the reference relevance judge
+    and the gold-recall reward)."""
     retrieval = RetrievalConfig(source=config.index)
     judges = config.judges
-    if judges.relevance == "reference" and config.reward.mode != "outcome":
+    reference = judges.relevance == "reference" and config.reward.mode != "outcome"
+    if reference or config.reward.gold_recall:
         rule = resolve_gold_match(judges.reference_match, sources, open_retriever(retrieval)).rule
         judges = judges.model_copy(update={"reference_match": rule})
     return VerlLoopConfig(
