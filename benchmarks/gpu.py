@@ -360,7 +360,7 @@ def rollout_part(args: argparse.Namespace, device: torch.device, tokenizer: Any)
         rows.append(row)
     rows[0]["bandwidth floor ms/token"] = round(floor_ms, 2)
     ids = torch.tensor([tokenizer(text, add_special_tokens=False)["input_ids"]], device=device)
-    for label, options in [("dynamic cache", {}), ("static cache + torch.compile", {"static": True})]:
+    for label, options in [("dynamic cache", {}), ("static cache, compiled by generate", {"static": True})]:
         if options and not args.compile:
             continue
         rows.append(_hf_generate(model, ids, args.new_tokens, device, label, bool(options)))
@@ -370,13 +370,16 @@ def rollout_part(args: argparse.Namespace, device: torch.device, tokenizer: Any)
 def _hf_generate(
     model: Any, ids: torch.Tensor, new_tokens: int, device: torch.device, label: str, static: bool
 ) -> dict[str, Any]:
-    """transformers' generate at batch 1, greedy, ``new_tokens`` exactly; the first call (compiling) apart."""
+    """transformers' generate at batch 1, greedy, ``new_tokens`` exactly; the first call (compiling) apart.
+
+    With the static cache, generate compiles the forward pass itself on a GPU (CUDA graphs included); a
+    forward already wrapped in ``torch.compile(mode="reduce-overhead")`` on top of that crashed on the H200
+    (2026-12-04, torch 2.11, transformers 5.17: a CUDA graph's output overwritten by the next replay)."""
     kwargs: dict[str, Any] = dict(
         max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, pad_token_id=0
     )
     if static:
         kwargs["cache_implementation"] = "static"
-        model.forward = torch.compile(model.forward, mode="reduce-overhead", fullgraph=False)
     with measured(device) as first:
         model.generate(ids, attention_mask=torch.ones_like(ids), **kwargs)
     with measured(device) as figures:
