@@ -340,6 +340,8 @@ def report(config: PipelineConfig, out: Path, runs: dict[str, list[dict[str, Any
         + "\n\n"
         + runs_table(by_system, budgets)
         + "\n\n"
+        + evidence_table(by_system, types)
+        + "\n\n"
         + rollout_signal_table(out, runs)
         + "\n\n"
         + iterations_table(runs)
@@ -400,6 +402,37 @@ def runs_table(by_system: dict[str, dict[str, dict[str, Any]]], budgets: dict[st
             ]
         )
     return markdown_table(header, rows)
+
+
+def evidence_table(by_system: dict[str, dict[str, dict[str, Any]]], types: dict[str, str]) -> str:
+    """How much of the gold evidence each system retrieved on the dev questions: its mean recall of the gold
+    passages per question type, and the share of questions whose every gold passage it retrieved (for a chain
+    question, every hop). A model that answers a type no better may still reach further into its evidence,
+    which is what a retrieval reward can teach before accuracy shows it. Questions without a recall (no gold
+    passages) are left out."""
+    type_names = sorted({types[i] for records in by_system.values() for i in records})
+    rows = []
+    for name, records in by_system.items():
+        recalls: dict[str, list[float]] = defaultdict(list)
+        for i, record in records.items():
+            if record.get("recall") is not None:
+                recalls[types[i]].append(record["recall"])
+                recalls["all"].append(record["recall"])
+        if not recalls["all"]:
+            continue
+        rows.append(
+            [
+                name,
+                *(f"{100 * statistics.fmean(recalls[t]):.1f}" if recalls[t] else "-" for t in type_names),
+                f"{100 * statistics.fmean(recalls['all']):.1f}",
+                f"{100 * statistics.fmean(r == 1.0 for r in recalls['all']):.1f}",
+            ]
+        )
+    return (
+        "Gold evidence retrieved on the dev questions: recall of the gold passages (%) per question type, "
+        "and the share of questions with every gold passage retrieved (%):\n\n"
+        + markdown_table(["system", *type_names, "all", "all gold found"], rows)
+    )
 
 
 def rollout_signal_table(out: Path, runs: dict[str, list[dict[str, Any]]]) -> str:

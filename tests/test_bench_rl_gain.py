@@ -152,3 +152,22 @@ def test_the_iterations_table_shows_each_iteration_at_the_minute_it_ended(rl_gai
         "| rloo-a | 2 | 10 | 22% | 91% | - | 2.59 | 0.80 | 0.012 |",  # 610 s: minutes add up over a run
         "| gae-b | 1 | 1 | 22% | 91% | 3% | 2.59 | 0.80 | 0.000 |",  # 40 s: each run counts from 0
     ]
+
+
+def test_the_evidence_table_averages_recall_per_type_and_counts_questions_with_all_gold(
+    rl_gain: ModuleType,
+) -> None:
+    types = {"c1": "chain", "c2": "chain", "b1": "bridge", "n1": "chain"}
+    cs = {
+        "c1": {"recall": 0.25},  # one hop of four
+        "c2": {"recall": 1.0},  # every hop
+        "b1": {"recall": 0.5},
+        "n1": {"recall": None},  # no gold passages: left out
+    }
+    untrained = {i: {"recall": None} for i in types}  # a method that never retrieves: no row
+    table = rl_gain.evidence_table({"R3-RAG-CS": cs, "untrained cot": untrained}, types)
+    assert table.splitlines()[2:] == [
+        "| system | bridge | chain | all | all gold found |",
+        "|---|---|---|---|---|",
+        "| R3-RAG-CS | 50.0 | 62.5 | 58.3 | 33.3 |",  # chain (0.25 + 1) / 2; all 1.75 / 3; 1 of 3 whole
+    ]
