@@ -259,6 +259,32 @@ def test_ppo_process_reward_is_title_matched_on_the_flashrag_layout(
     assert trainer.scorer.stats()[f"relevance/decided/{decided}"] == 2  # the training log says which rule
 
 
+@pytest.mark.parametrize("layout", ["flashrag", "same"])
+def test_ppo_gold_recall_reward_is_matched_by_the_resolved_rule_in_outcome_mode(
+    indexes: dict[str, Path], questions: Path, policy_dir: Path, tmp_path: Path, layout: str
+) -> None:
+    """Outcome mode asks for no relevance judge, but ``reward.gold_recall`` still needs the gold rule: the
+    trainer resolves it against the index (titles on the FlashRAG layout). The same trajectory reaches the
+    film's passage, then the studio's (the question's two gold passages): 2.0 on every valid step, plus
+    0.5 x 1.0 on each search."""
+    reward_config = {"mode": "outcome", "gold_recall": 1.0}
+    config = tiny_config(
+        tmp_path, model=str(policy_dir), train=questions, index=str(indexes[layout]), reward=reward_config
+    )
+    trainer = PPOTrainer.from_config(config)
+    assert trainer.scorer.relevance is None
+    film, studio, noise = corpus(layout)
+    trajectory = Trajectory(
+        "q1",
+        QUESTION,
+        [step(1, [film, noise]), step(2, [studio, film]), Step(3, "so", answer="Ada Vale")],
+        "Ada Vale",
+        TrajectoryStatus.ANSWERED,
+    )
+    (reward,) = trainer.scorer.score(trainer.train_examples, [trajectory])
+    assert list(reward.rewards) == pytest.approx([2.5, 2.5, 2.0])
+
+
 def test_ppo_explicit_id_against_other_ids_fails_naming_the_train_file(
     indexes: dict[str, Path], questions: Path, policy_dir: Path, tmp_path: Path
 ) -> None:
