@@ -103,9 +103,13 @@ def lambda_t(status: TrajectoryStatus, correct: bool | None, config: RewardConfi
     raise ValueError(f"no reward for a trajectory with status {status.value!r}")
 
 
-def _check(trajectory: Trajectory, correct: bool | None, n_relevances: int | None) -> None:
-    """Refuse trajectories whose shape contradicts their status (see the module docstring)."""
+def _check(
+    trajectory: Trajectory, correct: bool | None, n_relevances: int | None, n_recall_gains: int | None
+) -> None:
+    """Refuse trajectories whose shape contradicts their status (see the module docstring), and per-search
+    scores (Rel, recall gains) that are not one per retrieval step."""
     status, steps = trajectory.status, trajectory.steps
+    retrievals = sum(s.is_retrieval for s in steps)
     problem = ""
     if status == TrajectoryStatus.RUNNING:
         problem = "it is still running"
@@ -121,8 +125,10 @@ def _check(trajectory: Trajectory, correct: bool | None, n_relevances: int | Non
         problem = "an answer step comes before the last step"
     elif status == TrajectoryStatus.FORMAT_ERROR and steps[-1].valid:
         problem = "it ended in a format error but its last step is valid"
-    elif n_relevances is not None and n_relevances != sum(s.is_retrieval for s in steps):
-        problem = f"{n_relevances} relevance scores for {sum(s.is_retrieval for s in steps)} retrieval steps"
+    elif n_relevances is not None and n_relevances != retrievals:
+        problem = f"{n_relevances} relevance scores for {retrievals} retrieval steps"
+    elif n_recall_gains is not None and n_recall_gains != retrievals:
+        problem = f"{n_recall_gains} recall gains for {retrievals} retrieval steps"
     if problem:
         raise ValueError(f"cannot reward trajectory {trajectory.example_id!r}: {problem}")
 
@@ -146,10 +152,12 @@ def shape_rewards(
         raise ValueError(f"mode {config.mode!r} needs a relevance score for every retrieval step")
     if recall_gains is None and config.gold_recall:
         raise ValueError("reward.gold_recall needs the recall gain of every retrieval step")
-    _check(trajectory, correct, None if relevances is None else len(relevances))
-    retrievals = sum(s.is_retrieval for s in trajectory.steps)
-    if recall_gains is not None and len(recall_gains) != retrievals:
-        raise ValueError(f"{len(recall_gains)} recall gains for {retrievals} retrieval steps")
+    _check(
+        trajectory,
+        correct,
+        None if relevances is None else len(relevances),
+        None if recall_gains is None else len(recall_gains),
+    )
     if relevances is not None and any(not 0.0 <= r <= 1.0 for r in relevances):
         raise ValueError(f"relevance scores must lie in [0, 1], got {list(relevances)}")
 

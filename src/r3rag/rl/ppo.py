@@ -237,7 +237,7 @@ class PPOTrainer:
             sources = {str(config.train): train}
             match = resolve_gold_match(config.judges.reference_match, sources, retriever).rule
         if config.reward.mode != "outcome":
-            relevance = build_relevance_judge(config.judges, judge_llm, match=match if reference else None)
+            relevance = build_relevance_judge(config.judges, judge_llm, match=match)
         return cls(
             config,
             actor,
