@@ -9,6 +9,7 @@ titles.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections.abc import Iterable
@@ -283,6 +284,24 @@ def test_ppo_gold_recall_reward_is_matched_by_the_resolved_rule_in_outcome_mode(
     )
     (reward,) = trainer.scorer.score(trainer.train_examples, [trajectory])
     assert list(reward.rewards) == pytest.approx([2.5, 2.5, 2.0])
+
+
+def test_ppo_refuses_bridge_queries_on_questions_without_a_decomposition(
+    indexes: dict[str, Path], questions: Path, policy_dir: Path, tmp_path: Path
+) -> None:
+    """Before any rollout, naming the file and the question, not at the first rollout that samples it. The
+    toy question has its decomposition (the run builds); a HotpotQA-like one, without it, does not."""
+    reward_config = {"mode": "outcome", "bridge_queries": 1.0}
+    flashrag = str(indexes["flashrag"])
+    config = tiny_config(
+        tmp_path, model=str(policy_dir), train=questions, index=flashrag, reward=reward_config
+    )
+    assert PPOTrainer.from_config(config).scorer.config.bridge_queries == 1.0
+    hotpot = tmp_path / "hotpot.jsonl"
+    write_flashrag(hotpot, [dataclasses.replace(converted_question("h7"), decomposition=[])])
+    config = config.model_copy(update={"train": hotpot})
+    with pytest.raises(ValueError, match=f"{hotpot}: question 'h7' has no gold decomposition, which reward"):
+        PPOTrainer.from_config(config)
 
 
 def test_ppo_explicit_id_against_other_ids_fails_naming_the_train_file(

@@ -6,9 +6,16 @@ import pytest
 
 from r3rag.config import JudgeConfig, RewardConfig
 from r3rag.rewards.judges import CorrectnessJudge, ReferenceRelevanceJudge
-from r3rag.rewards.scoring import TrajectoryScorer, gold_recall_gains, relevance_items
+from r3rag.rewards.scoring import (
+    TrajectoryScorer,
+    bridge_entities,
+    bridge_query_gains,
+    check_bonus_annotations,
+    gold_recall_gains,
+    relevance_items,
+)
 from r3rag.rewards.shaping import StepKind, lambda_t, shape_rewards
-from r3rag.schema import Passage, QAExample, Step, Trajectory, TrajectoryStatus
+from r3rag.schema import Passage, QAExample, Step, SubQuestion, Trajectory, TrajectoryStatus
 
 ANSWERED, OUT, FORMAT = (
     TrajectoryStatus.ANSWERED,
@@ -274,12 +281,12 @@ def test_gold_recall_gains_credit_each_gold_passage_to_the_step_that_reached_it_
         gold_recall_gains(QAExample(id="q1", question="Q?", answers=["v"]), traj, "id")
 
 
-def test_gold_recall_is_added_to_each_retrieval_steps_process_reward() -> None:
+def test_search_bonuses_are_added_to_each_retrieval_steps_process_reward() -> None:
     """Hybrid, step scale: a correct answer after two searches with Rel 0.5 and 1.0 (1.6 x Rel) whose
-    searches reached 1/2 and 1/4 of the gold; gold_recall 2.0 adds 1.0 and 0.5 to their process parts. In
-    outcome mode (trajectory scale) the recall comes on top of the outcome's share of each step."""
+    searches earned bonuses 1.0 and 0.5 (gold_recall 2.0 x recall gains 1/2 and 1/4) on their process parts.
+    In outcome mode (trajectory scale) the bonus comes on top of the outcome's share of each step."""
     hybrid = RewardConfig(gold_recall=2.0)
-    result = shape_rewards(CORRECT, True, [0.5, 1.0], hybrid, [0.5, 0.25])
+    result = shape_rewards(CORRECT, True, [0.5, 1.0], hybrid, [1.0, 0.5])
     assert result.rewards == pytest.approx([0.8 + 1.0, 1.6 + 0.5, 2.0])
     assert [s.process for s in result.steps] == pytest.approx([1.8, 2.1, 0.0])
     assert [s.relevance for s in result.steps] == [0.5, 1.0, None]
@@ -287,9 +294,9 @@ def test_gold_recall_is_added_to_each_retrieval_steps_process_reward() -> None:
     assert shape_rewards(CORRECT, True, None, outcome, [0.5, 0.0]).rewards == pytest.approx(
         [2 / 3 + 0.5, 2 / 3, 2 / 3]
     )
-    with pytest.raises(ValueError, match="recall gain of every retrieval step"):
-        shape_rewards(CORRECT, True, [0.5, 1.0], hybrid)
-    with pytest.raises(ValueError, match="1 recall gains for 2 retrieval steps"):
+    with pytest.raises(ValueError, match="bonus for every retrieval step"):
+        shape_rewards(CORRECT, True, [0.5, 1.0], RewardConfig(bridge_queries=1.0))
+    with pytest.raises(ValueError, match="1 search bonuses for 2 retrieval steps"):
         shape_rewards(CORRECT, True, [0.5, 1.0], hybrid, [0.5])
 
 
@@ -302,3 +309,135 @@ def test_scorer_pays_gold_recall_under_the_runs_matching_rule() -> None:
     stuck = trajectory(OUT, retrieval(1, "g2"), retrieval(2, "g2", "g1"))
     # EXAMPLE's gold is g1 and g2: each search reached one of them first; no answer, so no outcome.
     assert scorer.score([EXAMPLE], [stuck])[0].rewards == pytest.approx([0.5, 0.5])
+
+
+def hop(question: str, answer: str) -> SubQuestion:
+    return SubQuestion(question=question, answer=answer)
+
+
+# The synthetic world's 4-hop chain: three bridges (the singer, the brewery, its founder), then the year.
+CHAIN = QAExample(
+    id="q1",
+    question="In what year was the founder of the organisation the singer of Pale Horizon worked for born?",
+    answers=["1880"],
+    decomposition=[
+        hop("Which singer recorded Pale Horizon?", "Theiin Kreius"),
+        hop("Who employed Theiin Kreius?", "The Maport Brewery"),
+        hop("Who established Maport Brewery?", "Lestaa Riwick"),
+        hop("What year did Lestaa Riwick come into the world?", "1880"),
+    ],
+)
+
+
+def test_bridge_entities_are_the_hop_answers_a_later_hop_asks_about() -> None:
+    """Normalised (the article dropped, so 'The Maport Brewery' matches the later 'Maport Brewery'); a
+    comparison's values are asked about by no later hop; MuSiQue's ``#k`` refers to hop k (and ``#1`` is not
+    ``#12``); an answer the question names already is no bridge."""
+    assert bridge_entities(CHAIN) == ["theiin kreius", "maport brewery", "lestaa riwick"]
+    comparison = QAExample(
+        id="q2",
+        question="Which is older, Zeford Audio or Iron Music?",
+        answers=["Iron Music"],
+        decomposition=[
+            hop("founding year of Zeford Audio?", "1984"),
+            hop("founding year of Iron Music?", "1961"),
+        ],
+    )
+    assert bridge_entities(comparison) == []
+    musique = QAExample(
+        id="q3",
+        question="Who leads the party of Ken Epp?",
+        answers=["Stephen Harper"],
+        decomposition=[
+            hop("Ken Epp >> member of political party", "Conservative Party"),
+            hop("federal leader of #1", "Stephen Harper"),
+        ],
+    )
+    assert bridge_entities(musique) == ["conservative party"]
+    hops = [*musique.decomposition[:1], hop("federal leader of #12", "Stephen Harper")]
+    assert bridge_entities(QAExample(id="q3", question="Q?", answers=["v"], decomposition=hops)) == []
+    named = QAExample(
+        id="q4",
+        question="Who employed the singer Theiin Kreius?",
+        answers=["Maport Brewery"],
+        decomposition=[
+            hop("Who is Theiin Kreius?", "Theiin Kreius"),
+            hop("Who employed Theiin Kreius?", "X"),
+        ],
+    )
+    assert bridge_entities(named) == []
+    with pytest.raises(ValueError, match="example 'q5' has none"):
+        bridge_entities(QAExample(id="q5", question="Q?", answers=["v"]))
+
+
+def searching(*queries: str) -> Trajectory:
+    steps = [Step(index=i, analysis="think", query=q, passages=[]) for i, q in enumerate(queries, start=1)]
+    return trajectory(ANSWERED, *steps, answer(len(queries) + 1, "1880"))
+
+
+def test_bridge_query_gains_credit_each_bridge_to_the_first_query_naming_it() -> None:
+    """Three bridges: the first query names none ('Kreius' alone is not the whole entity); the second names
+    the singer (1/3), the third the singer again and the brewery, case and punctuation aside (1/3), the fourth
+    a wrong founder (0): 0, 1/3, 1/3, 0. A question without bridges earns zeros."""
+    traj = searching(
+        "Which singer, Kreius perhaps, recorded Pale Horizon?",
+        "Who employed Theiin Kreius?",
+        "Did theiin kreius work at MAPORT BREWERY?",
+        "When was Zois Fokoenn born?",
+    )
+    assert bridge_query_gains(CHAIN, traj) == pytest.approx([0.0, 1 / 3, 1 / 3, 0.0])
+    no_bridges = QAExample(
+        id="q1", question="Q?", answers=["1"], decomposition=[hop("a?", "1"), hop("b?", "2")]
+    )
+    assert bridge_query_gains(no_bridges, traj) == [0.0] * 4
+
+
+def test_scorer_adds_the_weighted_bonuses_of_gold_recall_and_bridge_queries() -> None:
+    """Outcome mode, step scale, a correct answer (2.0 on every step). Gold g1 (hop 1) and g2 (hop 2) by
+    id; one bridge (the singer). Search 1 reaches g1 with the first hop's question: recall 1/2, no bridge.
+    Search 2 names the singer and reaches g2: recall 1/2, bridge 1/1. gold_recall 1.0 and bridge_queries 0.5
+    add 0.5 and 0.5 + 0.5 to the two searches."""
+    example = QAExample(
+        id="q1",
+        question="Who employed the singer of Pale Horizon?",
+        answers=["Maport Brewery"],
+        supporting_ids=["g1", "g2"],
+        decomposition=[
+            hop("Which singer recorded Pale Horizon?", "Theiin Kreius"),
+            hop("Who employed Theiin Kreius?", "Maport Brewery"),
+        ],
+    )
+    steps = [
+        Step(
+            index=1,
+            analysis="a",
+            query="Which singer recorded Pale Horizon?",
+            passages=[Passage("g1", "T", "x")],
+        ),
+        Step(index=2, analysis="b", query="Who employed Theiin Kreius?", passages=[Passage("g2", "T", "y")]),
+        answer(3, "Maport Brewery"),
+    ]
+    traj = trajectory(ANSWERED, *steps)
+    judges = JudgeConfig(correctness_llm=False, relevance="reference")
+    config = RewardConfig(mode="outcome", gold_recall=1.0, bridge_queries=0.5)
+    scorer = TrajectoryScorer(config, CorrectnessJudge(judges), gold_match="id")
+    assert scorer.search_bonuses(example, traj) == pytest.approx([0.5, 1.0])
+    assert scorer.score([example], [traj])[0].rewards == pytest.approx([2.5, 3.0, 2.0])
+    bridges_only = TrajectoryScorer(
+        RewardConfig(mode="outcome", bridge_queries=0.5), CorrectnessJudge(judges)
+    )
+    assert bridges_only.score([example], [traj])[0].rewards == pytest.approx([2.0, 2.5, 2.0])
+
+
+def test_questions_lacking_what_a_search_bonus_needs_are_refused_by_file_and_id() -> None:
+    bare = QAExample(id="q9", question="Q?", answers=["v"], supporting_ids=["g1"])
+    check_bonus_annotations(RewardConfig(), {"train.jsonl": [bare]})  # no bonus, nothing needed
+    check_bonus_annotations(RewardConfig(gold_recall=1.0), {"train.jsonl": [bare]})
+    with pytest.raises(
+        ValueError, match="dev.jsonl: question 'q9' has no gold decomposition, which reward.bridge"
+    ):
+        check_bonus_annotations(
+            RewardConfig(bridge_queries=1.0), {"train.jsonl": [CHAIN], "dev.jsonl": [bare]}
+        )
+    with pytest.raises(ValueError, match="train.jsonl: question 'q1' has no gold supporting passages"):
+        check_bonus_annotations(RewardConfig(gold_recall=1.0), {"train.jsonl": [CHAIN]})

@@ -207,11 +207,28 @@ class RewardConfig(StageConfig):
         "can outscore one that goes on to the next; recall pays each further hop found. Needs gold "
         "supporting passages on every training question (HotpotQA, 2Wiki, MuSiQue, the synthetic world).",
     )
+    bridge_queries: float = Field(
+        0.0,
+        ge=0.0,
+        description="Weight of a reward for searching with each hop's answer (ours, not the paper's; 0: "
+        "off): each retrieval step earns bridge_queries x the share of the question's bridge entities "
+        "(answers of its gold hops that a later hop asks about) that its query names and no earlier query "
+        "did, so a trajectory earns bridge_queries x the share of the chain it walked. The next hop of a "
+        "chain can be searched only by the entity the previous one found; passage recall also pays a first "
+        "search that finds the right page with the wrong question. Needs a gold decomposition on every "
+        "training question (2Wiki, MuSiQue, the synthetic world); questions without bridges (comparisons) "
+        "earn none.",
+    )
     round_digits: int | None = Field(
         None,
         ge=0,
         description="Round every reward to this many decimals (official code: 3; the paper does not round).",
     )
+
+    @property
+    def pays_search_bonus(self) -> bool:
+        """Whether retrieval steps earn a bonus beyond Rel (ours: ``gold_recall``, ``bridge_queries``)."""
+        return bool(self.gold_recall or self.bridge_queries)
 
     @classmethod
     def official(cls, **overrides: Any) -> RewardConfig:

@@ -3,18 +3,22 @@
 This is the one place that decides what each judge sees: the correctness judge gets the final answer with
 every gold alias, and the relevance judge gets, for each valid retrieval step, only the passages that step
 newly retrieved (a passage fetched again later is not credited twice, as in the official rollout, which
-deduplicates across the trajectory). With ``RewardConfig.gold_recall``, each retrieval step's share of the
-question's gold passages that it reached first is computed here too, under the run's gold-matching rule. An
-RL trainer or a veRL adapter calls :meth:`TrajectoryScorer.score` once per rollout.
+deduplicates across the trajectory). The search bonuses of ours are computed here too: with
+``RewardConfig.gold_recall``, each retrieval step's share of the question's gold passages that it reached
+first, under the run's gold-matching rule; with ``RewardConfig.bridge_queries``, each retrieval step's share
+of the question's bridge entities that its query named first. An RL trainer or a veRL adapter calls
+:meth:`TrajectoryScorer.score` once per rollout.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import Mapping, Sequence
 
 from r3rag.config import RewardConfig
 from r3rag.gold import GoldSet, MatchRule
 from r3rag.rewards.judges import CorrectnessItem, CorrectnessJudge, RelevanceItem, RelevanceJudge
+from r3rag.rewards.metrics import normalize_answer
 from r3rag.rewards.shaping import TrajectoryReward, shape_rewards
 from r3rag.schema import Passage, QAExample, Trajectory, TrajectoryStatus
 
@@ -51,6 +55,65 @@ def gold_recall_gains(example: QAExample, trajectory: Trajectory, rule: MatchRul
         new = {gold.key(p) for p in step.passages if p in gold} - reached
         reached |= new
         gains.append(len(new) / len(gold))
+    return gains
+
+
+def check_bonus_annotations(config: RewardConfig, sources: Mapping[str, Sequence[QAExample]]) -> None:
+    """Fail before any rollout, naming the file and the question, when a search bonus the reward pays needs
+    gold annotation a question lacks (gold passages for ``gold_recall``, a decomposition for
+    ``bridge_queries``); scoring would otherwise stop the run at the first rollout that samples it."""
+    for source, examples in sources.items():
+        for example in examples:
+            if config.gold_recall and not (example.supporting_ids or example.supporting_titles):
+                missing, field = "gold supporting passages", "gold_recall"
+            elif config.bridge_queries and not example.decomposition:
+                missing, field = "gold decomposition", "bridge_queries"
+            else:
+                continue
+            raise ValueError(
+                f"{source}: question {example.id!r} has no {missing}, which reward.{field} needs"
+            )
+
+
+def _names(text: str, entity: str) -> bool:
+    """Whether normalised ``text`` contains the normalised ``entity`` as whole words."""
+    return f" {entity} " in f" {text} "
+
+
+def bridge_entities(example: QAExample) -> list[str]:
+    """The answers of the example's gold hops that a later hop asks about (by name, or as MuSiQue's ``#k``),
+    normalised, in hop order: the entities a chain passes through. A comparison's compared values, the last
+    hop's answer and anything the question itself names are not bridges."""
+    if not example.decomposition:
+        raise ValueError(f"reward.bridge_queries needs a gold decomposition: example {example.id!r} has none")
+    question = normalize_answer(example.question)
+    hops = example.decomposition
+    bridges: list[str] = []
+    for k, hop in enumerate(hops[:-1], start=1):
+        entity = normalize_answer(hop.answer)
+        if not entity or entity in bridges or _names(question, entity):
+            continue
+        reference = re.compile(rf"#{k}(?!\d)")
+        later = hops[k:]
+        if any(reference.search(h.question) or _names(normalize_answer(h.question), entity) for h in later):
+            bridges.append(entity)
+    return bridges
+
+
+def bridge_query_gains(example: QAExample, trajectory: Trajectory) -> list[float]:
+    """For each valid retrieval step, in order: the share of the example's bridge entities its query names
+    and no earlier query did (all zero for a question without bridges); they add up to the share of the
+    chain the trajectory searched its way along."""
+    bridges = bridge_entities(example)
+    named: set[str] = set()
+    gains = []
+    for step in trajectory.steps:
+        if not step.is_retrieval:
+            continue
+        query = normalize_answer(step.query or "")
+        new = {b for b in bridges if _names(query, b)} - named
+        named |= new
+        gains.append(len(new) / len(bridges) if bridges else 0.0)
     return gains
 
 
@@ -121,15 +184,29 @@ class TrajectoryScorer:
                 relevances[i] = flat[start : start + len(items)]
                 start += len(items)
 
-        recall: list[list[float] | None] = [None] * len(trajectories)
-        if self.config.gold_recall and self.gold_match is not None:
+        bonuses: list[list[float] | None] = [None] * len(trajectories)
+        if self.config.pays_search_bonus:
             pairs = zip(examples, trajectories, strict=True)
-            recall = [gold_recall_gains(ex, t, self.gold_match) for ex, t in pairs]
+            bonuses = [self.search_bonuses(ex, t) for ex, t in pairs]
 
         return [
-            shape_rewards(t, correct[i], relevances[i], self.config, recall[i])
+            shape_rewards(t, correct[i], relevances[i], self.config, bonuses[i])
             for i, t in enumerate(trajectories)
         ]
+
+    def search_bonuses(self, example: QAExample, trajectory: Trajectory) -> list[float]:
+        """Each valid retrieval step's bonus beyond Rel, weighted: gold_recall x its gold-recall gain +
+        bridge_queries x its bridge-query gain (zeros when neither is paid)."""
+        retrievals = sum(step.is_retrieval for step in trajectory.steps)
+        total = [0.0] * retrievals
+        parts: list[tuple[float, list[float]]] = []
+        if self.config.gold_recall and self.gold_match is not None:
+            parts.append((self.config.gold_recall, gold_recall_gains(example, trajectory, self.gold_match)))
+        if self.config.bridge_queries:
+            parts.append((self.config.bridge_queries, bridge_query_gains(example, trajectory)))
+        for weight, gains in parts:
+            total = [t + weight * g for t, g in zip(total, gains, strict=True)]
+        return total
 
     def stats(self) -> dict[str, int]:
         """Both judges' counters, prefixed, for one metrics log line."""

@@ -6,8 +6,9 @@ Every step is its own PPO sample in R3-RAG, so the reward is per step (paper §3
             = outcome (correct 2.0 / wrong 0.0)       on the final-answer step
             = lambda_T x Rel(step's new documents)    on a retrieval step (over the trajectory's number
                                               of retrieval steps with scale "trajectory")
-      + gold_recall x (share of the gold passages the step reached first), on a retrieval step (ours,
-                                              off by default)
+      + the search bonus, on a retrieval step (ours, off by default): gold_recall x the share of the gold
+        passages the step reached first + bridge_queries x the share of the bridge entities its query
+        named first (computed by r3rag.rewards.scoring)
 
 lambda_T depends on how the whole trajectory ended (1.6 correct, 0.8 wrong, 0.9 out of steps, 1.0 format
 error). Since there is no return across steps, lambda_T is the only way the outcome reaches the retrieval
@@ -40,7 +41,7 @@ class StepKind(StrEnum):
 class StepReward:
     """One step's reward and its parts: ``total = format + outcome + process``; ``relevance`` is the raw Rel
     the process part was computed from (None on steps that retrieved nothing); ``process`` also holds the
-    step's gold-recall reward when ``RewardConfig.gold_recall`` is set."""
+    step's search bonus (``RewardConfig.gold_recall``, ``RewardConfig.bridge_queries``) when one is paid."""
 
     index: int
     kind: StepKind
@@ -104,10 +105,10 @@ def lambda_t(status: TrajectoryStatus, correct: bool | None, config: RewardConfi
 
 
 def _check(
-    trajectory: Trajectory, correct: bool | None, n_relevances: int | None, n_recall_gains: int | None
+    trajectory: Trajectory, correct: bool | None, n_relevances: int | None, n_bonuses: int | None
 ) -> None:
     """Refuse trajectories whose shape contradicts their status (see the module docstring), and per-search
-    scores (Rel, recall gains) that are not one per retrieval step."""
+    scores (Rel, search bonuses) that are not one per retrieval step."""
     status, steps = trajectory.status, trajectory.steps
     retrievals = sum(s.is_retrieval for s in steps)
     problem = ""
@@ -127,8 +128,8 @@ def _check(
         problem = "it ended in a format error but its last step is valid"
     elif n_relevances is not None and n_relevances != retrievals:
         problem = f"{n_relevances} relevance scores for {retrievals} retrieval steps"
-    elif n_recall_gains is not None and n_recall_gains != retrievals:
-        problem = f"{n_recall_gains} recall gains for {retrievals} retrieval steps"
+    elif n_bonuses is not None and n_bonuses != retrievals:
+        problem = f"{n_bonuses} search bonuses for {retrievals} retrieval steps"
     if problem:
         raise ValueError(f"cannot reward trajectory {trajectory.example_id!r}: {problem}")
 
@@ -138,25 +139,25 @@ def shape_rewards(
     correct: bool | None,
     relevances: Sequence[float] | None,
     config: RewardConfig,
-    recall_gains: Sequence[float] | None = None,
+    search_bonuses: Sequence[float] | None = None,
 ) -> TrajectoryReward:
     """Per-step rewards of a finished trajectory.
 
     ``correct`` is the correctness verdict for an answered trajectory and None otherwise. ``relevances`` holds
     Rel in [0, 1] for each valid retrieval step, in order; it may be None only in outcome-only mode.
-    ``recall_gains`` holds, likewise, each retrieval step's share of the gold passages reached first
-    (:func:`~r3rag.rewards.scoring.gold_recall_gains`), needed when ``config.gold_recall`` is set; its
-    weighted value is part of the step's ``process`` reward.
+    ``search_bonuses`` holds, likewise, each retrieval step's bonus, already weighted
+    (:meth:`~r3rag.rewards.scoring.TrajectoryScorer.search_bonuses`), needed when ``config`` pays one
+    (:attr:`~r3rag.config.RewardConfig.pays_search_bonus`); it is part of the step's ``process`` reward.
     """
     if relevances is None and config.mode != "outcome":
         raise ValueError(f"mode {config.mode!r} needs a relevance score for every retrieval step")
-    if recall_gains is None and config.gold_recall:
-        raise ValueError("reward.gold_recall needs the recall gain of every retrieval step")
+    if search_bonuses is None and config.pays_search_bonus:
+        raise ValueError("reward.gold_recall / reward.bridge_queries need a bonus for every retrieval step")
     _check(
         trajectory,
         correct,
         None if relevances is None else len(relevances),
-        None if recall_gains is None else len(recall_gains),
+        None if search_bonuses is None else len(search_bonuses),
     )
     if relevances is not None and any(not 0.0 <= r <= 1.0 for r in relevances):
         raise ValueError(f"relevance scores must lie in [0, 1], got {list(relevances)}")
@@ -172,7 +173,7 @@ def shape_rewards(
     valid_steps = sum(step.valid for step in trajectory.steps) if per_trajectory else 1
     outcome_every_step = outcome / valid_steps if trajectory.status == TrajectoryStatus.ANSWERED else 0.0
     pending = iter(relevances or ())
-    gains = iter(recall_gains or ())
+    bonuses = iter(search_bonuses or ())
 
     def rounded(x: float) -> float:
         return x if config.round_digits is None else round(x, config.round_digits)
@@ -191,7 +192,7 @@ def shape_rewards(
             relevance = next(pending, None)
             if per_rel is not None and relevance is not None:
                 proc = per_rel * relevance
-            proc += config.gold_recall * next(gains, 0.0)
+            proc += next(bonuses, 0.0)
             if config.mode == "outcome":
                 out = outcome_every_step
         steps.append(

@@ -221,6 +221,7 @@ class PPOTrainer:
         from r3rag.llm.models import load_model
         from r3rag.retrieval import open_retriever
         from r3rag.rewards import TrajectoryScorer, build_relevance_judge, endpoint_generator
+        from r3rag.rewards.scoring import check_bonus_annotations
 
         actor, tokenizer = load_model(
             config.model,
@@ -229,6 +230,7 @@ class PPOTrainer:
         )
         retriever = open_retriever(RetrievalConfig(source=config.index))
         train = load_dataset(config.train)
+        check_bonus_annotations(config.reward, {str(config.train): train})
         judge_llm = endpoint_generator(config.judges)
         judge = CorrectnessJudge(config.judges, judge_llm)
         relevance = match = None

@@ -22,6 +22,7 @@ from r3rag.gold import resolve_gold_match
 from r3rag.integrations.verl.data import write_parquet
 from r3rag.integrations.verl.overrides import r3rag_overrides, trainer_overrides
 from r3rag.retrieval import open_retriever
+from r3rag.rewards.scoring import check_bonus_annotations
 from r3rag.schema import QAExample
 
 SCRIPT = "run_verl.sh"
@@ -41,7 +42,8 @@ class Prepared:
 def loop_settings(config: VerlPrepareConfig, sources: dict[str, list[QAExample]]) -> VerlLoopConfig:
     """The agent loop's config: the command's rollout, reward, judges and temperatures, the index as its
     retriever, and the gold-matching rule resolved against that index (for the reference relevance judge
-    and the gold-recall reward)."""
+    and the gold-recall reward). Questions that lack the gold a search bonus needs are refused here."""
+    check_bonus_annotations(config.reward, sources)
     retrieval = RetrievalConfig(source=config.index)
     judges = config.judges
     reference = judges.relevance == "reference" and config.reward.mode != "outcome"
