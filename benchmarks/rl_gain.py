@@ -71,6 +71,7 @@ from r3rag.pipeline import (  # noqa: E402
     stage_done,
 )
 from r3rag.pipeline_config import PipelineConfig  # noqa: E402
+from r3rag.rewards.scoring import bridge_entities, bridge_query_gains  # noqa: E402
 from r3rag.rl.ppo import (  # noqa: E402
     FINAL_DIR,
     ROLLOUTS_DIR,
@@ -78,6 +79,7 @@ from r3rag.rl.ppo import (  # noqa: E402
     SNAPSHOTS_DIR,
     PPOTrainer,
 )
+from r3rag.schema import QAExample, Trajectory  # noqa: E402
 
 BASE_DIR = "base"
 RUNS_DIR = "rl"
@@ -300,7 +302,8 @@ def records_of(system: System) -> dict[str, dict[str, Any]]:
 
 def report(config: PipelineConfig, out: Path, runs: dict[str, list[dict[str, Any]]]) -> str:
     """The markdown table of every evaluated system, and each RL run against R3-RAG-CS paired by question."""
-    types = {ex.id: ex.type or "?" for ex in load_dataset(out / BASE_DIR / "world" / "dev.jsonl")}
+    dev = {ex.id: ex for ex in load_dataset(out / BASE_DIR / "world" / "dev.jsonl")}
+    types = {i: ex.type or "?" for i, ex in dev.items()}
     found = systems(config, out, runs)
     by_system = {s.name: records_of(s) for s in found}
     budgets = {s.name: s.budget for s in found if s.budget is not None}
@@ -341,6 +344,8 @@ def report(config: PipelineConfig, out: Path, runs: dict[str, list[dict[str, Any
         + runs_table(by_system, budgets)
         + "\n\n"
         + evidence_table(by_system, types)
+        + "\n\n"
+        + bridge_table(by_system, dev)
         + "\n\n"
         + rollout_signal_table(out, runs)
         + "\n\n"
@@ -432,6 +437,35 @@ def evidence_table(by_system: dict[str, dict[str, dict[str, Any]]], types: dict[
         "Gold evidence retrieved on the dev questions: recall of the gold passages (%) per question type, "
         "and the share of questions with every gold passage retrieved (%):\n\n"
         + markdown_table(["system", *type_names, "all", "all gold found"], rows)
+    )
+
+
+def bridge_table(by_system: dict[str, dict[str, dict[str, Any]]], dev: dict[str, QAExample]) -> str:
+    """How far along each dev question's chain each system searched: the mean share of the question's bridge
+    entities (:func:`~r3rag.rewards.scoring.bridge_entities`) its queries named, per question type. Gold
+    recall also credits a first hop found with the wrong question; naming a bridge needs the hop read. Types
+    without bridges (comparisons) and systems without recorded queries are left out."""
+    shares: dict[str, dict[str, list[float]]] = {}
+    for name, records in by_system.items():
+        per_type: dict[str, list[float]] = defaultdict(list)
+        for i, record in records.items():
+            example, trajectory = dev[i], record.get("trajectory")
+            if trajectory is None or not example.decomposition or not bridge_entities(example):
+                continue
+            share = sum(bridge_query_gains(example, Trajectory.from_dict(trajectory)))
+            per_type[example.type or "?"].append(share)
+            per_type["all"].append(share)
+        if per_type:
+            shares[name] = per_type
+    type_names = sorted({t for per_type in shares.values() for t in per_type} - {"all"})
+    rows = [
+        [name, *(f"{100 * statistics.fmean(v[t]):.1f}" if v[t] else "-" for t in (*type_names, "all"))]
+        for name, v in shares.items()
+    ]
+    return (
+        "Bridge entities named in the queries on the dev questions (%): the share of each question's "
+        "bridges (answers of its gold hops that a later hop asks about) some query of the system named:\n\n"
+        + markdown_table(["system", *type_names, "all"], rows)
     )
 
 

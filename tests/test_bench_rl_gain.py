@@ -15,6 +15,7 @@ import pytest
 
 from r3rag.evaluation.runner import read_records
 from r3rag.jsonl import iter_jsonl
+from r3rag.schema import QAExample, Step, SubQuestion, Trajectory, TrajectoryStatus
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 RUN = "rloo-hybrid-kl0.05-mean-e1-0.01min-s0"
@@ -170,4 +171,38 @@ def test_the_evidence_table_averages_recall_per_type_and_counts_questions_with_a
         "| system | bridge | chain | all | all gold found |",
         "|---|---|---|---|---|",
         "| R3-RAG-CS | 50.0 | 62.5 | 58.3 | 33.3 |",  # chain (0.25 + 1) / 2; all 1.75 / 3; 1 of 3 whole
+    ]
+
+
+def queried(*queries: str) -> dict[str, object]:
+    """A prediction record whose trajectory searched ``queries`` and then answered."""
+    steps = [Step(index=n, analysis="a", query=q) for n, q in enumerate(queries, start=1)]
+    steps.append(Step(index=len(steps) + 1, analysis="so", answer="x"))
+    return {"trajectory": Trajectory("?", "Q?", steps, "x", TrajectoryStatus.ANSWERED).to_dict()}
+
+
+def test_the_bridge_table_averages_the_share_of_bridges_named_per_type(rl_gain: ModuleType) -> None:
+    """A chain with bridges Ann and Bo, a compositional question with bridge Cy, a comparison (no bridges:
+    left out). R3-RAG-CS named Ann (1/2) and Cy (1/1): chain 50.0, compositional 100.0, all 75.0; a
+    system without recorded trajectories has no row."""
+
+    def question(i: str, kind: str, *hops: tuple[str, str]) -> QAExample:
+        return QAExample(i, "Q?", ["x"], decomposition=[SubQuestion(q, a) for q, a in hops], type=kind)
+
+    dev = {
+        "c1": question("c1", "chain", ("q1?", "Ann"), ("Who hired Ann?", "Bo"), ("Where was Bo born?", "x")),
+        "k1": question("k1", "compositional", ("q1?", "Cy"), ("When was Cy born?", "x")),
+        "m1": question("m1", "comparison", ("A's year?", "1901"), ("B's year?", "1902")),
+    }
+    cs = {
+        "c1": queried("first hop?", "Who hired Ann?"),
+        "k1": queried("When was Cy born?"),
+        "m1": queried("a"),
+    }
+    untrained = {i: {"trajectory": None} for i in dev}
+    table = rl_gain.bridge_table({"R3-RAG-CS": cs, "untrained cot": untrained}, dev)
+    assert table.splitlines()[2:] == [
+        "| system | chain | compositional | all |",
+        "|---|---|---|---|",
+        "| R3-RAG-CS | 50.0 | 100.0 | 75.0 |",
     ]
