@@ -329,41 +329,29 @@ CHAIN = QAExample(
 )
 
 
+def decomposed(question: str, *hops: SubQuestion) -> QAExample:
+    return QAExample(id="q2", question=question, answers=[hops[-1].answer], decomposition=list(hops))
+
+
 def test_bridge_entities_are_the_hop_answers_a_later_hop_asks_about() -> None:
     """Normalised (the article dropped, so 'The Maport Brewery' matches the later 'Maport Brewery'); a
     comparison's values are asked about by no later hop; MuSiQue's ``#k`` refers to hop k (and ``#1`` is not
     ``#12``); an answer the question names already is no bridge."""
     assert bridge_entities(CHAIN) == ["theiin kreius", "maport brewery", "lestaa riwick"]
-    comparison = QAExample(
-        id="q2",
-        question="Which is older, Zeford Audio or Iron Music?",
-        answers=["Iron Music"],
-        decomposition=[
-            hop("founding year of Zeford Audio?", "1984"),
-            hop("founding year of Iron Music?", "1961"),
-        ],
+    comparison = decomposed(
+        "Which is older, Zeford Audio or Iron Music?",
+        hop("founding year of Zeford Audio?", "1984"),
+        hop("founding year of Iron Music?", "1961"),
     )
     assert bridge_entities(comparison) == []
-    musique = QAExample(
-        id="q3",
-        question="Who leads the party of Ken Epp?",
-        answers=["Stephen Harper"],
-        decomposition=[
-            hop("Ken Epp >> member of political party", "Conservative Party"),
-            hop("federal leader of #1", "Stephen Harper"),
-        ],
-    )
+    party = hop("Ken Epp >> member of political party", "Conservative Party")
+    musique = decomposed("Who leads the party of Ken Epp?", party, hop("federal leader of #1", "Harper"))
     assert bridge_entities(musique) == ["conservative party"]
-    hops = [*musique.decomposition[:1], hop("federal leader of #12", "Stephen Harper")]
-    assert bridge_entities(QAExample(id="q3", question="Q?", answers=["v"], decomposition=hops)) == []
-    named = QAExample(
-        id="q4",
-        question="Who employed the singer Theiin Kreius?",
-        answers=["Maport Brewery"],
-        decomposition=[
-            hop("Who is Theiin Kreius?", "Theiin Kreius"),
-            hop("Who employed Theiin Kreius?", "X"),
-        ],
+    assert bridge_entities(decomposed("Q?", party, hop("federal leader of #12", "Harper"))) == []
+    named = decomposed(
+        "Who employed the singer Theiin Kreius?",
+        hop("Who is Theiin Kreius?", "Theiin Kreius"),
+        hop("Who employed Theiin Kreius?", "X"),
     )
     assert bridge_entities(named) == []
     with pytest.raises(ValueError, match="example 'q5' has none"):
