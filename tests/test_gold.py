@@ -304,6 +304,29 @@ def test_ppo_refuses_bridge_queries_on_questions_without_a_decomposition(
         PPOTrainer.from_config(config)
 
 
+def test_verl_prepare_refuses_bridge_queries_before_writing_anything(
+    indexes: dict[str, Path], questions: Path, tmp_path: Path
+) -> None:
+    """The dev file lacks decompositions: the error names it and the folder gets no parquet files."""
+    from r3rag.config import RewardConfig, VerlPrepareConfig
+    from r3rag.integrations.verl.prepare import prepare
+
+    dev = tmp_path / "hotpot_dev.jsonl"
+    write_flashrag(dev, [dataclasses.replace(converted_question("h8"), decomposition=[])])
+    out = tmp_path / "verl"
+    config = VerlPrepareConfig(
+        model="any",
+        train=questions,
+        dev=dev,
+        index=str(indexes["flashrag"]),
+        out=out,
+        reward=RewardConfig(bridge_queries=1.0),
+    )
+    with pytest.raises(ValueError, match=f"{dev}: question 'h8' has no gold decomposition"):
+        prepare(config)
+    assert not list(out.glob("*.parquet"))
+
+
 def test_ppo_explicit_id_against_other_ids_fails_naming_the_train_file(
     indexes: dict[str, Path], questions: Path, policy_dir: Path, tmp_path: Path
 ) -> None:

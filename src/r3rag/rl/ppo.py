@@ -223,20 +223,20 @@ class PPOTrainer:
         from r3rag.rewards import TrajectoryScorer, build_relevance_judge, endpoint_generator
         from r3rag.rewards.scoring import check_bonus_annotations
 
+        train = load_dataset(config.train)
+        sources = {str(config.train): train}
+        check_bonus_annotations(config.reward, sources)  # before the model loads: minutes at 7B
         actor, tokenizer = load_model(
             config.model,
             dtype=weights_dtype(config.bf16, trained=config.lora_rank == 0),
             device=resolve_device(config.device),
         )
         retriever = open_retriever(RetrievalConfig(source=config.index))
-        train = load_dataset(config.train)
-        check_bonus_annotations(config.reward, {str(config.train): train})
         judge_llm = endpoint_generator(config.judges)
         judge = CorrectnessJudge(config.judges, judge_llm)
         relevance = match = None
         reference = config.judges.relevance == "reference" and config.reward.mode != "outcome"
         if reference or config.reward.gold_recall:  # logged here; metrics count judgements by rule
-            sources = {str(config.train): train}
             match = resolve_gold_match(config.judges.reference_match, sources, retriever).rule
         if config.reward.mode != "outcome":
             relevance = build_relevance_judge(config.judges, judge_llm, match=match)

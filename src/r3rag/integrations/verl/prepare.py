@@ -42,8 +42,7 @@ class Prepared:
 def loop_settings(config: VerlPrepareConfig, sources: dict[str, list[QAExample]]) -> VerlLoopConfig:
     """The agent loop's config: the command's rollout, reward, judges and temperatures, the index as its
     retriever, and the gold-matching rule resolved against that index (for the reference relevance judge
-    and the gold-recall reward). Questions that lack the gold a search bonus needs are refused here."""
-    check_bonus_annotations(config.reward, sources)
+    and the gold-recall reward)."""
     retrieval = RetrievalConfig(source=config.index)
     judges = config.judges
     reference = judges.relevance == "reference" and config.reward.mode != "outcome"
@@ -64,13 +63,14 @@ def prepare(config: VerlPrepareConfig) -> Prepared:
     out = config.out
     train_examples = load_dataset(config.train)
     sources = {str(config.train): train_examples}
+    if config.dev is not None:
+        sources[str(config.dev)] = load_dataset(config.dev)
+    check_bonus_annotations(config.reward, sources)  # before anything is written into the folder
     system = config.rollout.system_prompt
     train = write_parquet(train_examples, out / "train.parquet", system)
     dev = None
     if config.dev is not None:
-        dev_examples = load_dataset(config.dev)
-        sources[str(config.dev)] = dev_examples
-        dev = write_parquet(dev_examples, out / "dev.parquet", system)
+        dev = write_parquet(sources[str(config.dev)], out / "dev.parquet", system)
     loop = loop_settings(config, sources)
     dev_file = dev.resolve() if dev else None
     overrides = trainer_overrides(config, train.resolve(), dev_file, loop.rollout.max_new_tokens)
