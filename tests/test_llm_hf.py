@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from r3rag.llm.base import SamplingParams
-from r3rag.llm.hf import HFGenerator, RowSampling, sample_next_tokens
+from r3rag.llm.hf import HFGenerator, RowSampling, cache_keyword, sample_next_tokens
 from r3rag.steps import build_messages, render_prompt
 from tiny_llm import tiny_model, tiny_tokenizer
 
@@ -248,3 +248,21 @@ def test_the_decode_loop_never_waits_on_the_device(generator: HFGenerator, monke
         completions = generator.generate(conversations(4), sampling)
     assert [c.completion_tokens for c in completions] == [3, 9, 6, 9]
     assert seen and not syncing & set(seen), sorted(syncing & set(seen))
+
+
+def test_the_kv_cache_goes_by_the_keyword_the_installed_transformers_takes(generator: HFGenerator) -> None:
+    """transformers 5.x takes ``cache`` and warns that ``past_key_values`` goes away in 5.40; the floor (4.56)
+    has only ``past_key_values``. Generating with warnings as errors shows no deprecated keyword is used."""
+    import inspect
+    import warnings
+
+    takes_cache = "cache" in inspect.signature(generator.model.forward).parameters
+    assert generator.cache_keyword == ("cache" if takes_cache else "past_key_values")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        generator.generate(conversations(2), SamplingParams(max_new_tokens=3))
+
+    class Wrapper(torch.nn.Module):  # a forward of **kwargs only (a wrapper): the name every version takes
+        def forward(self, **kwargs: object) -> None: ...
+
+    assert cache_keyword(Wrapper()) == "past_key_values"

@@ -50,6 +50,7 @@ already has (a log-softmax over the vocabulary per token: no extra forward pass)
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -176,6 +177,7 @@ class HFGenerator:
         self.device = module_device(model)
         self.autocast = needs_autocast(model, bf16)
         self.eos_ids = _eos_ids(model, tokenizer)
+        self.cache_keyword = cache_keyword(model)
         pad = tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else min(self.eos_ids, default=0)
 
@@ -315,9 +317,9 @@ class HFGenerator:
                 input_ids=input_ids,
                 attention_mask=attention,
                 position_ids=positions,
-                past_key_values=cache,
                 use_cache=True,
                 logits_to_keep=1,
+                **{self.cache_keyword: cache},
             )
         return out.logits[:, -1, :].float()
 
@@ -350,6 +352,14 @@ class HFGenerator:
             completion_tokens=len(row.generated),
             token_logprobs=list(row.logprobs),
         )
+
+
+def cache_keyword(model: Any) -> str:
+    """The keyword a model's forward takes its KV cache by: ``cache`` from transformers 5.x (which warns that
+    ``past_key_values`` goes away in 5.40), ``past_key_values`` before (the floor, 4.56, has no ``cache``).
+    A forward that takes only ``**kwargs`` (a wrapper) gets the name every version still accepts today."""
+    parameters = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in parameters else "past_key_values"
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> frozenset[int]:
