@@ -13,7 +13,8 @@ Runs, into one folder (every part resumes, every finished part is skipped on a r
    and each RL run against R3-RAG-CS paired by question (exact McNemar), written to ``report.md``; then each
    RL configuration at each budget over its seeds, and the correct share of each run's sampled trajectories
    per question type (a type no sample answers gives no update a signal), and every run iteration by
-   iteration (what its rollouts did, what its update cost in KL); ``curves.png``: KL, beta, format errors and
+   iteration (what its rollouts did, what its update cost in KL), and where each run's time went (generation,
+   the log-prob passes, the update); ``curves.png``: KL, beta, format errors and
    reward of every run against its minutes.
 
 A run is named by its configuration, budget and seed (``rloo-hybrid-kl0.03-60min-s1``). ``--kl-target``
@@ -350,6 +351,8 @@ def report(config: PipelineConfig, out: Path, runs: dict[str, list[dict[str, Any
         + rollout_signal_table(out, runs)
         + "\n\n"
         + iterations_table(runs)
+        + "\n\n"
+        + time_table(runs)
         + "\n"
     )
 
@@ -525,6 +528,40 @@ def iterations_table(runs: dict[str, list[dict[str, Any]]]) -> str:
         "Every RL run per iteration (its sampled trajectories; KL per action token to R3-RAG-CS):\n\n"
         + markdown_table(header, rows)
     )
+
+
+PHASES = {
+    "generation": ("time/rollout",),
+    "log-prob passes": ("time/policy_pass", "time/reference_pass"),
+    "update": ("time/update",),
+}
+"""The columns of :func:`time_table`: a phase of an iteration and the ``time/*`` keys it adds up (the
+passes without gradients: the old and the reference log-probs)."""
+
+
+def time_table(runs: dict[str, list[dict[str, Any]]]) -> str:
+    """Where each RL run's minutes went: its mean iteration and each :data:`PHASES`' share of the time of its
+    iterations (the rest, "other": scoring, checkpoints, the curve); iterations lacking a key are left out."""
+    keys = ["time/iteration", *(key for phase in PHASES.values() for key in phase)]
+    rows = []
+    for name, records in runs.items():
+        timed = [r for r in records if all(key in r for key in keys)]
+        if not timed:
+            continue
+        total = sum(r["time/iteration"] for r in timed)
+        shares = [sum(r[key] for r in timed for key in phase) / total for phase in PHASES.values()]
+        rows.append(
+            [
+                name,
+                str(len(timed)),
+                f"{total / len(timed) / 60:.1f}",
+                *(f"{share:.0%}" for share in shares),
+                f"{1 - sum(shares):.0%}",
+            ]
+        )
+    header = ["RL run", "iterations", "minutes/iteration", *PHASES, "other"]
+    title = "Where an iteration's time went (share of each run's iterations):\n\n"
+    return title + markdown_table(header, rows)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -206,3 +206,17 @@ def test_the_bridge_table_averages_the_share_of_bridges_named_per_type(rl_gain: 
         "|---|---|---|---|",
         "| R3-RAG-CS | 50.0 | 100.0 | 75.0 |",
     ]
+
+
+def test_the_time_table_gives_each_phase_its_share_of_a_runs_iterations(rl_gain: ModuleType) -> None:
+    first = {"iteration": 1, "time/iteration": 500.0, "time/rollout": 150.0, "time/update": 240.0}
+    first.update({"time/policy_pass": 60.0, "time/reference_pass": 30.0})
+    second = {**first, "iteration": 2, "time/iteration": 700.0, "time/rollout": 330.0}
+    untimed = {"iteration": 3, "time/iteration": 900.0}  # lacks the phases: left out
+    table = rl_gain.time_table({"rloo-a": [first, second, untimed], "old": [untimed]})
+    assert table.splitlines()[2:] == [
+        "| RL run | iterations | minutes/iteration | generation | log-prob passes | update | other |",
+        "|---|---|---|---|---|---|---|",
+        # 1,200 s over 2 iterations; generation (150 + 330) / 1200; passes 180 / 1200; update 480 / 1200
+        "| rloo-a | 2 | 10.0 | 40% | 15% | 40% | 5% |",
+    ]
