@@ -72,6 +72,7 @@ from r3rag.pipeline import (  # noqa: E402
     stage_done,
 )
 from r3rag.pipeline_config import PipelineConfig  # noqa: E402
+from r3rag.rewards.metrics import normalize_answer  # noqa: E402
 from r3rag.rewards.scoring import bridge_entities, bridge_query_gains  # noqa: E402
 from r3rag.rl.ppo import (  # noqa: E402
     FINAL_DIR,
@@ -348,6 +349,8 @@ def report(config: PipelineConfig, out: Path, runs: dict[str, list[dict[str, Any
         + "\n\n"
         + bridge_table(by_system, dev)
         + "\n\n"
+        + sides_table(by_system, dev)
+        + "\n\n"
         + rollout_signal_table(out, runs)
         + "\n\n"
         + iterations_table(runs)
@@ -469,6 +472,51 @@ def bridge_table(by_system: dict[str, dict[str, dict[str, Any]]], dev: dict[str,
         "Bridge entities named in the queries on the dev questions (%): the share of each question's "
         "bridges (answers of its gold hops that a later hop asks about) some query of the system named:\n\n"
         + markdown_table(["system", *type_names, "all"], rows)
+    )
+
+
+TWO_WAY_TYPES = frozenset({"comparison", "bridge_comparison"})
+"""Question types answered by one of two sides: "yes" / "no", or one of the two entities named."""
+TWO_OPTIONS = re.compile(r"[,:] (?P<first>[^,:]+) or (?P<second>[^,:]+)\?$")
+"""The two entities a comparison of the synthetic world names last: "Who was born first, A or B?"."""
+SIDES = ("first", "second", "yes", "no", "other")
+
+
+def answer_side(question: str, answer: str | None) -> str:
+    """The side of a two-way question an answer takes (:data:`SIDES`): "yes" or "no", the "first" or
+    "second" of the two entities the question ends with, else "other" (no answer, anything else)."""
+    text = normalize_answer(answer or "")
+    if text in ("yes", "no"):
+        return text
+    options = TWO_OPTIONS.search(question)
+    for side in ("first", "second"):
+        if options is not None and text == normalize_answer(options[side]):
+            return side
+    return "other"
+
+
+def sides_table(by_system: dict[str, dict[str, dict[str, Any]]], dev: dict[str, QAExample]) -> str:
+    """Which side the gold answers and each system's answers take on the two-way dev questions, and what
+    the best constant answer (always the commoner gold side of each form) would score: a system that answers
+    more often with the side the gold favours gains without reading anything."""
+    two_way = {i: ex for i, ex in dev.items() if ex.type in TWO_WAY_TYPES}
+    asked = set(two_way) & {i for records in by_system.values() for i in records}
+    if not asked:
+        return ""
+    gold = {side: 0 for side in SIDES}
+    for i in asked:
+        gold[answer_side(two_way[i].question, two_way[i].answers[0])] += 1
+    constant = max(gold["first"], gold["second"]) + max(gold["yes"], gold["no"])
+    rows = [["gold answers", str(len(asked)), *(str(gold[side]) for side in SIDES)]]
+    for name, records in by_system.items():
+        counts = {side: 0 for side in SIDES}
+        for i in asked & set(records):
+            counts[answer_side(two_way[i].question, records[i].get("prediction"))] += 1
+        rows.append([name, str(sum(counts.values())), *(str(counts[side]) for side in SIDES)])
+    return (
+        "Sides taken on the two-way dev questions (comparisons: yes / no, or the first / second of the two "
+        "entities named): always answering the commoner gold side of each form would score "
+        f"{100 * constant / len(asked):.1f}% of them:\n\n" + markdown_table(["answers", "n", *SIDES], rows)
     )
 
 

@@ -220,3 +220,39 @@ def test_the_time_table_gives_each_phase_its_share_of_a_runs_iterations(rl_gain:
         # 1,200 s over 2 iterations; generation (150 + 330) / 1200; passes 180 / 1200; update 480 / 1200
         "| rloo-a | 2 | 10.0 | 40% | 15% | 40% | 5% |",
     ]
+
+
+def test_the_sides_table_counts_the_side_each_answer_takes_on_two_way_questions(rl_gain: ModuleType) -> None:
+    """Gold: second, second, first, no, no (and a chain question, left out): always "the second" and "no"
+    would score 4 of 5. R3-RAG-CS answers the first, the first again (equal up to case and articles),
+    something else, yes, and nothing; the RL run "the second" and "no" everywhere."""
+    dev = {
+        "w1": QAExample("w1", "Who was born first, Ann Lee or Bo Ma?", ["Bo Ma"], type="comparison"),
+        "w2": QAExample("w2", "Which came out first, The Sea or Rain?", ["Rain"], type="comparison"),
+        "w3": QAExample("w3", "Whose creator was born later: X or Y?", ["X"], type="bridge_comparison"),
+        "y1": QAExample("y1", "Do A and B have the same creator?", ["no"], type="comparison"),
+        "y2": QAExample(
+            "y2", "Were the founders of A and B born in the same city?", ["no"], type="bridge_comparison"
+        ),
+        "c1": QAExample("c1", "Where was the founder of A born?", ["Zed"], type="chain"),
+    }
+    cs = {
+        "w1": {"prediction": "Ann Lee"},
+        "w2": {"prediction": "the sea"},
+        "w3": {"prediction": "Zed"},
+        "y1": {"prediction": "Yes."},
+        "y2": {"prediction": None},
+        "c1": {"prediction": "no"},
+    }
+    rl = {"w1": {"prediction": "Bo Ma"}, "w2": {"prediction": "Rain"}, "w3": {"prediction": "Y"}}
+    rl.update({"y1": {"prediction": "no"}, "y2": {"prediction": "no"}})
+    table = rl_gain.sides_table({"R3-RAG-CS": cs, "rloo": rl}, dev)
+    lines = table.splitlines()
+    assert "would score 80.0% of them" in lines[0]
+    assert lines[2:] == [
+        "| answers | n | first | second | yes | no | other |",
+        "|---|---|---|---|---|---|---|",
+        "| gold answers | 5 | 1 | 2 | 0 | 2 | 0 |",
+        "| R3-RAG-CS | 5 | 2 | 0 | 1 | 0 | 2 |",
+        "| rloo | 5 | 0 | 3 | 0 | 2 | 0 |",
+    ]
