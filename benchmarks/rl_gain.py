@@ -495,28 +495,44 @@ def answer_side(question: str, answer: str | None) -> str:
     return "other"
 
 
+def two_way_answer(question: str, answer: str | None) -> bool:
+    """Whether an answer has a two-way question's form: "yes", "no", or words the question names."""
+    text = normalize_answer(answer or "")
+    return text in ("yes", "no") or (bool(text) and text in normalize_answer(question))
+
+
 def sides_table(by_system: dict[str, dict[str, dict[str, Any]]], dev: dict[str, QAExample]) -> str:
     """Which side the gold answers and each system's answers take on the two-way dev questions, and what
     the best constant answer (always the commoner gold side of each form) would score: a system that answers
-    more often with the side the gold favours gains without reading anything."""
+    more often with the side the gold favours gains without reading anything. The last column: how often the
+    answers to every other question have a two-way answer's form (:func:`two_way_answer`; the gold row: how
+    often the gold answers themselves do)."""
     two_way = {i: ex for i, ex in dev.items() if ex.type in TWO_WAY_TYPES}
     asked = set(two_way) & {i for records in by_system.values() for i in records}
     if not asked:
         return ""
-    gold = {side: 0 for side in SIDES}
-    for i in asked:
-        gold[answer_side(two_way[i].question, two_way[i].answers[0])] += 1
-    constant = max(gold["first"], gold["second"]) + max(gold["yes"], gold["no"])
-    rows = [["gold answers", str(len(asked)), *(str(gold[side]) for side in SIDES)]]
-    for name, records in by_system.items():
-        counts = {side: 0 for side in SIDES}
-        for i in asked & set(records):
-            counts[answer_side(two_way[i].question, records[i].get("prediction"))] += 1
-        rows.append([name, str(sum(counts.values())), *(str(counts[side]) for side in SIDES)])
+    others = {i for records in by_system.values() for i in records} - asked
+
+    def row(name: str, answers: dict[str, str | None]) -> tuple[list[str], dict[str, int]]:
+        sides = {side: 0 for side in SIDES}
+        for i in asked & set(answers):
+            sides[answer_side(dev[i].question, answers[i])] += 1
+        rest = [two_way_answer(dev[i].question, answers[i]) for i in others & set(answers)]
+        shape = f"{100 * statistics.fmean(rest):.1f}" if rest else "-"
+        return [name, str(sum(sides.values())), *(str(sides[side]) for side in SIDES), shape], sides
+
+    gold, sides = row("gold answers", {i: dev[i].answers[0] for i in asked | others})
+    constant = max(sides["first"], sides["second"]) + max(sides["yes"], sides["no"])
+    predicted = {
+        name: {i: r.get("prediction") for i, r in records.items()} for name, records in by_system.items()
+    }
+    rows = [gold, *(row(name, answers)[0] for name, answers in predicted.items())]
+    header = ["answers", "n", *SIDES, "two-way form on the other types (%)"]
     return (
         "Sides taken on the two-way dev questions (comparisons: yes / no, or the first / second of the two "
         "entities named): always answering the commoner gold side of each form would score "
-        f"{100 * constant / len(asked):.1f}% of them:\n\n" + markdown_table(["answers", "n", *SIDES], rows)
+        f"{100 * constant / len(asked):.1f}% of them; last column: the share of the answers to the other "
+        "questions that are yes, no, or words of the question:\n\n" + markdown_table(header, rows)
     )
 
 
