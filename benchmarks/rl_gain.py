@@ -13,9 +13,10 @@ Runs, into one folder (every part resumes, every finished part is skipped on a r
    and each RL run against R3-RAG-CS paired by question (exact McNemar), written to ``report.md``; then each
    RL configuration at each budget over its seeds, and the correct share of each run's sampled trajectories
    per question type (a type no sample answers gives no update a signal), and every run iteration by
-   iteration (what its rollouts did, what its update cost in KL), and where each run's time went (generation,
-   the log-prob passes, the update); ``curves.png``: KL, beta, format errors and
-   reward of every run against its minutes.
+   iteration (what its rollouts did, what its update cost in KL), where each run's time went (generation,
+   the log-prob passes, the update), and the side each system's answers take on the comparisons (yes / no,
+   first / second entity) against the gold's sides and the best constant answer; ``curves.png``: KL, beta,
+   format errors and reward of every run against its minutes.
 
 A run is named by its configuration, budget and seed (``rloo-hybrid-kl0.03-60min-s1``). ``--kl-target``
 switches on the adaptive KL penalty; ``--snapshot-minutes 60`` makes each run also keep, and the experiment
