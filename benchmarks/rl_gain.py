@@ -606,7 +606,8 @@ passes without gradients: the old and the reference log-probs)."""
 
 def time_table(runs: dict[str, list[dict[str, Any]]]) -> str:
     """Where each RL run's minutes went: its mean iteration and each :data:`PHASES`' share of the time of its
-    iterations (the rest, "other": scoring, checkpoints, the curve); iterations lacking a key are left out."""
+    iterations (the rest, "other": scoring, dev evaluations, checkpoints, the curve); iterations lacking a key
+    are left out."""
     keys = ["time/iteration", *(key for phase in PHASES.values() for key in phase)]
     rows = []
     for name, records in runs.items():

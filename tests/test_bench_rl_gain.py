@@ -223,10 +223,11 @@ def test_the_time_table_gives_each_phase_its_share_of_a_runs_iterations(rl_gain:
 
 
 def test_the_sides_table_counts_the_side_each_answer_takes_on_two_way_questions(rl_gain: ModuleType) -> None:
-    """Gold: second, second, first, no, no (and a chain question, left out): always "the second" and "no"
-    would score 4 of 5. R3-RAG-CS answers the first, the first again (equal up to case and articles),
-    something else, yes, and nothing; the RL run "the second" and "no" everywhere. On the chain question
-    R3-RAG-CS answered "no" (a two-way form: 100%), the RL run nothing (0%), the gold "Zed" (0%)."""
+    """Gold: second, second, first, no, no (the chain question counts in the last column only): always
+    "the second" and "no" would score 4 of 5. R3-RAG-CS answers the first, the first again (equal up to
+    case and articles), something else, yes, and nothing; the RL run "the second" and "no" everywhere. On
+    the chain question R3-RAG-CS answered "no" (a two-way form: 100%), the RL run nothing (0%), the gold
+    "Zed" (0%)."""
     dev = {
         "w1": QAExample("w1", "Who was born first, Ann Lee or Bo Ma?", ["Bo Ma"], type="comparison"),
         "w2": QAExample("w2", "Which came out first, The Sea or Rain?", ["Rain"], type="comparison"),
