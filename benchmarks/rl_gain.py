@@ -508,11 +508,11 @@ def sides_table(by_system: dict[str, dict[str, dict[str, Any]]], dev: dict[str, 
     more often with the side the gold favours gains without reading anything. The last column: how often the
     answers to every other question have a two-way answer's form (:func:`two_way_answer`; the gold row: how
     often the gold answers themselves do)."""
-    two_way = {i: ex for i, ex in dev.items() if ex.type in TWO_WAY_TYPES}
-    asked = set(two_way) & {i for records in by_system.values() for i in records}
+    evaluated = {i for records in by_system.values() for i in records}
+    asked = {i for i in evaluated if dev[i].type in TWO_WAY_TYPES}
     if not asked:
         return ""
-    others = {i for records in by_system.values() for i in records} - asked
+    others = evaluated - asked
 
     def row(name: str, answers: dict[str, str | None]) -> tuple[list[str], dict[str, int]]:
         sides = {side: 0 for side in SIDES}
