@@ -1011,11 +1011,18 @@ class _Pool:
 
     def __init__(self, split: str, entities: Sequence[Entity]):
         self.split = split
+        self.sides: Counter[tuple[str, str]] = Counter()  # (question type, answer side) of accepted questions
         self.by_kind: dict[str, list[Entity]] = defaultdict(list)
         self.by_subtype: dict[tuple[str, str], list[Entity]] = defaultdict(list)
         for entity in entities:
             self.by_kind[entity.kind].append(entity)
             self.by_subtype[entity.kind, entity.subtype].append(entity)
+
+    def lagging(self, qtype: str, side: str, other: str, rng: random.Random) -> bool:
+        """Whether the next ``qtype`` question should take ``side`` rather than ``other``: the side fewer
+        accepted questions took so far, a coin on a tie."""
+        have, rival = self.sides[qtype, side], self.sides[qtype, other]
+        return have < rival or (have == rival and rng.random() < 0.5)
 
 
 class _QuestionMaker:
@@ -1181,8 +1188,11 @@ class _QuestionMaker:
     def comparison(self, qtype: str, pool: _Pool) -> QAExample | None:
         """Two entities of the same kind, each followed through the bridge to the compared attribute.
 
-        Yes/no questions pick the second entity to match or not on purpose, half and half: left to chance,
-        two random people almost never share a hometown and "no" would always be right.
+        The answer's side is chosen, not left to chance, so that a split's answers are half "yes", half "no"
+        and half the first entity named, half the second (:meth:`_Pool.lagging`): two random people almost
+        never share a hometown, so "no" would always be right, and a side drawn by a coin drifts with every
+        draw that fails (a "yes" finds no matching pair more often than a "no"), which left dev questions
+        80% "no" and made a constant answer a strategy RL could learn.
         """
         bridged = qtype == "bridge_comparison"
         kind, bridge, attribute, templates = self.rng.choice(
@@ -1195,7 +1205,7 @@ class _QuestionMaker:
             return None
         hops_a, _, value_a = walked_a
         yes_no = (kind, bridge, attribute, templates) in _COMPARE_SAME
-        want_same = yes_no and self.rng.random() < 0.5
+        want_same = yes_no and pool.lagging(qtype, "yes", "no", self.rng)
         others = [e for e in pool.by_subtype[kind, a.subtype] if e is not a]
         self.rng.shuffle(others)
         for b in others[:200]:
@@ -1217,12 +1227,14 @@ class _QuestionMaker:
                 [],
                 compare=attribute,
                 bridge=list(bridge),
+                side="yes" if want_same else "no",
             )
-        earlier = self.rng.random() < 0.5
+        first_wins = pool.lagging(qtype, "first", "second", self.rng)
+        earlier = (int(value_a) < int(value_b)) == first_wins
         words = {"first": "first", "older": "older"} if earlier else {"first": "later", "older": "younger"}
         if not earlier and attribute == "founded":
             words["older"] = "newer"
-        winner = a if (int(value_a) < int(value_b)) == earlier else b
+        winner = a if first_wins else b
         question = self.b.phrase(templates).format(**fill, **words)
         return self.example(
             qtype,
@@ -1233,6 +1245,7 @@ class _QuestionMaker:
             compare=attribute,
             bridge=list(bridge),
             order="earlier" if earlier else "later",
+            side="first" if first_wins else "second",
         )
 
     def make(self, qtype: str, pool: _Pool) -> QAExample | None:
@@ -1305,6 +1318,8 @@ def _questions(
             if example is None or example.question in seen:
                 continue
             seen.add(example.question)
+            if "side" in example.metadata:
+                pool.sides[qtype, example.metadata["side"]] += 1
             out.append(example)
             made += 1
     maker.rng.shuffle(out)
