@@ -505,30 +505,40 @@ def two_way_answer(question: str, answer: str | None) -> bool:
 def sides_table(by_system: dict[str, dict[str, dict[str, Any]]], dev: dict[str, QAExample]) -> str:
     """Which side the gold answers and each system's answers take on the two-way dev questions, and what
     the best constant answer (always the commoner gold side of each form) would score: a system that answers
-    more often with the side the gold favours gains without reading anything. The last column: how often the
-    answers to every other question have a two-way answer's form (:func:`two_way_answer`; the gold row: how
-    often the gold answers themselves do)."""
+    more often with the side the gold favours gains without reading anything. Then how many of the questions
+    of each gold side the system got right: a side preference gains on one side what it loses on the other.
+    The last column: how often the answers to every other question have a two-way answer's form
+    (:func:`two_way_answer`; the gold row: how often the gold answers themselves do)."""
     evaluated = {i for records in by_system.values() for i in records}
     asked = {i for i in evaluated if dev[i].type in TWO_WAY_TYPES}
     if not asked:
         return ""
     others = evaluated - asked
+    gold_side = {i: answer_side(dev[i].question, dev[i].answers[0]) for i in asked}
 
-    def row(name: str, answers: dict[str, str | None]) -> tuple[list[str], dict[str, int]]:
+    def row(name: str, answers: dict[str, str | None], right: str) -> tuple[list[str], dict[str, int]]:
         sides = {side: 0 for side in SIDES}
         for i in asked & set(answers):
             sides[answer_side(dev[i].question, answers[i])] += 1
         rest = [two_way_answer(dev[i].question, answers[i]) for i in others & set(answers)]
         shape = f"{100 * statistics.fmean(rest):.1f}" if rest else "-"
-        return [name, str(sum(sides.values())), *(str(sides[side]) for side in SIDES), shape], sides
+        return [name, str(sum(sides.values())), *(str(sides[side]) for side in SIDES), right, shape], sides
 
-    gold, sides = row("gold answers", {i: dev[i].answers[0] for i in asked | others})
+    def right_by_gold_side(records: dict[str, dict[str, Any]]) -> str:
+        right = {side: 0 for side in SIDES[:-1]}
+        for i in asked & set(records):
+            if records[i].get("acc") and gold_side[i] in right:
+                right[gold_side[i]] += 1
+        return " / ".join(str(count) for count in right.values())
+
+    gold, sides = row("gold answers", {i: dev[i].answers[0] for i in asked | others}, "-")
     constant = max(sides["first"], sides["second"]) + max(sides["yes"], sides["no"])
-    predicted = {
-        name: {i: r.get("prediction") for i, r in records.items()} for name, records in by_system.items()
-    }
-    rows = [gold, *(row(name, answers)[0] for name, answers in predicted.items())]
-    header = ["answers", "n", *SIDES, "two-way form on the other types (%)"]
+    rows = [gold]
+    for name, records in by_system.items():
+        answers = {i: r.get("prediction") for i, r in records.items()}
+        rows.append(row(name, answers, right_by_gold_side(records))[0])
+    header = ["answers", "n", *SIDES, "right by gold side: first / second / yes / no"]
+    header.append("two-way form on the other types (%)")
     return (
         "Sides taken on the two-way dev questions (comparisons: yes / no, or the first / second of the two "
         "entities named): always answering the commoner gold side of each form would score "

@@ -225,9 +225,10 @@ def test_the_time_table_gives_each_phase_its_share_of_a_runs_iterations(rl_gain:
 def test_the_sides_table_counts_the_side_each_answer_takes_on_two_way_questions(rl_gain: ModuleType) -> None:
     """Gold: second, second, first, no, no (the chain question counts in the last column only): always
     "the second" and "no" would score 4 of 5. R3-RAG-CS answers the first, the first again (equal up to
-    case and articles), something else, yes, and nothing; the RL run "the second" and "no" everywhere. On
-    the chain question R3-RAG-CS answered "no" (a two-way form: 100%), the RL run nothing (0%), the gold
-    "Zed" (0%)."""
+    case and articles), something else, yes, and nothing; the RL run "the second" and "no" everywhere. Right
+    by gold side (as the evaluation's acc says): R3-RAG-CS none; the RL run both "second" questions (w1, w2)
+    and both "no" (y1, y2), not the "first" one (w3). On the chain question R3-RAG-CS answered "no" (a two-way
+    form: 100%), the RL run nothing (0%), the gold "Zed" (0%)."""
     dev = {
         "w1": QAExample("w1", "Who was born first, Ann Lee or Bo Ma?", ["Bo Ma"], type="comparison"),
         "w2": QAExample("w2", "Which came out first, The Sea or Rain?", ["Rain"], type="comparison"),
@@ -246,15 +247,17 @@ def test_the_sides_table_counts_the_side_each_answer_takes_on_two_way_questions(
         "y2": {"prediction": None},
         "c1": {"prediction": "no"},
     }
-    rl = {"w1": {"prediction": "Bo Ma"}, "w2": {"prediction": "Rain"}, "w3": {"prediction": "Y"}, "c1": {}}
-    rl.update({"y1": {"prediction": "no"}, "y2": {"prediction": "no"}})
+    rl = {"w1": {"prediction": "Bo Ma", "acc": 1.0}, "w2": {"prediction": "Rain", "acc": 1.0}, "c1": {}}
+    rl.update({"w3": {"prediction": "Y", "acc": 0.0}})
+    rl.update({"y1": {"prediction": "no", "acc": 1.0}, "y2": {"prediction": "no", "acc": 1.0}})
     table = rl_gain.sides_table({"R3-RAG-CS": cs, "rloo": rl}, dev)
     lines = table.splitlines()
     assert "would score 80.0% of them" in lines[0]
     assert lines[2:] == [
-        "| answers | n | first | second | yes | no | other | two-way form on the other types (%) |",
-        "|---|---|---|---|---|---|---|---|",
-        "| gold answers | 5 | 1 | 2 | 0 | 2 | 0 | 0.0 |",
-        "| R3-RAG-CS | 5 | 2 | 0 | 1 | 0 | 2 | 100.0 |",
-        "| rloo | 5 | 0 | 3 | 0 | 2 | 0 | 0.0 |",
+        "| answers | n | first | second | yes | no | other | right by gold side: first / second / yes / no "
+        "| two-way form on the other types (%) |",
+        "|---|---|---|---|---|---|---|---|---|",
+        "| gold answers | 5 | 1 | 2 | 0 | 2 | 0 | - | 0.0 |",
+        "| R3-RAG-CS | 5 | 2 | 0 | 1 | 0 | 2 | 0 / 0 / 0 / 0 | 100.0 |",
+        "| rloo | 5 | 0 | 3 | 0 | 2 | 0 | 0 / 2 / 0 / 2 | 0.0 |",
     ]
