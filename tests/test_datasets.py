@@ -7,7 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from r3rag.data.datasets import detect_format, iter_dataset, load_dataset, to_flashrag, write_flashrag
+from r3rag.data.datasets import (
+    detect_format,
+    iter_dataset,
+    load_dataset,
+    of_types,
+    to_flashrag,
+    write_flashrag,
+)
 from r3rag.jsonl import RecordError
 from r3rag.schema import QAExample, SubQuestion, passage_id_for
 from sample_data import sample_file
@@ -223,3 +230,15 @@ def test_real_samples_load_with_their_evidence(name, fmt, count, tmp_path):
     out = tmp_path / "out.jsonl"
     write_flashrag(out, [e for e, _ in loaded])
     assert load_dataset(out) == [e for e, _ in loaded]
+
+
+def test_of_types_keeps_the_named_types_in_file_order_and_names_a_type_the_file_lacks() -> None:
+    kinds = ["chain", "comparison", "", "chain"]
+    examples = [QAExample(f"q{i}", "?", ["a"], type=t) for i, t in enumerate(kinds)]
+    assert of_types(examples, [], "f.jsonl") == examples
+    assert [e.id for e in of_types(examples, ["chain"], "f.jsonl")] == ["q0", "q3"]
+    assert [e.id for e in of_types(examples, ["comparison", "chain"], "f.jsonl")] == ["q0", "q1", "q3"]
+    with pytest.raises(ValueError) as error:
+        of_types(examples, ["chain", "bridge"], "f.jsonl")
+    expected = "f.jsonl: no question of type 'bridge' (it has: (none) 1, chain 2, comparison 1)"
+    assert str(error.value) == expected

@@ -304,6 +304,38 @@ def test_ppo_refuses_bridge_queries_on_questions_without_a_decomposition(
         PPOTrainer.from_config(config)
 
 
+def test_train_types_leave_the_trainer_and_verl_prepare_only_those_questions(
+    indexes: dict[str, Path], policy_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``train_types``: the in-process trainer samples, and veRL's train.parquet gets, only those types
+    (the parquet writer is recorded: pyarrow lives in the veRL environment, not this one)."""
+    from r3rag.config import VerlPrepareConfig
+    from r3rag.integrations.verl import prepare as verl_prepare
+
+    written: dict[str, list[str]] = {}
+
+    def record(examples: list[QAExample], path: Path, system: str | None) -> Path:
+        written[path.name] = [e.id for e in examples]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+    monkeypatch.setattr(verl_prepare, "write_parquet", record)
+
+    train = tmp_path / "mixed.jsonl"
+    kinds = ["compositional", "comparison", "chain", "comparison"]
+    mixed = [dataclasses.replace(converted_question(f"m{i}"), type=t) for i, t in enumerate(kinds)]
+    write_flashrag(train, mixed)
+    index = str(indexes["flashrag"])
+    config = tiny_config(tmp_path / "ppo", model=str(policy_dir), train=train, index=index)
+    config = config.model_copy(update={"train_types": ["chain", "compositional"]})
+    assert [e.id for e in PPOTrainer.from_config(config).train_examples] == ["m0", "m2"]
+    verl = VerlPrepareConfig(
+        model="any", train=train, index=index, out=tmp_path / "verl", train_types=["comparison"]
+    )
+    verl_prepare.prepare(verl)
+    assert written == {"train.parquet": ["m1", "m3"]}
+
+
 def test_verl_prepare_refuses_bridge_queries_before_writing_anything(
     indexes: dict[str, Path], questions: Path, tmp_path: Path
 ) -> None:

@@ -816,6 +816,16 @@ def _rollout_agent() -> AgentConfig:
     return AgentConfig(top_k=2, max_doc_chars=512)
 
 
+def _train_types_field() -> Any:
+    """``train_types`` of the in-process trainer and of veRL's prepare: one description for both."""
+    return Field(
+        default_factory=list,
+        description="Train on the questions of these types only (their `type`: the world's compositional, "
+        "chain, inference, comparison, bridge_comparison; HotpotQA's bridge, comparison); empty: all. Our "
+        "option: on a CPU budget, RL on two-way questions learnt a side, not reading (docs/results.md).",
+    )
+
+
 class PPOConfig(StageConfig):
     """``r3rag train``: PPO with the hybrid reward, from the cold-start model (R3-RAG-CS) to R3-RAG.
 
@@ -826,6 +836,7 @@ class PPOConfig(StageConfig):
 
     model: str = Field(description="The cold-start policy R3-RAG-CS: a model folder (or any model name).")
     train: Path = Field(description="Training questions (FlashRAG jsonl or any dataset r3rag reads).")
+    train_types: list[str] = _train_types_field()
     index: str = Field(description="Index folder, or the URL of `r3rag serve retriever`.")
     out: Path = Field(description="Run folder: config.yaml, metrics.jsonl, curve.png, checkpoints/, final/.")
     dev: Path | None = Field(None, description="Dev questions for the periodic greedy evaluation.")
@@ -1136,6 +1147,7 @@ class VerlPrepareConfig(StageConfig):
 
     model: str = Field(description="The cold-start policy R3-RAG-CS (a Hugging Face folder on every node).")
     train: Path = Field(description="Training questions (FlashRAG jsonl or any dataset r3rag reads).")
+    train_types: list[str] = _train_types_field()
     index: str = Field(description="The URL of `r3rag serve retriever` (or an index folder every node has).")
     out: Path = Field(description="Folder for train.parquet, dev.parquet, overrides.txt and run_verl.sh.")
     dev: Path | None = Field(None, description="Dev questions, veRL's validation set (greedy).")

@@ -19,6 +19,7 @@ A malformed record is a :class:`~r3rag.jsonl.RecordError` naming the file, the r
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -320,6 +321,21 @@ def load_dataset(path: str | Path, format: str | None = None) -> list[QAExample]
         seen.add(example.id)
         examples.append(example)
     return examples
+
+
+def of_types(examples: Sequence[QAExample], types: Sequence[str], source: str | Path) -> list[QAExample]:
+    """The questions whose ``type`` is one of ``types`` (none given: all of them). A type no question of
+    ``source`` has is an error naming the types it does have: a misspelt type would otherwise train on
+    fewer questions than asked, silently."""
+    if not types:
+        return list(examples)
+    counts = Counter(example.type for example in examples)
+    missing = [t for t in types if t not in counts]
+    if missing:
+        found = ", ".join(f"{t or '(none)'} {n}" for t, n in sorted(counts.items())) or "no questions"
+        raise ValueError(f"{source}: no question of type {', '.join(map(repr, missing))} (it has: {found})")
+    wanted = set(types)
+    return [example for example in examples if example.type in wanted]
 
 
 def load_question_files(paths: Sequence[Path], limit: int | None = None) -> dict[str, list[QAExample]]:

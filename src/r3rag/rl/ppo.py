@@ -216,14 +216,14 @@ class PPOTrainer:
     def from_config(cls, config: PPOConfig) -> PPOTrainer:
         """Load the cold-start model, the retriever, the judges and the questions the config names."""
         from r3rag.config import RetrievalConfig
-        from r3rag.data.datasets import load_dataset
+        from r3rag.data.datasets import load_dataset, of_types
         from r3rag.gold import resolve_gold_match
         from r3rag.llm.models import load_model
         from r3rag.retrieval import open_retriever
         from r3rag.rewards import TrajectoryScorer, build_relevance_judge, endpoint_generator
         from r3rag.rewards.scoring import check_bonus_annotations
 
-        train = load_dataset(config.train)
+        train = of_types(load_dataset(config.train), config.train_types, config.train)
         sources = {str(config.train): train}
         check_bonus_annotations(config.reward, sources)  # before the model loads: minutes at 7B
         actor, tokenizer = load_model(

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from r3rag.config import RetrievalConfig, VerlLoopConfig, VerlPrepareConfig
-from r3rag.data.datasets import load_dataset
+from r3rag.data.datasets import load_dataset, of_types
 from r3rag.gold import resolve_gold_match
 from r3rag.integrations.verl.data import write_parquet
 from r3rag.integrations.verl.overrides import r3rag_overrides, trainer_overrides
@@ -61,7 +61,7 @@ def loop_settings(config: VerlPrepareConfig, sources: dict[str, list[QAExample]]
 def prepare(config: VerlPrepareConfig) -> Prepared:
     """Write the folder the module describes into ``config.out``."""
     out = config.out
-    train_examples = load_dataset(config.train)
+    train_examples = of_types(load_dataset(config.train), config.train_types, config.train)
     sources = {str(config.train): train_examples}
     if config.dev is not None:
         sources[str(config.dev)] = load_dataset(config.dev)
