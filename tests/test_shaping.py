@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from r3rag.config import JudgeConfig, RewardConfig
@@ -122,6 +124,42 @@ def test_trajectory_scale_pays_lambda_times_the_mean_relevance_and_the_outcome_o
     direct = trajectory(ANSWERED, answer(1))
     assert shape_rewards(direct, True, [], config).rewards == [2.0]
     assert shape_rewards(direct, True, None, outcome).rewards == [2.0]
+
+
+def test_hops_scale_spreads_rel_over_the_searches_or_the_gold_hops_whichever_is_more() -> None:
+    """A wrong answer (lambda_T 0.8) to a 2-hop question. Under "trajectory", a second search that finds
+    nothing halves the first one's pay (0.4 -> 0.2); under "hops" it costs nothing (0.2 either way), one
+    that finds the second hop's passage doubles it, and only a third search dilutes (over 3, not 2)."""
+    hops, mean = RewardConfig(scale="hops"), RewardConfig(scale="trajectory")
+    one = trajectory(ANSWERED, retrieval(1), answer(2))
+    two = WRONG
+    three = trajectory(ANSWERED, retrieval(1), retrieval(2), retrieval(3), answer(4))
+    assert shape_rewards(one, False, [0.5], mean).rewards == pytest.approx([0.4, 0.0])
+    assert shape_rewards(two, False, [0.5, 0.0], mean).rewards == pytest.approx([0.2, 0.0, 0.0])
+    assert shape_rewards(one, False, [0.5], hops, hops=2).rewards == pytest.approx([0.2, 0.0])
+    assert shape_rewards(two, False, [0.5, 0.0], hops, hops=2).rewards == pytest.approx([0.2, 0.0, 0.0])
+    assert shape_rewards(two, False, [0.5, 0.5], hops, hops=2).rewards == pytest.approx([0.2, 0.2, 0.0])
+    three_rewards = shape_rewards(three, False, [0.5, 0.5, 0.0], hops, hops=2).rewards
+    assert three_rewards == pytest.approx([0.4 / 3, 0.4 / 3, 0.0, 0.0])
+    # a 4-hop chain: two searches are paid over 4; the outcome and a correct lambda_T as usual
+    assert shape_rewards(CORRECT, True, [1.0, 1.0], hops, hops=4).rewards == pytest.approx([0.4, 0.4, 2.0])
+    # outcome-only mode pays the outcome over the valid steps, as "trajectory" does
+    outcome = RewardConfig(mode="outcome", scale="hops")
+    assert shape_rewards(CORRECT, True, None, outcome, hops=2).rewards == pytest.approx([2 / 3] * 3)
+    with pytest.raises(ValueError, match="reward.scale 'hops' needs the question's gold hop count, got 0"):
+        shape_rewards(one, False, [0.5], hops)
+
+
+def test_scorer_pays_the_hops_scale_over_each_question_s_gold_decomposition() -> None:
+    """Two searches that each reach one gold passage (Rel 1/2 and 1/1 by id), a wrong answer: over the
+    4-hop CHAIN's hops, 0.8 x Rel / 4 each."""
+    judges = JudgeConfig(correctness_llm=False, relevance="reference")
+    scorer = TrajectoryScorer(
+        RewardConfig(scale="hops"), CorrectnessJudge(judges), ReferenceRelevanceJudge(judges, match="id")
+    )
+    chain = dataclasses.replace(CHAIN, supporting_ids=["g1", "g2"])
+    searched = trajectory(ANSWERED, retrieval(1, "g1", "x"), retrieval(2, "g2"), answer(3, "1900"))
+    assert scorer.score([chain], [searched])[0].rewards == pytest.approx([0.1, 0.2, 0.0])
 
 
 def test_official_constants_format_penalty_and_rounding() -> None:
@@ -429,3 +467,6 @@ def test_questions_lacking_what_a_search_bonus_needs_are_refused_by_file_and_id(
         )
     with pytest.raises(ValueError, match="train.jsonl: question 'q1' has no gold supporting passages"):
         check_bonus_annotations(RewardConfig(gold_recall=1.0), {"train.jsonl": [CHAIN]})
+    refused = "train.jsonl: question 'q9' has no gold decomposition, which reward.scale 'hops' needs"
+    with pytest.raises(ValueError, match=refused):
+        check_bonus_annotations(RewardConfig(scale="hops"), {"train.jsonl": [CHAIN, bare]})

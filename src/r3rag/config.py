@@ -187,7 +187,7 @@ class RewardConfig(StageConfig):
     lambda_format_error: float = Field(
         1.0, description="lambda_T when the trajectory ended in a format error: Rel unscaled (paper, code)."
     )
-    scale: Literal["step", "trajectory"] = Field(
+    scale: Literal["step", "trajectory", "hops"] = Field(
         "step",
         description="What a trajectory's steps are paid together. step: each step's reward stands "
         "alone (paper; official code): each search earns lambda_T x Rel, and outcome mode pays the outcome "
@@ -195,7 +195,10 @@ class RewardConfig(StageConfig):
         "earns lambda_T x Rel / (retrieval steps) and outcome mode pays outcome / (valid steps) on each, so "
         "the sum is lambda_T x mean Rel plus the outcome, once: another step earns nothing by itself (for "
         "trajectory-level credit, rloo/grpo/gae-trajectory, which add the steps up; there the paper's sum "
-        "pays a run of searches that never answers more than a short wrong answer).",
+        "pays a run of searches that never answers more than a short wrong answer). hops (ours): as "
+        "trajectory, but Rel over max(retrieval steps, the question's gold hops), so the searches a "
+        "question needs do not dilute each other and only searches beyond them do; under trajectory, a "
+        "second search with Rel 0 halves the first one's pay (needs a gold decomposition).",
     )
     gold_recall: float = Field(
         0.0,

@@ -58,16 +58,23 @@ def gold_recall_gains(example: QAExample, trajectory: Trajectory, rule: MatchRul
     return gains
 
 
+def gold_hops(example: QAExample) -> int:
+    """The question's number of gold hops: the length of its gold decomposition (0 without one)."""
+    return len(example.decomposition)
+
+
 def check_bonus_annotations(config: RewardConfig, sources: Mapping[str, Sequence[QAExample]]) -> None:
-    """Fail before any rollout, naming the file and the question, when a search bonus the reward pays needs
-    gold annotation a question lacks (gold passages for ``gold_recall``, a decomposition for
-    ``bridge_queries``); scoring would otherwise stop the run at the first rollout that samples it."""
+    """Fail before any rollout, naming the file and the question, when the reward needs gold annotation a
+    question lacks (gold passages for ``gold_recall``, a decomposition for ``bridge_queries`` and for
+    ``scale`` "hops"); scoring would otherwise stop the run at the first rollout that samples it."""
     for source, examples in sources.items():
         for example in examples:
             if config.gold_recall and not (example.supporting_ids or example.supporting_titles):
                 missing, field = "gold supporting passages", "gold_recall"
             elif config.bridge_queries and not example.decomposition:
                 missing, field = "gold decomposition", "bridge_queries"
+            elif config.scale == "hops" and not gold_hops(example):
+                missing, field = "gold decomposition", "scale 'hops'"
             else:
                 continue
             raise ValueError(
@@ -190,7 +197,7 @@ class TrajectoryScorer:
             bonuses = [self.search_bonuses(ex, t) for ex, t in pairs]
 
         return [
-            shape_rewards(t, correct[i], relevances[i], self.config, bonuses[i])
+            shape_rewards(t, correct[i], relevances[i], self.config, bonuses[i], gold_hops(examples[i]))
             for i, t in enumerate(trajectories)
         ]
 

@@ -5,7 +5,8 @@ Every step is its own PPO sample in R3-RAG, so the reward is per step (paper §3
     r(step) = format reward                          if the step is not in the required format
             = outcome (correct 2.0 / wrong 0.0)       on the final-answer step
             = lambda_T x Rel(step's new documents)    on a retrieval step (over the trajectory's number
-                                              of retrieval steps with scale "trajectory")
+                                              of retrieval steps with scale "trajectory", over that
+                                              or the question's gold hops if more with scale "hops")
       + the search bonus, on a retrieval step (ours, off by default): gold_recall x the share of the gold
         passages the step reached first + bridge_queries x the share of the bridge entities its query
         named first (computed by r3rag.rewards.scoring)
@@ -140,6 +141,7 @@ def shape_rewards(
     relevances: Sequence[float] | None,
     config: RewardConfig,
     search_bonuses: Sequence[float] | None = None,
+    hops: int = 0,
 ) -> TrajectoryReward:
     """Per-step rewards of a finished trajectory.
 
@@ -148,7 +150,11 @@ def shape_rewards(
     ``search_bonuses`` holds, likewise, each retrieval step's bonus, already weighted
     (:meth:`~r3rag.rewards.scoring.TrajectoryScorer.search_bonuses`), needed when ``config`` pays one
     (:attr:`~r3rag.config.RewardConfig.pays_search_bonus`); it is part of the step's ``process`` reward.
+    ``hops``, the question's number of gold hops, is what ``RewardConfig.scale`` "hops" spreads Rel over at
+    least.
     """
+    if config.scale == "hops" and hops < 1:
+        raise ValueError(f"reward.scale 'hops' needs the question's gold hop count, got {hops}")
     if relevances is None and config.mode != "outcome":
         raise ValueError(f"mode {config.mode!r} needs a relevance score for every retrieval step")
     if search_bonuses is None and config.pays_search_bonus:
@@ -163,9 +169,11 @@ def shape_rewards(
         raise ValueError(f"relevance scores must lie in [0, 1], got {list(relevances)}")
 
     factor = None if config.mode == "outcome" else lambda_t(trajectory.status, correct, config)
-    # What one unit of Rel earns on a step: lambda_T, or lambda_T over the retrieval steps (mean Rel).
-    per_trajectory = config.scale == "trajectory"
-    spread = len(relevances) if per_trajectory and relevances else 1
+    # What one unit of Rel earns on a step: lambda_T, or lambda_T over the retrieval steps (mean Rel), or
+    # over the gold hops while the trajectory searched no more often than the question needs.
+    per_trajectory = config.scale != "step"
+    spread = max(len(relevances or ()), hops if config.scale == "hops" else 0) if per_trajectory else 1
+    spread = max(spread, 1)
     per_rel = None if factor is None else factor / spread
     outcome = config.correct_reward if correct else config.wrong_reward
     # Outcome-only mode pays the outcome on every valid step (or its share of it, so that the trajectory's
