@@ -824,8 +824,8 @@ def _train_types_field() -> Any:
     return Field(
         default_factory=list,
         description="Train on the questions of these types only (their `type`: the world's compositional, "
-        "chain, inference, comparison, bridge_comparison; HotpotQA's bridge, comparison); empty: all. Our "
-        "option: on a CPU budget, RL on two-way questions learnt a side, not reading (docs/results.md).",
+        "chain, inference, comparison, bridge_comparison; HotpotQA's bridge, comparison); empty: all. Ours; "
+        "measured on a CPU: RL on the reading types alone gained on them, lost the others (docs/results.md).",
     )
 
 
