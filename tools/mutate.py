@@ -118,14 +118,14 @@ MUTATIONS: list[Mutation] = [
     ),
     Mutation(
         "rewards/shaping.py",
-        'spread = max(len(relevances or ()), hops if config.scale == "hops" else 0) if per_trajectory else 1',
+        "spread = max(len(relevances or ()), least) if per_trajectory else 1",
         "spread = len(trajectory.steps) if per_trajectory else 1",
         "scale trajectory: Rel spread over every step, the answer's included",
     ),
     Mutation(
         "rewards/shaping.py",
-        'hops if config.scale == "hops" else 0',
-        "0",
+        'least = hops if config.scale == "hops" else 1',
+        "least = 1",
         "scale hops: Rel spread over the searches alone, as scale trajectory",
     ),
     Mutation(

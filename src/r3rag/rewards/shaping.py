@@ -172,8 +172,8 @@ def shape_rewards(
     # What one unit of Rel earns on a step: lambda_T, or lambda_T over the retrieval steps (mean Rel), or
     # over the gold hops while the trajectory searched no more often than the question needs.
     per_trajectory = config.scale != "step"
-    spread = max(len(relevances or ()), hops if config.scale == "hops" else 0) if per_trajectory else 1
-    spread = max(spread, 1)
+    least = hops if config.scale == "hops" else 1
+    spread = max(len(relevances or ()), least) if per_trajectory else 1
     per_rel = None if factor is None else factor / spread
     outcome = config.correct_reward if correct else config.wrong_reward
     # Outcome-only mode pays the outcome on every valid step (or its share of it, so that the trajectory's
