@@ -336,6 +336,30 @@ def test_train_types_leave_the_trainer_and_verl_prepare_only_those_questions(
     assert written == {"train.parquet": ["m1", "m3"]}
 
 
+def test_balance_sides_draws_each_iteration_s_two_way_questions_in_pairs_of_opposite_sides(
+    indexes: dict[str, Path], policy_dir: Path, tmp_path: Path
+) -> None:
+    """Three comparisons answered "first", three "second", one iteration of six: the plain shuffle puts two
+    of one side together (this seed), ``balance_sides`` makes every pair of the draw one of each side."""
+    train = tmp_path / "sides.jsonl"
+    sides = ["first", "first", "first", "second", "second", "second"]
+    comparisons = [
+        dataclasses.replace(converted_question(f"c{i}"), type="comparison", metadata={"side": side})
+        for i, side in enumerate(sides)
+    ]
+    write_flashrag(train, comparisons)
+    config = tiny_config(tmp_path / "ppo", model=str(policy_dir), train=train, index=str(indexes["flashrag"]))
+
+    def drawn_pairs(balance: bool) -> list[set[str]]:
+        trainer = PPOTrainer.from_config(config.model_copy(update={"balance_sides": balance}))
+        drawn = [e.metadata["side"] for e in trainer._questions(1)]
+        assert len(drawn) == 6
+        return [set(drawn[i : i + 2]) for i in range(0, 6, 2)]
+
+    assert drawn_pairs(False) != [{"first", "second"}] * 3
+    assert drawn_pairs(True) == [{"first", "second"}] * 3
+
+
 def test_verl_prepare_refuses_bridge_queries_before_writing_anything(
     indexes: dict[str, Path], questions: Path, tmp_path: Path
 ) -> None:

@@ -2,9 +2,9 @@
 
 One iteration (defaults: the official run, reference §1.5 and §3.3; CleanRL's names in comments):
 
-1. **Rollout.** ``questions_per_iteration`` training questions, each ``samples_per_question`` times at
-   temperatures 0.1/0.4/0.7/1.0, through the agent loop with the real retriever and the *current* actor.
-   The hybrid reward scores every step (:mod:`r3rag.rl.rollout`).
+1. **Rollout.** ``questions_per_iteration`` training questions (:mod:`r3rag.rl.draws`), each
+   ``samples_per_question`` times at temperatures 0.1/0.4/0.7/1.0, through the agent loop with the real
+   retriever and the *current* actor. The hybrid reward scores every step (:mod:`r3rag.rl.rollout`).
 2. **Samples.** The credit scheme (``advantage``; by default :func:`r3rag.rl.samples.step_samples`, the
    paper's) makes one sample per step: its prompt, its action tokens, one scalar on the last action token (its
    reward; its return-to-go; or, critic-free, its trajectory's group advantage, with V = 0). Samples are
@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import copy
 import json
-import random
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -64,6 +63,7 @@ from r3rag.packing import Batch, Sample, collate, length_groups, pack_samples
 from r3rag.retrieval.base import Retriever
 from r3rag.rewards.judges import CorrectnessJudge
 from r3rag.rl.dev_eval import evaluate
+from r3rag.rl.draws import epoch_order
 from r3rag.rl.losses import (
     adaptive_kl_coef,
     approx_kl,
@@ -534,15 +534,14 @@ class PPOTrainer:
         )
 
     def _questions(self, iteration: int) -> list[QAExample]:
-        """This iteration's questions: the training set in a seeded shuffled order, epoch after epoch."""
+        """This iteration's questions: the training set in a seeded order, epoch after epoch (see draws)."""
         q, n = self.config.questions_per_iteration, len(self.train_examples)
         chosen = []
         for position in range((iteration - 1) * q, iteration * q):
             epoch, k = divmod(position, n)
             if epoch not in self._orders:
-                order = list(range(n))
-                random.Random(runs.derive_seed(self.config.seed, "epoch", epoch)).shuffle(order)
-                self._orders[epoch] = order
+                seed = runs.derive_seed(self.config.seed, "epoch", epoch)
+                self._orders[epoch] = epoch_order(self.train_examples, seed, self.config.balance_sides)
             chosen.append(self.train_examples[self._orders[epoch][k]])
         return chosen
 
