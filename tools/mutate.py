@@ -60,6 +60,7 @@ TESTS: dict[str, tuple[str, ...]] = {
     "rl/ppo.py": ("test_rl_trainer.py", "test_rl_losses.py", "test_rl_ppo.py"),
     "rl/losses.py": ("test_rl_losses.py", "test_rl_trainer.py"),
     "rl/samples.py": ("test_rl_samples.py",),
+    "rl/draws.py": ("test_rl_draws.py",),
     "evaluation/paired.py": ("test_paired.py",),
     "packing.py": ("test_rl_samples.py", "test_rl_models.py", "test_rl_trainer.py"),
     "rewards/metrics.py": ("test_metrics.py", "test_eval_scoring.py", "test_shaping.py", "test_judges.py"),
@@ -127,6 +128,18 @@ MUTATIONS: list[Mutation] = [
         'least = hops if config.scale == "hops" else 1',
         "least = 1",
         "scale hops: Rel spread over the searches alone, as scale trajectory",
+    ),
+    Mutation(
+        "rl/draws.py",
+        "partners = waiting.get((example.type, OPPOSITE_SIDES[side]))",
+        "partners = waiting.get((example.type, side))",
+        "balance_sides: a two-way question paired with one of its own side",
+    ),
+    Mutation(
+        "rl/draws.py",
+        "partners = waiting.get((example.type, OPPOSITE_SIDES[side]))",
+        "partners = next((u for (t, s), u in waiting.items() if s == OPPOSITE_SIDES[side] and u), None)",
+        "balance_sides: a two-way question paired across question types",
     ),
     Mutation(
         "steps.py",
