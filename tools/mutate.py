@@ -131,14 +131,14 @@ MUTATIONS: list[Mutation] = [
     ),
     Mutation(
         "rl/draws.py",
-        "partners = waiting.get((example.type, OPPOSITE_SIDES[side]))",
-        "partners = waiting.get((example.type, side))",
+        "partners = waiting.get(OPPOSITE_SIDES[side])",
+        "partners = waiting.get(side)",
         "balance_sides: a two-way question paired with one of its own side",
     ),
     Mutation(
         "rl/draws.py",
-        "partners = waiting.get((example.type, OPPOSITE_SIDES[side]))",
-        "partners = next((u for (t, s), u in waiting.items() if s == OPPOSITE_SIDES[side] and u), None)",
+        "sided.setdefault(examples[index].type, [])",
+        'sided.setdefault("", [])',
         "balance_sides: a two-way question paired across question types",
     ),
     Mutation(

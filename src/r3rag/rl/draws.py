@@ -35,26 +35,35 @@ def answer_side(example: QAExample) -> str | None:
 
 
 def pair_sides(order: Sequence[int], examples: Sequence[QAExample]) -> list[int]:
-    """``order`` with every two-way question followed by the next one in ``order`` of the same type that the
-    other side answers (pulled forward from later); questions without a side, and those no partner is
-    left for, keep their place. A pair is adjacent in the draw, so it lands in one iteration or, cut by an
-    iteration's end, in two consecutive ones."""
+    """``order`` with the two-way questions of each type rearranged among the places that type holds: each
+    one is followed, at its type's next place, by the next one of ``order`` that the other side answers
+    (pulled forward from later). Every place keeps the type it had, so the types an iteration draws are the
+    plain shuffle's; a question without a side, or with no partner left, keeps the order it had."""
+    sided: dict[str, list[tuple[int, str]]] = {}  # type -> (place, side) of its questions with a side
+    for place, index in enumerate(order):
+        side = answer_side(examples[index])
+        if side is not None:
+            sided.setdefault(examples[index].type, []).append((place, side))
+    paired = list(order)
+    for places in sided.values():
+        for place, taken in zip((p for p, _ in places), _side_pairs(places), strict=True):
+            paired[place] = order[taken]
+    return paired
+
+
+def _side_pairs(places: Sequence[tuple[int, str]]) -> list[int]:
+    """The ``(place, side)`` places in order, each followed by the next place of the other side."""
     units: list[list[int]] = []
-    waiting: dict[tuple[str, str], list[list[int]]] = {}
-    for index in order:
-        example = examples[index]
-        side = answer_side(example)
-        if side is None:
-            units.append([index])
-            continue
-        partners = waiting.get((example.type, OPPOSITE_SIDES[side]))
+    waiting: dict[str, list[list[int]]] = {}
+    for place, side in places:
+        partners = waiting.get(OPPOSITE_SIDES[side])
         if partners:
-            partners.pop(0).append(index)
+            partners.pop(0).append(place)
         else:
-            unit = [index]
+            unit = [place]
             units.append(unit)
-            waiting.setdefault((example.type, side), []).append(unit)
-    return [index for unit in units for index in unit]
+            waiting.setdefault(side, []).append(unit)
+    return [place for unit in units for place in unit]
 
 
 def epoch_order(examples: Sequence[QAExample], seed: int, balance_sides: bool) -> list[int]:
