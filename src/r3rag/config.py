@@ -862,9 +862,9 @@ class PPOConfig(StageConfig):
     questions_per_iteration: int = Field(64, ge=1, description="Questions per rollout (official: 64).")
     balance_sides: bool = Field(
         False,
-        description="Draw every two-way question beside one of its type that the other side answers "
-        "(first/second, yes/no; `metadata.side` or a yes/no answer), so no iteration rewards a side whatever "
-        "the question. Ours (r3rag.rl.draws); off: the paper's plain shuffle.",
+        description="Follow every two-way question, at its type's next place in the shuffle, by one of its "
+        "type that the other side answers (first/second, yes/no; `metadata.side` or a yes/no answer), so no "
+        "iteration rewards a side whatever the question. Ours (r3rag.rl.draws); off: the plain shuffle.",
     )
     samples_per_question: int = Field(
         4, ge=1, description="Trajectories per question (official n_samples_per_prompt: 4)."
