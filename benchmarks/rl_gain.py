@@ -10,8 +10,9 @@ Runs, into one folder (every part resumes, every finished part is skipped on a r
    (``--rl-minutes``; the CPU preset :meth:`~r3rag.config.PPOConfig.small_model`, the variant's switches on
    top), then its evaluation in R3-RAG-CS's settings;
 3. the table: accuracy per question type, answered share, steps and searches per question for every system,
-   and each RL run against R3-RAG-CS paired by question (exact McNemar), written to ``report.md``; then each
-   RL configuration at each budget over its seeds, and the correct share of each run's sampled trajectories
+   and each RL run against R3-RAG-CS paired by question (exact McNemar; in all, then on the questions that
+   need reading and on the two-way ones), written to ``report.md``; then each RL configuration at each
+   budget over its seeds, and the correct share of each run's sampled trajectories
    per question type (a type no sample answers gives no update a signal), and every run iteration by
    iteration (what its rollouts did, what its update cost in KL), where each run's time went (generation,
    the log-prob passes, the update), and the side each system's answers take on the comparisons (yes / no,
@@ -346,6 +347,8 @@ def report(config: PipelineConfig, out: Path, runs: dict[str, list[dict[str, Any
         + "\n\n"
         + runs_table(by_system, budgets)
         + "\n\n"
+        + halves_table(by_system, budgets, types)
+        + "\n\n"
         + evidence_table(by_system, types)
         + "\n\n"
         + bridge_table(by_system, dev)
@@ -544,6 +547,34 @@ def sides_table(by_system: dict[str, dict[str, dict[str, Any]]], dev: dict[str, 
         "entities named): always answering the commoner gold side of each form would score "
         f"{100 * constant / len(asked):.1f}% of them; last column: the share of the answers to the other "
         "questions that are yes, no, or words of the question:\n\n" + markdown_table(header, rows)
+    )
+
+
+def halves_table(
+    by_system: dict[str, dict[str, dict[str, Any]]], budgets: dict[str, Budget], types: dict[str, str]
+) -> str:
+    """Each RL run against R3-RAG-CS on the two halves of the dev set, paired by question (exact McNemar on
+    each): the questions that need reading (every type but :data:`TWO_WAY_TYPES`) and the two-way ones. A run
+    can gain on one half what it loses on the other (a side learnt on the comparisons, a plan learnt on the
+    chains and applied to every question); the total's test hides both."""
+    cs = {i: bool(r["acc"]) for i, r in by_system.get("R3-RAG-CS", {}).items()}
+    halves = {"reading": [i for i in cs if types[i] not in TWO_WAY_TYPES]}
+    halves["two-way"] = [i for i in cs if types[i] in TWO_WAY_TYPES]
+    if not cs or not budgets or not all(halves.values()):
+        return ""
+    rows = []
+    for name in budgets:
+        verdicts = {i: bool(r["acc"]) for i, r in by_system[name].items()}
+        cells = []
+        for ids in halves.values():
+            c = compare({i: cs[i] for i in ids}, verdicts)
+            cells.append(f"+{c.gained} / -{c.lost} (p = {c.p_value:.3g})")
+        rows.append([name, *cells])
+    header = ["against R3-RAG-CS", *(f"{half} questions ({len(ids)})" for half, ids in halves.items())]
+    return (
+        "Each RL run against R3-RAG-CS on the questions that need reading (every type but the two-way ones) "
+        "and on the two-way questions (comparison, bridge comparison): questions gained / lost, exact "
+        "McNemar on each half:\n\n" + markdown_table(header, rows)
     )
 
 

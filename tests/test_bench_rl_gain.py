@@ -261,3 +261,35 @@ def test_the_sides_table_counts_the_side_each_answer_takes_on_two_way_questions(
         "| R3-RAG-CS | 5 | 2 | 0 | 1 | 0 | 2 | 0 / 0 / 0 / 0 | 100.0 |",
         "| rloo | 5 | 0 | 3 | 0 | 2 | 0 | 0 / 2 / 0 / 2 | 0.0 |",
     ]
+
+
+def test_the_halves_table_pairs_each_run_with_r3rag_cs_on_the_reading_and_the_two_way_questions(
+    rl_gain: ModuleType,
+) -> None:
+    """R3-RAG-CS gets r2 (chain), w1 and w2 right. The run ``up`` gains r1 and r3 and loses w1: reading
+    +2 / -0 (McNemar: 2 x (1/2)^2 = 0.5), two-way +0 / -1 (p = 1). The run ``down`` loses r2 and has no
+    verdict on w2 (not paired): reading +0 / -1, two-way +0 / -0. The forced-answer row has no budget: not an
+    RL run."""
+    types = {"r1": "compositional", "r2": "chain", "r3": "inference", "w1": "comparison"}
+    types["w2"] = "bridge_comparison"
+
+    def verdicts(right: str, ids: str = "r1 r2 r3 w1 w2") -> dict[str, dict[str, float]]:
+        return {i: {"acc": float(i in right.split())} for i in ids.split()}
+
+    by_system = {
+        "R3-RAG-CS": verdicts("r2 w1 w2"),
+        "R3-RAG-CS, forced answer": verdicts(""),
+        "up": verdicts("r1 r2 r3 w2"),
+        "down": verdicts("w1", "r1 r2 r3 w1"),
+    }
+    budgets = {name: rl_gain.Budget("rloo", 9, 60.0) for name in ("up", "down")}
+    lines = rl_gain.halves_table(by_system, budgets, types).splitlines()
+    assert lines[2:] == [
+        "| against R3-RAG-CS | reading questions (3) | two-way questions (2) |",
+        "|---|---|---|",
+        "| up | +2 / -0 (p = 0.5) | +0 / -1 (p = 1) |",
+        "| down | +0 / -1 (p = 1) | +0 / -0 (p = 1) |",
+    ]
+    assert rl_gain.halves_table(by_system, {}, types) == ""
+    only_reading = {i: "chain" for i in types}
+    assert rl_gain.halves_table(by_system, budgets, only_reading) == ""
