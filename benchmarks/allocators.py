@@ -35,7 +35,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from _summary import report  # noqa: E402
 
-from r3rag.allocator import ALLOCATOR_ENV, allocator_environment, available_allocators, cpu_features  # noqa: E402
+from r3rag.allocator import ALLOCATOR_ENV, allocator_environment, available_allocators  # noqa: E402
+from r3rag.device import cpu_features  # noqa: E402
 
 WORKLOADS = ("sft step", "ppo update", "generation")
 NO_AMX = {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"}

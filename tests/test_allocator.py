@@ -11,23 +11,6 @@ import pytest
 
 from r3rag import allocator
 
-CPUINFO = """processor\t: 0
-model name\t: Example CPU 9000
-flags\t\t: fpu avx512f avx512_bf16 amx_bf16 amx_tile
-processor\t: 1
-model name\t: Example CPU 9000
-flags\t\t: fpu avx512f avx512_bf16 amx_bf16 amx_tile
-"""
-
-
-def test_cpu_features_are_read_from_cpuinfo(tmp_path: Path) -> None:
-    cpuinfo = tmp_path / "cpuinfo"
-    cpuinfo.write_text(CPUINFO)
-    assert allocator.cpu_features(cpuinfo) == allocator.CpuFeatures("Example CPU 9000", True, True)
-    cpuinfo.write_text(CPUINFO.replace(" amx_bf16 amx_tile", "").replace(" avx512_bf16", ""))
-    assert allocator.cpu_features(cpuinfo) == allocator.CpuFeatures("Example CPU 9000", False, False)
-    assert allocator.cpu_features(tmp_path / "missing").model == "unknown"
-
 
 @pytest.fixture
 def installed(monkeypatch: pytest.MonkeyPatch):

@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import warnings
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -42,11 +45,68 @@ def test_weights_are_bf16_only_where_nothing_trains_them():
     assert dev.weights_dtype(bf16=False, trained=False) == torch.float32
 
 
-def test_generation_precision_defaults_to_bf16_on_a_gpu_only():
-    assert dev.generation_bf16(None, torch.device("cuda"))
-    assert not dev.generation_bf16(None, torch.device("cpu"))
-    assert dev.generation_bf16(True, torch.device("cpu"))
-    assert not dev.generation_bf16(False, torch.device("cuda"))
+CPUINFO = """processor\t: 0
+model name\t: Example CPU 9000
+flags\t\t: fpu avx512f avx512_bf16 amx_bf16 amx_tile
+processor\t: 1
+model name\t: Example CPU 9000
+flags\t\t: fpu avx512f avx512_bf16 amx_bf16 amx_tile
+"""
+
+
+def test_cpu_features_are_read_from_cpuinfo(tmp_path: Path) -> None:
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(CPUINFO)
+    assert dev.cpu_features(cpuinfo) == dev.CpuFeatures("Example CPU 9000", True, True)
+    cpuinfo.write_text(CPUINFO.replace(" amx_bf16 amx_tile", "").replace(" avx512_bf16", ""))
+    assert dev.cpu_features(cpuinfo) == dev.CpuFeatures("Example CPU 9000", False, False)
+    assert dev.cpu_features(tmp_path / "missing").model == "unknown"
+
+
+@pytest.fixture
+def hardware(monkeypatch: pytest.MonkeyPatch):
+    """Pretend the CPU has, or lacks, AVX-512 BF16 (and no AMX), and the GPU computes bf16 or emulates it."""
+
+    def pretend(cpu_bf16: bool, gpu_bf16: bool = True) -> None:
+        features = dev.CpuFeatures("Example CPU 9000", avx512_bf16=cpu_bf16, amx=False)
+        monkeypatch.setattr(dev, "cpu_features", lambda: features)
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: gpu_bf16)
+
+    return pretend
+
+
+CPU, GPU = torch.device("cpu"), torch.device("cuda")
+
+
+def test_bf16_left_unset_is_on_only_where_the_device_computes_it_natively(hardware, monkeypatch):
+    hardware(cpu_bf16=False, gpu_bf16=False)
+    assert not dev.resolve_bf16(None, CPU) and not dev.resolve_bf16(None, GPU)
+    hardware(cpu_bf16=True, gpu_bf16=True)
+    assert dev.resolve_bf16(None, CPU) and dev.resolve_bf16(None, GPU)
+    amx_only = dev.CpuFeatures("Xeon", avx512_bf16=False, amx=True)
+    monkeypatch.setattr(dev, "cpu_features", lambda: amx_only)
+    assert dev.resolve_bf16(None, CPU)
+
+
+def test_bf16_set_is_kept_and_warned_about_where_it_would_be_emulated(hardware):
+    hardware(cpu_bf16=False)
+    with pytest.warns(UserWarning, match="no bf16 arithmetic"):
+        assert dev.resolve_bf16(True, CPU)
+    assert not dev.resolve_bf16(False, CPU)
+    hardware(cpu_bf16=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert dev.resolve_bf16(True, CPU)
+
+
+def test_generation_precision_defaults_to_bf16_on_a_gpu_that_computes_it_only(hardware):
+    hardware(cpu_bf16=True, gpu_bf16=True)
+    assert dev.generation_bf16(None, GPU)
+    assert not dev.generation_bf16(None, CPU)
+    assert dev.generation_bf16(True, CPU)
+    assert not dev.generation_bf16(False, GPU)
+    hardware(cpu_bf16=True, gpu_bf16=False)  # a V100 or T4: bf16 only by emulation
+    assert not dev.generation_bf16(None, GPU)
 
 
 def test_autocast_is_needed_while_any_weight_is_fp32():

@@ -191,6 +191,19 @@ def test_lora_on_a_bf16_base_trains_fp32_adapters(tmp_path: Path) -> None:
     assert all(torch.equal(base_before[n], p) for n, p in frozen.items())
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_left_unset_follows_what_the_device_computes_natively(tmp_path: Path, monkeypatch, native) -> None:
+    """Unset, the trainer computes (and generates its rollouts) in bf16 where the device has bf16 arithmetic
+    and in fp32 where torch would emulate it."""
+    import r3rag.device as dev
+
+    monkeypatch.setattr(dev, "native_bf16", lambda device: native)
+    trainer = tiny_trainer(tiny_config(tmp_path, bf16=None))
+    assert trainer.bf16 is native
+    rollout_weights = {p.dtype for p in trainer._generator().model.parameters()}
+    assert rollout_weights == {torch.bfloat16 if native else torch.float32}
+
+
 @pytest.mark.parametrize("advantage", ["gae-trajectory", "rloo", "grpo"])
 def test_each_credit_scheme_learns_the_toy_reward(tmp_path: Path, advantage: str) -> None:
     """The bandit of :func:`bandit_run`, whose 4 samples per question are the group. A group

@@ -301,3 +301,24 @@ def test_a_lora_run_keeps_its_frozen_base_in_bf16(setup, tmp_path: Path, monkeyp
     assert seen == {"trained": {torch.float32}, "frozen": {torch.bfloat16}}
     train(config(setup, tmp_path / "full", max_steps=1, bf16=True), progress=False)
     assert seen == {"trained": {torch.float32}, "frozen": set()}
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_left_unset_follows_what_the_device_computes_natively(setup, tmp_path: Path, monkeypatch, native):
+    """Unset, bf16 is on where the device has bf16 arithmetic (the LoRA base loads in bf16) and off where
+    torch would emulate it (the base stays fp32): r3rag.device.resolve_bf16 decides, not the field's None."""
+    import r3rag.coldstart.sft as sft_module
+    import r3rag.device as dev
+
+    monkeypatch.setattr(dev, "native_bf16", lambda device: native)
+    frozen: set[torch.dtype] = set()
+    real_step = sft_module._optimizer_step
+
+    def spy(model, *args, **kwargs):
+        frozen.update(p.dtype for p in model.parameters() if not p.requires_grad)
+        return real_step(model, *args, **kwargs)
+
+    monkeypatch.setattr(sft_module, "_optimizer_step", spy)
+    pytest.importorskip("peft")
+    train(config(setup, tmp_path, max_steps=1, bf16=None, lora=True, lora_rank=4), progress=False)
+    assert frozen == {torch.bfloat16 if native else torch.float32}

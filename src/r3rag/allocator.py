@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 ALLOCATOR_ENV = "R3RAG_ALLOCATOR"
@@ -39,28 +38,6 @@ _TUNED_GLIBC = {
 }
 RUNS_MODELS = frozenset({"ask", "eval", "coldstart", "sft", "train", "quickstart", "serve"})
 """The commands that run a model or an index on the CPU: only these are re-executed."""
-
-
-@dataclass(frozen=True, slots=True)
-class CpuFeatures:
-    """What decides CPU speed here: the model name, bf16 arithmetic (AVX-512 BF16) and AMX tiles."""
-
-    model: str
-    avx512_bf16: bool
-    amx: bool
-
-
-def cpu_features(cpuinfo: Path = Path("/proc/cpuinfo")) -> CpuFeatures:
-    """The CPU's model and features, from ``/proc/cpuinfo`` (unknown elsewhere)."""
-    model, flags = "unknown", set[str]()
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text(errors="replace").splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name" and model == "unknown":
-                model = value.strip()
-            elif key.strip() == "flags" and not flags:
-                flags = set(value.split())
-    return CpuFeatures(model, "avx512_bf16" in flags, "amx_bf16" in flags)
 
 
 def _system_library(names: Sequence[str]) -> Path | None:

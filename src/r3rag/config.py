@@ -55,6 +55,16 @@ def device_field() -> Any:
     )
 
 
+def bf16_field(what: str) -> Any:
+    """The ``bf16`` setting of a stage that computes with a model on its own device (r3rag.device)."""
+    return Field(
+        None,
+        description=f"{what} Default: on where the device computes bf16 natively (a GPU from Ampere on, a "
+        "CPU with AVX-512 BF16 or AMX), fp32 elsewhere (emulated bf16 ran 20x slower than fp32 on an AVX2 "
+        "CPU).",
+    )
+
+
 def gradient_checkpointing_field() -> Any:
     """The ``gradient_checkpointing`` setting of the stages that train a model."""
     return Field(
@@ -380,8 +390,8 @@ class EncoderConfig(StageConfig):
     )
     batch_size: int = Field(64, ge=1, description="Texts per forward pass when encoding.")
     device: str = device_field()
-    bf16: bool = Field(
-        True, description="bfloat16 autocast: about 3x faster passage encoding on CPUs with AVX-512 BF16/AMX."
+    bf16: bool | None = bf16_field(
+        "bfloat16 autocast: about 3x faster passage encoding on CPUs with AVX-512 BF16/AMX."
     )
     fp16: bool = Field(
         False, description="float16 weights (GPUs; wins over bf16): half the memory, faster on GPUs."
@@ -628,7 +638,8 @@ class GeneratorConfig(StageConfig):
     bf16: bool | None = Field(
         None,
         description="Local model: its weights in bf16 (half the memory; faster generation on a GPU and on "
-        "CPUs with AVX-512 BF16). Default: bf16 on a GPU, fp32 on a CPU.",
+        "CPUs with AVX-512 BF16). Default: bf16 on a GPU that computes it natively (Ampere on), fp32 on a "
+        "CPU.",
     )
 
     def in_flight(self) -> int:
@@ -769,10 +780,9 @@ class SFTConfig(StageConfig):
     save_every: int = Field(200, ge=1, description="Optimizer steps between checkpoints (official: 200).")
     keep_checkpoints: int = Field(2, ge=1, description="Checkpoints kept; older ones are deleted.")
     device: str = device_field()
-    bf16: bool = Field(
-        True,
-        description="bf16 mixed precision, on a CPU or a GPU (official: bf16): forward passes under bf16 "
-        "autocast, trained weights in fp32; a LoRA run's frozen base is loaded in bf16.",
+    bf16: bool | None = bf16_field(
+        "bf16 mixed precision (official: bf16): forward passes under bf16 autocast, trained weights in fp32; "
+        "a LoRA run's frozen base is loaded in bf16."
     )
     gradient_checkpointing: bool | None = gradient_checkpointing_field()
     threads: int | None = Field(
@@ -965,10 +975,9 @@ class PPOConfig(StageConfig):
         "attention mask (our optimisation: the same log-probs, ~0.57x the tokens). Off: one row per step.",
     )
     device: str = device_field()
-    bf16: bool = Field(
-        True,
-        description="bf16 mixed precision, on a CPU or a GPU: forward passes under bf16 autocast, trained "
-        "weights in fp32, a LoRA run's frozen base in bf16; rollouts generate on bf16 weights.",
+    bf16: bool | None = bf16_field(
+        "bf16 mixed precision: forward passes under bf16 autocast, trained weights in fp32, a LoRA run's "
+        "frozen base in bf16; rollouts generate on bf16 weights."
     )
     gradient_checkpointing: bool | None = gradient_checkpointing_field()
     rollout_batch_size: int = Field(64, ge=1, description="Conversations per batched generate call.")

@@ -10,11 +10,20 @@ Precision follows one rule on every device: with ``bf16``, forward passes run un
 a model that only generates) are loaded in bf16 directly, on their device, so no fp32 copy ever sits in host
 memory (``weights_dtype``). Code that needs fp32 inside an autocast region (the LM head, the value head: small
 differences of large numbers) opens ``full_precision``. No other module names a device type.
+
+Whether ``bf16`` is on is a stage's setting; unset, it is on where the device computes bf16 in hardware
+(``native_bf16``: a GPU of the Ampere generation or later, a CPU with AVX-512 BF16 or AMX) and off elsewhere,
+where torch emulates it: on a 2-core AVX2 EPYC (no AVX-512), a forward and backward pass of the embedded
+model over 4 x 512 tokens took 414 s under bf16 autocast and 20 s in fp32 (docs/results.md, "Speed on a
+CPU").
 """
 
 from __future__ import annotations
 
+import warnings
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -79,10 +88,64 @@ def weights_dtype(bf16: bool, trained: bool) -> torch.dtype:
     return torch.bfloat16 if bf16 and not trained else torch.float32
 
 
+@dataclass(frozen=True, slots=True)
+class CpuFeatures:
+    """What decides CPU speed here: the model name, bf16 arithmetic (AVX-512 BF16) and AMX tiles."""
+
+    model: str
+    avx512_bf16: bool
+    amx: bool
+
+
+def cpu_features(cpuinfo: Path = Path("/proc/cpuinfo")) -> CpuFeatures:
+    """The CPU's model and features, from ``/proc/cpuinfo`` (unknown elsewhere)."""
+    model, flags = "unknown", set[str]()
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text(errors="replace").splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and model == "unknown":
+                model = value.strip()
+            elif key.strip() == "flags" and not flags:
+                flags = set(value.split())
+    return CpuFeatures(model, "avx512_bf16" in flags, "amx_bf16" in flags)
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes in bf16 in hardware: a CUDA GPU that does (not by emulation, as a V100 or
+    T4 would), a CPU with AVX-512 BF16 or AMX (read from ``/proc/cpuinfo``: a CPU it does not describe, as
+    on macOS, counts as one without)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    features = cpu_features()
+    return features.avx512_bf16 or features.amx
+
+
+def resolve_bf16(setting: bool | None, device: torch.device) -> bool:
+    """A stage's ``bf16`` setting on ``device``: as set, else where the device computes bf16 natively
+    (:func:`native_bf16`). Set on where it does not, it stays on, with a warning: emulated bf16 is an order
+    of magnitude slower than fp32 (the module's docstring)."""
+    if setting is None:
+        return native_bf16(device)
+    if setting and not native_bf16(device):
+        warnings.warn(
+            f"bf16 on {device.type}, which has no bf16 arithmetic (a CPU without AVX-512 BF16 or AMX, a GPU "
+            "before Ampere): torch emulates it, about 20x slower than fp32 on the embedded model; leave bf16 "
+            "unset (or false) for fp32",
+            stacklevel=1,
+        )
+    return setting
+
+
 def generation_bf16(setting: bool | None, device: torch.device) -> bool:
-    """Whether a model that only generates gets bf16 weights: as set, else on a GPU (tensor cores, half the
-    memory traffic per token) and not on a CPU, where bf16 pays only with AVX-512 BF16 or AMX."""
-    return setting if setting is not None else device.type == "cuda"
+    """Whether a model that only generates gets bf16 weights: as set, else on a GPU that computes bf16
+    natively (tensor cores, half the memory traffic per token) and not on a CPU: ``r3rag ask`` and ``eval``
+    keep fp32 there, whatever its features (the quickstart's evaluations follow :func:`resolve_bf16`)."""
+    return setting if setting is not None else device.type == "cuda" and native_bf16(device)
+
+
+def precision(bf16: bool) -> str:
+    """The precision of a run for its logs: ``bf16`` (mixed, fp32 masters) or ``fp32``."""
+    return "bf16" if bf16 else "fp32"
 
 
 def needs_autocast(model: torch.nn.Module, bf16: bool) -> bool:

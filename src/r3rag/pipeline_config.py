@@ -19,6 +19,7 @@ from r3rag.config import (
     StageConfig,
     TinyModelConfig,
     WorldConfig,
+    bf16_field,
     device_field,
 )
 from r3rag.evaluation.config import EvalConfig
@@ -123,7 +124,9 @@ class PipelineConfig(StageConfig):
         description="The untrained base model's evaluation (its methods are the baseline rows of the table).",
     )
     eval_questions: int = Field(48, ge=1, description="Dev questions every evaluation runs (the first N).")
-    eval_bf16: bool = Field(True, description="The evaluations load their model in bf16 (faster generation).")
+    eval_bf16: bool | None = bf16_field(
+        "The evaluations load their model in bf16 (faster generation where bf16 is native)."
+    )
     eval_device: str = device_field()
 
     @model_validator(mode="after")
@@ -204,7 +207,8 @@ class PipelineConfig(StageConfig):
           PPO: the evaluation stage measures R3-RAG on the same questions as the other rows;
         - evaluation: the first 48 dev questions; the baselines in the paper's evaluation setting (5 steps,
           top-5, top-16 for RAG with CoT, greedy), R3-RAG-CS and R3-RAG in the cold start's agent settings
-          (top-2, 512-character documents, 3 re-generations of a malformed step); bf16 weights.
+          (top-2, 512-character documents, 3 re-generations of a malformed step); bf16 weights where the
+          CPU computes bf16 natively (AVX-512 BF16, AMX), fp32 elsewhere.
         """
         if name == "small":
             return cls(based_on="small")

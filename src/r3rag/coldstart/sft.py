@@ -58,6 +58,8 @@ from r3rag.device import (
     enable_gradient_checkpointing,
     module_device,
     peak_gpu_bytes,
+    precision,
+    resolve_bf16,
     wants_gradient_checkpointing,
     weights_dtype,
 )
@@ -194,7 +196,9 @@ def loss_sum(
     return -(logprobs * batch.action_mask).sum(), int(batch.action_mask.sum())
 
 
-def evaluate(model: Any, examples: list[TokenizedExample], config: SFTConfig, pad_id: int) -> float:
+def evaluate(
+    model: Any, examples: list[TokenizedExample], config: SFTConfig, pad_id: int, bf16: bool
+) -> float:
     """Mean per-token loss on the held-out examples."""
     model.eval()
     samples = as_samples(examples)
@@ -204,7 +208,7 @@ def evaluate(model: Any, examples: list[TokenizedExample], config: SFTConfig, pa
     with torch.no_grad():
         for start in range(0, len(rows), config.micro_batch_size):
             members = [samples[i] for row in rows[start : start + config.micro_batch_size] for i in row]
-            loss, n = loss_sum(model, members, config.share_prefixes, pad_id, config.bf16)
+            loss, n = loss_sum(model, members, config.share_prefixes, pad_id, bf16)
             total, count = total + loss.item(), count + n
     model.train()
     return total / max(count, 1)
@@ -251,7 +255,8 @@ def _train(
     torch.manual_seed(config.seed)
 
     device = processes.device
-    dtype = weights_dtype(config.bf16, trained=not config.lora)
+    bf16 = resolve_bf16(config.bf16, device)
+    dtype = weights_dtype(bf16, trained=not config.lora)
     model, tokenizer = load_model(config.model, dtype=dtype, device=device)
     check_plain_head(model)
     data = prepare_data(config, tokenizer)
@@ -263,7 +268,7 @@ def _train(
         model = _with_lora(model, config, checkpoint)
     model.train()
     # what the optimizer trains and the loss calls: the model, or its FSDP root (r3rag.parallel.shard)
-    trained: Any = parallel.shard(ActionLogprobs(model, config.bf16)) if config.fsdp else model
+    trained: Any = parallel.shard(ActionLogprobs(model, bf16)) if config.fsdp else model
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
     samples = as_samples(data.train)
@@ -291,7 +296,7 @@ def _train(
     bar = tqdm(total=total, initial=start, desc="sft", unit="step", disable=not progress, dynamic_ncols=True)
     if progress:
         bar.write(
-            f"on {describe(device)}"
+            f"on {describe(device)}, {precision(bf16)}"
             + (f" and {processes.world - 1} more process(es)" if processes.world > 1 else "")
             + f", {sum(p.numel() for p in model.parameters()) / 1e6:,.0f}M parameters"
         )
@@ -315,7 +320,9 @@ def _train(
                 [samples[i] for row in batch for i in rows[row]]
                 for batch in epoch_batches[epoch][group * config.grad_accum : (group + 1) * config.grad_accum]
             ]
-            record = _optimizer_step(trained, optimizer, scheduler, group_batches, config, pad_id, processes)
+            record = _optimizer_step(
+                trained, optimizer, scheduler, group_batches, config, pad_id, bf16, processes
+            )
             record.update(
                 step=step + 1, epoch=round(step / per_epoch, 4), elapsed_s=time.perf_counter() - started
             )
@@ -325,7 +332,7 @@ def _train(
             # the main process alone, which writes them
             evaluating = data.val and ((step + 1) % config.eval_every == 0 or step + 1 == total)
             if evaluating and (config.fsdp or processes.main):
-                eval_loss = record["eval_loss"] = evaluate(trained, data.val, config, pad_id)
+                eval_loss = record["eval_loss"] = evaluate(trained, data.val, config, pad_id, bf16)
             if (step + 1) % config.save_every == 0 and step + 1 < total:
                 state = {
                     "optimizer": parallel.full_optimizer_state(trained, optimizer)
@@ -381,6 +388,7 @@ def _optimizer_step(
     batches: list[list[Sample]],
     config: SFTConfig,
     pad_id: int,
+    bf16: bool,
     processes: parallel.Processes,
 ) -> dict[str, Any]:
     """Accumulate gradients over the micro-batches of one step (this process's share of them, the gradients
@@ -398,7 +406,7 @@ def _optimizer_step(
         missing = math.ceil(len(batches) / processes.world) - len(passes)
         passes += [(batch, 0.0) for batch in batches[:missing]]
     for batch, weight in passes:
-        loss, _ = loss_sum(model, batch, config.share_prefixes, pad_id, config.bf16)
+        loss, _ = loss_sum(model, batch, config.share_prefixes, pad_id, bf16)
         (loss * (weight * scale / targets)).backward()
         total += weight * loss.item()
     total = processes.sum(total)

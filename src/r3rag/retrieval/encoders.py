@@ -144,27 +144,28 @@ def _load_model(spec: EncoderSpec, device: str) -> SentenceTransformer:
 class Encoder:
     """Encodes queries and passages with the spec's prefixes and lengths, in batches.
 
-    Precision: ``bf16`` autocast (CPUs with AVX-512 BF16/AMX, and GPUs), or ``fp16`` weights (GPUs; it wins
-    over ``bf16``). ``devices`` (two or more, e.g. ``["cuda:0", "cuda:1"]``) encodes passages on all of them
-    with sentence-transformers' multi-process pool, started on the first passage batch and stopped by
-    :meth:`close`; queries are always encoded in this process, on ``device`` (``auto``: a GPU if torch sees
-    one, as :mod:`r3rag.device` decides for every model).
+    Precision: ``bf16`` autocast (unset: where the device computes bf16 natively, see
+    :mod:`r3rag.device`), or ``fp16`` weights (GPUs; it wins over ``bf16``). ``devices`` (two or more, e.g.
+    ``["cuda:0", "cuda:1"]``) encodes passages on all of them with sentence-transformers' multi-process pool,
+    started on the first passage batch and stopped by :meth:`close`; queries are always encoded in this
+    process, on ``device`` (``auto``: a GPU if torch sees one, as :mod:`r3rag.device` decides for every
+    model).
     """
 
     def __init__(
         self,
         spec: EncoderSpec,
         device: str = "auto",
-        bf16: bool = True,
+        bf16: bool | None = None,
         batch_size: int = 64,
         fp16: bool = False,
         devices: Sequence[str] = (),
     ):
-        from r3rag.device import resolve_device
+        from r3rag.device import resolve_bf16, resolve_device
 
         self.spec = spec
         self.device = resolve_device(device)
-        self._bf16 = bf16 and not fp16
+        self._bf16 = not fp16 and resolve_bf16(bf16, self.device)
         self._batch_size = batch_size
         self._devices = list(devices)
         self._model = _load_model(spec, str(self.device))

@@ -52,6 +52,8 @@ from r3rag.device import (
     describe,
     enable_gradient_checkpointing,
     module_device,
+    precision,
+    resolve_bf16,
     resolve_device,
     wants_gradient_checkpointing,
     weights_dtype,
@@ -192,6 +194,7 @@ class PPOTrainer:
             tuple(config.lora_targets),
         ).eval()  # no dropout anywhere: log-probs of the update match those of the rollout (as OpenRLHF)
         self.device = module_device(actor)
+        self.bf16 = resolve_bf16(config.bf16, self.device)
         if wants_gradient_checkpointing(config.gradient_checkpointing, actor):
             enable_gradient_checkpointing(self.model.actor)
             if self.model.critic_trunk is not None:
@@ -226,10 +229,11 @@ class PPOTrainer:
         train = of_types(load_dataset(config.train), config.train_types, config.train)
         sources = {str(config.train): train}
         check_bonus_annotations(config.reward, sources)  # before the model loads: minutes at 7B
+        device = resolve_device(config.device)
         actor, tokenizer = load_model(
             config.model,
-            dtype=weights_dtype(config.bf16, trained=config.lora_rank == 0),
-            device=resolve_device(config.device),
+            dtype=weights_dtype(resolve_bf16(config.bf16, device), trained=config.lora_rank == 0),
+            device=device,
         )
         retriever = open_retriever(RetrievalConfig(source=config.index))
         judge_llm = endpoint_generator(config.judges)
@@ -268,7 +272,8 @@ class PPOTrainer:
         )
         if progress:
             parameters = sum(p.numel() for p in self.model.parameters())
-            bar.write(f"on {describe(self.device)}, {parameters / 1e6:,.0f}M parameters")
+            where = f"on {describe(self.device)}, {precision(self.bf16)}, {parameters / 1e6:,.0f}M parameters"
+            bar.write(where)
         try:
             if last_done == 0 and self.dev_examples:
                 bar.set_description("dev eval (R3-RAG-CS)")
@@ -389,9 +394,9 @@ class PPOTrainer:
             mask = batch.action_mask
             t0 = time.perf_counter()
             with torch.no_grad():
-                old = self.model(batch, c.bf16, values=not self.critic_free)
+                old = self.model(batch, self.bf16, values=not self.critic_free)
             t1 = time.perf_counter()
-            ref_logprobs = self.reference.logprobs(batch, c.bf16)
+            ref_logprobs = self.reference.logprobs(batch, self.bf16)
             reference_seconds += time.perf_counter() - t1
             policy_seconds += t1 - t0
             old_values = torch.zeros_like(old.logprobs) if old.values is None else old.values * mask
@@ -454,7 +459,7 @@ class PPOTrainer:
                     e = buffer[i]
                     mask = e.batch.action_mask
                     new = self.model(
-                        e.batch, c.bf16, values=not self.critic_free, entropy_grad=c.ent_coef > 0
+                        e.batch, self.bf16, values=not self.critic_free, entropy_grad=c.ent_coef > 0
                     )
                     # ratio_t = pi(a_t) / pi_old(a_t);  L_clip = -min(ratio A, clip(ratio, 1-eps, 1+eps) A)
                     pg_tokens, ratio = policy_loss(
@@ -527,11 +532,9 @@ class PPOTrainer:
         update are computed afresh by the trained model, so the copy's rounding only changes what is sampled.
         """
         actor = self.model.actor
-        if self.config.bf16:
+        if self.bf16:
             actor = (merged(actor, keep=True) if self.model.lora else copy.deepcopy(actor)).to(torch.bfloat16)
-        return HFGenerator(
-            actor, self.tokenizer, batch_size=self.config.rollout_batch_size, bf16=self.config.bf16
-        )
+        return HFGenerator(actor, self.tokenizer, batch_size=self.config.rollout_batch_size, bf16=self.bf16)
 
     def _questions(self, iteration: int) -> list[QAExample]:
         """This iteration's questions: the training set in a seeded order, epoch after epoch (see draws)."""
