@@ -107,9 +107,11 @@ def test_a_gpu_asked_for_on_a_machine_without_one_is_one_clear_line(
 
 
 def test_the_device_and_precision_settings_reach_the_loader(setup: dict[str, Path], monkeypatch) -> None:
-    """`--device cpu --bf16`: the weights are read in bf16 onto the CPU (`auto` picks a GPU the same way)."""
+    """`--device cpu --bf16`: the weights are read in bf16 onto the CPU (`auto` picks a GPU the same way).
+    Without `--bf16`, the precision is the device's: bf16 where it computes bf16 natively, else fp32."""
     import torch
 
+    from r3rag import device as dev
     from r3rag.llm import models
 
     placed = []
@@ -123,6 +125,11 @@ def test_the_device_and_precision_settings_reach_the_loader(setup: dict[str, Pat
     result = ask(setup, "Who directed film 3?", "--device", "cpu", "--bf16")
     assert result.exit_code == 0, result.output
     assert placed == [(torch.device("cpu"), torch.bfloat16)]
+    for native, dtype in ((False, torch.float32), (True, torch.bfloat16)):
+        monkeypatch.setattr(dev, "native_bf16", lambda device, native=native: native)
+        placed.clear()
+        assert ask(setup, "Who directed film 3?", "--device", "cpu").exit_code == 0
+        assert placed == [(torch.device("cpu"), dtype)]
 
 
 def test_a_question_file_through_an_endpoint_sets_failed_questions_aside(

@@ -99,16 +99,6 @@ def test_bf16_set_is_kept_and_warned_about_where_it_would_be_emulated(hardware):
         assert dev.resolve_bf16(True, CPU)
 
 
-def test_generation_precision_defaults_to_bf16_on_a_gpu_that_computes_it_only(hardware):
-    hardware(cpu_bf16=True, gpu_bf16=True)
-    assert dev.generation_bf16(None, GPU)
-    assert not dev.generation_bf16(None, CPU)
-    assert dev.generation_bf16(True, CPU)
-    assert not dev.generation_bf16(False, GPU)
-    hardware(cpu_bf16=True, gpu_bf16=False)  # a V100 or T4: bf16 only by emulation
-    assert not dev.generation_bf16(None, GPU)
-
-
 def test_autocast_is_needed_while_any_weight_is_fp32():
     model = tiny_model()
     assert dev.needs_autocast(model, bf16=True)

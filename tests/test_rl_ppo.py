@@ -192,7 +192,9 @@ def test_lora_on_a_bf16_base_trains_fp32_adapters(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("native", [True, False])
-def test_bf16_left_unset_follows_what_the_device_computes_natively(tmp_path: Path, monkeypatch, native) -> None:
+def test_bf16_left_unset_follows_what_the_device_computes_natively(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, native: bool
+) -> None:
     """Unset, the trainer computes (and generates its rollouts) in bf16 where the device has bf16 arithmetic
     and in fp32 where torch would emulate it."""
     import r3rag.device as dev

@@ -304,7 +304,9 @@ def test_a_lora_run_keeps_its_frozen_base_in_bf16(setup, tmp_path: Path, monkeyp
 
 
 @pytest.mark.parametrize("native", [True, False])
-def test_bf16_left_unset_follows_what_the_device_computes_natively(setup, tmp_path: Path, monkeypatch, native):
+def test_bf16_left_unset_follows_what_the_device_computes_natively(
+    setup, tmp_path: Path, monkeypatch, native
+):
     """Unset, bf16 is on where the device has bf16 arithmetic (the LoRA base loads in bf16) and off where
     torch would emulate it (the base stays fp32): r3rag.device.resolve_bf16 decides, not the field's None."""
     import r3rag.coldstart.sft as sft_module

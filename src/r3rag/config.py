@@ -635,12 +635,7 @@ class GeneratorConfig(StageConfig):
         "None: twice the concurrency, so a request is ready whenever a slot frees.",
     )
     device: str = device_field()
-    bf16: bool | None = Field(
-        None,
-        description="Local model: its weights in bf16 (half the memory; faster generation on a GPU and on "
-        "CPUs with AVX-512 BF16). Default: bf16 on a GPU that computes it natively (Ampere on), fp32 on a "
-        "CPU.",
-    )
+    bf16: bool | None = bf16_field("Local model: its weights in bf16 (half the memory, faster generation).")
 
     def in_flight(self) -> int:
         """Questions worked on at once through the endpoint."""

@@ -720,8 +720,8 @@ PPO_DETAILS = (
     ),
     PPODetail(
         "precision",
-        "fp32 weights; bf16 autocast for the trunk where the device computes bf16 natively (a GPU from Ampere "
-        "on, a CPU with AVX-512 BF16 or AMX), else fp32; LM head and value head in fp32",
+        "fp32 weights; bf16 autocast for the trunk where the device computes bf16 natively (a GPU from "
+        "Ampere on, a CPU with AVX-512 BF16 or AMX), else fp32; LM head and value head in fp32",
         ("bf16",),
         "bf16 {0}",
         "official trains in bf16",
