@@ -60,8 +60,8 @@ def bf16_field(what: str) -> Any:
     return Field(
         None,
         description=f"{what} Default: on where the device computes bf16 natively (a GPU from Ampere on, a "
-        "CPU with AVX-512 BF16 or AMX), fp32 elsewhere (emulated bf16 ran 20x slower than fp32 on an AVX2 "
-        "CPU).",
+        "CPU with AVX-512 BF16 or AMX), fp32 elsewhere (emulated bf16 trained 16-26x slower than fp32 on an "
+        "AVX2 CPU).",
     )
 
 

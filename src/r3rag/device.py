@@ -13,9 +13,9 @@ differences of large numbers) opens ``full_precision``. No other module names a 
 
 Whether ``bf16`` is on is a stage's setting; unset, it is on where the device computes bf16 in hardware
 (``native_bf16``: a GPU of the Ampere generation or later, a CPU with AVX-512 BF16 or AMX) and off elsewhere,
-where torch emulates it: on a 2-core AVX2 EPYC (no AVX-512), a forward and backward pass of the embedded
-model over 4 x 512 tokens took 414 s under bf16 autocast and 20 s in fp32 (docs/results.md, "Speed on a
-CPU").
+where torch emulates it: on a 2-core AVX2 EPYC (no AVX-512), an SFT step of the embedded model over 4 x 512
+tokens took 415 s under bf16 autocast and 26 s in fp32, a PPO update 406 s and 16 s, a batch of generation 23
+s and 8.5 s (``benchmarks/allocators.py``; docs/results.md, "bf16 on a CPU without bf16 arithmetic").
 """
 
 from __future__ import annotations
@@ -130,8 +130,8 @@ def resolve_bf16(setting: bool | None, device: torch.device) -> bool:
     if setting and not native_bf16(device):
         warnings.warn(
             f"bf16 on {device.type}, which has no bf16 arithmetic (a CPU without AVX-512 BF16 or AMX, a GPU "
-            "before Ampere): torch emulates it, about 20x slower than fp32 on the embedded model; leave bf16 "
-            "unset (or false) for fp32",
+            "before Ampere): torch emulates it, 16-26x slower than fp32 in training on an AVX2 CPU; leave "
+            "bf16 unset (or false) for fp32",
             stacklevel=1,
         )
     return setting
