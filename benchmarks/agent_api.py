@@ -52,17 +52,23 @@ def main() -> int:
     parser.add_argument("--per-client", type=int, default=1, help="Questions each concurrent client asks.")
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--max-steps", type=int, default=5)
-    parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument(
+        "--bf16",
+        action=argparse.BooleanOptionalAction,
+        help="bf16 weights (default: where the device computes bf16 natively; r3rag.device.resolve_bf16).",
+    )
     args = parser.parse_args()
 
     import httpx
 
     from r3rag.data.world import generate_world, write_world
+    from r3rag.device import resolve_bf16, resolve_device
     from r3rag.llm.hf import HFGenerator
     from r3rag.retrieval.index import build_index, load_index
     from r3rag.retrieval.server import serve_in_thread
     from r3rag.serving.agent_api import create_app
 
+    args.bf16 = resolve_bf16(args.bf16, resolve_device())
     world = generate_world()
     questions = [e.question for e in world.dev]
     need = args.single + args.clients * args.per_client

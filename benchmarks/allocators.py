@@ -47,7 +47,9 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3, help="Passes over every configuration.")
     parser.add_argument("--only", help="Comma-separated allocators to time (default: every one found).")
     parser.add_argument(
-        "--precisions", default="bf16,fp32", help="Comma-separated: bf16 (as r3rag runs it), fp32."
+        "--precisions",
+        help="Comma-separated: bf16 (as r3rag runs it), fp32 (default: both where the CPU computes bf16 "
+        "natively, else fp32 only: emulated bf16 takes minutes per step).",
     )
     parser.add_argument("--child", help=argparse.SUPPRESS)  # a configuration, run in its own process
     args = parser.parse_args()
@@ -57,6 +59,10 @@ def main() -> int:
     features = cpu_features()
     print(f"CPU: {features.model}; AVX-512 BF16 {features.avx512_bf16}; AMX {features.amx}", end="")
     print(f"; {os.cpu_count()} cores")
+    native = features.avx512_bf16 or features.amx
+    if args.precisions is None and not native:
+        print("no bf16 arithmetic on this CPU: fp32 only (--precisions bf16,fp32 times the emulation too)")
+    args.precisions = args.precisions or ("bf16,fp32" if native else "fp32")
     allocators = [a for a in available_allocators() if not args.only or a in args.only.split(",")]
     isas = {"native": {}, **({"no AMX": NO_AMX} if features.amx else {})}
     precisions = args.precisions.split(",")

@@ -12,7 +12,7 @@ The untrained model rarely writes a valid step, so most trajectories are a first
 re-generations (format-error): short prompts, long rambling completions. That is the real cold-start
 workload; after the cold start, prompts grow with the documents of each step.
 
-    .venv/bin/python benchmarks/rollout.py                    # bf16, the allocator of the environment
+    .venv/bin/python benchmarks/rollout.py            # bf16 where native, the allocator of the environment
     .venv/bin/python benchmarks/rollout.py --allocator tuned-glibc
     .venv/bin/python benchmarks/rollout.py --corpus c.jsonl --questions q.jsonl   # any corpus and questions
 """
@@ -61,7 +61,11 @@ def main() -> int:
     parser.add_argument("--questions", type=Path, help="Question file (default: the world's dev questions).")
     parser.add_argument("--count", type=int, default=32, help="Questions per batch size.")
     parser.add_argument("--batch-sizes", default="1,8,32")
-    parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument(
+        "--bf16",
+        action=argparse.BooleanOptionalAction,
+        help="bf16 weights (default: where the device computes bf16 natively; r3rag.device.resolve_bf16).",
+    )
     parser.add_argument("--max-new-tokens", type=int, default=512, help="Per step (paper: 512).")
     parser.add_argument("--max-steps", type=int, default=5)
     parser.add_argument("--top-k", type=int, default=5)
@@ -74,7 +78,10 @@ def main() -> int:
 
     import torch
 
+    from r3rag.device import resolve_bf16, resolve_device
     from r3rag.retrieval.index import build_index, load_index
+
+    args.bf16 = resolve_bf16(args.bf16, resolve_device())
 
     with tempfile.TemporaryDirectory(prefix="r3rag-rollout-") as tmp:
         corpus, examples = _data(args, Path(tmp))

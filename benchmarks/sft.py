@@ -47,6 +47,7 @@ from r3rag.coldstart.sft import (  # noqa: E402
     training_rows,
 )
 from r3rag.config import SFTConfig  # noqa: E402
+from r3rag.device import HOST, resolve_bf16  # noqa: E402
 from r3rag.llm.models import EMBEDDED_POLICY, load_model  # noqa: E402
 from r3rag.packing import Sample  # noqa: E402
 
@@ -61,8 +62,13 @@ def main() -> int:
     parser.add_argument("--model", default=EMBEDDED_POLICY)
     parser.add_argument("--trajectories", type=int, default=16, help="Trajectories whose examples are timed.")
     parser.add_argument("--rounds", type=int, default=3, help="Passes of each layout over the examples.")
-    parser.add_argument("--no-bf16", dest="bf16", action="store_false", help="fp32 instead of bf16 autocast.")
+    parser.add_argument(
+        "--bf16",
+        action=argparse.BooleanOptionalAction,
+        help="bf16 autocast (default: where the CPU computes bf16 natively; r3rag.device.resolve_bf16).",
+    )
     args = parser.parse_args()
+    args.bf16 = resolve_bf16(args.bf16, HOST)
     model, tokenizer = load_model(args.model)
     model.train()
     with tempfile.TemporaryDirectory(prefix="r3rag-sft-bench-") as tmp:

@@ -125,7 +125,11 @@ def main() -> int:
     parser.add_argument("--out", type=Path, required=True, help="Trajectories jsonl (appended, resumed).")
     parser.add_argument("--limit", type=int, help="Only the first N questions.")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument(
+        "--bf16",
+        action=argparse.BooleanOptionalAction,
+        help="bf16 weights (default: where the device computes bf16 natively; r3rag.device.resolve_bf16).",
+    )
     args = parser.parse_args()
 
     examples = load_dataset(args.questions)[: args.limit]

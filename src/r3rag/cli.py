@@ -175,12 +175,11 @@ def _generator(settings: GeneratorConfig, batch_size: int) -> Generator:
             max_retries=settings.retries,
             backoff_s=settings.backoff_s,
         )
-    from r3rag.device import resolve_bf16, resolve_device
     from r3rag.llm.hf import HFGenerator
 
-    device = resolve_device(settings.device)
-    bf16 = resolve_bf16(settings.bf16, device)
-    return HFGenerator.from_name(settings.model, batch_size=batch_size, bf16=bf16, device=device)
+    return HFGenerator.from_name(
+        settings.model, batch_size=batch_size, bf16=settings.bf16, device=settings.device
+    )
 
 
 # ------------------------------------------------------------------------------------------------ r3rag data

@@ -429,7 +429,6 @@ def _evaluate(evaluation: Evaluation, ctx: Context) -> str:
 def evaluate_model(ctx: Context, model: str, config: EvalConfigBase, out: Path) -> None:
     """Evaluate ``model`` with ``config`` on the first ``eval_questions`` dev questions of the folder's world,
     against its index, into ``out`` (an evaluation folder: resumed if interrupted, bound to this model)."""
-    from r3rag.device import resolve_bf16, resolve_device
     from r3rag.evaluation.run import open_run, run_and_report
     from r3rag.evaluation.runner import Progress, load_datasets
     from r3rag.llm.hf import HFGenerator
@@ -437,9 +436,9 @@ def evaluate_model(ctx: Context, model: str, config: EvalConfigBase, out: Path) 
 
     datasets = load_datasets([str(ctx.out / "world" / "dev.jsonl")], ctx.config.eval_questions)
     manifest, retriever = open_run(config, datasets, describe_model(model), str(ctx.out / "index"), out)
-    device = resolve_device(ctx.config.eval_device)
-    bf16 = resolve_bf16(ctx.config.eval_bf16, device)
-    generator = HFGenerator.from_name(model, batch_size=config.batch_size, bf16=bf16, device=device)
+    generator = HFGenerator.from_name(
+        model, batch_size=config.batch_size, bf16=ctx.config.eval_bf16, device=ctx.config.eval_device
+    )
 
     def show(p: Progress) -> None:
         ctx.say(f"    {p.method}: {p.done}/{p.total} questions ({p.seconds:.0f} s)")

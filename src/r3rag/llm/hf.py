@@ -62,6 +62,7 @@ from r3rag.device import (
     autocast_single_rows,
     module_device,
     needs_autocast,
+    resolve_bf16,
     resolve_device,
     weights_dtype,
 )
@@ -183,15 +184,21 @@ class HFGenerator:
 
     @classmethod
     def from_name(
-        cls, name: str, *, batch_size: int = 32, bf16: bool = False, device: str | torch.device = "auto"
+        cls,
+        name: str,
+        *,
+        batch_size: int = 32,
+        bf16: bool | None = None,
+        device: str | torch.device = "auto",
     ) -> HFGenerator:
         """Load a model by name (the embedded default, a folder, a .gguf, or a hub id; see ``models.py``)
-        onto ``device``, with bf16 weights when ``bf16``: it only generates, so it needs no fp32 copy."""
+        onto ``device``, with bf16 weights when ``bf16`` (unset: where the device computes bf16 natively,
+        :func:`r3rag.device.resolve_bf16`): it only generates, so it needs no fp32 copy."""
         from r3rag.llm.models import load_model
 
-        model, tokenizer = load_model(
-            name, dtype=weights_dtype(bf16, trained=False), device=resolve_device(device)
-        )
+        placed = resolve_device(device)
+        bf16 = resolve_bf16(bf16, placed)
+        model, tokenizer = load_model(name, dtype=weights_dtype(bf16, trained=False), device=placed)
         return cls(model, tokenizer, batch_size=batch_size, bf16=bf16)
 
     def encode(self, conversation: Conversation) -> list[int]:
