@@ -228,7 +228,7 @@ def expected_update(trainer: PPOTrainer, buffer: list[Experience]) -> dict[str, 
     for e in buffer:
         mask = e.batch.action_mask
         with torch.no_grad():
-            new = trainer.model(e.batch, c.bf16, values=True)
+            new = trainer.model(e.batch, trainer.bf16, values=True)
         assert new.values is not None
         ratio = (new.logprobs - e.old_logprobs).exp()
         v_clipped = e.old_values + (new.values - e.old_values).clamp(-c.value_clip, c.value_clip)
