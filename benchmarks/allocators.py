@@ -36,7 +36,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 from _summary import report  # noqa: E402
 
 from r3rag.allocator import ALLOCATOR_ENV, allocator_environment, available_allocators  # noqa: E402
-from r3rag.device import cpu_features  # noqa: E402
+from r3rag.device import HOST, cpu_features, native_bf16  # noqa: E402
 
 WORKLOADS = ("sft step", "ppo update", "generation")
 NO_AMX = {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"}
@@ -59,7 +59,7 @@ def main() -> int:
     features = cpu_features()
     print(f"CPU: {features.model}; AVX-512 BF16 {features.avx512_bf16}; AMX {features.amx}", end="")
     print(f"; {os.cpu_count()} cores")
-    native = features.avx512_bf16 or features.amx
+    native = native_bf16(HOST)
     if args.precisions is None and not native:
         print("no bf16 arithmetic on this CPU: fp32 only (--precisions bf16,fp32 times the emulation too)")
     args.precisions = args.precisions or ("bf16,fp32" if native else "fp32")
