@@ -34,8 +34,11 @@ configuration): one 100-minute run gives a long curve and a 60-minute seed at on
 An invocation without ``--variant`` builds and evaluates the base; one with variants builds the base's
 models if they are missing, then its RL runs. Invocations on the same folder may run at once once R3-RAG-CS
 exists (the base's evaluations in one, RL runs in others; ``--threads 1`` gives each its own core); the
-report lists every system evaluated so far. ``--tiny`` runs the whole thing on the tiny quickstart
-preset (a random 2-layer model: the plumbing, in about a minute; its numbers mean nothing).
+report lists every system evaluated so far. ``--transfer-world 11`` trains nothing: it evaluates the folder's
+R3-RAG-CS and every finished RL run's final model on another world's dev questions (entities the models never
+saw; its own world and BM25 index, in ``<out>/transfer-11``) and reports them the same way. ``--tiny`` runs
+the whole thing on the tiny quickstart preset (a random 2-layer model: the plumbing, in about a minute; its
+numbers mean nothing).
 """
 
 from __future__ import annotations
@@ -88,6 +91,8 @@ from r3rag.schema import QAExample, Trajectory  # noqa: E402
 BASE_DIR = "base"
 RUNS_DIR = "rl"
 FORCED_DIR = "eval-cs-forced"
+CS_MODEL = Path("sft") / FINAL_DIR
+"""R3-RAG-CS in the base's folder (the pipeline's SFT stage's final model)."""
 REPORT = "report.md"
 CURVES = "curves.png"
 CURVE_PANELS = {
@@ -235,7 +240,7 @@ def evaluate_base(ctx: Context) -> None:
     run_pipeline(ctx.config, ctx.out, ctx.console, ctx.progress, only=(*TRAIN_STAGES, *EVAL_STAGES))
     if not (ctx.out / FORCED_DIR / "results.json").is_file():
         ctx.console.print("evaluation: R3-RAG-CS with a forced final answer ...")
-        evaluate_model(ctx, str(ctx.out / "sft" / "final"), forced_config(ctx.config), ctx.out / FORCED_DIR)
+        evaluate_model(ctx, str(ctx.out / CS_MODEL), forced_config(ctx.config), ctx.out / FORCED_DIR)
 
 
 def run_rl(ctx: Context, name: str, config: PPOConfig, progress: bool, train: bool = True) -> None:
@@ -252,6 +257,32 @@ def run_rl(ctx: Context, name: str, config: PPOConfig, progress: bool, train: bo
         if (model / "config.json").is_file() and not (folder / "results.json").is_file():
             ctx.console.print(f"evaluation: {name}, {model.name} ...")
             evaluate_model(ctx, str(model), ctx.config.r3rag_eval(), folder)
+
+
+def transfer(config: PipelineConfig, out: Path, target: Path, console: Console, progress: bool) -> None:
+    """Evaluate ``out``'s R3-RAG-CS and the final model of each of its finished RL runs on the dev questions
+    of ``config``'s world, into ``target`` laid out as an experiment folder (the world and its index under
+    ``base``; each run's ``ppo`` a link to the trained one, so the report reads its records); an evaluation
+    already done is skipped."""
+    if not (out / BASE_DIR / CS_MODEL / "config.json").is_file():
+        raise SystemExit(f"{out / BASE_DIR / CS_MODEL}: no R3-RAG-CS to transfer; build the base first")
+    base = target / BASE_DIR
+    run_pipeline(config, base, console, progress, only=("world", "index"))
+    ctx = Context(config, base.resolve(), console, progress)
+    models = [("R3-RAG-CS", out / BASE_DIR / CS_MODEL, base / "eval-cs")]
+    for run in sorted((out / RUNS_DIR).glob("*")):
+        ppo = run / "ppo"
+        if not (ppo / FINAL_DIR / "config.json").is_file():
+            continue
+        link = target / RUNS_DIR / run.name / "ppo"
+        if not link.exists():
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(ppo.resolve(), target_is_directory=True)
+        models.append((run.name, ppo / FINAL_DIR, link.parent / "eval"))
+    for name, model, folder in models:
+        if not (folder / "results.json").is_file():
+            console.print(f"evaluation on world seed {config.world.seed}: {name} ...")
+            evaluate_model(ctx, str(model), config.r3rag_eval(), folder)
 
 
 # ---------------------------------------------------------------------------------------------- the report
@@ -727,6 +758,14 @@ def main(argv: list[str] | None = None) -> int:
         help="Train nothing: evaluate the models the named runs have saved so far (a snapshot while its run "
         "still trains, on another core) and report. Not while another invocation evaluates the same model.",
     )
+    parser.add_argument(
+        "--transfer-world",
+        type=int,
+        default=None,
+        metavar="SEED",
+        help="Train nothing: evaluate R3-RAG-CS and every finished RL run's final model on the dev questions "
+        "of world SEED (entities the models never saw), into <out>/transfer-SEED, and report them.",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's).")
     parser.add_argument("--tiny", action="store_true", help="The tiny preset: checks the plumbing only.")
     parser.add_argument("--quiet", action="store_true", help="No progress bars.")
@@ -740,6 +779,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--set and --tag go together: runs with changed settings need a name of their own")
     if args.tag and not re.fullmatch(r"[a-z0-9.]+(-[a-z0-9.]+)*", args.tag):
         parser.error(f"--tag {args.tag!r}: use lowercase letters, digits, dots and single dashes")
+    if args.transfer_world is not None and args.variant:
+        parser.error("--transfer-world trains nothing: run the RL runs first, then transfer their models")
+    if args.transfer_world == args.world_seed:
+        parser.error(f"--transfer-world {args.transfer_world} is the world the models were trained on")
     if args.threads is not None:
         import torch
 
@@ -747,10 +790,20 @@ def main(argv: list[str] | None = None) -> int:
     console = Console(stderr=True, highlight=False, soft_wrap=True)
     config = base_config(args.world_seed, args.dev_questions, args.sft_examples, args.tiny)
     out: Path = args.out
-    if not args.report_only:
+    preface = ""
+    if args.transfer_world is not None:
+        trained_in, out = out, out / f"transfer-{args.transfer_world}"
+        config = base_config(args.transfer_world, args.dev_questions, args.sft_examples, args.tiny)
+        preface = (
+            f"The models of `{trained_in}` (trained on world seed {args.world_seed}) on another world's "
+            "questions; the rollout, iteration and time tables are their training's.\n\n"
+        )
+        if not args.report_only:
+            transfer(config, trained_in, out, console, not args.quiet)
+    elif not args.report_only:
         run_all(args, config, out, console)
     runs = run_records(out)
-    table = report(config, out, runs)
+    table = preface + report(config, out, runs)
     (out / REPORT).write_text(table, encoding="utf-8")
     plot_curves(runs, out / CURVES)
     print(table, end="")

@@ -5,6 +5,7 @@ paired counts match the predictions; and the arguments rl_gain refuses."""
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from types import ModuleType
 
 import pytest
 
+from r3rag.data.datasets import load_dataset
 from r3rag.evaluation.runner import read_records
 from r3rag.jsonl import iter_jsonl
 from r3rag.schema import QAExample, Step, SubQuestion, Trajectory, TrajectoryStatus
@@ -91,6 +93,39 @@ def test_the_experiment_runs_the_base_an_rl_run_and_reports_them_paired(tmp_path
     assert "ppo_epochs: 1" in config and "scale: trajectory" in config  # the --set values
 
 
+def test_transfer_evaluates_the_trained_models_on_another_world_s_dev_questions(tmp_path: Path) -> None:
+    run(tmp_path, "--world-seed", "3")
+    rl_args = ("--world-seed", "3", "--variant", "rloo", "--rl-minutes", "0.01", "--rl-iterations", "1")
+    run(tmp_path, *rl_args)
+    name = "rloo-hybrid-0.01min-s0"
+    table = run(tmp_path, "--world-seed", "3", "--transfer-world", "4")
+    target = tmp_path / "transfer-4"
+    assert table == (target / "report.md").read_text() and "world seed 4" in table
+    assert run(tmp_path, "--world-seed", "3", "--transfer-world", "4", "--report-only") == table
+    systems = table.split("\n\n")[2]
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in systems.splitlines() if line.startswith("| ")}
+    assert list(rows)[1:] == ["R3-RAG-CS", f"R3-RAG {name}"]  # no baselines, no forced answer
+    # the questions are world 4's, asked of the models trained on world 3
+    questions = {
+        world: [e.question for e in load_dataset(folder / "base" / "world" / "dev.jsonl")][:4]
+        for world, folder in ((3, tmp_path), (4, target))
+    }
+    assert questions[3] != questions[4]
+    for folder, model in (
+        (target / "base" / "eval-cs", tmp_path / "base" / "sft" / "final"),
+        (target / "rl" / name / "eval", tmp_path / "rl" / name / "ppo" / "final"),
+    ):
+        assert [r["question"] for r in read_records(folder / "predictions.jsonl")] == questions[4]
+        manifest = json.loads((folder / "manifest.json").read_text())
+        assert manifest["model"]["path"] == str(model.resolve())
+        assert manifest["retriever"]["source"] == str((target / "base" / "index").resolve())
+    cs = {r["id"]: r["acc"] for r in read_records(target / "base" / "eval-cs" / "predictions.jsonl")}
+    rl = {r["id"]: r["acc"] for r in read_records(target / "rl" / name / "eval" / "predictions.jsonl")}
+    gained = sum(1 for q in cs if rl[q] and not cs[q])
+    lost = sum(1 for q in cs if cs[q] and not rl[q])
+    assert f"+{gained} / -{lost}" in rows[f"R3-RAG {name}"]
+
+
 @pytest.fixture
 def rl_gain(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
     monkeypatch.syspath_prepend(str(BENCHMARKS))
@@ -104,6 +139,8 @@ def rl_gain(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
         (["--tag", "e1"], "--set and --tag go together"),
         (["--set", "ppo_epochs", "--tag", "e1"], "expected KEY=VALUE, got 'ppo_epochs'"),
         (["--set", "ppo_epochs=1", "--tag", "E1 x"], "use lowercase letters"),
+        (["--transfer-world", "0"], "is the world the models were trained on"),
+        (["--transfer-world", "4", "--variant", "rloo"], "--transfer-world trains nothing"),
     ],
 )
 def test_bad_arguments_are_refused_before_anything_runs(
