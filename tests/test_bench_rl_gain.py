@@ -330,3 +330,11 @@ def test_the_halves_table_pairs_each_run_with_r3rag_cs_on_the_reading_and_the_tw
     assert rl_gain.halves_table(by_system, {}, types) == ""
     only_reading = {i: "chain" for i in types}
     assert rl_gain.halves_table(by_system, budgets, only_reading) == ""
+
+
+def test_transfer_without_a_trained_base_is_refused_before_building_anything(
+    rl_gain: ModuleType, tmp_path: Path
+) -> None:
+    with pytest.raises(SystemExit, match="no R3-RAG-CS to transfer; build the base first"):
+        rl_gain.main(["--out", str(tmp_path), "--transfer-world", "4", "--tiny"])
+    assert not any(tmp_path.iterdir())
