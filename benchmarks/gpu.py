@@ -305,7 +305,7 @@ def _sft_case(args: argparse.Namespace, device: torch.device, name: str, lora: b
 
 def _sft_step(model: Any, optimizer: torch.optim.Optimizer, samples: list[Any], targets: int) -> None:
     """One optimizer step as r3rag's SFT takes it: micro-batches of 2 rows, gradients accumulated."""
-    from r3rag.coldstart.sft import loss_sum
+    from r3rag.packing import loss_sum
 
     for start in range(0, len(samples), 2):
         loss, _ = loss_sum(model, samples[start : start + 2], False, 0, bf16=True)

@@ -11,16 +11,9 @@ import pytest
 from transformers import PreTrainedTokenizerFast
 
 from r3rag.agent import Agent
-from r3rag.coldstart.dataset import (
-    IGNORE_INDEX,
-    coldstart_stats,
-    end_of_turn,
-    read_sft,
-    sft_records,
-    step_conversations,
-    tokenize_example,
-)
+from r3rag.coldstart.dataset import coldstart_stats, sft_records, step_conversations
 from r3rag.config import AgentConfig
+from r3rag.data.sft import IGNORE_INDEX, end_of_turn, read_sft, tokenize_example
 from r3rag.jsonl import RecordError
 from r3rag.llm.base import Completion, Conversation, SamplingParams, per_row
 from r3rag.llm.hf import HFGenerator

@@ -11,12 +11,10 @@ import pytest
 import torch
 
 from r3rag.coldstart.build import CONFIG_FILE
-from r3rag.coldstart.dataset import IGNORE_INDEX, end_of_turn, step_conversations, tokenize_example
+from r3rag.coldstart.dataset import step_conversations
 from r3rag.coldstart.sft import (
     CHECKPOINTS,
     FINAL,
-    as_samples,
-    loss_sum,
     micro_batches,
     prepare_data,
     row_length,
@@ -24,8 +22,10 @@ from r3rag.coldstart.sft import (
     training_rows,
 )
 from r3rag.config import AGENT_FILE, AgentConfig, ColdStartConfig, SFTConfig
+from r3rag.data.sft import IGNORE_INDEX, as_samples, end_of_turn, tokenize_example
 from r3rag.jsonl import iter_jsonl
 from r3rag.llm.hf import HFGenerator
+from r3rag.packing import loss_sum
 from r3rag.schema import Passage, Step, Trajectory, TrajectoryStatus
 from tiny_llm import tiny_model, tiny_tokenizer
 

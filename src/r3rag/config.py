@@ -938,6 +938,24 @@ class PPOConfig(StageConfig):
         0.2, gt=0, description="Value clip around the rollout's values (official: 0.2)."
     )
     ent_coef: float = Field(0.0, ge=0, description="Entropy bonus (OpenRLHF has none; entropy is logged).")
+    ptx_data: Path | None = Field(
+        None,
+        description="SFT examples (the cold start's sft.jsonl) whose loss joins every actor update, weighted "
+        "by `ptx_coef` (InstructGPT's PPO-ptx; OpenRLHF's --pretrain_data): keeps the cold start's steps on "
+        "the questions no rollout sampled. None: PPO's loss alone (official).",
+    )
+    ptx_coef: float = Field(
+        0.05,
+        ge=0,
+        description="With `ptx_data`: weight of its loss (mean NLL per target token) in each optimizer "
+        "step (OpenRLHF's ptx_coef default).",
+    )
+    ptx_questions: int = Field(
+        2,
+        ge=1,
+        description="With `ptx_data`: questions drawn per optimizer step, each with all its step examples "
+        "(one row sharing their prompts).",
+    )
     max_grad_norm: float = Field(
         1.0, gt=0, description="Gradient clipping, actor and critic each (official: 1.0)."
     )

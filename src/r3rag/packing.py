@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from r3rag.device import autocast, full_precision
+from r3rag.device import autocast, full_precision, module_device
 
 _LOGIT_RESCALING = ("final_logit_softcapping", "logit_scale", "logits_scaling")
 
@@ -261,3 +261,14 @@ class ActionLogprobs(nn.Module):
 
     def forward(self, batch: Batch) -> torch.Tensor:
         return action_logprobs(self.model, batch, self.bf16)
+
+
+def loss_sum(
+    model: Any, samples: list[Sample], share_prefixes: bool, pad_id: int, bf16: bool
+) -> tuple[torch.Tensor, int]:
+    """Summed cross-entropy over the target tokens of ``samples`` (computed in packed rows when sharing, on
+    the model's device), and their count. ``model`` is a causal LM, or the :class:`ActionLogprobs` root of
+    one sharded with FSDP."""
+    batch = collate(samples, pack_samples(samples, share_prefixes), pad_id).to(module_device(model))
+    logprobs = model(batch) if isinstance(model, ActionLogprobs) else action_logprobs(model, batch, bf16)
+    return -(logprobs * batch.action_mask).sum(), int(batch.action_mask.sum())

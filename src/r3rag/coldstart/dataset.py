@@ -16,19 +16,13 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from statistics import mean
 from typing import Any
 
 from r3rag.config import AgentConfig
-from r3rag.jsonl import RecordError, iter_jsonl
 from r3rag.llm.base import Conversation
 from r3rag.schema import Step, Trajectory
-from r3rag.steps import ChatTokenizer, build_messages, format_step, parse_step, render_prompt
-
-IGNORE_INDEX = -100  # label of a token without loss (the value torch's cross-entropy skips)
-_PROBE = "\x07r3rag-probe\x07"
+from r3rag.steps import build_messages, format_step, parse_step
 
 
 def step_conversations(trajectory: Trajectory, agent: AgentConfig) -> list[Conversation]:
@@ -80,80 +74,6 @@ def sft_records(records: Iterable[dict[str, Any]], agent: AgentConfig) -> tuple[
                 }
             )
     return out, dropped
-
-
-def read_sft(path: str | Path) -> list[dict[str, Any]]:
-    """SFT examples, each with an ``example_id`` and ``messages`` ending in the assistant's step."""
-    out = []
-    for line, record in iter_jsonl(path):
-        messages = record.get("messages")
-        if not isinstance(messages, list) or len(messages) < 2:
-            raise RecordError(path, line, "expected a list of at least two chat messages", field="messages")
-        for i, message in enumerate(messages):
-            if not isinstance(message, dict) or not isinstance(message.get("content"), str):
-                raise RecordError(path, line, "expected {role, content}", field=f"messages[{i}]")
-        if messages[-1].get("role") != "assistant":
-            raise RecordError(path, line, "the last message must be the assistant's", field="messages")
-        record.setdefault("example_id", record.get("id", str(line)))
-        if not isinstance(record["example_id"], str | int) or isinstance(record["example_id"], bool):
-            raise RecordError(path, line, "expected the question's id (text or a number)", field="example_id")
-        out.append(record)
-    return out
-
-
-# ----------------------------------------------------------------------------------------- tokenisation
-
-
-def end_of_turn(tokenizer: ChatTokenizer) -> str:
-    """What the chat template writes after an assistant message's content (``<|im_end|>`` for ChatML,
-    ``<|eot_id|>`` for Llama 3), found by rendering a conversation with and without an assistant turn.
-
-    Trailing whitespace is dropped: generation stops at the end-of-turn token, so nothing after it is ever
-    generated. A template that puts text of its own before the assistant's content is refused, since the
-    target would then not be what the policy writes.
-    """
-    probe = [{"role": "user", "content": "Hi"}]
-    prompt = render_prompt(tokenizer, probe)
-    full = tokenizer.apply_chat_template([*probe, {"role": "assistant", "content": _PROBE}], tokenize=False)
-    name = type(tokenizer).__name__
-    if not full.startswith(prompt) or _PROBE not in full[len(prompt) :]:
-        raise ValueError(f"{name}: the chat template does not extend the generation prompt with the reply")
-    before, _, after = full[len(prompt) :].partition(_PROBE)
-    if before:
-        raise ValueError(f"{name}: the chat template adds {before!r} before the assistant's reply")
-    suffix = after.rstrip()
-    if not suffix:
-        raise ValueError(f"{name}: the chat template writes no end-of-turn marker after the reply")
-    return suffix
-
-
-@dataclass(slots=True)
-class TokenizedExample:
-    """``input_ids`` = prompt + target; ``labels`` are ``IGNORE_INDEX`` over the prompt, the ids after it."""
-
-    example_id: str
-    input_ids: list[int]
-    labels: list[int]
-    prompt_length: int
-
-
-def tokenize_example(
-    tokenizer: Any, messages: Conversation, eot: str, example_id: str = ""
-) -> TokenizedExample:
-    """Prompt ids exactly as the agent's generator encodes them, then the step and end-of-turn ids.
-
-    The two parts are encoded separately, as at inference, where the prompt is encoded and the step is
-    generated after it token by token.
-    """
-    prompt = render_prompt(tokenizer, messages[:-1])
-    prompt_ids = list(tokenizer(prompt, add_special_tokens=False)["input_ids"])
-    target_ids = list(tokenizer(messages[-1]["content"] + eot, add_special_tokens=False)["input_ids"])
-    return TokenizedExample(
-        example_id=example_id,
-        input_ids=prompt_ids + target_ids,
-        labels=[IGNORE_INDEX] * len(prompt_ids) + target_ids,
-        prompt_length=len(prompt_ids),
-    )
 
 
 # ------------------------------------------------------------------------------------------- statistics

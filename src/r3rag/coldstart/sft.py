@@ -5,7 +5,7 @@ warmup, loss on the step only). This loop does the same for any causal LM with a
 a GPU, with nothing hidden:
 
 - examples are the SFT jsonl of ``r3rag coldstart`` (chat messages), tokenised as the agent's generator
-  tokenises prompts (:mod:`~r3rag.coldstart.dataset`); too-long examples are dropped, never cut;
+  tokenises prompts (:mod:`~r3rag.data.sft`); too-long examples are dropped, never cut;
 - whole questions are held out for the evaluation loss, so no step of a held-out trajectory is trained on;
 - with ``share_prefixes`` the step examples of one trajectory are computed in one row, as PPO computes its
   step samples (:mod:`r3rag.packing`): each step's prompt is the previous one plus a step and its
@@ -51,12 +51,11 @@ from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
 from r3rag import parallel, runs
 from r3rag.coldstart.build import CONFIG_FILE as COLDSTART_FILE
-from r3rag.coldstart.dataset import IGNORE_INDEX, TokenizedExample, end_of_turn, read_sft, tokenize_example
 from r3rag.config import AGENT_FILE, ColdStartConfig, SFTConfig
+from r3rag.data.sft import TokenizedExample, as_samples, end_of_turn, read_sft, tokenize_example
 from r3rag.device import (
     describe,
     enable_gradient_checkpointing,
-    module_device,
     peak_gpu_bytes,
     precision,
     resolve_bf16,
@@ -66,7 +65,7 @@ from r3rag.device import (
 from r3rag.jsonl import JsonlAppender, rewind
 from r3rag.llm.models import load_model
 from r3rag.lora import add_lora, load_lora, merged
-from r3rag.packing import ActionLogprobs, Sample, action_logprobs, check_plain_head, collate, pack_samples
+from r3rag.packing import ActionLogprobs, Sample, check_plain_head, loss_sum, pack_samples
 
 FINAL = "final"
 CHECKPOINTS = "checkpoints"
@@ -142,22 +141,6 @@ def _whole_questions(examples: list[TokenizedExample], budget: int, seed: int) -
     return [e for i, e in enumerate(examples) if i in keep]
 
 
-def as_samples(examples: list[TokenizedExample]) -> list[Sample]:
-    """The examples as samples of the packing code: the target tokens are the "actions", and the examples of
-    one question share a ``trajectory`` number so that they can share a row."""
-    questions: dict[str, int] = {}
-    return [
-        Sample(
-            tuple(e.input_ids),
-            tuple(label != IGNORE_INDEX for label in e.labels),
-            (0.0,) * len(e.input_ids),
-            trajectory=questions.setdefault(e.example_id, len(questions)),
-            step=i,
-        )
-        for i, e in enumerate(examples)
-    ]
-
-
 def training_rows(samples: list[Sample], share_prefixes: bool) -> list[list[int]]:
     """The units batches are made of: the samples' indices of each pack (per question when sharing, else
     one per sample), in order."""
@@ -183,17 +166,6 @@ def micro_batches(lengths: list[int], size: int, seed: int) -> list[list[int]]:
         batches += [chunk[j : j + size] for j in range(0, len(chunk), size)]
     rng.shuffle(batches)
     return batches
-
-
-def loss_sum(
-    model: Any, samples: list[Sample], share_prefixes: bool, pad_id: int, bf16: bool
-) -> tuple[torch.Tensor, int]:
-    """Summed cross-entropy over the target tokens of ``samples`` (computed in packed rows when sharing, on
-    the model's device), and their count. ``model`` is a causal LM, or the :class:`ActionLogprobs` root of
-    one sharded with FSDP."""
-    batch = collate(samples, pack_samples(samples, share_prefixes), pad_id).to(module_device(model))
-    logprobs = model(batch) if isinstance(model, ActionLogprobs) else action_logprobs(model, batch, bf16)
-    return -(logprobs * batch.action_mask).sum(), int(batch.action_mask.sum())
 
 
 def evaluate(

@@ -17,7 +17,8 @@ One iteration (defaults: the official run, reference §1.5 and §3.3; CleanRL's 
    whitened over the whole buffer.
 4. **Update**: ``ppo_epochs`` passes; each pass shuffles the micro-batches and accumulates gradients over
    them up to ``minibatch_size`` samples per optimizer step. Loss = clipped surrogate + value loss (clipped)
-   - entropy bonus, each averaged over a sample's tokens then over samples; gradients clipped to
+   - entropy bonus, each averaged over a sample's tokens then over samples (with ``ptx_data``, plus
+   ``ptx_coef`` x the SFT loss of a few cold-start questions, :mod:`r3rag.rl.ptx`); gradients clipped to
    ``max_grad_norm`` for actor and critic separately; AdamW with the actor's and critic's own learning rates,
    linear warmup then cosine decay to ``min_lr_ratio``, as a function of progress through the run.
 5. **Record**: metrics to jsonl + TensorBoard, a greedy dev evaluation every ``eval_every`` iterations, a
@@ -32,6 +33,7 @@ from __future__ import annotations
 
 import copy
 import json
+import random
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -78,6 +80,7 @@ from r3rag.rl.losses import (
     whiten,
 )
 from r3rag.rl.models import ActorCritic, ReferencePolicy
+from r3rag.rl.ptx import PtxLoss
 from r3rag.rl.rollout import Rollout, Scorer, collect, repeat, rollout_metrics
 from r3rag.rl.samples import CREDIT_SCHEMES, CRITIC_FREE, CreditScheme
 from r3rag.rl.tracking import CURVE_FILE, MetricsLog, plot_curve
@@ -211,6 +214,13 @@ class PPOTrainer:
         self.scheduler = progress_schedule(self.optimizer, config.warmup_ratio, config.min_lr_ratio)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.pad_id = int(pad or 0)
+        self.ptx = (
+            None
+            if config.ptx_data is None
+            else PtxLoss.from_file(
+                config.ptx_data, tokenizer, config.ptx_coef, config.ptx_questions, self.pad_id
+            )
+        )
         self._orders: dict[int, list[int]] = {}
         self._eval_seconds = 0.0  # the last dev evaluation's duration, for the time budget
         self.kl_coef = config.kl_coef  # beta of the next iteration; moves with `kl_target`
@@ -447,14 +457,24 @@ class PPOTrainer:
         sizes = [e.batch.size for e in buffer]
         value_weight = c.vf_coef if c.critic == "shared" else 1.0
         actor_params, critic_params = self.model.actor_parameters(), self.model.critic_parameters()
+        ptx_draws = random.Random(runs.derive_seed(c.seed, "ptx", iteration))
         sums: dict[str, float] = defaultdict(float)
         tokens = steps = 0
+        ptx_seconds = 0.0
         for epoch in range(c.ppo_epochs):
             order = torch.randperm(len(buffer), generator=generator).tolist()
             groups = minibatches(order, sizes, c.minibatch_size)
             for k, group in enumerate(groups):
                 n = sum(sizes[i] for i in group)
                 self.optimizer.zero_grad(set_to_none=True)
+                if self.ptx is not None:  # first, on zeroed gradients: its own norm is measured
+                    ptx_started = time.perf_counter()
+                    ptx_loss, ptx_norm = self.ptx.backward(
+                        self.model.actor, ptx_draws, self.bf16, c.share_prefixes
+                    )
+                    sums["ptx_loss"] += ptx_loss
+                    sums["ptx_grad_norm"] += ptx_norm
+                    ptx_seconds += time.perf_counter() - ptx_started
                 for i in group:
                     e = buffer[i]
                     mask = e.batch.action_mask
@@ -508,6 +528,8 @@ class PPOTrainer:
                 "update/tokens_per_s": tokens / max(seconds, 1e-9),
             }
         )
+        if self.ptx is not None:
+            out["time/ptx"] = ptx_seconds  # within time/update
         return out
 
     def _evaluate(self, iteration: int) -> dict[str, float]:
