@@ -61,6 +61,7 @@ TESTS: dict[str, tuple[str, ...]] = {
     "rl/losses.py": ("test_rl_losses.py", "test_rl_trainer.py"),
     "rl/samples.py": ("test_rl_samples.py",),
     "rl/draws.py": ("test_rl_draws.py",),
+    "rl/ptx.py": ("test_rl_ptx.py",),
     "evaluation/paired.py": ("test_paired.py",),
     "packing.py": ("test_rl_samples.py", "test_rl_models.py", "test_rl_trainer.py"),
     "rewards/metrics.py": ("test_metrics.py", "test_eval_scoring.py", "test_shaping.py", "test_judges.py"),
@@ -128,6 +129,12 @@ MUTATIONS: list[Mutation] = [
         'least = hops if config.scale == "hops" else 1',
         "least = 1",
         "scale hops: Rel spread over the searches alone, as scale trajectory",
+    ),
+    Mutation(
+        "rl/ptx.py",
+        "(total * (self.coef / targets)).backward()",
+        "(total * self.coef).backward()",
+        "PPO-ptx: the SFT loss summed over its target tokens, not averaged",
     ),
     Mutation(
         "rl/draws.py",

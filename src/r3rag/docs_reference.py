@@ -616,6 +616,14 @@ PPO_DETAILS = (
         "OpenRLHF has none",
     ),
     PPODetail(
+        "SFT term (PPO-ptx)",
+        "+ ptx_coef x the mean NLL per target token of ptx_questions cold-start questions, every optimizer step "
+        "(none without ptx_data)",
+        ("ptx_data", "ptx_coef", "ptx_questions"),
+        "data {0}; coef {1}, {2} questions per step",
+        "official: none; InstructGPT's PPO-ptx, OpenRLHF `--pretrain_data`, `--ptx_coef`",
+    ),
+    PPODetail(
         "gradient clipping",
         "actor and critic separately",
         ("max_grad_norm",),
