@@ -21,29 +21,20 @@ STEP_1 = "Step 1:\nThe problem analysis: find the film.\nThe retrieval query: fi
 STEP_2 = "Step 2:\nThe problem analysis: the documents say so.\nThe final answer: Ada"
 
 
+def record(example_id: str, question: str, step: str) -> dict:
+    """An SFT record as `r3rag coldstart` writes it: system, user (the question so far), the step."""
+    user = {"role": "user", "content": question}
+    return {"example_id": example_id, "messages": [SYSTEM, user, {"role": "assistant", "content": step}]}
+
+
 def sft_records() -> list[dict]:
     """Three questions: q0 with two steps (the second prompt extends the first), q1 and q2 with one."""
-    first = [SYSTEM, {"role": "user", "content": "The question: Who directed film 0?"}]
-    second = [SYSTEM, {"role": "user", "content": f"The question: Who directed film 0?\n{STEP_1}\ndocs"}]
+    first = "The question: Who directed film 0?"
     return [
-        {"example_id": "q0", "messages": [*first, {"role": "assistant", "content": STEP_1}]},
-        {"example_id": "q0", "messages": [*second, {"role": "assistant", "content": STEP_2}]},
-        {
-            "example_id": "q1",
-            "messages": [
-                SYSTEM,
-                {"role": "user", "content": "Q: one?"},
-                {"role": "assistant", "content": STEP_2},
-            ],
-        },  # noqa: E501
-        {
-            "example_id": "q2",
-            "messages": [
-                SYSTEM,
-                {"role": "user", "content": "Q: two?"},
-                {"role": "assistant", "content": STEP_1},
-            ],
-        },  # noqa: E501
+        record("q0", first, STEP_1),
+        record("q0", f"{first}\n{STEP_1}\ndocs", STEP_2),
+        record("q1", "Q: one?", STEP_2),
+        record("q2", "Q: two?", STEP_1),
     ]
 
 
