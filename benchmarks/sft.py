@@ -37,15 +37,12 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import torch  # noqa: E402
 from _summary import report  # noqa: E402  (after the offline switches)
 
-from r3rag.coldstart.sft import micro_batches, prepare_data, row_length, training_rows  # noqa: E402
+from r3rag.coldstart.sft import micro_batches, prepare_data, row_length  # noqa: E402
 from r3rag.config import SFTConfig  # noqa: E402
 from r3rag.data.sft import IGNORE_INDEX, as_samples  # noqa: E402
 from r3rag.device import HOST, resolve_bf16  # noqa: E402
 from r3rag.llm.models import EMBEDDED_POLICY, load_model  # noqa: E402
-from r3rag.packing import (
-    Sample,  # noqa: E402
-    loss_sum,  # noqa: E402
-)
+from r3rag.packing import Sample, loss_sum, training_rows  # noqa: E402
 
 LAYOUTS = ("hf padded", "one row per example", "packed per trajectory")
 

@@ -19,13 +19,12 @@ from r3rag.coldstart.sft import (
     prepare_data,
     row_length,
     train,
-    training_rows,
 )
 from r3rag.config import AGENT_FILE, AgentConfig, ColdStartConfig, SFTConfig
 from r3rag.data.sft import IGNORE_INDEX, as_samples, end_of_turn, tokenize_example
 from r3rag.jsonl import iter_jsonl
 from r3rag.llm.hf import HFGenerator
-from r3rag.packing import loss_sum
+from r3rag.packing import loss_sum, training_rows
 from r3rag.schema import Passage, Step, Trajectory, TrajectoryStatus
 from tiny_llm import tiny_model, tiny_tokenizer
 

@@ -101,6 +101,12 @@ def pack_samples(samples: Sequence[Sample], share_prefixes: bool = True) -> list
     return packs
 
 
+def training_rows(samples: list[Sample], share_prefixes: bool) -> list[list[int]]:
+    """The units batches are made of: the samples' indices of each pack (per question when sharing, else
+    one per sample), in order."""
+    return [sorted(pack.members) for pack in pack_samples(samples, share_prefixes)]
+
+
 @dataclass(slots=True)
 class Batch:
     """Packs as tensors: ``R`` rows of packed tokens, and the ``N`` samples' action tokens gathered to

@@ -65,7 +65,7 @@ from r3rag.device import (
 from r3rag.jsonl import JsonlAppender, rewind
 from r3rag.llm.models import load_model
 from r3rag.lora import add_lora, load_lora, merged
-from r3rag.packing import ActionLogprobs, Sample, check_plain_head, loss_sum, pack_samples
+from r3rag.packing import ActionLogprobs, Sample, check_plain_head, loss_sum, pack_samples, training_rows
 
 FINAL = "final"
 CHECKPOINTS = "checkpoints"
@@ -139,12 +139,6 @@ def _whole_questions(examples: list[TokenizedExample], budget: int, seed: int) -
         if len(keep) + len(by_question[question]) <= budget:
             keep.update(by_question[question])
     return [e for i, e in enumerate(examples) if i in keep]
-
-
-def training_rows(samples: list[Sample], share_prefixes: bool) -> list[list[int]]:
-    """The units batches are made of: the samples' indices of each pack (per question when sharing, else
-    one per sample), in order."""
-    return [sorted(pack.members) for pack in pack_samples(samples, share_prefixes)]
 
 
 def row_length(samples: list[Sample], row: list[int]) -> int:

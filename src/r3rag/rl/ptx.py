@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from r3rag.data.sft import as_samples, end_of_turn, read_sft, tokenize_example
-from r3rag.packing import CausalLM, Sample, loss_sum, pack_samples
+from r3rag.packing import CausalLM, Sample, loss_sum, training_rows
 
 
 class PtxLoss:
@@ -29,7 +29,7 @@ class PtxLoss:
         if not samples:
             raise ValueError("ptx_data holds no SFT examples")
         self.samples = samples
-        self.rows = [sorted(pack.members) for pack in pack_samples(samples, share_prefixes=True)]
+        self.rows = training_rows(samples, share_prefixes=True)
         self.coef = coef
         self.questions = min(questions, len(self.rows))
         self.pad_id = pad_id
@@ -59,6 +59,5 @@ class PtxLoss:
         """
         total, targets = loss_sum(actor, self.draw(rng), share_prefixes, self.pad_id, bf16)
         (total * (self.coef / targets)).backward()
-        grads = [p.grad for p in actor.parameters() if p.grad is not None]
-        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+        norm = torch.nn.utils.get_total_norm([p.grad for p in actor.parameters() if p.grad is not None])
         return float(total.detach()) / targets, float(norm)
