@@ -52,7 +52,7 @@ from transformers import get_cosine_with_min_lr_schedule_with_warmup
 from r3rag import parallel, runs
 from r3rag.coldstart.build import CONFIG_FILE as COLDSTART_FILE
 from r3rag.config import AGENT_FILE, ColdStartConfig, SFTConfig
-from r3rag.data.sft import TokenizedExample, as_samples, end_of_turn, read_sft, tokenize_example
+from r3rag.data.sft import TokenizedExample, as_samples, tokenized_examples
 from r3rag.device import (
     describe,
     enable_gradient_checkpointing,
@@ -105,14 +105,9 @@ class SFTResult:
 
 def prepare_data(config: SFTConfig, tokenizer: Any) -> SFTData:
     """Tokenised examples, split by question into train and held-out, optionally subsampled by question."""
-    eot = end_of_turn(tokenizer)
-    examples, dropped = [], 0
-    for record in read_sft(config.data):
-        example = tokenize_example(tokenizer, record["messages"], eot, str(record["example_id"]))
-        if len(example.input_ids) > config.max_length:
-            dropped += 1
-        else:
-            examples.append(example)
+    every = tokenized_examples(config.data, tokenizer)
+    examples = [e for e in every if len(e.input_ids) <= config.max_length]
+    dropped = len(every) - len(examples)
     questions = sorted({e.example_id for e in examples})
     random.Random(config.seed).shuffle(questions)
     held_out = set(questions[: round(config.val_fraction * len(questions))])

@@ -95,6 +95,15 @@ def tokenize_example(
     )
 
 
+def tokenized_examples(path: str | Path, tokenizer: Any) -> list[TokenizedExample]:
+    """Every record of an SFT jsonl (:func:`read_sft`), tokenised for ``tokenizer``."""
+    eot = end_of_turn(tokenizer)
+    return [
+        tokenize_example(tokenizer, record["messages"], eot, str(record["example_id"]))
+        for record in read_sft(path)
+    ]
+
+
 def as_samples(examples: list[TokenizedExample]) -> list[Sample]:
     """The examples as samples of the packing code: the target tokens are the "actions", and the examples of
     one question share a ``trajectory`` number so that they can share a row."""

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from r3rag.data.sft import as_samples, end_of_turn, read_sft, tokenize_example
+from r3rag.data.sft import as_samples, tokenized_examples
 from r3rag.packing import CausalLM, Sample, loss_sum, training_rows
 
 
@@ -37,12 +37,7 @@ class PtxLoss:
     @classmethod
     def from_file(cls, path: str | Path, tokenizer: Any, coef: float, questions: int, pad_id: int) -> PtxLoss:
         """Read an SFT jsonl (``r3rag coldstart``'s ``sft.jsonl``) and tokenise it as the cold start did."""
-        eot = end_of_turn(tokenizer)
-        examples = [
-            tokenize_example(tokenizer, record["messages"], eot, str(record["example_id"]))
-            for record in read_sft(path)
-        ]
-        return cls(as_samples(examples), coef, questions, pad_id)
+        return cls(as_samples(tokenized_examples(path, tokenizer)), coef, questions, pad_id)
 
     def draw(self, rng: random.Random) -> list[Sample]:
         """The step examples of ``questions`` distinct questions, drawn by ``rng``."""
