@@ -256,9 +256,13 @@ class Agent:
         if completion.finish_reason == "error":
             trajectory.metadata["failed_call"] = completion.error or "unknown generation error"
         if self.config.record_token_ids and (not forced or step.valid):
-            trajectory.metadata["step_token_ids"].append(
-                {"prompt": completion.prompt_token_ids, "completion": completion.completion_token_ids}
-            )
+            ids: dict[str, list[int] | list[float]] = {
+                "prompt": completion.prompt_token_ids,
+                "completion": completion.completion_token_ids,
+            }
+            if self.config.record_logprobs:
+                ids["logprobs"] = completion.token_logprobs
+            trajectory.metadata["step_token_ids"].append(ids)
 
     @staticmethod
     def _to_step(completion: Completion, index: int, forced: bool, trajectory: Trajectory) -> Step:
@@ -291,6 +295,7 @@ class Agent:
             max_new_tokens=c.max_new_tokens,
             stop=(*c.stop, f"\nStep {index + 1}:"),
             seed=None if c.seed is None else _row_seed(c.seed, row, index, attempt),
+            logprobs=c.record_token_ids and c.record_logprobs,
         )
 
 

@@ -596,6 +596,11 @@ class AgentConfig(StageConfig):
     record_token_ids: bool = Field(
         False, description="Keep each step's prompt and completion token ids in the trajectory (for RL)."
     )
+    record_logprobs: bool = Field(
+        False,
+        description="With `record_token_ids`: also each completion token's log-probability at temperature 1, "
+        "as the decode computed it (PPO's `old_logprobs: rollout`).",
+    )
 
 
 class GeneratorConfig(StageConfig):
@@ -902,7 +907,8 @@ class PPOConfig(StageConfig):
         0.01,
         ge=0,
         description="beta of the per-token KL penalty (official init_kl_coef 0.01, fixed); with `kl_target`, "
-        "its first and smallest value.",
+        "its first and smallest value. 0 without `kl_target`: no penalty, so no reference model is kept "
+        "and its log-prob pass and the `ppo/kl` metrics go.",
     )
     kl_target: float | None = Field(
         None,
@@ -932,6 +938,18 @@ class PPOConfig(StageConfig):
     lam: float = Field(1.0, ge=0, le=1, description="GAE lambda (official: 1.0).")
     normalize_advantages: bool = Field(
         True, description="Whiten advantages over the rollout buffer (OpenRLHF does)."
+    )
+    skip_uniform_groups: bool = Field(
+        False,
+        description="rloo / grpo: leave out of the update every question whose trajectories all got the same "
+        "return (their advantage is zero: without a KL penalty they add no gradient, only its cost). DAPO's "
+        "dynamic-sampling filter, without its re-sampling. Off: every trajectory is updated on (official).",
+    )
+    old_logprobs: Literal["recompute", "rollout"] = Field(
+        "recompute",
+        description="pi_old of the ratio. recompute: a pass over the rollout's samples before the update "
+        "(official). rollout: the log-probs the decode computed while sampling (temperature 1), no pass for "
+        "rloo / grpo; exact up to the rounding of a cached decode against a full pass, so for fp32.",
     )
     clip_ratio: float = Field(0.2, gt=0, description="PPO ratio clip epsilon (official eps_clip: 0.2).")
     value_clip: float = Field(
@@ -1012,6 +1030,21 @@ class PPOConfig(StageConfig):
         "as `snapshots/<M>min/` (in `final/`'s layout): one long run gives the shorter budgets' models.",
     )
     tensorboard: bool = Field(True, description="Also write the metrics as TensorBoard events.")
+
+    @model_validator(mode="after")
+    def _uniform_groups_are_critic_free(self) -> Self:
+        """A question whose trajectories tie has a zero advantage only against its group; under GAE the
+        value gives each step its own, so the filter would drop signal, not cost."""
+        if self.skip_uniform_groups and self.advantage not in ("rloo", "grpo"):
+            raise ValueError(
+                f"skip_uniform_groups needs a group baseline (advantage rloo or grpo), not {self.advantage!r}"
+            )
+        return self
+
+    @property
+    def kl_penalty(self) -> bool:
+        """Is there a KL penalty (so a reference policy to measure it against)?"""
+        return self.kl_coef > 0 or self.kl_target is not None
 
     @classmethod
     def small_model(cls, **overrides: Any) -> PPOConfig:

@@ -37,6 +37,8 @@ class Sample:
     and the reward placed on it.
 
     ``trajectory`` and ``step`` say where it came from (indices into the rollout), for logging.
+    ``behaviour_logprobs``, when the rollout recorded them, are the sampling policy's log-probabilities of the
+    action tokens, in order (empty: not recorded).
     """
 
     tokens: tuple[int, ...]
@@ -44,10 +46,15 @@ class Sample:
     rewards: tuple[float, ...]
     trajectory: int
     step: int
+    behaviour_logprobs: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         if not len(self.tokens) == len(self.action_mask) == len(self.rewards):
             raise ValueError("tokens, action_mask and rewards must have one entry per token")
+        if self.behaviour_logprobs and len(self.behaviour_logprobs) != self.actions:
+            raise ValueError(
+                f"{len(self.behaviour_logprobs)} behaviour log-probs for {self.actions} action tokens"
+            )
         if not any(self.action_mask):
             raise ValueError("a sample needs at least one action token")
         if self.action_mask[0]:
@@ -127,6 +134,7 @@ class Batch:
     action_ids: torch.Tensor  # [N, A]
     action_mask: torch.Tensor  # [N, A], float 0/1
     rewards: torch.Tensor  # [N, A]
+    behaviour_logprobs: torch.Tensor  # [N, A], 0 where the samples carry none
     tokens: int  # real (unpadded) tokens in the rows
 
     @property
@@ -149,6 +157,7 @@ class Batch:
             move(self.action_ids),
             move(self.action_mask),
             move(self.rewards),
+            move(self.behaviour_logprobs),
             self.tokens,
         )
 
@@ -168,6 +177,7 @@ def collate(samples: Sequence[Sample], packs: Sequence[Pack], pad_id: int) -> Ba
     action_ids = torch.full((len(members), actions), pad_id, dtype=torch.long)
     action_mask = torch.zeros((len(members), actions))
     rewards = torch.zeros((len(members), actions))
+    behaviour = torch.zeros((len(members), actions))
     n = 0
     for r, pack in enumerate(packs):
         offset = 0
@@ -187,10 +197,21 @@ def collate(samples: Sequence[Sample], packs: Sequence[Pack], pad_id: int) -> Ba
             action_ids[n, : len(where)] = torch.tensor([sample.tokens[p] for p in where])
             action_mask[n, : len(where)] = 1.0
             rewards[n, : len(where)] = torch.tensor([sample.rewards[p] for p in where])
+            if sample.behaviour_logprobs:
+                behaviour[n, : len(where)] = torch.tensor(sample.behaviour_logprobs)
             offset += own
             n += 1
     return Batch(
-        input_ids, position_ids, attention, rows, positions, action_ids, action_mask, rewards, sum(lengths)
+        input_ids,
+        position_ids,
+        attention,
+        rows,
+        positions,
+        action_ids,
+        action_mask,
+        rewards,
+        behaviour,
+        sum(lengths),
     )
 
 

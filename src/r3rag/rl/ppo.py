@@ -82,7 +82,7 @@ from r3rag.rl.losses import (
 from r3rag.rl.models import ActorCritic, ReferencePolicy
 from r3rag.rl.ptx import PtxLoss
 from r3rag.rl.rollout import Rollout, Scorer, collect, repeat, rollout_metrics
-from r3rag.rl.samples import CREDIT_SCHEMES, CRITIC_FREE, CreditScheme
+from r3rag.rl.samples import CREDIT_SCHEMES, CRITIC_FREE, CreditScheme, uniform_groups
 from r3rag.rl.tracking import CURVE_FILE, MetricsLog, plot_curve
 from r3rag.schema import QAExample, Trajectory
 
@@ -202,7 +202,8 @@ class PPOTrainer:
             enable_gradient_checkpointing(self.model.actor)
             if self.model.critic_trunk is not None:
                 enable_gradient_checkpointing(self.model.critic_trunk)
-        self.reference = ReferencePolicy(self.model)
+        # no penalty, no reference: no frozen copy of the actor in memory and no pass over it
+        self.reference = ReferencePolicy(self.model) if config.kl_penalty else None
         self.optimizer = torch.optim.AdamW(
             [
                 {"params": self.model.actor_parameters(), "lr": config.actor_lr},
@@ -365,7 +366,11 @@ class PPOTrainer:
         phase("rollout")
         examples, temperatures = repeat(self._questions(iteration), c.samples_per_question, c.temperatures)
         agent_config = c.rollout.model_copy(
-            update={"record_token_ids": True, "seed": runs.derive_seed(c.seed, "rollout", iteration)}
+            update={
+                "record_token_ids": True,
+                "record_logprobs": c.old_logprobs == "rollout",
+                "seed": runs.derive_seed(c.seed, "rollout", iteration),
+            }
         )
         rollout = collect(
             Agent(self._generator(), self.retriever, agent_config), self.scorer, examples, temperatures
@@ -377,7 +382,16 @@ class PPOTrainer:
         metrics["time/rollout"] = rollout.generate_seconds
         metrics["time/scoring"] = rollout.score_seconds
 
-        samples = self.credit(rollout.trajectories, rollout.rewards)
+        trajectories, rewards = rollout.trajectories, rollout.rewards
+        if c.skip_uniform_groups:  # their advantage is zero: an update on them would only cost time
+            uniform = uniform_groups(trajectories, rewards)
+            kept = [i for i, t in enumerate(trajectories) if t.example_id not in uniform]
+            trajectories, rewards = [trajectories[i] for i in kept], [rewards[i] for i in kept]
+            metrics["samples/uniform_questions"] = float(len(uniform))
+            if not kept:  # nothing to learn from this rollout; the next one draws other questions
+                metrics["samples"] = 0.0
+                return metrics
+        samples = self.credit(trajectories, rewards)
         if not samples:
             raise RuntimeError(f"iteration {iteration}: the rollout gave no samples to learn from")
         phase("log-probs")
@@ -398,26 +412,36 @@ class PPOTrainer:
         c = self.config
         buffer: list[Experience] = []
         policy_seconds = reference_seconds = 0.0
+        pass_tokens = 0  # tokens through the passes that ran (old log-probs or values, reference)
         packs = pack_samples(samples, c.share_prefixes)
         for group in length_groups([pack.length(samples) for pack in packs], c.micro_batch_tokens):
             batch = collate(samples, [packs[i] for i in group], self.pad_id).to(self.device)
             mask = batch.action_mask
-            t0 = time.perf_counter()
-            with torch.no_grad():
-                old = self.model(batch, self.bf16, values=not self.critic_free)
-            t1 = time.perf_counter()
-            ref_logprobs = self.reference.logprobs(batch, self.bf16)
-            reference_seconds += time.perf_counter() - t1
-            policy_seconds += t1 - t0
-            old_values = torch.zeros_like(old.logprobs) if old.values is None else old.values * mask
-            # KL_t = log pi_old(a_t) - log pi_ref(a_t)  (k1), or k3; per token, on the sampled tokens
-            kl = approx_kl(old.logprobs, ref_logprobs, mask, c.kl_estimator)
+            old_values = kl = torch.zeros_like(mask)
+            old_logprobs = batch.behaviour_logprobs  # what `old_logprobs: rollout` keeps
+            if c.old_logprobs == "recompute" or not self.critic_free:  # log-probs, or values, or both
+                started = time.perf_counter()
+                with torch.no_grad():
+                    old = self.model(batch, self.bf16, values=not self.critic_free)
+                if old.values is not None:
+                    old_values = old.values * mask
+                if c.old_logprobs == "recompute":
+                    old_logprobs = old.logprobs
+                pass_tokens += batch.tokens
+                policy_seconds += time.perf_counter() - started
+            if self.reference is not None:
+                started = time.perf_counter()
+                ref_logprobs = self.reference.logprobs(batch, self.bf16)
+                # KL_t = log pi_old(a_t) - log pi_ref(a_t)  (k1), or k3; per token, on the sampled tokens
+                kl = approx_kl(old_logprobs, ref_logprobs, mask, c.kl_estimator)
+                pass_tokens += batch.tokens
+                reference_seconds += time.perf_counter() - started
             # r_t = -beta * KL_t, plus the step's reward on its last action token
             rewards = token_rewards(batch.rewards, kl, self.kl_coef, mask)
             # GAE in each sample: delta_t = r_t + gamma V_{t+1} - V_t; A_t = delta_t + gamma lambda A_{t+1}
             # (critic-free: V = 0, so A_t is the sample's advantage less the KL penalty from t on)
             advantages, returns = gae(rewards, old_values, mask, c.gamma, c.lam)
-            buffer.append(Experience(batch, old.logprobs, old_values, kl, advantages, returns))
+            buffer.append(Experience(batch, old_logprobs, old_values, kl, advantages, returns))
 
         masks = [e.batch.action_mask for e in buffer]
         flat = {
@@ -429,6 +453,11 @@ class PPOTrainer:
                 e.advantages = whitened
         tokens = sum(e.batch.tokens for e in buffer)
         sample_kl = torch.cat([(e.kl).sum(-1) for e in buffer])
+        measured_kl = {
+            "ppo/kl": float(flat["kl"].mean()),
+            "ppo/kl_per_sample": float(sample_kl.mean()),
+            "ppo/kl_coef": self.kl_coef,
+        }
         critic = {
             "ppo/return_mean": float(flat["returns"].mean()),
             "ppo/value_mean": float(flat["old_values"].mean()),
@@ -438,15 +467,17 @@ class PPOTrainer:
             "samples": float(len(samples)),
             "samples/action_tokens": float(flat["kl"].numel()),
             "samples/tokens": float(tokens),
-            "ppo/kl": float(flat["kl"].mean()),
-            "ppo/kl_per_sample": float(sample_kl.mean()),
-            "ppo/kl_coef": self.kl_coef,
+            **(measured_kl if self.reference is not None else {}),
             "ppo/advantage_raw_mean": float(flat["advantages"].mean()),
             "ppo/advantage_raw_std": float(flat["advantages"].std(unbiased=False)),
             **({} if self.critic_free else critic),
             "time/policy_pass": policy_seconds,
             "time/reference_pass": reference_seconds,
-            "passes/tokens_per_s": 2 * tokens / max(policy_seconds + reference_seconds, 1e-9),
+            **(
+                {"passes/tokens_per_s": pass_tokens / max(policy_seconds + reference_seconds, 1e-9)}
+                if pass_tokens
+                else {}
+            ),
         }
 
     def _update(self, buffer: list[Experience], iteration: int) -> dict[str, float]:

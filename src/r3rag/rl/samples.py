@@ -61,11 +61,28 @@ def samples_with_rewards(
                 raise ValueError(
                     f"trajectory {trajectory.example_id!r}, step {s + 1}: empty prompt or completion ids"
                 )
+            logprobs = tuple(ids.get("logprobs", ()))
+            if "logprobs" in ids and len(logprobs) != len(completion):
+                raise ValueError(
+                    f"trajectory {trajectory.example_id!r}, step {s + 1}: {len(logprobs)} log-probs for "
+                    f"{len(completion)} completion tokens (a backend that does not report them all)"
+                )
             tokens = (*prompt, *completion)
             mask = (False,) * len(prompt) + (True,) * len(completion)
             placed = (0.0,) * (len(tokens) - 1) + (float(value),)
-            samples.append(Sample(tokens, mask, placed, trajectory=t, step=s))
+            samples.append(Sample(tokens, mask, placed, trajectory=t, step=s, behaviour_logprobs=logprobs))
     return samples
+
+
+def uniform_groups(trajectories: Sequence[Trajectory], rewards: Sequence[TrajectoryReward]) -> set[str]:
+    """The questions whose trajectories all got the same return (to 1e-9: sums of rewards in another order):
+    a group baseline gives each of them a zero advantage (``PPOConfig.skip_uniform_groups``). A question
+    sampled once is uniform too."""
+    _check_lengths(trajectories, rewards)
+    returns: dict[str, set[float]] = {}
+    for trajectory, reward in zip(trajectories, rewards, strict=True):
+        returns.setdefault(trajectory.example_id, set()).add(round(sum(reward.rewards), 9))
+    return {question for question, values in returns.items() if len(values) == 1}
 
 
 def _check_lengths(trajectories: Sequence[Trajectory], rewards: Sequence[TrajectoryReward]) -> None:
