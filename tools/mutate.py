@@ -57,9 +57,10 @@ class Outcome:
 
 # The test files that cover each module, fastest and most specific first: pytest stops at the first failure.
 TESTS: dict[str, tuple[str, ...]] = {
-    "rl/ppo.py": ("test_rl_trainer.py", "test_rl_losses.py", "test_rl_ppo.py"),
+    "rl/ppo.py": ("test_rl_trainer.py", "test_rl_losses.py", "test_rl_ppo.py", "test_rl_cheaper_updates.py"),
     "rl/losses.py": ("test_rl_losses.py", "test_rl_trainer.py"),
-    "rl/samples.py": ("test_rl_samples.py",),
+    "rl/samples.py": ("test_rl_samples.py", "test_rl_cheaper_updates.py"),
+    "llm/hf.py": ("test_llm_hf.py", "test_rl_cheaper_updates.py"),
     "rl/draws.py": ("test_rl_draws.py",),
     "rl/ptx.py": ("test_rl_ptx.py",),
     "evaluation/paired.py": ("test_paired.py",),
@@ -83,7 +84,7 @@ MUTATIONS: list[Mutation] = [
     ),
     Mutation(
         "rl/ppo.py",
-        "buffer.append(Experience(batch, old.logprobs,",
+        "buffer.append(Experience(batch, old_logprobs,",
         "buffer.append(Experience(batch, ref_logprobs,",
         "trainer: the reference's log-probs stored as the old policy's (the ratio's denominator)",
     ),
@@ -137,6 +138,24 @@ MUTATIONS: list[Mutation] = [
         "PPO-ptx: the SFT loss summed over its target tokens, not averaged",
     ),
     Mutation(
+        "rl/samples.py",
+        "if len(values) == 1}",
+        "if len(values) <= 2}",
+        "skip_uniform_groups: a question with two different returns taken for a tie",
+    ),
+    Mutation(
+        "llm/hf.py",
+        "chosen = torch.log_softmax(logits, dim=-1)",
+        "chosen = torch.log_softmax(logits / 0.5, dim=-1)",
+        "old_logprobs rollout: the decode's log-probs at another temperature than 1",
+    ),
+    Mutation(
+        "rl/ppo.py",
+        "old_logprobs = batch.behaviour_logprobs  # what",
+        "old_logprobs = batch.behaviour_logprobs.roll(1, -1)  # what",
+        "old_logprobs rollout: the recorded log-probs shifted by one action token",
+    ),
+    Mutation(
         "rl/draws.py",
         "partners = waiting.get(OPPOSITE_SIDES[side])",
         "partners = waiting.get(side)",
@@ -175,8 +194,8 @@ MUTATIONS: list[Mutation] = [
     # ---------------------------------------------------------------------------------- the trainer
     Mutation(
         "rl/ppo.py",
-        "kl = approx_kl(old.logprobs, ref_logprobs, mask, c.kl_estimator)",
-        "kl = approx_kl(ref_logprobs, old.logprobs, mask, c.kl_estimator)",
+        "kl = approx_kl(old_logprobs, ref_logprobs, mask, c.kl_estimator)",
+        "kl = approx_kl(ref_logprobs, old_logprobs, mask, c.kl_estimator)",
         "trainer: KL(ref || old) instead of KL(old || ref)",
     ),
     Mutation(
@@ -248,8 +267,8 @@ MUTATIONS: list[Mutation] = [
     ),
     Mutation(
         "rl/ppo.py",
-        "else old.values * mask",
-        "else old.values",
+        "old_values = old.values * mask",
+        "old_values = old.values",
         "trainer: old values stored with garbage at padding",
     ),
     Mutation(

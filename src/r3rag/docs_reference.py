@@ -588,6 +588,22 @@ PPO_DETAILS = (
         "OpenRLHF",
     ),
     PPODetail(
+        "tied questions",
+        "rloo / grpo: a question whose trajectories all got the same return has a zero advantage; left out "
+        "of the experience pass and the update when on",
+        ("skip_uniform_groups",),
+        "{0}",
+        "official: none; DAPO's dynamic-sampling filter, without its re-sampling",
+    ),
+    PPODetail(
+        "old log-probs",
+        "pi_old of the ratio: recompute, a pass over the samples before the update; rollout, the decode's "
+        "own log-probs at temperature 1 (no pass for rloo / grpo; tested equal to 1e-5 in fp32)",
+        ("old_logprobs",),
+        "{0}",
+        "official: recompute (OpenRLHF's experience maker); rollout ours",
+    ),
+    PPODetail(
         "policy loss",
         "-min(ratio A, clip(ratio, 1 - eps, 1 + eps) A), ratio = pi / pi_old",
         ("clip_ratio",),
@@ -700,7 +716,7 @@ PPO_DETAILS = (
         "reference",
         (
             "the cold-start model, frozen; with LoRA the actor with its adapters off (peft's "
-            "`disable_adapter()`, no second copy)"
+            "`disable_adapter()`, no second copy); none without a KL penalty (kl_coef 0, no kl_target)"
         ),
         (),
         "",
