@@ -186,3 +186,15 @@ def test_recorded_log_probs_must_match_the_completion(tmp_path: Path) -> None:
     del trajectory.metadata["step_token_ids"][0]["logprobs"]  # not recorded: a sample without them
     (sample,) = step_samples([trajectory], [reward])
     assert sample.behaviour_logprobs == ()
+
+
+def test_rollout_log_probs_the_rollout_did_not_record_are_refused(tmp_path: Path) -> None:
+    trainer = tiny_trainer(one_step_config(tmp_path, old_logprobs="rollout"))
+    unrecorded = Sample((1, 2, 3), (False, True, True), (0.0, 0.0, 1.0), 0, 0)
+    with pytest.raises(ValueError, match="recorded no log-probs for some steps"):
+        trainer._experience([unrecorded])
+
+
+def test_rollout_log_probs_under_bf16_are_warned_about(tmp_path: Path) -> None:
+    with pytest.warns(UserWarning, match="old_logprobs: rollout under bf16"):
+        tiny_trainer(one_step_config(tmp_path, old_logprobs="rollout", bf16=True))
