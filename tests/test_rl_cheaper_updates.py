@@ -1,6 +1,6 @@
-"""What an update can leave out without changing what it learns: the pass that recomputes the rollout's
-log-probs (``old_logprobs: rollout``), the reference model when there is no KL penalty (``kl_coef: 0``), and
-the questions whose trajectories tie under a group baseline (``skip_uniform_groups``)."""
+"""What an update can leave out: the pass that recomputes the rollout's log-probs (``old_logprobs: rollout``,
+the same gradient), the reference model when there is no KL penalty (``kl_coef: 0``), and the questions whose
+trajectories tie under a group baseline (``skip_uniform_groups``: their advantage is zero)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 
+from r3rag.config import PPOConfig
 from r3rag.packing import Sample
 from r3rag.rewards.shaping import StepKind, StepReward, TrajectoryReward
 from r3rag.rl.ppo import PPOTrainer
@@ -54,7 +55,7 @@ def captured_update(trainer: PPOTrainer) -> Captured:
     return buffers, gradients, passes_before_update, recomputed
 
 
-def one_step_config(tmp_path: Path, **overrides: object) -> Any:
+def one_step_config(tmp_path: Path, **overrides: object) -> PPOConfig:
     """RLOO, every sample in one optimizer step, two samples per question at two temperatures."""
     settings: dict = {
         "advantage": "rloo",
