@@ -105,8 +105,7 @@ def test_with_a_critic_the_pass_still_runs_for_the_values(tmp_path: Path) -> Non
 def test_without_a_kl_penalty_no_reference_is_kept_and_no_kl_is_logged(tmp_path: Path) -> None:
     penalised = tiny_trainer(tiny_config(tmp_path / "a", kl_coef=0.01))
     free = tiny_trainer(tiny_config(tmp_path / "b", kl_coef=0.0))
-    adaptive = tiny_trainer(tiny_config(tmp_path / "c", kl_coef=0.0, kl_target=0.1))
-    assert penalised.reference is not None and adaptive.reference is not None and free.reference is None
+    assert penalised.reference is not None and free.reference is None
     metrics = free.iteration(1)
     assert not any(key.startswith("ppo/kl") for key in metrics)
     assert metrics["time/reference_pass"] == 0.0 and metrics["ppo/optimizer_steps"] > 0
@@ -170,6 +169,11 @@ def test_a_rollout_of_tied_questions_only_leaves_the_policy_as_it_was(tmp_path: 
     assert not any(key.startswith(("ppo/", "time/update")) for key in metrics)
     for old, new in zip(before, trainer.model.actor_parameters(), strict=True):
         assert torch.equal(old, new)
+
+
+def test_an_adaptive_penalty_needs_a_first_beta_above_zero(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="kl_coef 0 would keep it at 0"):
+        tiny_config(tmp_path, kl_coef=0.0, kl_target=0.1)
 
 
 def test_skipping_uniform_groups_needs_a_group_baseline(tmp_path: Path) -> None:

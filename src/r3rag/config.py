@@ -907,8 +907,8 @@ class PPOConfig(StageConfig):
         0.01,
         ge=0,
         description="beta of the per-token KL penalty (official init_kl_coef 0.01, fixed); with `kl_target`, "
-        "its first and smallest value. 0 without `kl_target`: no penalty, so no reference model is kept "
-        "and its log-prob pass and the `ppo/kl` metrics go.",
+        "its first and smallest value (so > 0 with it). 0: no penalty, so no reference model is kept and "
+        "its log-prob pass and the `ppo/kl` metrics go.",
     )
     kl_target: float | None = Field(
         None,
@@ -1041,10 +1041,20 @@ class PPOConfig(StageConfig):
             )
         return self
 
+    @model_validator(mode="after")
+    def _kl_target_moves_a_positive_beta(self) -> Self:
+        """The controller multiplies beta and never takes it below `kl_coef`: from 0 it would stay at 0."""
+        if self.kl_target is not None and self.kl_coef == 0:
+            raise ValueError(
+                "kl_target adapts beta from kl_coef by a factor per iteration, so kl_coef 0 would keep it at "
+                "0: set kl_coef > 0 (its first and smallest value), or drop kl_target for no KL penalty"
+            )
+        return self
+
     @property
     def kl_penalty(self) -> bool:
         """Is there a KL penalty (so a reference policy to measure it against)?"""
-        return self.kl_coef > 0 or self.kl_target is not None
+        return self.kl_coef > 0
 
     @classmethod
     def small_model(cls, **overrides: Any) -> PPOConfig:

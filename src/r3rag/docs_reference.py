@@ -716,7 +716,7 @@ PPO_DETAILS = (
         "reference",
         (
             "the cold-start model, frozen; with LoRA the actor with its adapters off (peft's "
-            "`disable_adapter()`, no second copy); none without a KL penalty (kl_coef 0, no kl_target)"
+            "`disable_adapter()`, no second copy); none without a KL penalty (kl_coef 0)"
         ),
         (),
         "",
