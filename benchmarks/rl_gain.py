@@ -60,6 +60,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from rich.console import Console  # noqa: E402
 
+from r3rag.coldstart.phrasing import FOUND  # noqa: E402
 from r3rag.config import PPOConfig, WorldConfig  # noqa: E402
 from r3rag.data.datasets import load_dataset  # noqa: E402
 from r3rag.evaluation.config import EvalConfigBase  # noqa: E402
@@ -387,6 +388,8 @@ def report(config: PipelineConfig, out: Path, runs: dict[str, list[dict[str, Any
         + "\n\n"
         + sides_table(by_system, dev)
         + "\n\n"
+        + reading_table(by_system, dev)
+        + "\n\n"
         + rollout_signal_table(out, runs)
         + "\n\n"
         + iterations_table(runs)
@@ -579,6 +582,70 @@ def sides_table(by_system: dict[str, dict[str, dict[str, Any]]], dev: dict[str, 
         "entities named): always answering the commoner gold side of each form would score "
         f"{100 * constant / len(asked):.1f}% of them; last column: the share of the answers to the other "
         "questions that are yes, no, or words of the question:\n\n" + markdown_table(header, rows)
+    )
+
+
+YEAR_ANSWER = re.compile(r"\d{3,4}")
+"""A normalised answer that is a year: the synthetic world's dates (founded, released, born in...)."""
+
+
+def phrasing_pattern(template: str) -> re.Pattern[str]:
+    """A teacher phrasing (:data:`~r3rag.coldstart.phrasing.FOUND`) as a pattern: its own words, any text
+    for each placeholder."""
+    return re.compile(re.sub(r"\\\{\w+\\\}", ".+?", re.escape(template)), re.DOTALL)
+
+
+FOUND_PATTERNS = tuple(phrasing_pattern(template) for template in FOUND)
+
+
+def reading_table(by_system: dict[str, dict[str, dict[str, Any]]], dev: dict[str, QAExample]) -> str:
+    """How each system reads: on the questions that need reading (every type but :data:`TWO_WAY_TYPES`) whose
+    gold answer is not a year, how often it answers with a year; and, over every dev question, how its steps
+    state a fact they found: the oracle teacher's six phrasings (:data:`~r3rag.coldstart.phrasing.FOUND`)
+    that the cold start learnt in turn, the commonest one and its share. A run that learnt to compare
+    years on the two-way questions can carry that habit to a birthplace question ("born in Rograd in 1950"
+    read as 1950); a run whose steps all take one phrasing has traded the teacher's variety for it."""
+    asked = {
+        i
+        for i, ex in dev.items()
+        if ex.type not in TWO_WAY_TYPES
+        and not any(YEAR_ANSWER.fullmatch(normalize_answer(a)) for a in ex.answers)
+    }
+    rows = []
+    for name, records in by_system.items():
+        answers = [records[i].get("prediction") for i in asked & set(records)]
+        years = sum(bool(YEAR_ANSWER.fullmatch(normalize_answer(a or ""))) for a in answers)
+        phrasings: dict[int, int] = defaultdict(int)
+        for record in records.values():
+            steps = (record.get("trajectory") or {}).get("steps", [])
+            for step in steps:
+                found = [n for n, p in enumerate(FOUND_PATTERNS) if p.search(step.get("analysis") or "")]
+                if found:
+                    phrasings[found[0]] += 1
+        stated = sum(phrasings.values())
+        commonest = max(phrasings, key=lambda n: phrasings[n]) if stated else None
+        rows.append(
+            [
+                name,
+                str(len(answers)),
+                f"{years} ({100 * years / len(answers):.0f}%)" if answers else "-",
+                str(stated),
+                "-" if commonest is None else f"{100 * phrasings[commonest] / stated:.0f}%",
+                "-" if commonest is None else f"`{FOUND[commonest]}`",
+            ]
+        )
+    header = [
+        "system",
+        "reading questions, gold not a year",
+        "answered with a year",
+        "steps stating a found fact",
+    ]
+    header += ["in the commonest phrasing", "commonest phrasing"]
+    return (
+        "How each system reads: on the questions that need reading whose gold answer is not a year, the "
+        "answers that are a year; over every dev question, the steps that state a fact they found in one of "
+        f"the teacher's {len(FOUND)} phrasings, and the share of the commonest:\n\n"
+        + markdown_table(header, rows)
     )
 
 

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -297,6 +298,43 @@ def test_the_sides_table_counts_the_side_each_answer_takes_on_two_way_questions(
         "| gold answers | 5 | 1 | 2 | 0 | 2 | 0 | - | 0.0 |",
         "| R3-RAG-CS | 5 | 2 | 0 | 1 | 0 | 2 | 0 / 0 / 0 / 0 | 100.0 |",
         "| rloo | 5 | 0 | 3 | 0 | 2 | 0 | 0 / 2 / 0 / 2 | 0.0 |",
+    ]
+
+
+def test_the_reading_table_counts_year_answers_and_the_commonest_phrasing_of_a_found_fact(
+    rl_gain: ModuleType,
+) -> None:
+    """Reading questions whose gold is not a year: r1 (Rograd) and r3 (Zed); r2's gold is a year and the
+    two-way w1 is not a reading question, so neither counts. R3-RAG-CS answers r1 right and r3 with "1900"
+    (1 of 2 a year); the run answers r1 with "1950" and r3 with "1961." (a year once normalised): 2 of 2.
+    Phrasings, over every question's steps: R3-RAG-CS states three facts, two in the teacher's first phrasing
+    (67%) and one in the third; a step that states none ("I will search.") is not counted; the run states
+    two, both in the third (100%). A system without trajectories states none."""
+    dev = {
+        "r1": QAExample("r1", "Where was the writer of Garden born?", ["Rograd"], type="compositional"),
+        "r2": QAExample("r2", "When was the director of Sea born?", ["1961"], type="compositional"),
+        "r3": QAExample("r3", "Where is the capital of the country of Bo?", ["Zed"], type="chain"),
+        "w1": QAExample("w1", "Which came out first, The Sea or Rain?", ["Rain"], type="comparison"),
+    }
+    fill = {"t": "Garden", "s": "Ann was born in Rograd in 1950.", "q": "Where was Ann born?", "nth": "first"}
+
+    def record(prediction: str, *phrasings: int) -> dict[str, Any]:
+        analyses = [rl_gain.FOUND[n].format(**fill, ans=prediction) for n in phrasings]
+        steps = [{"analysis": "I will search."}, *({"analysis": a} for a in analyses)]
+        return {"prediction": prediction, "trajectory": {"steps": steps}}
+
+    cs = {"r1": record("Rograd", 0, 0), "r2": record("1961", 2), "r3": record("1900"), "w1": record("Rain")}
+    rl = {"r1": record("1950", 2), "r2": record("1961"), "r3": record("1961.", 2), "w1": record("Rain")}
+    untrained = {i: {"prediction": "Zed", "trajectory": None} for i in dev}
+    table = rl_gain.reading_table({"R3-RAG-CS": cs, "rloo": rl, "untrained cot": untrained}, dev)
+    first, third = (f"`{rl_gain.FOUND[n]}`" for n in (0, 2))
+    assert table.splitlines()[2:] == [
+        "| system | reading questions, gold not a year | answered with a year | steps stating a found fact "
+        "| in the commonest phrasing | commonest phrasing |",
+        "|---|---|---|---|---|---|",
+        f"| R3-RAG-CS | 2 | 1 (50%) | 3 | 67% | {first} |",
+        f"| rloo | 2 | 2 (100%) | 2 | 100% | {third} |",
+        "| untrained cot | 2 | 0 (0%) | 0 | - | - |",
     ]
 
 
