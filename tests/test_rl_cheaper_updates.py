@@ -12,7 +12,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from r3rag.config import PPOConfig
+from r3rag.config import PPOConfig, VerlPrepareConfig
 from r3rag.packing import Sample
 from r3rag.rewards.shaping import StepKind, StepReward, TrajectoryReward
 from r3rag.rl.ppo import PPOTrainer
@@ -172,8 +172,13 @@ def test_a_rollout_of_tied_questions_only_leaves_the_policy_as_it_was(tmp_path: 
 
 
 def test_an_adaptive_penalty_needs_a_first_beta_above_zero(tmp_path: Path) -> None:
+    """In the in-process trainer and in veRL's launch (its controller multiplies beta the same way)."""
     with pytest.raises(ValidationError, match="kl_coef 0 would keep it at 0"):
         tiny_config(tmp_path, kl_coef=0.0, kl_target=0.1)
+    verl = {"model": "m", "train": tmp_path / "t.jsonl", "index": "i", "out": tmp_path}
+    with pytest.raises(ValidationError, match="kl_coef 0 would keep it at 0"):
+        VerlPrepareConfig(**verl, kl_coef=0.0, kl_target=0.1)
+    assert VerlPrepareConfig(**verl, kl_coef=0.0).kl_target is None  # no penalty at all: allowed
 
 
 def test_skipping_uniform_groups_needs_a_group_baseline(tmp_path: Path) -> None:

@@ -839,6 +839,16 @@ def _train_types_field() -> Any:
     )
 
 
+def refuse_kl_target_without_beta(kl_target: float | None, kl_coef: float) -> None:
+    """An adaptive KL controller (ours, veRL's) multiplies beta by a factor per iteration, starting from
+    ``kl_coef``: from 0 it would stay at 0, so a KL target with no first beta is a mistake, not a setting."""
+    if kl_target is not None and kl_coef == 0:
+        raise ValueError(
+            "kl_target adapts beta from kl_coef by a factor per iteration, so kl_coef 0 would keep it at "
+            "0: set kl_coef > 0 (its first and smallest value), or drop kl_target for no KL penalty"
+        )
+
+
 class PPOConfig(StageConfig):
     """``r3rag train``: PPO with the hybrid reward, from the cold-start model (R3-RAG-CS) to R3-RAG.
 
@@ -1043,12 +1053,7 @@ class PPOConfig(StageConfig):
 
     @model_validator(mode="after")
     def _kl_target_moves_a_positive_beta(self) -> Self:
-        """The controller multiplies beta and never takes it below `kl_coef`: from 0 it would stay at 0."""
-        if self.kl_target is not None and self.kl_coef == 0:
-            raise ValueError(
-                "kl_target adapts beta from kl_coef by a factor per iteration, so kl_coef 0 would keep it at "
-                "0: set kl_coef > 0 (its first and smallest value), or drop kl_target for no KL penalty"
-            )
+        refuse_kl_target_without_beta(self.kl_target, self.kl_coef)
         return self
 
     @property
@@ -1278,3 +1283,8 @@ class VerlPrepareConfig(StageConfig):
     test_freq: int = Field(50, description="Validate every N training steps (-1: never).")
     project_name: str = Field("r3rag", description="veRL's trainer.project_name (logs, checkpoints).")
     experiment_name: str = Field("r3rag-ppo", description="veRL's trainer.experiment_name.")
+
+    @model_validator(mode="after")
+    def _kl_target_moves_a_positive_beta(self) -> Self:
+        refuse_kl_target_without_beta(self.kl_target, self.kl_coef)
+        return self
