@@ -145,6 +145,29 @@ def test_fp32_rollouts_generate_with_the_trained_model_itself(tmp_path: Path) ->
     assert trainer._generator().model is trainer.model.actor
 
 
+def test_fp32_lora_rollouts_generate_with_the_adapters_merged_into_a_copy(tmp_path: Path) -> None:
+    """The copy computes what the actor computes now (adapters moved away from zero, as an update would),
+    has no adapter layers left, and the actor keeps its adapters to train."""
+    pytest.importorskip("peft")
+    trainer = tiny_trainer(tiny_config(tmp_path, bf16=False, lora_rank=4))
+    actor = trainer.model.actor
+    ids = torch.tensor([[1, 5, 9, 13, 17, 21]])
+    with torch.no_grad():
+        for name, p in actor.named_parameters():
+            if "lora_B" in name:
+                p.add_(0.05)
+        now = actor(input_ids=ids).logits
+        with actor.disable_adapter():
+            without = actor(input_ids=ids).logits
+        generator = trainer._generator()
+        plain = generator.model(input_ids=ids).logits
+    assert generator.model is not actor
+    assert not any("lora" in name for name, _ in generator.model.named_parameters())
+    assert any("lora_B" in name for name, _ in actor.named_parameters())
+    torch.testing.assert_close(plain, now, rtol=1e-3, atol=1e-4)  # W + BA summed once: float rounding
+    assert (now - without).abs().max() > 1e-2  # the adapters count
+
+
 def test_no_gradient_outlives_an_update(tmp_path: Path) -> None:
     """The next rollout (and its bf16 copy of the actor) carries no gradients of the last update."""
     trainer = tiny_trainer(tiny_config(tmp_path))

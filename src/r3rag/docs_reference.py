@@ -726,7 +726,7 @@ PPO_DETAILS = (
         "LoRA actor",
         (
             "peft (`pip install 'r3rag[lora]'`; the cold start's code path, `r3rag.lora`) on the "
-            "target projections, merged into the saved model"
+            "target projections, merged into the saved model and into the copy each rollout generates with"
         ),
         ("lora_rank", "lora_alpha"),
         "rank {0} (0: off), alpha {1}",
