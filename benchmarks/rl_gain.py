@@ -601,10 +601,11 @@ FOUND_PATTERNS = tuple(phrasing_pattern(template) for template in FOUND)
 def reading_table(by_system: dict[str, dict[str, dict[str, Any]]], dev: dict[str, QAExample]) -> str:
     """How each system reads: on the questions that need reading (every type but :data:`TWO_WAY_TYPES`) whose
     gold answer is not a year, how often it answers with a year; and, over every dev question, how its steps
-    state a fact they found: the oracle teacher's six phrasings (:data:`~r3rag.coldstart.phrasing.FOUND`)
-    that the cold start learnt in turn, the commonest one and its share. A run that learnt to compare
-    years on the two-way questions can carry that habit to a birthplace question ("born in Rograd in 1950"
-    read as 1950); a run whose steps all take one phrasing has traded the teacher's variety for it."""
+    state a fact they found: which of the oracle teacher's six phrasings of it
+    (:data:`~r3rag.coldstart.phrasing.FOUND`, all in the cold start's data) is the commonest, and its share.
+    A run that learnt to compare years on the two-way questions can carry that habit to a birthplace
+    question ("born in Rograd in 1950" read as 1950); a run whose steps all take one phrasing has traded the
+    teacher's variety for it."""
     asked = {
         i
         for i, ex in dev.items()
@@ -619,9 +620,10 @@ def reading_table(by_system: dict[str, dict[str, dict[str, Any]]], dev: dict[str
         for record in records.values():
             steps = (record.get("trajectory") or {}).get("steps", [])
             for step in steps:
-                found = [n for n, p in enumerate(FOUND_PATTERNS) if p.search(step.get("analysis") or "")]
-                if found:
-                    phrasings[found[0]] += 1
+                analysis = step.get("analysis") or ""
+                found = next((n for n, p in enumerate(FOUND_PATTERNS) if p.search(analysis)), None)
+                if found is not None:
+                    phrasings[found] += 1
         stated = sum(phrasings.values())
         commonest = max(phrasings, key=lambda n: phrasings[n]) if stated else None
         rows.append(
@@ -634,13 +636,8 @@ def reading_table(by_system: dict[str, dict[str, dict[str, Any]]], dev: dict[str
                 "-" if commonest is None else f"`{FOUND[commonest]}`",
             ]
         )
-    header = [
-        "system",
-        "reading questions, gold not a year",
-        "answered with a year",
-        "steps stating a found fact",
-    ]
-    header += ["in the commonest phrasing", "commonest phrasing"]
+    header = ["system", "reading questions, gold not a year", "answered with a year"]
+    header += ["steps stating a found fact", "in the commonest phrasing", "commonest phrasing"]
     return (
         "How each system reads: on the questions that need reading whose gold answer is not a year, the "
         "answers that are a year; over every dev question, the steps that state a fact they found in one of "
