@@ -179,6 +179,8 @@ def test_an_adaptive_penalty_needs_a_first_beta_above_zero(tmp_path: Path) -> No
     with pytest.raises(ValidationError, match="kl_coef 0 would keep it at 0"):
         VerlPrepareConfig(**verl, kl_coef=0.0, kl_target=0.1)
     assert VerlPrepareConfig(**verl, kl_coef=0.0).kl_target is None  # no penalty at all: allowed
+    with pytest.raises(ValidationError, match="veRL puts the penalty in the actor's loss"):
+        VerlPrepareConfig(**verl, advantage="rloo", kl_target=0.1)  # critic-free: no adaptive controller
 
 
 def test_skipping_uniform_groups_needs_a_group_baseline(tmp_path: Path) -> None:

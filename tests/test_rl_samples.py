@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from r3rag.packing import Sample, collate, length_groups, pack_samples
-from r3rag.rl.samples import CREDIT_SCHEMES, return_to_go_samples, step_samples
+from r3rag.rl.samples import CREDIT_SCHEMES, return_to_go_samples, step_samples, trajectory_return_samples
 from rl_fixtures import ANSWER, INVALID, QUERY, scripted_rollout
 from tiny_llm import tiny_tokenizer
 
@@ -172,3 +172,10 @@ def test_group_baselines_put_the_trajectorys_advantage_on_every_step() -> None:
     assert grpo[0].rewards[-1] == pytest.approx(1.9 / (3.8 / 2**0.5 + 1e-4))
     # as asked (different questions), each trajectory is alone: nothing to compare with
     assert [s.rewards[-1] for s in CREDIT_SCHEMES["rloo"](trajectories, rewards)] == [0.0, 0.0, 0.0]
+
+
+def test_trajectory_returns_put_the_bare_return_on_every_step_for_a_trainer_that_takes_the_baseline() -> None:
+    _, trajectories, rewards = scripted_rollout({"q": [QUERY, ANSWER], "r": [INVALID]})
+    samples = trajectory_return_samples(trajectories, rewards)  # returns 0.8 + 2.0 and -1.0, no baseline
+    assert [s.rewards[-1] for s in samples] == pytest.approx([2.8, 2.8, -1.0])
+    assert [sum(s.rewards) for s in samples] == pytest.approx([2.8, 2.8, -1.0])

@@ -839,6 +839,12 @@ def _train_types_field() -> Any:
     )
 
 
+Advantage = Literal["gae", "gae-trajectory", "rloo", "grpo"]
+"""How a step is credited (``PPOConfig.advantage``, and the same choice on veRL: ``VerlPrepareConfig``)."""
+CRITIC_FREE: frozenset[str] = frozenset({"rloo", "grpo"})
+"""Advantages whose baseline is the question's other samples: no value is learned, no critic is built."""
+
+
 def refuse_kl_target_without_beta(kl_target: float | None, kl_coef: float) -> None:
     """An adaptive KL controller (ours, veRL's) multiplies beta by a factor per iteration, starting from
     ``kl_coef``: from 0 it would stay at 0, so a KL target with no first beta is a mistake, not a setting."""
@@ -937,7 +943,7 @@ class PPOConfig(StageConfig):
     kl_estimator: Literal["k1", "k3"] = Field(
         "k1", description="Per-token KL estimator (official: k1, log pi - log pi_ref; k3 is never negative)."
     )
-    advantage: Literal["gae", "gae-trajectory", "rloo", "grpo"] = Field(
+    advantage: Advantage = Field(
         "gae",
         description="How a step is credited. gae: its own reward, a learned value, GAE (official). "
         "gae-trajectory: its reward plus every later step's (returns-to-go over the trajectory), GAE. "
@@ -1045,7 +1051,7 @@ class PPOConfig(StageConfig):
     def _uniform_groups_are_critic_free(self) -> Self:
         """A question whose trajectories tie has a zero advantage only against its group; under GAE the
         value gives each step its own, so the filter would drop signal, not cost."""
-        if self.skip_uniform_groups and self.advantage not in ("rloo", "grpo"):
+        if self.skip_uniform_groups and self.advantage not in CRITIC_FREE:
             raise ValueError(
                 f"skip_uniform_groups needs a group baseline (advantage rloo or grpo), not {self.advantage!r}"
             )
@@ -1217,12 +1223,20 @@ class VerlLoopConfig(StageConfig):
         description="Temperature of a question's i-th sample (veRL's session id), cycled (official: "
         "0.1 + 0.3 i); a greedy request from veRL (validation) stays greedy.",
     )
+    advantage: Advantage = Field(
+        "gae",
+        description="What each step's output carries for veRL's estimator (`r3rag verl prepare` sets it with "
+        "the estimator). gae: the step's own reward (official); gae-trajectory: its reward plus every later "
+        "step's; rloo / grpo: the trajectory's return, which veRL's GRPO reads off the trajectory's last "
+        "output and compares with the question's other samples.",
+    )
 
 
 class VerlPrepareConfig(StageConfig):
     """``r3rag verl prepare``: veRL's parquet files from our question files, and the launch script of the
     paper's recipe on veRL (PPO with a critic, GAE, KL in the reward, 4 samples per question, one sample per
-    step). Defaults are the official run's where veRL has the same knob; see docs/verl.md for the mapping."""
+    step), or of a critic-free one (``advantage``). Defaults are the official run's where veRL has the same
+    knob; see docs/verl.md for the mapping."""
 
     model: str = Field(description="The cold-start policy R3-RAG-CS (a Hugging Face folder on every node).")
     train: Path = Field(description="Training questions (FlashRAG jsonl or any dataset r3rag reads).")
@@ -1249,11 +1263,27 @@ class VerlPrepareConfig(StageConfig):
         min_length=1,
         description="Temperature of a question's i-th sample, cycled (official: 0.1 + 0.3 i).",
     )
+    advantage: Advantage = Field(
+        "gae",
+        description="gae: PPO with a critic, GAE over step samples, each its own reward (official). "
+        "gae-trajectory: the same, each step its reward plus every later step's. rloo / grpo: critic-free, "
+        "veRL's GRPO over the question's trajectories (each trajectory's return, its advantage on every "
+        "step); grpo divides by the group's std, rloo does not (G - mean: RLOO's advantage times "
+        "(K-1)/K). Critic-free, the KL penalty is a loss term (veRL's use_kl_loss), not a reward.",
+    )
     actor_lr: float = Field(5e-7, gt=0, description="Actor learning rate (official: 5e-7).")
     critic_lr: float = Field(9e-6, gt=0, description="Critic learning rate (official: 9e-6).")
-    kl_coef: float = Field(0.01, ge=0, description="KL penalty in the reward (official init_kl_coef 0.01).")
+    kl_coef: float = Field(
+        0.01,
+        ge=0,
+        description="KL penalty (official init_kl_coef 0.01): in the reward with a critic, the actor's loss "
+        "term critic-free; 0: none, and no reference model.",
+    )
     kl_target: float | None = Field(
-        None, gt=0, description="Adaptive beta towards this KL (veRL kl_ctrl.type adaptive); None: fixed."
+        None,
+        gt=0,
+        description="Adaptive beta towards this KL (veRL kl_ctrl.type adaptive; advantage gae or "
+        "gae-trajectory only); None: fixed.",
     )
     kl_horizon: float = Field(
         10_000.0, gt=0, description="veRL's kl_ctrl.horizon: samples over which beta moves by at most 20%."
@@ -1287,4 +1317,9 @@ class VerlPrepareConfig(StageConfig):
     @model_validator(mode="after")
     def _kl_target_moves_a_positive_beta(self) -> Self:
         refuse_kl_target_without_beta(self.kl_target, self.kl_coef)
+        if self.kl_target is not None and self.advantage in CRITIC_FREE:
+            raise ValueError(
+                f"kl_target adapts the KL penalty in the reward; with advantage {self.advantage!r} veRL puts "
+                "the penalty in the actor's loss at a fixed kl_coef: drop kl_target"
+            )
         return self

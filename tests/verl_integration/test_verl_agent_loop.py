@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import shlex
+import statistics
 import subprocess
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,20 +24,24 @@ import verl.trainer.ppo.v1.agent_loop_tq as tq_module
 from tensordict import TensorDict
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from verl.protocol import DataProto
+from verl.trainer.ppo.utils import need_critic, need_reference_policy
 from verl.trainer.ppo.v1.utils import compute_advantage_for_multi_trajectories
 from verl.utils import tensordict_utils as tu
 from verl.utils.dataset.rl_dataset import RLHFDataset, collate_fn
 from verl_fixtures import EXAMPLE, ROLLOUT, TinyServer, build_bm25, teach_policy, verl_config
 
 from r3rag.agent import Agent
-from r3rag.config import RetrievalConfig, VerlLoopConfig
-from r3rag.integrations.verl.agent_loop import R3RagAgentLoop, loop_config, sample_temperature
+from r3rag.config import Advantage, RetrievalConfig, VerlLoopConfig, VerlPrepareConfig
+from r3rag.integrations.verl.agent_loop import LOOP_CREDIT, R3RagAgentLoop, loop_config, sample_temperature
 from r3rag.integrations.verl.data import row_example, write_parquet
 from r3rag.integrations.verl.generator import ServerGenerator
-from r3rag.integrations.verl.overrides import r3rag_overrides
+from r3rag.integrations.verl.outputs import step_outputs
+from r3rag.integrations.verl.overrides import credit_overrides, hydra_value, r3rag_overrides
 from r3rag.retrieval import open_retriever
 from r3rag.rewards import TrajectoryScorer, build_relevance_judge
 from r3rag.rewards.judges import CorrectnessJudge
+from r3rag.rewards.shaping import TrajectoryReward
+from r3rag.rl.losses import leave_one_out_advantages
 from r3rag.schema import QAExample, Trajectory
 
 TEMPERATURES = [0.1, 0.4, 0.7, 1.0]
@@ -68,20 +74,29 @@ def _recorder(puts: list[dict[str, Any]]) -> tuple[Any, Any]:
 
 
 @pytest.fixture(scope="module")
-def rollout(tmp_path_factory: pytest.TempPathFactory) -> Rollout:
-    root = tmp_path_factory.mktemp("verl")
+def policy(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The BM25 index and the policy taught EXAMPLE's two steps on it, shared by the rollouts below."""
+    root = tmp_path_factory.mktemp("verl-policy")
     index = build_bm25(root)
-    model_dir = teach_policy(index, root / "model")
+    return index, teach_policy(index, root / "model")
+
+
+def _roll(
+    root: Path, policy: tuple[Path, Path], advantage: Advantage, estimator: str, patch: pytest.MonkeyPatch
+) -> Rollout:
+    """EXAMPLE's four samples through veRL's V1 rollout worker with the loop's ``advantage``."""
+    index, model_dir = policy
     train = write_parquet([EXAMPLE], root / "train.parquet", ROLLOUT.system_prompt)
     loop = VerlLoopConfig(
         retrieval=RetrievalConfig(source=str(index)),
         rollout=ROLLOUT.model_copy(update={"record_token_ids": True}),
         temperatures=TEMPERATURES,
+        advantage=advantage,
     )
     config = verl_config(
         model_dir,
         [
-            "algorithm.adv_estimator=gae",
+            f"algorithm.adv_estimator={estimator}",
             "actor_rollout_ref.rollout.n=4",
             "actor_rollout_ref.rollout.agent.default_agent_loop=r3rag",
             f"data.train_files=[{train}]",
@@ -92,22 +107,21 @@ def rollout(tmp_path_factory: pytest.TempPathFactory) -> Rollout:
     server = TinyServer(AutoModelForCausalLM.from_pretrained(model_dir), tokenizer)
     puts: list[dict[str, Any]] = []
     kv_put, kv_batch_put = _recorder(puts)
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(tq_module.tq, "init", lambda *a, **k: None)
-        patch.setattr(tq_module.tq, "async_kv_put", kv_put)
-        patch.setattr(tq_module.tq, "async_kv_batch_put", kv_batch_put)
-        worker = tq_module.AgentLoopWorkerTQ.__ray_metadata__.modified_class(config, llm_client=server)
-        dataset = RLHFDataset(data_files=[str(train)], tokenizer=worker.tokenizer, config=config.data)
-        batch_dict = collate_fn([dataset[0]])
-        batch_dict["uid"] = np.array([UID], dtype=object)
-        batch = tu.get_tensordict(batch_dict)
-        tu.assign_non_tensor_data(batch, "global_steps", 1)
+    patch.setattr(tq_module.tq, "init", lambda *a, **k: None)
+    patch.setattr(tq_module.tq, "async_kv_put", kv_put)
+    patch.setattr(tq_module.tq, "async_kv_batch_put", kv_batch_put)
+    worker = tq_module.AgentLoopWorkerTQ.__ray_metadata__.modified_class(config, llm_client=server)
+    dataset = RLHFDataset(data_files=[str(train)], tokenizer=worker.tokenizer, config=config.data)
+    batch_dict = collate_fn([dataset[0]])
+    batch_dict["uid"] = np.array([UID], dtype=object)
+    batch = tu.get_tensordict(batch_dict)
+    tu.assign_non_tensor_data(batch, "global_steps", 1)
 
-        async def run() -> None:
-            await worker.generate_sequences(batch)
-            await asyncio.gather(*list(worker.background_tasks))
+    async def run() -> None:
+        await worker.generate_sequences(batch)
+        await asyncio.gather(*list(worker.background_tasks))
 
-        asyncio.run(run())
+    asyncio.run(run())
     assert puts[-1] == {"status": "finished"}, puts
     outputs = [p for p in puts if "keys" in p]
     keys = [k for p in outputs for k in p["keys"]]
@@ -123,6 +137,47 @@ def rollout(tmp_path_factory: pytest.TempPathFactory) -> Rollout:
     scorer = TrajectoryScorer(loop.reward, CorrectnessJudge(loop.judges), build_relevance_judge(loop.judges))
     rewards = [r.rewards for r in scorer.score([EXAMPLE] * len(expected), expected)]
     return Rollout(keys, fields, requests, expected, rewards, loop, config, tokenizer)
+
+
+@pytest.fixture(scope="module")
+def rollout(tmp_path_factory: pytest.TempPathFactory, policy: tuple[Path, Path]) -> Rollout:
+    """The paper's recipe: each step's output carries its own reward, for veRL's GAE."""
+    with pytest.MonkeyPatch.context() as patch:
+        return _roll(tmp_path_factory.mktemp("verl"), policy, "gae", "gae", patch)
+
+
+def _tempered_score(
+    score: Callable[..., list[TrajectoryReward]],
+) -> Callable[..., list[TrajectoryReward]]:
+    """The scorer's rewards, each trajectory's last step paid its sampling temperature more: the taught policy
+    writes the same two steps at every temperature, and a group of equal returns would give every
+    critic-free advantage 0, whatever the code did."""
+
+    def tempered(self: TrajectoryScorer, examples: Any, trajectories: Any) -> list[TrajectoryReward]:
+        out = []
+        for reward, trajectory in zip(score(self, examples, trajectories), trajectories, strict=True):
+            last = reward.steps[-1]
+            extra = trajectory.metadata["temperature"]
+            out.append(replace(reward, steps=(*reward.steps[:-1], replace(last, total=last.total + extra))))
+        return out
+
+    return tempered
+
+
+@pytest.fixture(scope="module")
+def critic_free_rollout(tmp_path_factory: pytest.TempPathFactory, policy: tuple[Path, Path]) -> Rollout:
+    """``advantage: rloo`` (or grpo: the loop writes the same): every output of a trajectory carries its
+    return, for veRL's GRPO; the returns made to differ by :func:`_tempered_score`."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(TrajectoryScorer, "score", _tempered_score(TrajectoryScorer.score))
+        return _roll(tmp_path_factory.mktemp("verl-critic-free"), policy, "rloo", "grpo", patch)
+
+
+def _score(rollout: Rollout, trajectory: Trajectory) -> TrajectoryReward:
+    loop = rollout.loop
+    scorer = TrajectoryScorer(loop.reward, CorrectnessJudge(loop.judges), build_relevance_judge(loop.judges))
+    (reward,) = scorer.score([EXAMPLE], [trajectory])
+    return reward
 
 
 def _row(rollout: Rollout, session: int, step: int) -> dict[str, Any]:
@@ -172,15 +227,21 @@ def test_each_sample_of_a_question_runs_at_the_papers_temperature(rollout: Rollo
     assert all(r["max_tokens"] == ROLLOUT.max_new_tokens and r["top_p"] == 1.0 for r in rollout.requests)
 
 
+def _padded(rollout: Rollout) -> DataProto:
+    """The batch as the V1 trainer's ``_compute_advantage`` builds it from the transfer queue, KL-free."""
+    fields = rollout.fields.select("uid", "response_mask", "rm_scores")
+    data = DataProto(batch=fields.to_padded_tensor())
+    data.batch["token_level_rewards"] = data.batch["rm_scores"]
+    data.non_tensor_batch["uid"] = np.array(data.batch.pop("uid").tolist(), dtype=object)
+    return data
+
+
 def test_veRLs_gae_gives_each_step_its_own_return_and_advantage(rollout: Rollout) -> None:
     """The trainer's own path (``_compute_advantage``): padded batch, rm_scores as token rewards, zero values
     (an untrained critic), GAE with the paper's gamma = lambda = 1. Each step's return on its action tokens
     is its own reward, so the retrieval step and the answer step get different advantages."""
-    fields = rollout.fields.select("uid", "response_mask", "rm_scores")
-    data = DataProto(batch=fields.to_padded_tensor())
-    data.batch["token_level_rewards"] = data.batch["rm_scores"]
+    data = _padded(rollout)
     data.batch["values"] = torch.zeros_like(data.batch["rm_scores"])
-    data.non_tensor_batch["uid"] = np.array(data.batch.pop("uid").tolist(), dtype=object)
     algorithm = rollout.config.algorithm
     assert (algorithm.adv_estimator, algorithm.gamma, algorithm.lam) == ("gae", 1.0, 1.0)
     out = compute_advantage_for_multi_trajectories(
@@ -200,6 +261,69 @@ def test_veRLs_gae_gives_each_step_its_own_return_and_advantage(rollout: Rollout
         assert torch.allclose(returns, torch.full_like(returns, rollout.rewards[session][step]))
         step_advantage[key] = out.batch["advantages"][i][mask[i]].mean().item()
     assert step_advantage[f"{UID}_0_0"] != pytest.approx(step_advantage[f"{UID}_0_1"])
+
+
+@pytest.mark.parametrize("advantage", ["rloo", "grpo"])
+def test_veRLs_grpo_gives_every_step_its_trajectorys_group_advantage(
+    critic_free_rollout: Rollout, tmp_path: Path, advantage: str
+) -> None:
+    """The critic-free path end to end: the loop writes each trajectory's return on its outputs, and veRL's
+    V1 GRPO (with the estimator keys `r3rag verl prepare` writes) compares the question's four returns and
+    gives a trajectory's advantage to each of its steps. Hand values: returns G_s (the steps' rewards), then
+    G_s - mean (rloo; RLOO's advantage times 3/4) or (G_s - mean) / (std + 1e-6) (grpo, std with n - 1)."""
+    rollout = critic_free_rollout
+    settings = VerlPrepareConfig(
+        model="m", train=tmp_path / "t.jsonl", index="i", out=tmp_path, advantage=advantage, kl_coef=0
+    )
+    keys = credit_overrides(settings)
+    algorithm = verl_config(tmp_path, [f"{k}={hydra_value(v)}" for k, v in keys.items()]).algorithm
+    assert algorithm.adv_estimator == "grpo"
+    returns = [sum(r) for r in rollout.rewards]
+    assert len(set(returns)) == 4 and {len(r) for r in rollout.rewards} == {2}  # distinct, two steps each
+    mean, std = statistics.fmean(returns), statistics.stdev(returns)
+    expected = {
+        "rloo": [g - mean for g in returns],
+        "grpo": [(g - mean) / (std + 1e-6) for g in returns],
+    }[advantage]
+    if advantage == "rloo":
+        assert expected == pytest.approx([0.75 * a for a in leave_one_out_advantages(returns, [0] * 4)])
+    out = compute_advantage_for_multi_trajectories(
+        _padded(rollout),
+        batch_keys=rollout.keys,
+        adv_estimator=algorithm.adv_estimator,
+        norm_adv_by_std_in_grpo=algorithm.norm_adv_by_std_in_grpo,
+        num_repeat=4,
+        config=algorithm,
+    )
+    mask = out.batch["response_mask"].bool()
+    assert sorted(rollout.keys) == [f"{UID}_{s}_{t}" for s in range(4) for t in range(2)]
+    for i, key in enumerate(rollout.keys):
+        session = int(key.rsplit("_", 2)[1])
+        advantages = out.batch["advantages"][i][mask[i]]
+        assert torch.allclose(advantages, torch.full_like(advantages, expected[session]), atol=1e-5), key
+
+
+def test_each_output_of_a_critic_free_trajectory_carries_its_return(critic_free_rollout: Rollout) -> None:
+    """What veRL's GRPO reads is the trajectory's last output; the earlier ones hold the same return (veRL
+    overwrites their advantage with the last one's), the documents still never in a response."""
+    rollout = critic_free_rollout
+    for session, rewards in enumerate(rollout.rewards):
+        for step in range(len(rewards)):
+            row = _row(rollout, session, step)
+            assert row["rm_scores"][-1].item() == pytest.approx(sum(rewards))
+            assert row["rm_scores"][:-1].abs().sum().item() == 0
+
+
+def test_gae_trajectory_outputs_carry_each_steps_reward_to_go(rollout: Rollout) -> None:
+    """``advantage: gae-trajectory``: the loop's scheme on the same trajectories puts r_s + r_(s+1) + ... on
+    step s's last response token (then veRL's GAE, with a critic, as for gae)."""
+    for trajectory, rewards in zip(rollout.expected, rollout.rewards, strict=True):
+        reward = _score(rollout, trajectory)
+        outputs = step_outputs(LOOP_CREDIT["gae-trajectory"]([trajectory], [reward]), reward)
+        scores = [o.as_dict()["rm_scores"] for o in outputs]
+        to_go = [sum(rewards[s:]) for s in range(len(rewards))]
+        assert [float(s[-1]) for s in scores] == pytest.approx(to_go)
+        assert all(float(s[:-1].abs().sum()) == 0 for s in scores)
 
 
 def test_the_r3rag_section_composes_into_veRLs_config_and_reads_back(rollout: Rollout) -> None:
@@ -231,11 +355,9 @@ def test_a_config_without_the_r3rag_section_names_the_override(tmp_path: Path) -
         loop_config(verl_config(tmp_path))
 
 
-def test_prepare_writes_rows_veRL_reads_and_a_launch_whose_overrides_compose(
-    rollout: Rollout, tmp_path: Path
-) -> None:
-    """`r3rag verl prepare` on a FlashRAG file: veRL's dataset class reads the question back whole, the
-    overrides compose into veRL's config with the paper's hyperparameters, and the script is valid bash."""
+def _prepare(rollout: Rollout, tmp_path: Path, *options: str) -> tuple[Path, list[str], Any]:
+    """`r3rag verl prepare` with ``options`` on a FlashRAG file of EXAMPLE: the folder, its overrides, and
+    veRL's config composed from them."""
     from typer.testing import CliRunner
 
     from r3rag.cli import app
@@ -244,30 +366,25 @@ def test_prepare_writes_rows_veRL_reads_and_a_launch_whose_overrides_compose(
     questions = tmp_path / "train.jsonl"
     record = {"id": EXAMPLE.id, "question": EXAMPLE.question, "golden_answers": EXAMPLE.answers}
     write_jsonl(questions, [{**record, "metadata": {"supporting_ids": ["ada"]}}])
-    index = rollout.loop.retrieval.source
     model = rollout.config.actor_rollout_ref.model.path
     out = tmp_path / "run"
-    args = [
-        "verl",
-        "prepare",
-        "--model",
-        model,
-        "--train",
-        str(questions),
-        "--index",
-        index,
-        "--out",
-        str(out),
-        "--kl-target",
-        "0.05",
-    ]
-    result = CliRunner().invoke(app, args)
+    command = ["verl", "prepare", "--model", model, "--train", str(questions), "--out", str(out)]
+    result = CliRunner().invoke(app, [*command, "--index", rollout.loop.retrieval.source, *options])
     assert result.exit_code == 0, result.output
-
     overrides = (out / "overrides.txt").read_text().splitlines()
-    config = verl_config(Path(model), overrides)
+    return out, overrides, verl_config(Path(model), overrides)
+
+
+def test_prepare_writes_rows_veRL_reads_and_a_launch_whose_overrides_compose(
+    rollout: Rollout, tmp_path: Path
+) -> None:
+    """`r3rag verl prepare` on a FlashRAG file: veRL's dataset class reads the question back whole, the
+    overrides compose into veRL's config with the paper's hyperparameters, and the script is valid bash."""
+    out, overrides, config = _prepare(rollout, tmp_path, "--kl-target", "0.05")
+    index, model = rollout.loop.retrieval.source, rollout.config.actor_rollout_ref.model.path
     assert config.trainer.use_v1 is True
     assert (config.algorithm.adv_estimator, config.algorithm.gamma, config.algorithm.lam) == ("gae", 1.0, 1.0)
+    assert need_critic(config) and need_reference_policy(config)
     assert (config.algorithm.use_kl_in_reward, config.algorithm.kl_ctrl.kl_coef) == (True, 0.01)
     kl_ctrl = config.algorithm.kl_ctrl  # our adaptive controller is veRL's
     assert (kl_ctrl.type, kl_ctrl.target_kl, kl_ctrl.horizon) == ("adaptive", 0.05, 10_000)
@@ -276,7 +393,7 @@ def test_prepare_writes_rows_veRL_reads_and_a_launch_whose_overrides_compose(
     assert config.actor_rollout_ref.rollout.agent.default_agent_loop == "r3rag"
     loop = loop_config(config)
     assert (loop.rollout.top_k, loop.rollout.max_doc_chars, loop.judges.reference_match) == (2, 512, "id")
-    assert loop.retrieval.source == index
+    assert loop.retrieval.source == index and loop.advantage == "gae"
 
     tokenizer = AutoTokenizer.from_pretrained(model)
     (row,) = RLHFDataset(data_files=config.data.train_files, tokenizer=tokenizer, config=config.data)
@@ -287,6 +404,23 @@ def test_prepare_writes_rows_veRL_reads_and_a_launch_whose_overrides_compose(
     script = out / "run_verl.sh"
     assert subprocess.run(["bash", "-n", str(script)], check=False).returncode == 0
     assert all(shlex.quote(o) in script.read_text() for o in overrides)
+
+
+def test_prepare_critic_free_builds_no_critic_and_puts_the_kl_penalty_in_the_loss(
+    rollout: Rollout, tmp_path: Path
+) -> None:
+    """`--advantage rloo`: veRL's GRPO without the std division, no critic, KL as the actor's loss term (the
+    reference model kept for it), and the loop told to write each trajectory's return."""
+    _, overrides, config = _prepare(rollout, tmp_path, "--advantage", "rloo", "--kl-coef", "0.02")
+    algorithm, actor = config.algorithm, config.actor_rollout_ref.actor
+    assert (algorithm.adv_estimator, algorithm.norm_adv_by_std_in_grpo) == ("grpo", False)
+    assert not need_critic(config) and not any(o.startswith("critic.model") for o in overrides)
+    assert algorithm.use_kl_in_reward is False and need_reference_policy(config)
+    assert (actor.use_kl_loss, actor.kl_loss_coef, actor.kl_loss_type) == (True, 0.02, "kl")
+    assert loop_config(config).advantage == "rloo"
+    _, _, config = _prepare(rollout, tmp_path, "--advantage", "grpo", "--kl-coef", "0")
+    assert (config.algorithm.adv_estimator, config.algorithm.norm_adv_by_std_in_grpo) == ("grpo", True)
+    assert not need_reference_policy(config)  # no penalty, no reference model
 
 
 def test_overrides_quote_what_hydra_would_misread(tmp_path: Path) -> None:

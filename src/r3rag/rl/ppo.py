@@ -50,7 +50,7 @@ from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
 from r3rag import runs
 from r3rag.agent import Agent
-from r3rag.config import AGENT_FILE, JUDGE_CALL_FIELDS, PPOConfig
+from r3rag.config import AGENT_FILE, CRITIC_FREE, JUDGE_CALL_FIELDS, PPOConfig
 from r3rag.device import (
     describe,
     enable_gradient_checkpointing,
@@ -83,7 +83,7 @@ from r3rag.rl.losses import (
 from r3rag.rl.models import ActorCritic, ReferencePolicy
 from r3rag.rl.ptx import PtxLoss
 from r3rag.rl.rollout import Rollout, Scorer, collect, repeat, rollout_metrics
-from r3rag.rl.samples import CREDIT_SCHEMES, CRITIC_FREE, CreditScheme, uniform_groups
+from r3rag.rl.samples import CREDIT_SCHEMES, CreditScheme, uniform_groups
 from r3rag.rl.tracking import CURVE_FILE, MetricsLog, plot_curve
 from r3rag.schema import QAExample, Trajectory
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Sequence
 
+from r3rag.config import Advantage
 from r3rag.packing import Sample
 from r3rag.rewards.shaping import TrajectoryReward
 from r3rag.rl.losses import group_normalized_advantages, leave_one_out_advantages, rewards_to_go
@@ -123,12 +124,21 @@ def group_baseline_samples(baseline: GroupBaseline) -> CreditScheme:
     return scheme
 
 
-CREDIT_SCHEMES: dict[str, CreditScheme] = {
+def trajectory_return_samples(
+    trajectories: Sequence[Trajectory], rewards: Sequence[TrajectoryReward]
+) -> list[Sample]:
+    """Every step carries its trajectory's return (the sum of its step rewards), no baseline yet: what a
+    trainer that compares the question's samples itself needs (veRL's GRPO, which reads each trajectory's
+    last output and gives its advantage to every step; :mod:`r3rag.integrations.verl`). One trajectory's
+    samples are all that is at hand where it is scored, so the group baseline cannot be taken there."""
+    _check_lengths(trajectories, rewards)
+    return samples_with_rewards(trajectories, [[sum(r.rewards)] * len(r.rewards) for r in rewards])
+
+
+CREDIT_SCHEMES: dict[Advantage, CreditScheme] = {
     "gae": step_samples,
     "gae-trajectory": return_to_go_samples,
     "rloo": group_baseline_samples(leave_one_out_advantages),
     "grpo": group_baseline_samples(group_normalized_advantages),
 }
 """The credit scheme of each ``PPOConfig.advantage``."""
-CRITIC_FREE = frozenset({"rloo", "grpo"})
-"""Advantages whose samples already carry a baseline: the trainer learns and uses no value for them."""

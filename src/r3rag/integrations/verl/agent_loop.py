@@ -9,9 +9,10 @@ trainer's rollout of one question, through the same code paths:
 2. :meth:`r3rag.agent.Agent.arun` runs it, the policy being veRL's rollout servers
    (:class:`~r3rag.integrations.verl.generator.ServerGenerator`) and the retriever the one the config names
    (``r3rag serve retriever`` on a cluster);
-3. :class:`~r3rag.rewards.TrajectoryScorer` gives each step its reward and
-   :func:`r3rag.rl.samples.step_samples` cuts the trajectory into one sample per step, the reward on the
-   step's last action token, the documents never among the actions;
+3. :class:`~r3rag.rewards.TrajectoryScorer` gives each step its reward and the credit scheme of the config's
+   ``advantage`` (:data:`LOOP_CREDIT`; the paper's :func:`r3rag.rl.samples.step_samples` by default) cuts the
+   trajectory into one sample per step, its value on the step's last action token, the documents never
+   among the actions;
 4. each sample becomes a :class:`~r3rag.integrations.verl.outputs.StepOutput`, which keeps its own reward
    through veRL's post-processing.
 
@@ -33,7 +34,7 @@ from omegaconf import OmegaConf
 from verl.experimental.agent_loop.agent_loop import AgentLoopBase, register
 
 from r3rag.agent import Agent, failed_call
-from r3rag.config import VerlLoopConfig
+from r3rag.config import Advantage, VerlLoopConfig
 from r3rag.integrations.verl.data import AGENT_NAME, row_example
 from r3rag.integrations.verl.generator import ServerGenerator
 from r3rag.integrations.verl.outputs import StepOutput, step_outputs
@@ -41,7 +42,12 @@ from r3rag.integrations.verl.overrides import CONFIG_KEY
 from r3rag.retrieval import Retriever, open_retriever
 from r3rag.rewards import TrajectoryScorer, build_relevance_judge, endpoint_generator
 from r3rag.rewards.judges import CorrectnessJudge
-from r3rag.rl.samples import step_samples
+from r3rag.rl.samples import (
+    CreditScheme,
+    return_to_go_samples,
+    step_samples,
+    trajectory_return_samples,
+)
 from r3rag.schema import Passage
 
 
@@ -56,6 +62,16 @@ class _OneAtATime:
     def search(self, queries: Sequence[str], k: int) -> list[list[Passage]]:
         with self._lock:
             return self.retriever.search(queries, k)
+
+
+LOOP_CREDIT: dict[Advantage, CreditScheme] = {
+    "gae": step_samples,
+    "gae-trajectory": return_to_go_samples,
+    "rloo": trajectory_return_samples,
+    "grpo": trajectory_return_samples,
+}
+"""The scheme that cuts one trajectory into veRL's outputs for each ``advantage``: the local trainer's, but
+critic-free ones carry the bare return (veRL's GRPO takes the group baseline, across calls of the loop)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,4 +142,4 @@ class R3RagAgentLoop(AgentLoopBase):
         if failed_call(trajectory) is not None:
             return []
         (reward,) = await asyncio.to_thread(runtime.scorer.score, [example], [trajectory])
-        return step_outputs(step_samples([trajectory], [reward]), reward)
+        return step_outputs(LOOP_CREDIT[config.advantage]([trajectory], [reward]), reward)

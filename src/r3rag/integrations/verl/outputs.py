@@ -1,4 +1,4 @@
-"""One veRL sample per step, each carrying its own reward.
+"""One veRL sample per step, each carrying the value its credit scheme gave it (the paper's: its own reward).
 
 veRL's V1 trainer accepts a list of :class:`AgentLoopOutput` per rollout and trains each as its own sample,
 but its post-processing (``AgentLoopWorkerTQ._agent_loop_postprocess``, veRL 0.9.1) copies the final output's
@@ -34,9 +34,10 @@ class StepOutput(AgentLoopOutput):
 
 
 def step_outputs(samples: list[Sample], reward: TrajectoryReward) -> list[StepOutput]:
-    """The step samples of one trajectory (:func:`r3rag.rl.samples.step_samples`) as veRL outputs: the
-    prompt is the sample's tokens before its first action, the response its action tokens (one step's
-    completion, all actions: the documents are in the next step's prompt, never in a response)."""
+    """The step samples of one trajectory, as the agent loop's credit scheme cut them (``LOOP_CREDIT``), as
+    veRL outputs, each keeping the value the scheme put on its last token: the prompt is the sample's tokens
+    before its first action, the response its action tokens (one step's completion, all actions: the
+    documents are in the next step's prompt, never in a response)."""
     info = {
         "correct": float(bool(reward.correct)),
         "answered": float(reward.status == TrajectoryStatus.ANSWERED),

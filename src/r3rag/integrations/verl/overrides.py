@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from r3rag.config import VerlLoopConfig, VerlPrepareConfig
+from r3rag.config import CRITIC_FREE, VerlLoopConfig, VerlPrepareConfig
 from r3rag.integrations.verl.data import AGENT_NAME
 
 CONFIG_KEY = "r3rag"
@@ -53,25 +53,57 @@ def r3rag_overrides(config: VerlLoopConfig) -> list[str]:
     return _leaves(CONFIG_KEY, config.model_dump(mode="json"))
 
 
+KL_ESTIMATORS = {"k1": "kl", "k3": "low_var_kl"}
+"""Our KL estimators by veRL's names (``algorithm.kl_penalty``, ``actor.kl_loss_type``)."""
+
+
+def credit_overrides(config: VerlPrepareConfig) -> dict[str, Any]:
+    """The estimator, the critic and the KL penalty of ``config.advantage`` in veRL's keys.
+
+    gae / gae-trajectory (the paper's recipe): veRL's GAE with a critic on every step sample, KL in the
+    reward. rloo / grpo: veRL's GRPO, which its V1 trainer runs on each trajectory's last output (one per
+    ``{uid}_{session_id}``) and gives to the trajectory's every output; no critic; the KL penalty as the
+    actor's loss term (veRL's convention for GRPO: in the reward it would only count the last step's)."""
+    estimator = KL_ESTIMATORS[config.kl_estimator]
+    if config.advantage not in CRITIC_FREE:
+        return {
+            "algorithm.adv_estimator": "gae",
+            "algorithm.gamma": config.gamma,
+            "algorithm.lam": config.lam,
+            "algorithm.use_kl_in_reward": config.kl_coef > 0,
+            "algorithm.kl_ctrl.kl_coef": config.kl_coef,
+            "algorithm.kl_ctrl.type": "fixed" if config.kl_target is None else "adaptive",
+            **({} if config.kl_target is None else {"algorithm.kl_ctrl.target_kl": config.kl_target}),
+            "algorithm.kl_ctrl.horizon": config.kl_horizon,
+            "algorithm.kl_penalty": estimator,
+            "actor_rollout_ref.actor.use_kl_loss": False,
+            "critic.model.path": config.critic_model or config.model,
+            "critic.optim.lr": config.critic_lr,
+            "critic.cliprange_value": config.value_clip,
+            "critic.ppo_micro_batch_size_per_gpu": config.micro_batch_per_gpu,
+        }
+    return {
+        "algorithm.adv_estimator": "grpo",
+        "algorithm.norm_adv_by_std_in_grpo": config.advantage == "grpo",
+        "algorithm.use_kl_in_reward": False,
+        "actor_rollout_ref.actor.use_kl_loss": config.kl_coef > 0,
+        "actor_rollout_ref.actor.kl_loss_coef": config.kl_coef,
+        "actor_rollout_ref.actor.kl_loss_type": estimator,
+        "critic.enable": False,
+    }
+
+
 def trainer_overrides(
     config: VerlPrepareConfig, train: Path, dev: Path | None, response_length: int
 ) -> list[str]:
     """veRL's keys for the paper's recipe (docs/verl.md has the table): PPO with a critic and GAE over step
-    samples (V1 trainer), KL in the reward, the r3rag agent loop for every row."""
+    samples (V1 trainer), KL in the reward, the r3rag agent loop for every row; or, with ``advantage`` rloo
+    or grpo, the critic-free estimator of :func:`credit_overrides`."""
     values: dict[str, Any] = {
         "trainer.use_v1": True,
-        "algorithm.adv_estimator": "gae",
-        "algorithm.gamma": config.gamma,
-        "algorithm.lam": config.lam,
-        "algorithm.use_kl_in_reward": config.kl_coef > 0,
-        "algorithm.kl_ctrl.kl_coef": config.kl_coef,
-        "algorithm.kl_ctrl.type": "fixed" if config.kl_target is None else "adaptive",
-        **({} if config.kl_target is None else {"algorithm.kl_ctrl.target_kl": config.kl_target}),
-        "algorithm.kl_ctrl.horizon": config.kl_horizon,
-        "algorithm.kl_penalty": {"k1": "kl", "k3": "low_var_kl"}[config.kl_estimator],
+        **credit_overrides(config),
         "actor_rollout_ref.model.path": config.model,
         "actor_rollout_ref.actor.optim.lr": config.actor_lr,
-        "actor_rollout_ref.actor.use_kl_loss": False,
         "actor_rollout_ref.actor.clip_ratio": config.clip_ratio,
         "actor_rollout_ref.actor.ppo_mini_batch_size": config.minibatch_size,
         "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu": config.micro_batch_per_gpu,
@@ -81,10 +113,6 @@ def trainer_overrides(
         "actor_rollout_ref.rollout.temperature": 1.0,
         "actor_rollout_ref.rollout.gpu_memory_utilization": config.gpu_memory_utilization,
         "actor_rollout_ref.rollout.agent.default_agent_loop": AGENT_NAME,
-        "critic.model.path": config.critic_model or config.model,
-        "critic.optim.lr": config.critic_lr,
-        "critic.cliprange_value": config.value_clip,
-        "critic.ppo_micro_batch_size_per_gpu": config.micro_batch_per_gpu,
         "data.train_files": [str(train)],
         "data.val_files": [str(dev if dev is not None else train)],
         "data.train_batch_size": config.questions_per_iteration,

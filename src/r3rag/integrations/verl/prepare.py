@@ -55,6 +55,7 @@ def loop_settings(config: VerlPrepareConfig, sources: dict[str, list[QAExample]]
         reward=config.reward,
         judges=judges,
         temperatures=config.temperatures,
+        advantage=config.advantage,
     )
 
 
