@@ -73,6 +73,11 @@ def _recorder(puts: list[dict[str, Any]]) -> tuple[Any, Any]:
     return kv_put, kv_batch_put
 
 
+def _scorer(loop: VerlLoopConfig) -> TrajectoryScorer:
+    """The loop's reward outside veRL, for the expected values."""
+    return TrajectoryScorer(loop.reward, CorrectnessJudge(loop.judges), build_relevance_judge(loop.judges))
+
+
 @pytest.fixture(scope="module")
 def policy(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """The BM25 index and the policy taught EXAMPLE's two steps on it, shared by the rollouts below."""
@@ -134,8 +139,7 @@ def _roll(
         return list(await asyncio.gather(*(agent.arun(EXAMPLE, t, s) for s, t in enumerate(TEMPERATURES))))
 
     expected = asyncio.run(outside())
-    scorer = TrajectoryScorer(loop.reward, CorrectnessJudge(loop.judges), build_relevance_judge(loop.judges))
-    rewards = [r.rewards for r in scorer.score([EXAMPLE] * len(expected), expected)]
+    rewards = [r.rewards for r in _scorer(loop).score([EXAMPLE] * len(expected), expected)]
     return Rollout(keys, fields, requests, expected, rewards, loop, config, tokenizer)
 
 
@@ -174,9 +178,7 @@ def critic_free_rollout(tmp_path_factory: pytest.TempPathFactory, policy: tuple[
 
 
 def _score(rollout: Rollout, trajectory: Trajectory) -> TrajectoryReward:
-    loop = rollout.loop
-    scorer = TrajectoryScorer(loop.reward, CorrectnessJudge(loop.judges), build_relevance_judge(loop.judges))
-    (reward,) = scorer.score([EXAMPLE], [trajectory])
+    (reward,) = _scorer(rollout.loop).score([EXAMPLE], [trajectory])
     return reward
 
 
