@@ -1,4 +1,5 @@
-"""Allocators and precisions on this CPU: one SFT step, one PPO update and a batch of generation, as ratios.
+"""Allocators, precisions and threads on this CPU: one SFT step, one PPO update and a batch of generation, as
+ratios.
 
 Training on a CPU allocates and frees the same large tensors every step; glibc's malloc hands the largest
 back to the kernel each time and faults them in again, which a caching allocator avoids. How much that is
@@ -7,7 +8,8 @@ prints the CPU model and its bf16/AMX support, then times the embedded model und
 use (:mod:`r3rag.allocator`) and both precisions, each in its own process (an allocator is chosen when a
 process starts), alternating the configurations round by round so that load on the machine hits all alike.
 On a CPU with AMX it also times everything with AMX switched off (``ONEDNN_MAX_CPU_ISA``), the nearest this
-machine gets to a CPU without it.
+machine gets to a CPU without it. ``--threads 1,2`` times each configuration at each torch thread count too
+(default: torch's own, one per core): whether one run on every core beats one run per core.
 
 - ``sft step``: forward, backward and AdamW step on 4 rows of 512 tokens (bf16 autocast or fp32);
 - ``ppo update``: the same on the actor with the shared critic's value head, as PPO's update runs it;
@@ -16,6 +18,7 @@ machine gets to a CPU without it.
 
     .venv/bin/python benchmarks/allocators.py              # every allocator found, 3 rounds
     .venv/bin/python benchmarks/allocators.py --rounds 1 --only glibc,tuned-glibc
+    .venv/bin/python benchmarks/allocators.py --only tuned-glibc --threads 1,2
 """
 
 from __future__ import annotations
@@ -51,10 +54,14 @@ def main() -> int:
         help="Comma-separated: bf16 (as r3rag runs it), fp32 (default: both where the CPU computes bf16 "
         "natively, else fp32 only: emulated bf16 takes minutes per step).",
     )
+    parser.add_argument(
+        "--threads", help="Comma-separated torch thread counts to time (default: torch's, one per core)."
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)  # a configuration, run in its own process
+    parser.add_argument("--child-threads", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(measure(args.child == "bf16")), flush=True)
+        print(json.dumps(measure(args.child == "bf16", args.child_threads)), flush=True)
         return 0
     features = cpu_features()
     print(f"CPU: {features.model}; AVX-512 BF16 {features.avx512_bf16}; AMX {features.amx}", end="")
@@ -66,44 +73,63 @@ def main() -> int:
     allocators = [a for a in available_allocators() if not args.only or a in args.only.split(",")]
     isas = {"native": {}, **({"no AMX": NO_AMX} if features.amx else {})}
     precisions = args.precisions.split(",")
-    configs = [(a, isa, p) for isa in isas for a in allocators for p in precisions]
-    times: dict[tuple[str, str, str], dict[str, list[float]]] = {
+    threads = [int(n) for n in args.threads.split(",")] if args.threads else [None]
+    configs = [(a, isa, p, n) for isa in isas for a in allocators for p in precisions for n in threads]
+    times: dict[tuple[str, str, str, int | None], dict[str, list[float]]] = {
         c: {w: [] for w in WORKLOADS} for c in configs
     }
     for round_ in range(args.rounds):
-        for allocator, isa, precision in configs:
+        for allocator, isa, precision, n in configs:
             env = {**os.environ, **allocator_environment(allocator), **isas[isa], ALLOCATOR_ENV: allocator}
             child = [sys.executable, __file__, "--child", precision]
+            if n is not None:
+                child += ["--child-threads", str(n)]
             result = subprocess.run(child, env=env, capture_output=True, text=True, check=True)
             figures = json.loads(result.stdout.strip().splitlines()[-1])
             for workload in WORKLOADS:
-                times[allocator, isa, precision][workload].append(figures[workload])
-            print(f"round {round_ + 1}/{args.rounds}: {allocator}, {isa}, {precision}: {figures}", flush=True)
-    print(f"\nmedian seconds of {args.rounds} rounds; ratio = glibc {precisions[0]} (same ISA) / this one\n")
-    print("| allocator | ISA | precision | " + " | ".join(f"{w} s (x)" for w in WORKLOADS) + " |")
-    print("|---|---|---|" + "---|" * len(WORKLOADS))
-    for allocator, isa, precision in configs:
-        reference = times["glibc", isa, precisions[0]] if "glibc" in allocators else times[configs[0]]
-        cells = []
-        for workload in WORKLOADS:
-            mine, base = (
-                statistics.median(times[allocator, isa, precision][workload]),
-                statistics.median(reference[workload]),
-            )
-            cells.append(f"{mine:.2f} ({base / mine:.2f}x)")
-        print(f"| {allocator} | {isa} | {precision} | " + " | ".join(cells) + " |")
+                times[allocator, isa, precision, n][workload].append(figures[workload])
+            label = f"{allocator}, {isa}, {precision}, {n or 'default'} threads"
+            print(f"round {round_ + 1}/{args.rounds}: {label}: {figures}", flush=True)
+    first, last = threads[0], threads[-1]
+    print(
+        f"\nmedian seconds of {args.rounds} rounds; ratio = glibc {precisions[0]} at {first or 'default'} "
+        "threads (same ISA) / this one\n"
+    )
+    print("| allocator | ISA | precision | threads | " + " | ".join(f"{w} s (x)" for w in WORKLOADS) + " |")
+    print("|---|---|---|---|" + "---|" * len(WORKLOADS))
+
+    def median(config: tuple[str, str, str, int | None], workload: str) -> float:
+        return statistics.median(times[config][workload])
+
+    for config in configs:
+        allocator, isa, _, n = config
+        reference = ("glibc", isa, precisions[0], first) if "glibc" in allocators else configs[0]
+        cells = [
+            f"{median(config, w):.2f} ({median(reference, w) / median(config, w):.2f}x)" for w in WORKLOADS
+        ]
+        print(f"| {allocator} | {isa} | {config[2]} | {n or 'default'} | " + " | ".join(cells) + " |")
     for isa in isas:
         for allocator in allocators:
             if allocator != "glibc" and "glibc" in allocators:
-                base = statistics.median(times["glibc", isa, precisions[0]]["sft step"])
-                mine = statistics.median(times[allocator, isa, precisions[0]]["sft step"])
+                base = median(("glibc", isa, precisions[0], first), "sft step")
+                mine = median((allocator, isa, precisions[0], first), "sft step")
                 report(f"SFT step: {allocator} vs glibc ({isa}, {precisions[0]})", f"{base / mine:.2f}x")
+            if first != last:
+                for workload in WORKLOADS:
+                    one, many = (median((allocator, isa, precisions[0], n), workload) for n in (first, last))
+                    report(
+                        f"{workload}: {last} vs {first} threads ({allocator}, {isa})", f"{one / many:.2f}x"
+                    )
     return 0
 
 
-def measure(bf16: bool) -> dict[str, float]:
-    """The three workloads on the embedded model, after one untimed warm-up each; seconds of one run."""
+def measure(bf16: bool, threads: int | None) -> dict[str, float]:
+    """The three workloads on the embedded model, after one untimed warm-up each; seconds of one run, on
+    ``threads`` torch threads (None: torch's default)."""
     import torch
+
+    if threads is not None:
+        torch.set_num_threads(threads)
 
     from r3rag.llm.hf import HFGenerator
     from r3rag.llm.models import EMBEDDED_POLICY, load_model

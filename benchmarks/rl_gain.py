@@ -33,8 +33,9 @@ configuration): one 100-minute run gives a long curve and a 60-minute seed at on
 
 An invocation without ``--variant`` builds and evaluates the base; one with variants builds the base's
 models if they are missing, then its RL runs. Invocations on the same folder may run at once once R3-RAG-CS
-exists (the base's evaluations in one, RL runs in others; ``--threads 1`` gives each its own core); the
-report lists every system evaluated so far. ``--transfer-world 11`` trains nothing: it evaluates the folder's
+exists (the base's evaluations in one, RL runs in others; ``--threads 1`` gives each its own core, where
+alone on an idle machine the default, a thread per core, does 1.6-1.7x the work); the report lists every
+system evaluated so far. ``--transfer-world 11`` trains nothing: it evaluates the folder's
 R3-RAG-CS and every finished RL run's final model on another world's dev questions (entities the models never
 saw; its own world and BM25 index, in ``<out>/transfer-11``) and reports them the same way. ``--tiny`` runs
 the whole thing on the tiny quickstart preset (a random 2-layer model: the plumbing, in about a minute; its
