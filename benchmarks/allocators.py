@@ -88,12 +88,12 @@ def main() -> int:
             figures = json.loads(result.stdout.strip().splitlines()[-1])
             for workload in WORKLOADS:
                 times[allocator, isa, precision, n][workload].append(figures[workload])
-            label = f"{allocator}, {isa}, {precision}, {n or 'default'} threads"
+            label = f"{allocator}, {isa}, {precision}, threads: {n or 'default'}"
             print(f"round {round_ + 1}/{args.rounds}: {label}: {figures}", flush=True)
     first, last = threads[0], threads[-1]
     print(
-        f"\nmedian seconds of {args.rounds} rounds; ratio = glibc {precisions[0]} at {first or 'default'} "
-        "threads (same ISA) / this one\n"
+        f"\nmedian seconds of {args.rounds} rounds; ratio = glibc {precisions[0]}, "
+        f"threads: {first or 'default'} (same ISA) / this one\n"
     )
     print("| allocator | ISA | precision | threads | " + " | ".join(f"{w} s (x)" for w in WORKLOADS) + " |")
     print("|---|---|---|---|" + "---|" * len(WORKLOADS))
