@@ -102,12 +102,12 @@ def main() -> int:
         return statistics.median(times[config][workload])
 
     for config in configs:
-        allocator, isa, _, n = config
+        allocator, isa, precision, n = config
         reference = ("glibc", isa, precisions[0], first) if "glibc" in allocators else configs[0]
         cells = [
             f"{median(config, w):.2f} ({median(reference, w) / median(config, w):.2f}x)" for w in WORKLOADS
         ]
-        print(f"| {allocator} | {isa} | {config[2]} | {n or 'default'} | " + " | ".join(cells) + " |")
+        print(f"| {allocator} | {isa} | {precision} | {n or 'default'} | " + " | ".join(cells) + " |")
     for isa in isas:
         for allocator in allocators:
             if allocator != "glibc" and "glibc" in allocators:
