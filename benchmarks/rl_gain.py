@@ -110,9 +110,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "gae-trajectory": {"advantage": "gae-trajectory"},
     "rloo": {"advantage": "rloo"},
     "grpo": {"advantage": "grpo"},
+    "rloo-to-go": {"advantage": "rloo-to-go"},
 }
 """Each variant's switches over the CPU preset: the paper's step-level GAE, GAE over returns-to-go across the
-steps, and the two critic-free group baselines (see ``PPOConfig.advantage``)."""
+steps, the two critic-free group baselines, and returns-to-go against the group's (see
+``PPOConfig.advantage``)."""
 REWARD_MODES = ("hybrid", "outcome", "process")
 
 

@@ -183,9 +183,19 @@ def test_an_adaptive_penalty_needs_a_first_beta_above_zero(tmp_path: Path) -> No
         VerlPrepareConfig(**verl, advantage="rloo", kl_target=0.1)  # critic-free: no adaptive controller
 
 
-def test_skipping_uniform_groups_needs_a_group_baseline(tmp_path: Path) -> None:
-    with pytest.raises(ValidationError, match="skip_uniform_groups needs a group baseline"):
-        tiny_config(tmp_path, advantage="gae", skip_uniform_groups=True)
+def test_a_baseline_per_step_of_the_group_is_refused_on_verl(tmp_path: Path) -> None:
+    """veRL's GRPO compares whole trajectories: no estimator of veRL would take rloo-to-go's baseline."""
+    verl = {"model": "m", "train": tmp_path / "t.jsonl", "index": "i", "out": tmp_path}
+    with pytest.raises(ValidationError, match="advantage"):
+        VerlPrepareConfig(**verl, advantage="rloo-to-go")
+    assert tiny_config(tmp_path, advantage="rloo-to-go").advantage == "rloo-to-go"  # the local trainer's
+
+
+@pytest.mark.parametrize("advantage", ["gae", "rloo-to-go"])
+def test_skipping_uniform_groups_needs_whole_trajectory_baselines(tmp_path: Path, advantage: str) -> None:
+    """rloo-to-go compares steps: tied returns can still differ step by step, so their advantage is not 0."""
+    with pytest.raises(ValidationError, match="skip_uniform_groups needs a baseline of whole trajectories"):
+        tiny_config(tmp_path, advantage=advantage, skip_uniform_groups=True)
 
 
 def test_recorded_log_probs_must_match_the_completion(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from r3rag.rl.losses import (
     gae,
     group_normalized_advantages,
     leave_one_out_advantages,
+    leave_one_out_step_advantages,
     policy_loss,
     rewards_to_go,
     sample_mean,
@@ -200,6 +201,23 @@ def test_leave_one_out_compares_each_trajectory_with_its_siblings_only() -> None
     assert advantages == pytest.approx([2 - 2 / 3, 0 - 4 / 3, 0.0, 0.0, 0.0])
     # the identity A = K/(K-1) (G - group mean), K = 4, mean 1
     assert advantages[:4] == pytest.approx([4 / 3 * (g - 1) for g in (2.0, 0.0, 1.0, 1.0)])
+
+
+def test_leave_one_out_on_returns_to_go_compares_each_step_with_the_same_step_of_the_siblings() -> None:
+    # group a, rewards-to-go per step: [3, 2], [1], [4, 0.5, 0.5]; an ended trajectory has 0 still to earn
+    # step totals 8, 2.5, 0.5; each baseline is (total - own) / 2 others; b is alone
+    advantages = leave_one_out_step_advantages([[3.0, 2.0], [1.0], [4.0, 0.5, 0.5], [2.0]], list("aaab"))
+    assert advantages[0] == pytest.approx([3 - 5 / 2, 2 - 0.5 / 2])
+    assert advantages[1] == pytest.approx([1 - 7 / 2])
+    assert advantages[2] == pytest.approx([4 - 4 / 2, 0.5 - 2 / 2, 0.5 - 0 / 2])
+    assert advantages[3] == [0.0]
+    # one step each: RLOO on the returns
+    returns, groups = [2.0, 0.0, 1.0, 1.0, 3.0], list("aaaab")
+    assert [a for (a,) in leave_one_out_step_advantages([[g] for g in returns], groups)] == pytest.approx(
+        leave_one_out_advantages(returns, groups)
+    )
+    with pytest.raises(ValueError, match="2 trajectories for 1 group labels"):
+        leave_one_out_step_advantages([[1.0], [2.0]], ["a"])
 
 
 def test_group_normalised_advantages_use_the_group_mean_and_sample_std() -> None:

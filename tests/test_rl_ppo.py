@@ -229,7 +229,7 @@ def test_bf16_left_unset_follows_what_the_device_computes_natively(
     assert rollout_weights == {torch.bfloat16 if native else torch.float32}
 
 
-@pytest.mark.parametrize("advantage", ["gae-trajectory", "rloo", "grpo"])
+@pytest.mark.parametrize("advantage", ["gae-trajectory", "rloo", "grpo", "rloo-to-go"])
 def test_each_credit_scheme_learns_the_toy_reward(tmp_path: Path, advantage: str) -> None:
     """The bandit of :func:`bandit_run`, whose 4 samples per question are the group. A group
     whose 4 samples agree teaches nothing: 5 iterations at a higher rate."""
@@ -237,7 +237,7 @@ def test_each_credit_scheme_learns_the_toy_reward(tmp_path: Path, advantage: str
     assert rewards[-1] > rewards[0] + 0.3, rewards
 
 
-@pytest.mark.parametrize("advantage", ["rloo", "grpo"])
+@pytest.mark.parametrize("advantage", ["rloo", "grpo", "rloo-to-go"])
 def test_critic_free_runs_learn_no_value_and_build_no_critic(tmp_path: Path, advantage: str) -> None:
     trainer = tiny_trainer(tiny_config(tmp_path, advantage=advantage, critic="separate"))
     assert trainer.model.critic_trunk is None  # no second trunk for a critic nobody trains

@@ -174,6 +174,16 @@ def test_group_baselines_put_the_trajectorys_advantage_on_every_step() -> None:
     assert [s.rewards[-1] for s in CREDIT_SCHEMES["rloo"](trajectories, rewards)] == [0.0, 0.0, 0.0]
 
 
+def test_returns_to_go_against_the_group_credit_each_step_against_the_same_step_of_the_others() -> None:
+    _, trajectories, rewards = scripted_rollout({"q": [QUERY, ANSWER], "r": [INVALID]})
+    # one question: rewards-to-go [0.8 + 2.0, 2.0] and [-1.0]; the second has ended by step 2 (0 to earn)
+    same = [dataclasses.replace(t, example_id="g") for t in trajectories]
+    samples = CREDIT_SCHEMES["rloo-to-go"](same, rewards)
+    assert [s.rewards[-1] for s in samples] == pytest.approx([2.8 + 1.0, 2.0 - 0.0, -1.0 - 2.8])
+    assert [sum(s.rewards) for s in samples] == pytest.approx([3.8, 2.0, -3.8])
+    assert [s.rewards[-1] for s in CREDIT_SCHEMES["rloo-to-go"](trajectories, rewards)] == [0.0, 0.0, 0.0]
+
+
 def test_trajectory_returns_put_the_bare_return_on_every_step_for_a_trainer_that_takes_the_baseline() -> None:
     _, trajectories, rewards = scripted_rollout({"q": [QUERY, ANSWER], "r": [INVALID]})
     samples = trajectory_return_samples(trajectories, rewards)  # returns 0.8 + 2.0 and -1.0, no baseline

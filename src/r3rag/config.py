@@ -839,10 +839,15 @@ def _train_types_field() -> Any:
     )
 
 
-Advantage = Literal["gae", "gae-trajectory", "rloo", "grpo"]
-"""How a step is credited (``PPOConfig.advantage``, and the same choice on veRL: ``VerlPrepareConfig``)."""
-CRITIC_FREE: frozenset[str] = frozenset({"rloo", "grpo"})
+VerlAdvantage = Literal["gae", "gae-trajectory", "rloo", "grpo"]
+"""The credit schemes that run on veRL too (``VerlPrepareConfig``, ``VerlLoopConfig``): veRL's GRPO compares
+whole trajectories, so a baseline per step of the group has no veRL estimator to take it."""
+Advantage = Literal[VerlAdvantage, "rloo-to-go"]
+"""How a step is credited (``PPOConfig.advantage``)."""
+CRITIC_FREE: frozenset[str] = frozenset({"rloo", "grpo", "rloo-to-go"})
 """Advantages whose baseline is the question's other samples: no value is learned, no critic is built."""
+TRAJECTORY_BASELINES: frozenset[str] = frozenset({"rloo", "grpo"})
+"""Critic-free advantages of the whole trajectory: a question whose returns tie gets 0 on every step."""
 
 
 def refuse_kl_target_without_beta(kl_target: float | None, kl_coef: float) -> None:
@@ -948,7 +953,9 @@ class PPOConfig(StageConfig):
         description="How a step is credited. gae: its own reward, a learned value, GAE (official). "
         "gae-trajectory: its reward plus every later step's (returns-to-go over the trajectory), GAE. "
         "rloo / grpo: critic-free; the trajectory's return against its question's other samples (leave-one-"
-        "out mean; group mean and std) on every step, no value learned (`critic` unused).",
+        "out mean; group mean and std) on every step, no value learned (`critic` unused). rloo-to-go: "
+        "critic-free; each step's reward-to-go against the other samples' at the same step (0 once they "
+        "ended). Ours; not on veRL.",
     )
     gamma: float = Field(1.0, ge=0, le=1, description="GAE discount within a step-sample (official: 1.0).")
     lam: float = Field(1.0, ge=0, le=1, description="GAE lambda (official: 1.0).")
@@ -1051,9 +1058,10 @@ class PPOConfig(StageConfig):
     def _uniform_groups_are_critic_free(self) -> Self:
         """A question whose trajectories tie has a zero advantage only against its group; under GAE the
         value gives each step its own, so the filter would drop signal, not cost."""
-        if self.skip_uniform_groups and self.advantage not in CRITIC_FREE:
+        if self.skip_uniform_groups and self.advantage not in TRAJECTORY_BASELINES:
             raise ValueError(
-                f"skip_uniform_groups needs a group baseline (advantage rloo or grpo), not {self.advantage!r}"
+                "skip_uniform_groups needs a baseline of whole trajectories (advantage rloo or grpo), not "
+                f"{self.advantage!r}"
             )
         return self
 
@@ -1223,7 +1231,7 @@ class VerlLoopConfig(StageConfig):
         description="Temperature of a question's i-th sample (veRL's session id), cycled (official: "
         "0.1 + 0.3 i); a greedy request from veRL (validation) stays greedy.",
     )
-    advantage: Advantage = Field(
+    advantage: VerlAdvantage = Field(
         "gae",
         description="What each step's output carries for veRL's estimator (`r3rag verl prepare` sets it with "
         "the estimator). gae: the step's own reward (official); gae-trajectory: its reward plus every later "
@@ -1263,7 +1271,7 @@ class VerlPrepareConfig(StageConfig):
         min_length=1,
         description="Temperature of a question's i-th sample, cycled (official: 0.1 + 0.3 i).",
     )
-    advantage: Advantage = Field(
+    advantage: VerlAdvantage = Field(
         "gae",
         description="gae: PPO with a critic, GAE over step samples, each its own reward (official). "
         "gae-trajectory: the same, each step its reward plus every later step's. rloo / grpo: critic-free, "

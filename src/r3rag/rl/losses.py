@@ -148,6 +148,35 @@ def leave_one_out_advantages(returns: Sequence[float], groups: Sequence[Hashable
     ]
 
 
+def leave_one_out_step_advantages(
+    returns_to_go: Sequence[Sequence[float]], groups: Sequence[Hashable]
+) -> list[list[float]]:
+    """RLOO on returns-to-go: step s of trajectory i gets A_{i,s} = G_{i,s} - mean of G_{j,s} over the other
+    trajectories j of i's group, G_{j,s} = 0 where j had already ended (nothing was left to earn).
+
+    The baseline is the others' worth of the same step index, so it depends on the question and on how far
+    the trajectory has gone, never on i's own actions: the estimate stays unbiased, as RLOO's, and a search
+    is credited with the answer it led to, as GAE on returns-to-go is, with no value to learn. A trajectory
+    alone in its group has nothing to be compared with: 0 on every step.
+    """
+    if len(returns_to_go) != len(groups):
+        raise ValueError(f"{len(returns_to_go)} trajectories for {len(groups)} group labels")
+    members: dict[Hashable, list[Sequence[float]]] = defaultdict(list)
+    for g, key in zip(returns_to_go, groups, strict=True):
+        members[key].append(g)
+    totals: dict[Hashable, list[float]] = {}
+    for key, trajectories in members.items():
+        width = max(len(g) for g in trajectories)
+        totals[key] = [sum(g[s] for g in trajectories if s < len(g)) for s in range(width)]
+    advantages = []
+    for g, key in zip(returns_to_go, groups, strict=True):
+        others = len(members[key]) - 1
+        advantages.append(
+            [0.0 if others == 0 else g_s - (totals[key][s] - g_s) / others for s, g_s in enumerate(g)]
+        )
+    return advantages
+
+
 def group_normalized_advantages(
     returns: Sequence[float], groups: Sequence[Hashable], eps: float = 1e-4
 ) -> list[float]:

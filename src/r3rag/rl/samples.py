@@ -14,7 +14,8 @@ paper's: each step is its own sample (official ``experience_maker.py``; referenc
 The other schemes keep that cut and change only the scalar a step carries (``PPOConfig.advantage``):
 :func:`return_to_go_samples` (the step's reward plus every later one's, for GAE) and
 :func:`group_baseline_samples` (the trajectory's return against its question's other samples, RLOO or GRPO,
-for a critic-free update). The trainer only sees the scheme it is given.
+for a critic-free update) and :func:`step_baseline_samples` (the step's reward-to-go against the other
+samples', critic-free). The trainer only sees the scheme it is given.
 """
 
 from __future__ import annotations
@@ -24,7 +25,12 @@ from collections.abc import Callable, Hashable, Sequence
 from r3rag.config import Advantage
 from r3rag.packing import Sample
 from r3rag.rewards.shaping import TrajectoryReward
-from r3rag.rl.losses import group_normalized_advantages, leave_one_out_advantages, rewards_to_go
+from r3rag.rl.losses import (
+    group_normalized_advantages,
+    leave_one_out_advantages,
+    leave_one_out_step_advantages,
+    rewards_to_go,
+)
 from r3rag.schema import Trajectory
 
 CreditScheme = Callable[[Sequence[Trajectory], Sequence[TrajectoryReward]], list[Sample]]
@@ -124,6 +130,19 @@ def group_baseline_samples(baseline: GroupBaseline) -> CreditScheme:
     return scheme
 
 
+def step_baseline_samples(
+    trajectories: Sequence[Trajectory], rewards: Sequence[TrajectoryReward]
+) -> list[Sample]:
+    """Critic-free returns-to-go: each step carries its reward-to-go less the mean of the question's other
+    samples' at the same step (:func:`~r3rag.rl.losses.leave_one_out_step_advantages`), so a search is
+    credited with the answer it led to, against what the other samples still earned from that step on."""
+    _check_lengths(trajectories, rewards)
+    advantages = leave_one_out_step_advantages(
+        [rewards_to_go(r.rewards) for r in rewards], [t.example_id for t in trajectories]
+    )
+    return samples_with_rewards(trajectories, advantages)
+
+
 def trajectory_return_samples(
     trajectories: Sequence[Trajectory], rewards: Sequence[TrajectoryReward]
 ) -> list[Sample]:
@@ -140,5 +159,6 @@ CREDIT_SCHEMES: dict[Advantage, CreditScheme] = {
     "gae-trajectory": return_to_go_samples,
     "rloo": group_baseline_samples(leave_one_out_advantages),
     "grpo": group_baseline_samples(group_normalized_advantages),
+    "rloo-to-go": step_baseline_samples,
 }
 """The credit scheme of each ``PPOConfig.advantage``."""

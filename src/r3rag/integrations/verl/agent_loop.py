@@ -34,7 +34,7 @@ from omegaconf import OmegaConf
 from verl.experimental.agent_loop.agent_loop import AgentLoopBase, register
 
 from r3rag.agent import Agent, failed_call
-from r3rag.config import Advantage, VerlLoopConfig
+from r3rag.config import VerlAdvantage, VerlLoopConfig
 from r3rag.integrations.verl.data import AGENT_NAME, row_example
 from r3rag.integrations.verl.generator import ServerGenerator
 from r3rag.integrations.verl.outputs import StepOutput, step_outputs
@@ -64,7 +64,7 @@ class _OneAtATime:
             return self.retriever.search(queries, k)
 
 
-LOOP_CREDIT: dict[Advantage, CreditScheme] = {
+LOOP_CREDIT: dict[VerlAdvantage, CreditScheme] = {
     "gae": step_samples,
     "gae-trajectory": return_to_go_samples,
     "rloo": trajectory_return_samples,
