@@ -564,7 +564,8 @@ PPO_DETAILS = (
         "credit scheme",
         (
             "the scalar on a step's last action token: its reward (gae), its return-to-go (gae-trajectory), "
-            "or its trajectory's return against the question's other samples, no critic (rloo, grpo)"
+            "its trajectory's return against the question's other samples, no critic (rloo, grpo), or its "
+            "return-to-go against theirs at the same step, no critic (rloo-to-go)"
         ),
         ("advantage",),
         "{0}",
