@@ -61,6 +61,10 @@ def browser_context(tmp_path_factory) -> Iterator[object]:
         context.close()
 
 
+LISTED = '#listing [role=gridcell][data-col="0"]'
+"""The first column's cells of the listing's visible grid."""
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -109,13 +113,14 @@ def page(browser_context, page_url):
     tab = browser_context.new_page()
     tab.goto(page_url)
     tab.wait_for_selector("#count")
+    tab.wait_for_selector(LISTED)  # the count can show before the grid renders on a loaded machine
     yield tab
     tab.close()
 
 
 def listed_numbers(tab) -> list[str]:
     """The first column of the listing's visible grid (gradio also renders a hidden sizing table)."""
-    return [cell.inner_text().strip() for cell in tab.locator('#listing [role=gridcell][data-col="0"]').all()]
+    return [cell.inner_text().strip() for cell in tab.locator(LISTED).all()]
 
 
 def test_the_page_lists_the_run_and_a_filter_changes_the_list(page):

@@ -212,9 +212,27 @@ MUTATIONS: list[Mutation] = [
     ),
     Mutation(
         "rl/samples.py",
-        "[rewards_to_go(r.rewards) for r in rewards]",
-        "[r.rewards for r in rewards]",
+        "samples_with_rewards(trajectories, [rewards_to_go(r.rewards) for r in rewards])",
+        "samples_with_rewards(trajectories, [r.rewards for r in rewards])",
         "returns-to-go: each step keeps only its own reward",
+    ),
+    Mutation(
+        "rl/samples.py",
+        "[rewards_to_go(r.rewards) for r in rewards], [t.example_id",
+        "[r.rewards for r in rewards], [t.example_id",
+        "rloo-to-go: each step compared on its own reward, not its reward-to-go",
+    ),
+    Mutation(
+        "rl/losses.py",
+        "g_s - (totals[key][s] - g_s) / others",
+        "g_s - totals[key][s] / (others + 1)",
+        "rloo-to-go: the step's own reward-to-go in its baseline (the group mean, biased)",
+    ),
+    Mutation(
+        "rl/losses.py",
+        "sum(g[s] for g in trajectories if s < len(g))",
+        "sum(g[min(s, len(g) - 1)] for g in trajectories)",
+        "rloo-to-go: an ended sample counted with its last reward-to-go, not 0",
     ),
     # ------------------------------------------------------- the adaptive KL controller and snapshots
     Mutation(
