@@ -12,7 +12,7 @@ paper's: each step is its own sample (official ``experience_maker.py``; referenc
 - reward = the step's scalar reward, on its last action token.
 
 The other schemes keep that cut and change only the scalar a step carries (``PPOConfig.advantage``):
-:func:`return_to_go_samples` (the step's reward plus every later one's, for GAE) and
+:func:`return_to_go_samples` (the step's reward plus every later one's, for GAE),
 :func:`group_baseline_samples` (the trajectory's return against its question's other samples, RLOO or GRPO,
 for a critic-free update) and :func:`step_baseline_samples` (the step's reward-to-go against the other
 samples', critic-free). The trainer only sees the scheme it is given.
