@@ -200,12 +200,6 @@ MUTATIONS: list[Mutation] = [
     ),
     Mutation(
         "rl/losses.py",
-        "0.0 if counts[key] < 2 else g - (totals[key] - g) / (counts[key] - 1)",
-        "0.0 if counts[key] < 2 else g - totals[key] / counts[key]",
-        "RLOO: the baseline includes the trajectory itself",
-    ),
-    Mutation(
-        "rl/losses.py",
         "statistics.stdev(v) if len(v) > 1 else 0.0",
         "statistics.pstdev(v) if len(v) > 1 else 0.0",
         "GRPO: the population standard deviation instead of the sample one",
@@ -226,7 +220,7 @@ MUTATIONS: list[Mutation] = [
         "rl/losses.py",
         "g_s - (totals[key][s] - g_s) / others",
         "g_s - totals[key][s] / (others + 1)",
-        "rloo-to-go: the step's own reward-to-go in its baseline (the group mean, biased)",
+        "RLOO and rloo-to-go: the baseline includes the trajectory itself (the group mean, biased)",
     ),
     Mutation(
         "rl/losses.py",

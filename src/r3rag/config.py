@@ -1055,7 +1055,7 @@ class PPOConfig(StageConfig):
     tensorboard: bool = Field(True, description="Also write the metrics as TensorBoard events.")
 
     @model_validator(mode="after")
-    def _uniform_groups_are_critic_free(self) -> Self:
+    def _uniform_groups_need_trajectory_baselines(self) -> Self:
         """A question whose trajectories tie has a zero advantage only against its group; under GAE the
         value gives each step its own, so the filter would drop signal, not cost."""
         if self.skip_uniform_groups and self.advantage not in TRAJECTORY_BASELINES:

@@ -137,15 +137,8 @@ def leave_one_out_advantages(returns: Sequence[float], groups: Sequence[Hashable
     """
     if len(returns) != len(groups):
         raise ValueError(f"{len(returns)} returns for {len(groups)} group labels")
-    totals: dict[Hashable, float] = defaultdict(float)
-    counts: dict[Hashable, int] = defaultdict(int)
-    for g, key in zip(returns, groups, strict=True):
-        totals[key] += g
-        counts[key] += 1
-    return [
-        0.0 if counts[key] < 2 else g - (totals[key] - g) / (counts[key] - 1)
-        for g, key in zip(returns, groups, strict=True)
-    ]
+    # a trajectory of one step is its return: the per-step estimator below is this one, step by step
+    return [a for (a,) in leave_one_out_step_advantages([[g] for g in returns], groups)]
 
 
 def leave_one_out_step_advantages(
