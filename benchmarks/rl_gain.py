@@ -37,20 +37,23 @@ exists (the base's evaluations in one, RL runs in others; ``--threads 1`` gives 
 alone on an idle machine the default, a thread per core, does 1.6-1.7x the work); the report lists every
 system evaluated so far. ``--transfer-world 11`` trains nothing: it evaluates the folder's
 R3-RAG-CS and every finished RL run's final model on another world's dev questions (entities the models never
-saw; its own world and BM25 index, in ``<out>/transfer-11``) and reports them the same way. ``--tiny`` runs
-the whole thing on the tiny quickstart preset (a random 2-layer model: the plumbing, in about a minute; its
-numbers mean nothing).
+saw; its own world and BM25 index, in ``<out>/transfer-11``) and reports them the same way; ``--runs
+'rloo-to-go-*'`` (shell-style patterns on the run names, repeatable) transfers only the runs it names.
+``--tiny`` runs the whole thing on the tiny quickstart preset (a random 2-layer model: the plumbing, in about
+a minute; its numbers mean nothing).
 """
 
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import os
 import re
 import statistics
 import sys
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import accumulate
 from pathlib import Path
@@ -264,21 +267,38 @@ def run_rl(ctx: Context, name: str, config: PPOConfig, progress: bool, train: bo
             evaluate_model(ctx, str(model), ctx.config.r3rag_eval(), folder)
 
 
-def transfer(config: PipelineConfig, out: Path, target: Path, console: Console, progress: bool) -> None:
-    """Evaluate ``out``'s R3-RAG-CS and the final model of each of its finished RL runs on the dev questions
-    of ``config``'s world, into ``target`` laid out as an experiment folder (the world and its index under
-    ``base``; each run's ``ppo`` a link to the trained one, so the report reads its records); an evaluation
-    already done is skipped."""
+def finished_runs(out: Path, patterns: Sequence[str] = ()) -> list[Path]:
+    """The RL runs of ``out`` that saved a final model, in name order; with ``patterns`` (shell-style, on the
+    run names) only those some pattern matches. A pattern that matches no finished run is refused, naming
+    the finished ones: a typo would otherwise transfer nothing of what was asked, silently."""
+    finished = [
+        r for r in sorted((out / RUNS_DIR).glob("*")) if (r / "ppo" / FINAL_DIR / "config.json").is_file()
+    ]
+    if not patterns:
+        return finished
+    for pattern in patterns:
+        if not any(fnmatch.fnmatchcase(r.name, pattern) for r in finished):
+            names = ", ".join(r.name for r in finished) or "none"
+            raise SystemExit(f"--runs {pattern!r} matches no finished RL run of {out} (finished: {names})")
+    return [r for r in finished if any(fnmatch.fnmatchcase(r.name, p) for p in patterns)]
+
+
+def transfer(
+    config: PipelineConfig, out: Path, target: Path, console: Console, progress: bool, patterns: Sequence[str]
+) -> None:
+    """Evaluate ``out``'s R3-RAG-CS and the final model of each of its finished RL runs (those ``patterns``
+    match, when given: :func:`finished_runs`) on the dev questions of ``config``'s world, into ``target``
+    laid out as an experiment folder (the world and its index under ``base``; each run's ``ppo`` a link to the
+    trained one, so the report reads its records); an evaluation already done is skipped."""
     if not (out / BASE_DIR / CS_MODEL / "config.json").is_file():
         raise SystemExit(f"{out / BASE_DIR / CS_MODEL}: no R3-RAG-CS to transfer; build the base first")
+    runs = finished_runs(out, patterns)  # refused before the world is built
     base = target / BASE_DIR
     run_pipeline(config, base, console, progress, only=("world", "index"))
     ctx = Context(config, base.resolve(), console, progress)
     models = [("R3-RAG-CS", out / BASE_DIR / CS_MODEL, base / "eval-cs")]
-    for run in sorted((out / RUNS_DIR).glob("*")):
+    for run in runs:
         ppo = run / "ppo"
-        if not (ppo / FINAL_DIR / "config.json").is_file():
-            continue
         link = target / RUNS_DIR / run.name / "ppo"
         if not link.exists():
             link.parent.mkdir(parents=True, exist_ok=True)
@@ -834,6 +854,14 @@ def main(argv: list[str] | None = None) -> int:
         help="Train nothing: evaluate R3-RAG-CS and every finished RL run's final model on the dev questions "
         "of world SEED (entities the models never saw), into <out>/transfer-SEED, and report them.",
     )
+    parser.add_argument(
+        "--runs",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="With --transfer-world: transfer only the runs whose names match PATTERN (shell-style, "
+        "repeatable: --runs 'rloo-to-go-*' --runs '*-s0'); default: every finished run.",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's).")
     parser.add_argument("--tiny", action="store_true", help="The tiny preset: checks the plumbing only.")
     parser.add_argument("--quiet", action="store_true", help="No progress bars.")
@@ -849,6 +877,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--tag {args.tag!r}: use lowercase letters, digits, dots and single dashes")
     if args.transfer_world is not None and args.variant:
         parser.error("--transfer-world trains nothing: run the RL runs first, then transfer their models")
+    if args.runs and args.transfer_world is None:
+        parser.error("--runs picks the runs --transfer-world evaluates; without it there is nothing to pick")
     if args.transfer_world == args.world_seed:
         parser.error(f"--transfer-world {args.transfer_world} is the world the models were trained on")
     if args.threads is not None:
@@ -867,7 +897,7 @@ def main(argv: list[str] | None = None) -> int:
             "questions; the rollout, iteration and time tables are their training's.\n\n"
         )
         if not args.report_only:
-            transfer(config, trained_in, out, console, not args.quiet)
+            transfer(config, trained_in, out, console, not args.quiet, args.runs)
     elif not args.report_only:
         run_all(args, config, out, console)
     runs = run_records(out)

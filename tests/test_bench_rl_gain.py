@@ -99,7 +99,7 @@ def test_transfer_evaluates_the_trained_models_on_another_world_s_dev_questions(
     rl_args = ("--world-seed", "3", "--variant", "rloo", "--rl-minutes", "0.01", "--rl-iterations", "1")
     run(tmp_path, *rl_args)
     name = "rloo-hybrid-0.01min-s0"
-    table = run(tmp_path, "--world-seed", "3", "--transfer-world", "4")
+    table = run(tmp_path, "--world-seed", "3", "--transfer-world", "4", "--runs", "rloo-*")
     target = tmp_path / "transfer-4"
     assert table == (target / "report.md").read_text() and "world seed 4" in table
     assert run(tmp_path, "--world-seed", "3", "--transfer-world", "4", "--report-only") == table
@@ -142,6 +142,7 @@ def rl_gain(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
         (["--set", "ppo_epochs=1", "--tag", "E1 x"], "use lowercase letters"),
         (["--transfer-world", "0"], "is the world the models were trained on"),
         (["--transfer-world", "4", "--variant", "rloo"], "--transfer-world trains nothing"),
+        (["--runs", "rloo-*"], "--runs picks the runs --transfer-world evaluates"),
     ],
 )
 def test_bad_arguments_are_refused_before_anything_runs(
@@ -376,3 +377,34 @@ def test_transfer_without_a_trained_base_is_refused_before_building_anything(
     with pytest.raises(SystemExit, match="no R3-RAG-CS to transfer; build the base first"):
         rl_gain.main(["--out", str(tmp_path), "--transfer-world", "4", "--tiny"])
     assert not any(tmp_path.iterdir())
+
+
+def test_runs_picks_the_finished_runs_its_patterns_match_and_refuses_one_matching_none(
+    rl_gain: ModuleType, tmp_path: Path
+) -> None:
+    for name in (
+        "rloo-hybrid-60min-s0",
+        "rloo-hybrid-60min-s1",
+        "gae-hybrid-60min-s0",
+        "grpo-hybrid-60min-s0",
+    ):
+        ppo = tmp_path / "rl" / name / "ppo"
+        (ppo / "final").mkdir(parents=True)
+        if name != "grpo-hybrid-60min-s0":  # still training: no final model yet
+            (ppo / "final" / "config.json").write_text("{}")
+
+    def names(*patterns: str) -> list[str]:
+        return [r.name for r in rl_gain.finished_runs(tmp_path, patterns)]
+
+    assert names() == ["gae-hybrid-60min-s0", "rloo-hybrid-60min-s0", "rloo-hybrid-60min-s1"]
+    assert names("rloo-*") == ["rloo-hybrid-60min-s0", "rloo-hybrid-60min-s1"]
+    assert names("*-s0", "rloo-*-s1") == [
+        "gae-hybrid-60min-s0",
+        "rloo-hybrid-60min-s0",
+        "rloo-hybrid-60min-s1",
+    ]
+    assert names("gae-hybrid-60min-s0") == ["gae-hybrid-60min-s0"]
+    with pytest.raises(
+        SystemExit, match=r"--runs 'grpo-\*' matches no finished RL run .*finished: gae-hybrid"
+    ):
+        names("rloo-*", "grpo-*")  # grpo's run has not finished

@@ -1281,6 +1281,19 @@ class VerlPrepareConfig(StageConfig):
     )
     actor_lr: float = Field(5e-7, gt=0, description="Actor learning rate (official: 5e-7).")
     critic_lr: float = Field(9e-6, gt=0, description="Critic learning rate (official: 9e-6).")
+    lora_rank: int = Field(
+        0,
+        ge=0,
+        description="Train the actor through LoRA adapters of this rank (veRL's model.lora_rank; LoRA runs "
+        "want a larger actor_lr, about 10x); veRL then takes the reference policy from the actor with its "
+        "adapters off, so no second copy of the weights. The critic stays a full model. 0: all weights "
+        "(official).",
+    )
+    lora_alpha: int = Field(16, ge=1, description="LoRA scaling numerator (veRL's lora_alpha: 16).")
+    lora_targets: list[str] | Literal["all-linear"] = Field(
+        "all-linear",
+        description="Modules that get adapters (veRL's target_modules): 'all-linear' or a list of names.",
+    )
     kl_coef: float = Field(
         0.01,
         ge=0,

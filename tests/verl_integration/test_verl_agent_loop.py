@@ -27,7 +27,9 @@ from verl.protocol import DataProto
 from verl.trainer.ppo.utils import need_critic, need_reference_policy
 from verl.trainer.ppo.v1.utils import compute_advantage_for_multi_trajectories
 from verl.utils import tensordict_utils as tu
+from verl.utils.config import omega_conf_to_dataclass
 from verl.utils.dataset.rl_dataset import RLHFDataset, collate_fn
+from verl.workers.config import HFModelConfig
 from verl_fixtures import EXAMPLE, ROLLOUT, TinyServer, build_bm25, teach_policy, verl_config
 
 from r3rag.agent import Agent
@@ -423,6 +425,25 @@ def test_prepare_critic_free_builds_no_critic_and_puts_the_kl_penalty_in_the_los
     _, _, config = _prepare(rollout, tmp_path, "--advantage", "grpo", "--kl-coef", "0")
     assert (config.algorithm.adv_estimator, config.algorithm.norm_adv_by_std_in_grpo) == ("grpo", True)
     assert not need_reference_policy(config)  # no penalty, no reference model
+
+
+def test_prepare_lora_gives_the_actor_adapters_veRL_accepts_and_leaves_the_critic_full(
+    rollout: Rollout, tmp_path: Path
+) -> None:
+    """`--lora-rank 8 --lora-targets '[q_proj, v_proj]'`: veRL's model keys on the actor only (the critic
+    stays full), which veRL's own model config accepts; without it, no LoRA key at all."""
+    options = ("--lora-rank", "8", "--lora-alpha", "32", "--lora-targets", "[q_proj, v_proj]")
+    _, overrides, config = _prepare(rollout, tmp_path, *options)
+    model = config.actor_rollout_ref.model
+    assert (model.lora_rank, model.lora_alpha, list(model.target_modules)) == (8, 32, ["q_proj", "v_proj"])
+    assert config.critic.model.lora_rank == 0 and need_critic(config)
+    hf_model = omega_conf_to_dataclass(model, dataclass_type=HFModelConfig)  # veRL's own validation
+    assert (hf_model.lora_rank, hf_model.lora_alpha) == (8, 32)
+    _, overrides, config = _prepare(rollout, tmp_path, "--lora-rank", "4")
+    assert config.actor_rollout_ref.model.target_modules == "all-linear"
+    _, overrides, _ = _prepare(rollout, tmp_path)
+    keys = [o.split("=", 1)[0] for o in overrides]
+    assert not any("lora" in k or "target_modules" in k for k in keys)
 
 
 def test_overrides_quote_what_hydra_would_misread(tmp_path: Path) -> None:

@@ -98,7 +98,7 @@ def trainer_overrides(
 ) -> list[str]:
     """veRL's keys for the paper's recipe (docs/verl.md has the table): PPO with a critic and GAE over step
     samples (V1 trainer), KL in the reward, the r3rag agent loop for every row; or, with ``advantage`` rloo
-    or grpo, the critic-free estimator of :func:`credit_overrides`."""
+    or grpo, the critic-free estimator of :func:`credit_overrides`; with ``lora_rank``, a LoRA actor."""
     values: dict[str, Any] = {
         "trainer.use_v1": True,
         **credit_overrides(config),
@@ -128,4 +128,10 @@ def trainer_overrides(
         "trainer.experiment_name": config.experiment_name,
         "trainer.default_local_dir": str(config.out / "checkpoints"),
     }
+    if config.lora_rank:
+        values |= {
+            "actor_rollout_ref.model.lora_rank": config.lora_rank,
+            "actor_rollout_ref.model.lora_alpha": config.lora_alpha,
+            "actor_rollout_ref.model.target_modules": config.lora_targets,
+        }
     return [f"{key}={hydra_value(value)}" for key, value in values.items()]
