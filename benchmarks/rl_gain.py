@@ -59,6 +59,8 @@ from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
@@ -700,12 +702,16 @@ def halves_table(
 def rollout_signal_table(out: Path, runs: dict[str, list[dict[str, Any]]]) -> str:
     """What each RL run's rollouts gave its updates, per question type: correct sampled trajectories out of
     those sampled. A type no sample answers carries no outcome signal, whatever the credit scheme: this is
-    where a type that stays at 0% after RL is explained, or not."""
-    types = {ex.id: ex.type or "?" for ex in load_dataset(out / BASE_DIR / "world" / "train.jsonl")}
+    where a type that stays at 0% after RL is explained, or not. A question's type is looked up in the file
+    the run trained on (its config's ``train``), not in the folder's world: in a transfer folder that world
+    is another one, whose question ids name other questions."""
     counts: dict[str, dict[str, list[int]]] = {}
     for name in runs:
+        ppo = out / RUNS_DIR / name / "ppo"
+        train = yaml.safe_load((ppo / "config.yaml").read_text(encoding="utf-8"))["train"]
+        types = {ex.id: ex.type or "?" for ex in load_dataset(train)}
         sampled: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-        for path in sorted((out / RUNS_DIR / name / "ppo" / ROLLOUTS_DIR).glob("iter-*.jsonl")):
+        for path in sorted((ppo / ROLLOUTS_DIR).glob("iter-*.jsonl")):
             for _, record in iter_jsonl(path):
                 for key in (types[record["example_id"]], "all"):
                     sampled[key][0] += bool(record["reward"]["correct"])
