@@ -706,10 +706,13 @@ def rollout_signal_table(out: Path, runs: dict[str, list[dict[str, Any]]]) -> st
     the run trained on (its config's ``train``), not in the folder's world: in a transfer folder that world
     is another one, whose question ids name other questions."""
     counts: dict[str, dict[str, list[int]]] = {}
+    types_of: dict[str, dict[str, str]] = {}  # training file -> question id -> type (runs share their file)
     for name in runs:
         ppo = out / RUNS_DIR / name / "ppo"
         train = yaml.safe_load((ppo / "config.yaml").read_text(encoding="utf-8"))["train"]
-        types = {ex.id: ex.type or "?" for ex in load_dataset(train)}
+        if train not in types_of:
+            types_of[train] = {ex.id: ex.type or "?" for ex in load_dataset(train)}
+        types = types_of[train]
         sampled: dict[str, list[int]] = defaultdict(lambda: [0, 0])
         for path in sorted((ppo / ROLLOUTS_DIR).glob("iter-*.jsonl")):
             for _, record in iter_jsonl(path):
