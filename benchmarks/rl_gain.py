@@ -93,6 +93,7 @@ from r3rag.rl.ppo import (  # noqa: E402
     SNAPSHOTS_DIR,
     PPOTrainer,
 )
+from r3rag.runs import CONFIG_FILE  # noqa: E402
 from r3rag.schema import QAExample, Trajectory  # noqa: E402
 
 BASE_DIR = "base"
@@ -709,7 +710,7 @@ def rollout_signal_table(out: Path, runs: dict[str, list[dict[str, Any]]]) -> st
     types_of: dict[str, dict[str, str]] = {}  # training file -> question id -> type (runs share their file)
     for name in runs:
         ppo = out / RUNS_DIR / name / "ppo"
-        train = yaml.safe_load((ppo / "config.yaml").read_text(encoding="utf-8"))["train"]
+        train = yaml.safe_load((ppo / CONFIG_FILE).read_text(encoding="utf-8"))["train"]
         if train not in types_of:
             types_of[train] = {ex.id: ex.type or "?" for ex in load_dataset(train)}
         types = types_of[train]
