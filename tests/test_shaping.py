@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+from pydantic import ValidationError
 
 from r3rag.config import JudgeConfig, RewardConfig
 from r3rag.rewards.judges import CorrectnessJudge, ReferenceRelevanceJudge
@@ -336,6 +337,30 @@ def test_search_bonuses_are_added_to_each_retrieval_steps_process_reward() -> No
         shape_rewards(CORRECT, True, [0.5, 1.0], RewardConfig(bridge_queries=1.0))
     with pytest.raises(ValueError, match="1 search bonuses for 2 retrieval steps"):
         shape_rewards(CORRECT, True, [0.5, 1.0], hybrid, [0.5])
+
+
+def test_search_bonus_needs_answer_withholds_it_from_trajectories_that_did_not_answer() -> None:
+    """Hybrid, step scale, bonuses 1.0 and 0.5 on the first two searches: a right answer (lambda_T 1.6) and a
+    wrong one (0.8) keep them; running out of steps after five searches (0.9, Rel 0.5 on each) and a format
+    error after two (1.0) earn Rel alone. Without the switch the search that never answers earns them too."""
+    withheld = RewardConfig(bridge_queries=1.0, search_bonus_needs_answer=True)
+    assert shape_rewards(CORRECT, True, [0.5, 1.0], withheld, [1.0, 0.5]).rewards == pytest.approx(
+        [0.8 + 1.0, 1.6 + 0.5, 2.0]
+    )
+    assert shape_rewards(WRONG, False, [0.5, 1.0], withheld, [1.0, 0.5]).rewards == pytest.approx(
+        [0.4 + 1.0, 0.8 + 0.5, 0.0]
+    )
+    searches, bonuses = [0.5] * 5, [1.0, 0.5, 0.0, 0.0, 0.0]
+    assert shape_rewards(OUT_OF_STEPS, None, searches, withheld, bonuses).rewards == pytest.approx([0.45] * 5)
+    paid = RewardConfig(bridge_queries=1.0)
+    assert shape_rewards(OUT_OF_STEPS, None, searches, paid, bonuses).rewards == pytest.approx(
+        [1.45, 0.95, 0.45, 0.45, 0.45]
+    )
+    assert shape_rewards(FORMAT_ERROR, None, [0.5, 1.0], withheld, [1.0, 0.5]).rewards == pytest.approx(
+        [0.5, 1.0, -1.0]
+    )
+    with pytest.raises(ValidationError, match="none is paid"):
+        RewardConfig(search_bonus_needs_answer=True)
 
 
 def test_scorer_pays_gold_recall_under_the_runs_matching_rule() -> None:

@@ -232,11 +232,27 @@ class RewardConfig(StageConfig):
         "training question (2Wiki, MuSiQue, the synthetic world); questions without bridges (comparisons) "
         "earn none.",
     )
+    search_bonus_needs_answer: bool = Field(
+        False,
+        description="Pay the search bonus (gold_recall, bridge_queries) only on trajectories that end with "
+        "an answer, right or wrong (ours). Each search is another chance to name a bridge or reach a gold "
+        "passage first, so with the bonus paid on every trajectory one that searches until its steps run "
+        "out can outearn one that answers; a run can learn to search on. Needs a bonus weight.",
+    )
     round_digits: int | None = Field(
         None,
         ge=0,
         description="Round every reward to this many decimals (official code: 3; the paper does not round).",
     )
+
+    @model_validator(mode="after")
+    def _withheld_bonus_needs_a_bonus(self) -> Self:
+        if self.search_bonus_needs_answer and not self.pays_search_bonus:
+            raise ValueError(
+                "reward.search_bonus_needs_answer withholds the search bonus, but none is paid: set "
+                "reward.gold_recall or reward.bridge_queries above 0"
+            )
+        return self
 
     @property
     def pays_search_bonus(self) -> bool:

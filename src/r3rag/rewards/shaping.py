@@ -9,7 +9,8 @@ Every step is its own PPO sample in R3-RAG, so the reward is per step (paper §3
                                               or the question's gold hops if more with scale "hops")
       + the search bonus, on a retrieval step (ours, off by default): gold_recall x the share of the gold
         passages the step reached first + bridge_queries x the share of the bridge entities its query
-        named first (computed by r3rag.rewards.scoring)
+        named first (computed by r3rag.rewards.scoring); with search_bonus_needs_answer, only on a
+        trajectory that answered
 
 lambda_T depends on how the whole trajectory ended (1.6 correct, 0.8 wrong, 0.9 out of steps, 1.0 format
 error). Since there is no return across steps, lambda_T is the only way the outcome reaches the retrieval
@@ -149,7 +150,8 @@ def shape_rewards(
     Rel in [0, 1] for each valid retrieval step, in order; it may be None only in outcome-only mode.
     ``search_bonuses`` holds, likewise, each retrieval step's bonus, already weighted
     (:meth:`~r3rag.rewards.scoring.TrajectoryScorer.search_bonuses`), needed when ``config`` pays one
-    (:attr:`~r3rag.config.RewardConfig.pays_search_bonus`); it is part of the step's ``process`` reward.
+    (:attr:`~r3rag.config.RewardConfig.pays_search_bonus`); it is part of the step's ``process`` reward,
+    withheld from a trajectory that did not answer with ``RewardConfig.search_bonus_needs_answer``.
     ``hops``, the question's number of gold hops, is what ``RewardConfig.scale`` "hops" spreads Rel over at
     least.
     """
@@ -180,6 +182,7 @@ def shape_rewards(
     # sum is the outcome once); trajectories without an answer earn none.
     valid_steps = sum(step.valid for step in trajectory.steps) if per_trajectory else 1
     outcome_every_step = outcome / valid_steps if trajectory.status == TrajectoryStatus.ANSWERED else 0.0
+    pays_bonus = trajectory.status == TrajectoryStatus.ANSWERED or not config.search_bonus_needs_answer
     pending = iter(relevances or ())
     bonuses = iter(search_bonuses or ())
 
@@ -200,7 +203,9 @@ def shape_rewards(
             relevance = next(pending, None)
             if per_rel is not None and relevance is not None:
                 proc = per_rel * relevance
-            proc += next(bonuses, 0.0)
+            bonus = next(bonuses, 0.0)
+            if pays_bonus:
+                proc += bonus
             if config.mode == "outcome":
                 out = outcome_every_step
         steps.append(
