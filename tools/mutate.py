@@ -510,6 +510,12 @@ MUTATIONS: list[Mutation] = [
         "shaping: the format part left out of the total",
     ),
     Mutation(
+        "rewards/shaping.py",
+        "pays_bonus = trajectory.status == TrajectoryStatus.ANSWERED or",
+        "pays_bonus = trajectory.status != TrajectoryStatus.FORMAT_ERROR or",
+        "search bonus: paid to a trajectory that ran out of steps though it must answer",
+    ),
+    Mutation(
         "config.py",
         '0.8, description="lambda_T = 1 + gamma_incorrect (-0.2)',
         '0.9, description="lambda_T = 1 + gamma_incorrect (-0.2)',
