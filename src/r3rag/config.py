@@ -1310,6 +1310,14 @@ class VerlPrepareConfig(StageConfig):
         "all-linear",
         description="Modules that get adapters (veRL's target_modules): 'all-linear' or a list of names.",
     )
+    old_logprobs: Literal["recompute", "rollout"] = Field(
+        "recompute",
+        description="pi_old of the ratio. recompute: veRL's actor computes it in a pass over the rollout "
+        "(official). rollout: the log-probs the rollout server (vLLM, SGLang) returned while sampling, "
+        "carried by the agent loop on every step's output (veRL's rollout_correction.bypass_mode): no "
+        "pass, but pi_old then holds the server's numerics, not the trainer's (other kernels, often "
+        "another precision), as `r3rag train --old-logprobs rollout` holds the decode's.",
+    )
     kl_coef: float = Field(
         0.01,
         ge=0,

@@ -24,6 +24,7 @@ import verl.trainer.ppo.v1.agent_loop_tq as tq_module
 from tensordict import TensorDict
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from verl.protocol import DataProto
+from verl.trainer.config.algorithm import RolloutCorrectionConfig
 from verl.trainer.ppo.utils import need_critic, need_reference_policy
 from verl.trainer.ppo.v1.utils import compute_advantage_for_multi_trajectories
 from verl.utils import tensordict_utils as tu
@@ -89,14 +90,20 @@ def policy(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 def _roll(
-    root: Path, policy: tuple[Path, Path], advantage: Advantage, estimator: str, patch: pytest.MonkeyPatch
+    root: Path,
+    policy: tuple[Path, Path],
+    advantage: Advantage,
+    estimator: str,
+    patch: pytest.MonkeyPatch,
+    logprobs: bool = False,
 ) -> Rollout:
-    """EXAMPLE's four samples through veRL's V1 rollout worker with the loop's ``advantage``."""
+    """EXAMPLE's four samples through veRL's V1 rollout worker with the loop's ``advantage`` (and, with
+    ``logprobs``, the server's log-probs recorded, as ``r3rag verl prepare --old-logprobs rollout`` sets)."""
     index, model_dir = policy
     train = write_parquet([EXAMPLE], root / "train.parquet", ROLLOUT.system_prompt)
     loop = VerlLoopConfig(
         retrieval=RetrievalConfig(source=str(index)),
-        rollout=ROLLOUT.model_copy(update={"record_token_ids": True}),
+        rollout=ROLLOUT.model_copy(update={"record_token_ids": True, "record_logprobs": logprobs}),
         temperatures=TEMPERATURES,
         advantage=advantage,
     )
@@ -150,6 +157,13 @@ def rollout(tmp_path_factory: pytest.TempPathFactory, policy: tuple[Path, Path])
     """The paper's recipe: each step's output carries its own reward, for veRL's GAE."""
     with pytest.MonkeyPatch.context() as patch:
         return _roll(tmp_path_factory.mktemp("verl"), policy, "gae", "gae", patch)
+
+
+@pytest.fixture(scope="module")
+def logprob_rollout(tmp_path_factory: pytest.TempPathFactory, policy: tuple[Path, Path]) -> Rollout:
+    """The paper's recipe with ``old_logprobs: rollout``: the loop records the server's log-probs."""
+    with pytest.MonkeyPatch.context() as patch:
+        return _roll(tmp_path_factory.mktemp("verl-logprobs"), policy, "gae", "gae", patch, logprobs=True)
 
 
 def _tempered_score(
@@ -330,6 +344,32 @@ def test_gae_trajectory_outputs_carry_each_steps_reward_to_go(rollout: Rollout) 
         assert all(float(s[:-1].abs().sum()) == 0 for s in scores)
 
 
+def test_with_rollout_logprobs_each_output_carries_the_servers_logprob_of_each_response_token(
+    logprob_rollout: Rollout, rollout: Rollout
+) -> None:
+    """``old_logprobs: rollout``: every step's output hands veRL (``rollout_log_probs``, its pi_old in bypass
+    mode) the log-probs the server returned for that step's completion, token by token: each is the policy's
+    log-softmax at temperature 1 of its own response token, recomputed here with a full forward pass. Without
+    ``record_logprobs`` no output carries any."""
+    model = AutoModelForCausalLM.from_pretrained(logprob_rollout.config.actor_rollout_ref.model.path).eval()
+    checked = 0
+    for session, trajectory in enumerate(logprob_rollout.expected):
+        for step, ids in enumerate(trajectory.metadata["step_token_ids"]):
+            i = logprob_rollout.keys.index(f"{UID}_{session}_{step}")
+            assert logprob_rollout.fields["responses"][i].tolist() == ids["completion"]
+            got = logprob_rollout.fields["rollout_log_probs"][i].tolist()
+            assert got == pytest.approx(ids["logprobs"], abs=1e-6)
+            prompt, completion = ids["prompt"], ids["completion"]
+            with torch.no_grad():
+                logits = model(input_ids=torch.tensor([prompt + completion])).logits[0].float()
+            scores = torch.log_softmax(logits[len(prompt) - 1 : -1], -1)
+            recomputed = scores.gather(1, torch.tensor(completion)[:, None])[:, 0].tolist()
+            assert got == pytest.approx(recomputed, abs=1e-4)
+            checked += 1
+    assert checked == len(logprob_rollout.keys) > 0
+    assert "rollout_log_probs" not in rollout.fields
+
+
 def test_the_r3rag_section_composes_into_veRLs_config_and_reads_back(rollout: Rollout) -> None:
     assert rollout.config.trainer.use_v1 is True
     assert loop_config(rollout.config) == rollout.loop
@@ -444,6 +484,23 @@ def test_prepare_lora_gives_the_actor_adapters_veRL_accepts_and_leaves_the_criti
     _, overrides, _ = _prepare(rollout, tmp_path)
     keys = [o.split("=", 1)[0] for o in overrides]
     assert not any("lora" in k or "target_modules" in k for k in keys)
+
+
+def test_prepare_rollout_logprobs_makes_veRL_take_pi_old_from_the_rollout(
+    rollout: Rollout, tmp_path: Path
+) -> None:
+    """`--old-logprobs rollout`: the server reports log-probs, veRL's trainer takes them as pi_old instead of
+    recomputing (its rollout correction's bypass mode, which its own config class accepts), and the loop
+    records them; without it, none of the three."""
+    _, _, config = _prepare(rollout, tmp_path, "--old-logprobs", "rollout")
+    correction = omega_conf_to_dataclass(config.algorithm.rollout_correction, RolloutCorrectionConfig)
+    assert correction.bypass_mode is True and correction.rollout_is is None
+    assert config.actor_rollout_ref.rollout.calculate_log_probs is True
+    assert loop_config(config).rollout.record_logprobs is True
+    _, overrides, config = _prepare(rollout, tmp_path)
+    assert config.algorithm.rollout_correction.bypass_mode is False
+    assert loop_config(config).rollout.record_logprobs is False
+    assert not any("bypass_mode" in o or "calculate_log_probs" in o for o in overrides)
 
 
 def test_overrides_quote_what_hydra_would_misread(tmp_path: Path) -> None:

@@ -37,7 +37,9 @@ def step_outputs(samples: list[Sample], reward: TrajectoryReward) -> list[StepOu
     """The step samples of one trajectory, as the agent loop's credit scheme cut them (``LOOP_CREDIT``), as
     veRL outputs, each keeping the value the scheme put on its last token: the prompt is the sample's tokens
     before its first action, the response its action tokens (one step's completion, all actions: the
-    documents are in the next step's prompt, never in a response)."""
+    documents are in the next step's prompt, never in a response). A sample that carries the rollout's
+    log-probs (the loop's ``record_logprobs``) gives them as the response's, veRL's ``rollout_log_probs``:
+    pi_old under ``algorithm.rollout_correction.bypass_mode``."""
     info = {
         "correct": float(bool(reward.correct)),
         "answered": float(reward.status == TrajectoryStatus.ANSWERED),
@@ -51,6 +53,7 @@ def step_outputs(samples: list[Sample], reward: TrajectoryReward) -> list[StepOu
                 prompt_ids=list(sample.tokens[:start]),
                 response_ids=list(sample.tokens[start:]),
                 response_mask=[int(a) for a in sample.action_mask[start:]],
+                response_logprobs=list(sample.behaviour_logprobs) or None,
                 reward_score=sample.rewards[-1],
                 step_reward=sample.rewards[-1],
                 num_turns=2,

@@ -98,7 +98,8 @@ def trainer_overrides(
 ) -> list[str]:
     """veRL's keys for the paper's recipe (docs/verl.md has the table): PPO with a critic and GAE over step
     samples (V1 trainer), KL in the reward, the r3rag agent loop for every row; or, with ``advantage`` rloo
-    or grpo, the critic-free estimator of :func:`credit_overrides`; with ``lora_rank``, a LoRA actor."""
+    or grpo, the critic-free estimator of :func:`credit_overrides`; with ``old_logprobs`` rollout, pi_old
+    from the rollout server's log-probs (veRL's bypass mode); with ``lora_rank``, a LoRA actor."""
     values: dict[str, Any] = {
         "trainer.use_v1": True,
         **credit_overrides(config),
@@ -128,6 +129,12 @@ def trainer_overrides(
         "trainer.experiment_name": config.experiment_name,
         "trainer.default_local_dir": str(config.out / "checkpoints"),
     }
+    if config.old_logprobs == "rollout":
+        # pi_old = the rollout's log-probs, which the loop puts on each output (StepOutput.response_logprobs)
+        values |= {
+            "actor_rollout_ref.rollout.calculate_log_probs": True,
+            "algorithm.rollout_correction.bypass_mode": True,
+        }
     if config.lora_rank:
         values |= {
             "actor_rollout_ref.model.lora_rank": config.lora_rank,

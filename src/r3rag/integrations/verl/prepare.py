@@ -40,9 +40,10 @@ class Prepared:
 
 
 def loop_settings(config: VerlPrepareConfig, sources: dict[str, list[QAExample]]) -> VerlLoopConfig:
-    """The agent loop's config: the command's rollout, reward, judges and temperatures, the index as its
-    retriever, and the gold-matching rule resolved against that index (for the reference relevance judge
-    and the gold-recall reward)."""
+    """The agent loop's config: the command's rollout (recording the server's log-probs with
+    ``old_logprobs: rollout``), reward, judges and temperatures, the index as its retriever, and the
+    gold-matching rule resolved against that index (for the reference relevance judge and the gold-recall
+    reward)."""
     retrieval = RetrievalConfig(source=config.index)
     judges = config.judges
     reference = judges.relevance == "reference" and config.reward.mode != "outcome"
@@ -51,7 +52,9 @@ def loop_settings(config: VerlPrepareConfig, sources: dict[str, list[QAExample]]
         judges = judges.model_copy(update={"reference_match": rule})
     return VerlLoopConfig(
         retrieval=retrieval,
-        rollout=config.rollout.model_copy(update={"record_token_ids": True}),
+        rollout=config.rollout.model_copy(
+            update={"record_token_ids": True, "record_logprobs": config.old_logprobs == "rollout"}
+        ),
         reward=config.reward,
         judges=judges,
         temperatures=config.temperatures,
