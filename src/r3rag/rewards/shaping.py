@@ -150,8 +150,8 @@ def shape_rewards(
     Rel in [0, 1] for each valid retrieval step, in order; it may be None only in outcome-only mode.
     ``search_bonuses`` holds, likewise, each retrieval step's bonus, already weighted
     (:meth:`~r3rag.rewards.scoring.TrajectoryScorer.search_bonuses`), needed when ``config`` pays one
-    (:attr:`~r3rag.config.RewardConfig.pays_search_bonus`); it is part of the step's ``process`` reward,
-    withheld from a trajectory that did not answer with ``RewardConfig.search_bonus_needs_answer``.
+    (:attr:`~r3rag.config.RewardConfig.pays_search_bonus`); it is part of the step's ``process`` reward
+    (under ``RewardConfig.search_bonus_needs_answer``, only on a trajectory that answered).
     ``hops``, the question's number of gold hops, is what ``RewardConfig.scale`` "hops" spreads Rel over at
     least.
     """
