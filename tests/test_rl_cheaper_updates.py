@@ -183,6 +183,15 @@ def test_an_adaptive_penalty_needs_a_first_beta_above_zero(tmp_path: Path) -> No
         VerlPrepareConfig(**verl, advantage="rloo", kl_target=0.1)  # critic-free: no adaptive controller
 
 
+def test_rollout_logprobs_on_verl_are_vllms_only(tmp_path: Path) -> None:
+    """veRL asks vLLM for its raw (temperature-1) log-probs; what SGLang returns is not checked."""
+    verl = {"model": "m", "train": tmp_path / "t.jsonl", "index": "i", "out": tmp_path}
+    with pytest.raises(ValidationError, match="sglang's are not checked"):
+        VerlPrepareConfig(**verl, old_logprobs="rollout", rollout_engine="sglang")
+    assert VerlPrepareConfig(**verl, old_logprobs="rollout").rollout_engine == "vllm"
+    assert VerlPrepareConfig(**verl, rollout_engine="sglang").old_logprobs == "recompute"
+
+
 def test_a_baseline_per_step_of_the_group_is_refused_on_verl(tmp_path: Path) -> None:
     """veRL's GRPO compares whole trajectories: no estimator of veRL would take rloo-to-go's baseline."""
     verl = {"model": "m", "train": tmp_path / "t.jsonl", "index": "i", "out": tmp_path}

@@ -1313,10 +1313,11 @@ class VerlPrepareConfig(StageConfig):
     old_logprobs: Literal["recompute", "rollout"] = Field(
         "recompute",
         description="pi_old of the ratio. recompute: veRL's actor computes it in a pass over the rollout "
-        "(official). rollout: the log-probs the rollout server (vLLM, SGLang) returned while sampling, "
-        "carried by the agent loop on every step's output (veRL's rollout_correction.bypass_mode): no "
-        "pass, but pi_old then holds the server's numerics, not the trainer's (other kernels, often "
-        "another precision), as `r3rag train --old-logprobs rollout` holds the decode's.",
+        "(official). rollout: the log-probs vLLM returned while sampling, at temperature 1 whatever the "
+        "sample's temperature (logprobs_mode raw_logprobs), carried by the agent loop on every step's output "
+        "(veRL's rollout_correction.bypass_mode): no pass, but pi_old then holds the server's numerics, not "
+        "the trainer's (other kernels, often another precision), as `r3rag train --old-logprobs rollout` "
+        "holds the decode's. vLLM only.",
     )
     kl_coef: float = Field(
         0.01,
@@ -1366,5 +1367,15 @@ class VerlPrepareConfig(StageConfig):
             raise ValueError(
                 f"kl_target adapts the KL penalty in the reward; with advantage {self.advantage!r} veRL puts "
                 "the penalty in the actor's loss at a fixed kl_coef: drop kl_target"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _rollout_logprobs_come_from_vllm(self) -> Self:
+        if self.old_logprobs == "rollout" and self.rollout_engine != "vllm":
+            raise ValueError(
+                "old_logprobs rollout needs the server's log-probs at temperature 1, which veRL asks of vLLM "
+                f"(logprobs_mode raw_logprobs); {self.rollout_engine}'s are not checked: use rollout_engine "
+                "vllm or old_logprobs recompute"
             )
         return self

@@ -489,18 +489,26 @@ def test_prepare_lora_gives_the_actor_adapters_veRL_accepts_and_leaves_the_criti
 def test_prepare_rollout_logprobs_makes_veRL_take_pi_old_from_the_rollout(
     rollout: Rollout, tmp_path: Path
 ) -> None:
-    """`--old-logprobs rollout`: the server reports log-probs, veRL's trainer takes them as pi_old instead of
-    recomputing (its rollout correction's bypass mode, which its own config class accepts), and the loop
-    records them; without it, none of the three."""
+    """`--old-logprobs rollout`: the server reports log-probs at temperature 1 (vLLM's raw ones: the loop
+    samples at 0.1-1.0, veRL's actor scores at 1), veRL's trainer takes them as pi_old instead of recomputing
+    (its rollout correction's bypass mode, which its own config class accepts), and the loop records them;
+    without it, none of these."""
     _, _, config = _prepare(rollout, tmp_path, "--old-logprobs", "rollout")
     correction = omega_conf_to_dataclass(config.algorithm.rollout_correction, RolloutCorrectionConfig)
     assert correction.bypass_mode is True and correction.rollout_is is None
-    assert config.actor_rollout_ref.rollout.calculate_log_probs is True
+    rollout_config = config.actor_rollout_ref.rollout  # temperature 1, as the actor scores them
+    assert (rollout_config.calculate_log_probs, rollout_config.logprobs_mode) == (True, "raw_logprobs")
     assert loop_config(config).rollout.record_logprobs is True
     _, overrides, config = _prepare(rollout, tmp_path)
     assert config.algorithm.rollout_correction.bypass_mode is False
     assert loop_config(config).rollout.record_logprobs is False
-    assert not any("bypass_mode" in o or "calculate_log_probs" in o for o in overrides)
+    assert config.actor_rollout_ref.rollout.logprobs_mode == "processed_logprobs"  # veRL's default
+    keys = (
+        "algorithm.rollout_correction",
+        "actor_rollout_ref.rollout.calculate",
+        "actor_rollout_ref.rollout.logprobs",
+    )
+    assert not any(o.startswith(keys) for o in overrides)
 
 
 def test_overrides_quote_what_hydra_would_misread(tmp_path: Path) -> None:

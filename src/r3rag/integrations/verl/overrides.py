@@ -130,9 +130,11 @@ def trainer_overrides(
         "trainer.default_local_dir": str(config.out / "checkpoints"),
     }
     if config.old_logprobs == "rollout":
-        # pi_old = the rollout's log-probs, which the loop puts on each output (StepOutput.response_logprobs)
+        # pi_old = the rollout's log-probs, which the loop puts on each output (StepOutput.response_logprobs).
+        # Raw, not veRL's default processed_logprobs: the loop samples at 0.1-1.0, the actor scores at 1.
         values |= {
             "actor_rollout_ref.rollout.calculate_log_probs": True,
+            "actor_rollout_ref.rollout.logprobs_mode": "raw_logprobs",
             "algorithm.rollout_correction.bypass_mode": True,
         }
     if config.lora_rank:
