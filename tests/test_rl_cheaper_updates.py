@@ -171,11 +171,16 @@ def test_a_rollout_of_tied_questions_only_leaves_the_policy_as_it_was(tmp_path: 
         assert torch.equal(old, new)
 
 
+def verl_required(tmp_path: Path) -> dict[str, Any]:
+    """The fields `r3rag verl prepare` cannot default, for configs that only test validation."""
+    return {"model": "m", "train": tmp_path / "t.jsonl", "index": "i", "out": tmp_path}
+
+
 def test_an_adaptive_penalty_needs_a_first_beta_above_zero(tmp_path: Path) -> None:
     """In the in-process trainer and in veRL's launch (its controller multiplies beta the same way)."""
     with pytest.raises(ValidationError, match="kl_coef 0 would keep it at 0"):
         tiny_config(tmp_path, kl_coef=0.0, kl_target=0.1)
-    verl = {"model": "m", "train": tmp_path / "t.jsonl", "index": "i", "out": tmp_path}
+    verl = verl_required(tmp_path)
     with pytest.raises(ValidationError, match="kl_coef 0 would keep it at 0"):
         VerlPrepareConfig(**verl, kl_coef=0.0, kl_target=0.1)
     assert VerlPrepareConfig(**verl, kl_coef=0.0).kl_target is None  # no penalty at all: allowed
@@ -185,7 +190,7 @@ def test_an_adaptive_penalty_needs_a_first_beta_above_zero(tmp_path: Path) -> No
 
 def test_rollout_logprobs_on_verl_are_vllms_only(tmp_path: Path) -> None:
     """veRL asks vLLM for its raw (temperature-1) log-probs; what SGLang returns is not checked."""
-    verl = {"model": "m", "train": tmp_path / "t.jsonl", "index": "i", "out": tmp_path}
+    verl = verl_required(tmp_path)
     with pytest.raises(ValidationError, match="sglang's are not checked"):
         VerlPrepareConfig(**verl, old_logprobs="rollout", rollout_engine="sglang")
     assert VerlPrepareConfig(**verl, old_logprobs="rollout").rollout_engine == "vllm"
@@ -194,7 +199,7 @@ def test_rollout_logprobs_on_verl_are_vllms_only(tmp_path: Path) -> None:
 
 def test_a_baseline_per_step_of_the_group_is_refused_on_verl(tmp_path: Path) -> None:
     """veRL's GRPO compares whole trajectories: no estimator of veRL would take rloo-to-go's baseline."""
-    verl = {"model": "m", "train": tmp_path / "t.jsonl", "index": "i", "out": tmp_path}
+    verl = verl_required(tmp_path)
     with pytest.raises(ValidationError, match="advantage"):
         VerlPrepareConfig(**verl, advantage="rloo-to-go")
     assert tiny_config(tmp_path, advantage="rloo-to-go").advantage == "rloo-to-go"  # the local trainer's

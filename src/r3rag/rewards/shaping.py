@@ -184,7 +184,7 @@ def shape_rewards(
     outcome_every_step = outcome / valid_steps if trajectory.status == TrajectoryStatus.ANSWERED else 0.0
     pays_bonus = trajectory.status == TrajectoryStatus.ANSWERED or not config.search_bonus_needs_answer
     pending = iter(relevances or ())
-    bonuses = iter(search_bonuses or ())
+    bonuses = iter((search_bonuses or ()) if pays_bonus else ())  # withheld: every step's next() is 0.0
 
     def rounded(x: float) -> float:
         return x if config.round_digits is None else round(x, config.round_digits)
@@ -203,9 +203,7 @@ def shape_rewards(
             relevance = next(pending, None)
             if per_rel is not None and relevance is not None:
                 proc = per_rel * relevance
-            bonus = next(bonuses, 0.0)
-            if pays_bonus:
-                proc += bonus
+            proc += next(bonuses, 0.0)
             if config.mode == "outcome":
                 out = outcome_every_step
         steps.append(
