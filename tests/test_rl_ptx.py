@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from pydantic import ValidationError
 
 from r3rag.data.sft import IGNORE_INDEX, end_of_turn, tokenize_example
 from r3rag.jsonl import RecordError
@@ -21,20 +22,22 @@ STEP_1 = "Step 1:\nThe problem analysis: find the film.\nThe retrieval query: fi
 STEP_2 = "Step 2:\nThe problem analysis: the documents say so.\nThe final answer: Ada"
 
 
-def record(example_id: str, question: str, step: str) -> dict:
+def record(example_id: str, question: str, step: str, type: str) -> dict:
     """An SFT record as `r3rag coldstart` writes it: system, user (the question so far), the step."""
     user = {"role": "user", "content": question}
-    return {"example_id": example_id, "messages": [SYSTEM, user, {"role": "assistant", "content": step}]}
+    messages = [SYSTEM, user, {"role": "assistant", "content": step}]
+    return {"example_id": example_id, "type": type, "messages": messages}
 
 
 def sft_records() -> list[dict]:
-    """Three questions: q0 with two steps (the second prompt extends the first), q1 and q2 with one."""
+    """Three questions: q0 (a chain) with two steps (the second prompt extends the first), q1 and q2
+    (comparisons) with one."""
     first = "The question: Who directed film 0?"
     return [
-        record("q0", first, STEP_1),
-        record("q0", f"{first}\n{STEP_1}\ndocs", STEP_2),
-        record("q1", "Q: one?", STEP_2),
-        record("q2", "Q: two?", STEP_1),
+        record("q0", first, STEP_1, "chain"),
+        record("q0", f"{first}\n{STEP_1}\ndocs", STEP_2, "chain"),
+        record("q1", "Q: one?", STEP_2, "comparison"),
+        record("q2", "Q: two?", STEP_1, "comparison"),
     ]
 
 
@@ -72,20 +75,20 @@ def gradients_at_the_optimizer_step(trainer) -> list[torch.Tensor]:
     return seen
 
 
-def test_each_optimizer_step_adds_coef_times_the_sft_loss_gradient(tmp_path: Path) -> None:
+@pytest.mark.parametrize("types", [[], ["comparison"]])
+def test_each_optimizer_step_adds_coef_times_the_sft_loss_gradient(tmp_path: Path, types: list[str]) -> None:
     """With every question drawn, the update's actor gradient is PPO's plus 0.5 x the gradient of the mean
-    cross-entropy of all the SFT examples' targets, computed here by a plain forward pass; the logged loss and
-    gradient norm are that cross-entropy and 0.5 x its gradient's norm."""
-    records = sft_records()
-    data = write_sft(tmp_path / "sft.jsonl", records)
+    cross-entropy of the SFT examples' targets (all of them, or with ``ptx_types`` those of its questions
+    only), computed here by a plain forward pass; the logged loss and gradient norm are that cross-entropy
+    and 0.5 x its gradient's norm."""
+    data = write_sft(tmp_path / "sft.jsonl", sft_records())
     one_step = {"ppo_epochs": 1, "minibatch_size": 10_000, "max_grad_norm": 1e9}
-    with_ptx = tiny_trainer(
-        tiny_config(tmp_path / "ptx", ptx_data=data, ptx_coef=0.5, ptx_questions=5, **one_step)
-    )
+    ptx = {"ptx_data": data, "ptx_coef": 0.5, "ptx_questions": 5, "ptx_types": types}
+    with_ptx = tiny_trainer(tiny_config(tmp_path / "ptx", **ptx, **one_step))
     plain = tiny_trainer(tiny_config(tmp_path / "plain", **one_step))
 
     model = tiny_model()
-    expected_loss = hand_sft_loss(model, records)
+    expected_loss = hand_sft_loss(model, [r for r in sft_records() if not types or r["type"] in types])
     expected_loss.backward()
     sft_grads = [p.grad for p in model.parameters()]
 
@@ -117,3 +120,16 @@ def test_a_bad_ptx_file_is_refused_by_file_and_line_before_training(tmp_path: Pa
     data = write_sft(tmp_path / "bad.jsonl", records)
     with pytest.raises(RecordError, match=r"bad\.jsonl.*3"):
         tiny_trainer(tiny_config(tmp_path / "run", ptx_data=data))
+
+
+def test_ptx_types_naming_a_type_the_file_lacks_is_refused_with_the_types_it_has(tmp_path: Path) -> None:
+    data = write_sft(tmp_path / "sft.jsonl", sft_records())
+    with pytest.raises(
+        ValueError, match=r"sft\.jsonl: no question of type 'inference' \(it has: chain 2, comparison 2\)"
+    ):
+        PtxLoss.from_file(data, tiny_tokenizer(), 0.1, 2, 0, types=["comparison", "inference"])
+
+
+def test_ptx_types_without_ptx_data_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="ptx_types picks examples of ptx_data"):
+        tiny_config(tmp_path / "run", ptx_types=["comparison"])

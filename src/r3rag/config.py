@@ -1001,6 +1001,12 @@ class PPOConfig(StageConfig):
         "by `ptx_coef` (InstructGPT's PPO-ptx; OpenRLHF's --pretrain_data): keeps the cold start's steps on "
         "the questions no rollout sampled. None: PPO's loss alone (official).",
     )
+    ptx_types: list[str] = Field(
+        default_factory=list,
+        description="With `ptx_data`: its examples of questions of these types only (each record's `type`); "
+        "empty: all. Ours, to pair with `train_types`: RL on some types, the cold start's loss holding the "
+        "others.",
+    )
     ptx_coef: float = Field(
         0.05,
         ge=0,
@@ -1084,6 +1090,14 @@ class PPOConfig(StageConfig):
     @model_validator(mode="after")
     def _kl_target_moves_a_positive_beta(self) -> Self:
         refuse_kl_target_without_beta(self.kl_target, self.kl_coef)
+        return self
+
+    @model_validator(mode="after")
+    def _ptx_types_pick_from_ptx_data(self) -> Self:
+        if self.ptx_types and self.ptx_data is None:
+            raise ValueError(
+                "ptx_types picks examples of ptx_data: set ptx_data (the cold start's sft.jsonl)"
+            )
         return self
 
     @property

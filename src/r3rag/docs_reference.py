@@ -634,9 +634,9 @@ PPO_DETAILS = (
     ),
     PPODetail(
         "SFT term (PPO-ptx)",
-        "+ ptx_coef x the mean NLL per target token of ptx_questions cold-start questions, every optimizer "
-        "step (none without ptx_data)",
-        ("ptx_data", "ptx_coef", "ptx_questions"),
+        "+ ptx_coef x the mean NLL per target token of ptx_questions cold-start questions (of ptx_types "
+        "only, if given), every optimizer step (none without ptx_data)",
+        ("ptx_data", "ptx_coef", "ptx_questions", "ptx_types"),
         "data {0}; coef {1}, {2} questions per step",
         "official: none; InstructGPT's PPO-ptx, OpenRLHF `--pretrain_data`, `--ptx_coef`",
     ),

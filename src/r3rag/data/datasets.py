@@ -22,10 +22,12 @@ import json
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from r3rag.jsonl import RecordError, iter_jsonl, read_text, write_jsonl
 from r3rag.schema import Passage, QAExample, SubQuestion, passage_id_for
+
+T = TypeVar("T")
 
 FORMATS = ("hotpotqa", "2wiki", "musique", "flashrag")
 CORPUS_FORMAT = "corpus"  # a JSON list of {title, text}: a corpus, not a question file
@@ -324,18 +326,25 @@ def load_dataset(path: str | Path, format: str | None = None) -> list[QAExample]
 
 
 def of_types(examples: Sequence[QAExample], types: Sequence[str], source: str | Path) -> list[QAExample]:
-    """The questions whose ``type`` is one of ``types`` (none given: all of them). A type no question of
-    ``source`` has is an error naming the types it does have: a misspelt type would otherwise train on
-    fewer questions than asked, silently."""
+    """The questions whose ``type`` is one of ``types`` (none given: all of them); :func:`by_type`."""
+    return by_type(examples, types, source, lambda example: example.type)
+
+
+def by_type(
+    items: Sequence[T], types: Sequence[str], source: str | Path, type_of: Callable[[T], str]
+) -> list[T]:
+    """The items of ``source`` (its questions, or its SFT records, each with its question's type) whose
+    ``type_of`` is one of ``types`` (none given: all of them). A type no item has is an error naming the
+    types it does have: a misspelt type would otherwise train on fewer questions than asked, silently."""
     if not types:
-        return list(examples)
-    counts = Counter(example.type for example in examples)
+        return list(items)
+    counts = Counter(type_of(item) for item in items)
     missing = [t for t in types if t not in counts]
     if missing:
         found = ", ".join(f"{t or '(none)'} {n}" for t, n in sorted(counts.items())) or "no questions"
         raise ValueError(f"{source}: no question of type {', '.join(map(repr, missing))} (it has: {found})")
     wanted = set(types)
-    return [example for example in examples if example.type in wanted]
+    return [item for item in items if type_of(item) in wanted]
 
 
 def load_question_files(paths: Sequence[Path], limit: int | None = None) -> dict[str, list[QAExample]]:

@@ -9,10 +9,12 @@ so the loss is on exactly the tokens the policy writes at inference.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from r3rag.data.datasets import by_type
 from r3rag.jsonl import RecordError, iter_jsonl
 from r3rag.packing import Sample
 from r3rag.steps import ChatTokenizer, render_prompt
@@ -95,12 +97,13 @@ def tokenize_example(
     )
 
 
-def tokenized_examples(path: str | Path, tokenizer: Any) -> list[TokenizedExample]:
-    """Every record of an SFT jsonl (:func:`read_sft`), tokenised for ``tokenizer``."""
+def tokenized_examples(path: str | Path, tokenizer: Any, types: Sequence[str] = ()) -> list[TokenizedExample]:
+    """The records of an SFT jsonl (:func:`read_sft`) whose question's ``type`` (a field `r3rag coldstart`
+    writes) is one of ``types`` (none given: every record), tokenised for ``tokenizer``."""
     eot = end_of_turn(tokenizer)
+    records = by_type(read_sft(path), types, path, lambda record: str(record.get("type") or ""))
     return [
-        tokenize_example(tokenizer, record["messages"], eot, str(record["example_id"]))
-        for record in read_sft(path)
+        tokenize_example(tokenizer, record["messages"], eot, str(record["example_id"])) for record in records
     ]
 
 

@@ -228,7 +228,12 @@ class PPOTrainer:
             None
             if config.ptx_data is None
             else PtxLoss.from_file(
-                config.ptx_data, tokenizer, config.ptx_coef, config.ptx_questions, self.pad_id
+                config.ptx_data,
+                tokenizer,
+                config.ptx_coef,
+                config.ptx_questions,
+                self.pad_id,
+                config.ptx_types,
             )
         )
         self._orders: dict[int, list[int]] = {}

@@ -12,6 +12,7 @@ to the teacher's steps wherever the rollout gave no signal.
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +36,18 @@ class PtxLoss:
         self.pad_id = pad_id
 
     @classmethod
-    def from_file(cls, path: str | Path, tokenizer: Any, coef: float, questions: int, pad_id: int) -> PtxLoss:
-        """Read an SFT jsonl (``r3rag coldstart``'s ``sft.jsonl``) and tokenise it as the cold start did."""
-        return cls(as_samples(tokenized_examples(path, tokenizer)), coef, questions, pad_id)
+    def from_file(
+        cls,
+        path: str | Path,
+        tokenizer: Any,
+        coef: float,
+        questions: int,
+        pad_id: int,
+        types: Sequence[str] = (),
+    ) -> PtxLoss:
+        """Read an SFT jsonl (``r3rag coldstart``'s ``sft.jsonl``), the examples of questions of ``types``
+        only (none given: all), and tokenise them as the cold start did."""
+        return cls(as_samples(tokenized_examples(path, tokenizer, types)), coef, questions, pad_id)
 
     def draw(self, rng: random.Random) -> list[Sample]:
         """The step examples of ``questions`` distinct questions, drawn by ``rng``."""
