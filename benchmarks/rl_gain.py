@@ -414,6 +414,8 @@ def report(config: PipelineConfig, out: Path, runs: dict[str, list[dict[str, Any
         + "\n\n"
         + sides_table(by_system, dev)
         + "\n\n"
+        + comparing_table(by_system, dev)
+        + "\n\n"
         + reading_table(by_system, dev)
         + "\n\n"
         + rollout_signal_table(out, runs)
@@ -608,6 +610,60 @@ def sides_table(by_system: dict[str, dict[str, dict[str, Any]]], dev: dict[str, 
         "entities named): always answering the commoner gold side of each form would score "
         f"{100 * constant / len(asked):.1f}% of them; last column: the share of the answers to the other "
         "questions that are yes, no, or words of the question:\n\n" + markdown_table(header, rows)
+    )
+
+
+EARLIER_WORDS = frozenset({"first", "older"})
+LATER_WORDS = frozenset({"later", "newer"})
+"""The words of the synthetic world's dated comparisons ("Who was born first", "Which is newer") that say
+which of the two years wins."""
+
+
+def stated_year(analysis: str, entity: str) -> int | None:
+    """The year a step states for an entity: the first mention of it followed, within a few words and no other
+    number, by a year ("A gives 1938", "A: 1938", "A has 1938")."""
+    match = re.search(re.escape(entity) + r"[^0-9]{0,25}?\b(\d{3,4})\b", analysis)
+    return int(match[1]) if match else None
+
+
+def comparing_table(by_system: dict[str, dict[str, dict[str, Any]]], dev: dict[str, QAExample]) -> str:
+    """The last step of the two-way questions that ask which of two named entities has the earlier or the
+    later date ("Who was born first, A or B?"): how often a system's final step states a year for each
+    entity, and of those, how often its answer is the entity those years make right or the other one. A run
+    can learn to find both years and lose the question at the comparison, which the sides table alone does
+    not tell from not finding them."""
+    asked: dict[str, tuple[str, str, bool]] = {}
+    for i, example in dev.items():
+        options = TWO_OPTIONS.search(example.question) if example.type in TWO_WAY_TYPES else None
+        if options is None:
+            continue
+        words = set(re.findall(r"[a-z]+", example.question[: options.start()].lower()))
+        if words & (EARLIER_WORDS | LATER_WORDS):
+            asked[i] = (options["first"], options["second"], bool(words & EARLIER_WORDS))
+    if not asked:
+        return ""
+    rows = []
+    for name, records in by_system.items():
+        stated = follows = inverts = 0
+        for i in asked.keys() & records.keys():
+            first, second, earlier_wins = asked[i]
+            steps = (records[i].get("trajectory") or {}).get("steps") or [{}]
+            final = steps[-1].get("analysis") or ""
+            years = stated_year(final, first), stated_year(final, second)
+            if years[0] is None or years[1] is None or years[0] == years[1]:
+                continue
+            stated += 1
+            right_side = "first" if (years[0] < years[1]) == earlier_wins else "second"
+            side = answer_side(dev[i].question, records[i].get("prediction"))
+            follows += side == right_side
+            inverts += side in ("first", "second") and side != right_side
+        rows.append([name, str(len(asked.keys() & records.keys())), str(stated), str(follows), str(inverts)])
+    header = ["system", "questions", "final step states both years", "answer follows them"]
+    header.append("answer inverts them")
+    return (
+        "The comparisons of two dates between two named entities (first / older: the earlier wins; later / "
+        "newer: the later): final steps that state a year for each entity, and the answers that take the "
+        "entity those years make right, or the other one:\n\n" + markdown_table(header, rows)
     )
 
 

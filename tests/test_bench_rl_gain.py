@@ -305,6 +305,54 @@ def test_the_sides_table_counts_the_side_each_answer_takes_on_two_way_questions(
     ]
 
 
+def test_the_comparing_table_checks_the_answer_against_the_years_the_final_step_states(
+    rl_gain: ModuleType,
+) -> None:
+    """Three dated comparisons (the yes / no one and the chain question are not asked). The run's final steps:
+    w1 (born first) states Ann Lee 1950 and Bo Ma 1930 and answers Ann Lee: its years make Bo Ma right, so it
+    inverts them; w2 (newer) states The Sea 2001, Rain 1990 and answers "the sea": it follows them (equal
+    once normalised); w3 (born later) states one year only. R3-RAG-CS states both years on w1 ("Ann Lee:
+    1900; Bo Ma: 1920.") and answers Ann Lee (follows); on w2 Rain's year is further than a few words away
+    ("Rain was, as everyone knows from the records, 1990"), so not stated; on w3 it states both and answers
+    neither entity. A system without trajectories states none."""
+    dev = {
+        "w1": QAExample("w1", "Who was born first, Ann Lee or Bo Ma?", ["Bo Ma"], type="comparison"),
+        "w2": QAExample("w2", "Which is newer, The Sea or Rain?", ["The Sea"], type="comparison"),
+        "w3": QAExample("w3", "Whose creator was born later: X or Y?", ["X"], type="bridge_comparison"),
+        "y1": QAExample("y1", "Do A and B have the same creator?", ["no"], type="comparison"),
+        "c1": QAExample("c1", "Who was born first, the writer of A or B?", ["A"], type="chain"),
+    }
+
+    def record(prediction: str, final: str) -> dict[str, Any]:
+        return {
+            "prediction": prediction,
+            "trajectory": {"steps": [{"analysis": "Search."}, {"analysis": final}]},
+        }
+
+    rl = {
+        "w1": record("Ann Lee", "Ann Lee gives 1950, while Bo Ma gives 1930. The answer is Ann Lee."),
+        "w2": record("the sea", "So The Sea has 2001 and Rain has 1990. 2001 is later."),
+        "w3": record("Y", "X has 1900."),
+        "y1": record("no", "A: 1900; B: 1950."),
+        "c1": record("A", "A: 1900; B: 1950."),
+    }
+    cs = {
+        "w1": record("Ann Lee", "Ann Lee: 1900; Bo Ma: 1920."),
+        "w2": record("Rain", "The Sea: 2001. Rain was, as everyone knows from the records, 1990"),
+        "w3": record("Zed", "X has 1900 and Y has 1950."),
+    }
+    untrained = {i: {"prediction": "X", "trajectory": None} for i in dev}
+    table = rl_gain.comparing_table({"R3-RAG-CS": cs, "rloo": rl, "untrained cot": untrained}, dev)
+    assert table.splitlines()[2:] == [
+        "| system | questions | final step states both years | answer follows them | answer inverts them |",
+        "|---|---|---|---|---|",
+        "| R3-RAG-CS | 3 | 2 | 1 | 0 |",
+        "| rloo | 3 | 2 | 1 | 1 |",
+        "| untrained cot | 3 | 0 | 0 | 0 |",
+    ]
+    assert rl_gain.comparing_table({"rloo": rl}, {"c1": dev["c1"]}) == ""
+
+
 def test_the_reading_table_counts_year_answers_and_the_commonest_phrasing_of_a_found_fact(
     rl_gain: ModuleType,
 ) -> None:
