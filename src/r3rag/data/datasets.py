@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 from r3rag.jsonl import RecordError, iter_jsonl, read_text, write_jsonl
 from r3rag.schema import Passage, QAExample, SubQuestion, passage_id_for
 
-T = TypeVar("T")
+Item = TypeVar("Item")
 
 FORMATS = ("hotpotqa", "2wiki", "musique", "flashrag")
 CORPUS_FORMAT = "corpus"  # a JSON list of {title, text}: a corpus, not a question file
@@ -331,8 +331,8 @@ def of_types(examples: Sequence[QAExample], types: Sequence[str], source: str | 
 
 
 def by_type(
-    items: Sequence[T], types: Sequence[str], source: str | Path, type_of: Callable[[T], str]
-) -> list[T]:
+    items: Sequence[Item], types: Sequence[str], source: str | Path, type_of: Callable[[Item], str]
+) -> list[Item]:
     """The items of ``source`` (its questions, or its SFT records, each with its question's type) whose
     ``type_of`` is one of ``types`` (none given: all of them). A type no item has is an error naming the
     types it does have: a misspelt type would otherwise train on fewer questions than asked, silently."""
