@@ -876,6 +876,16 @@ def refuse_kl_target_without_beta(kl_target: float | None, kl_coef: float) -> No
         )
 
 
+def refuse_uniform_groups_without_trajectory_baselines(skip_uniform_groups: bool, advantage: str) -> None:
+    """A question whose trajectories tie has a zero advantage only against its group; under GAE the value
+    gives each step its own, so leaving the question out would drop signal, not cost."""
+    if skip_uniform_groups and advantage not in TRAJECTORY_BASELINES:
+        raise ValueError(
+            "skip_uniform_groups needs a baseline of whole trajectories (advantage rloo or grpo), not "
+            f"{advantage!r}"
+        )
+
+
 class PPOConfig(StageConfig):
     """``r3rag train``: PPO with the hybrid reward, from the cold-start model (R3-RAG-CS) to R3-RAG.
 
@@ -1078,13 +1088,7 @@ class PPOConfig(StageConfig):
 
     @model_validator(mode="after")
     def _uniform_groups_need_trajectory_baselines(self) -> Self:
-        """A question whose trajectories tie has a zero advantage only against its group; under GAE the
-        value gives each step its own, so the filter would drop signal, not cost."""
-        if self.skip_uniform_groups and self.advantage not in TRAJECTORY_BASELINES:
-            raise ValueError(
-                "skip_uniform_groups needs a baseline of whole trajectories (advantage rloo or grpo), not "
-                f"{self.advantage!r}"
-            )
+        refuse_uniform_groups_without_trajectory_baselines(self.skip_uniform_groups, self.advantage)
         return self
 
     @model_validator(mode="after")
@@ -1333,6 +1337,13 @@ class VerlPrepareConfig(StageConfig):
         "the trainer's (other kernels, often another precision), as `r3rag train --old-logprobs rollout` "
         "holds the decode's. vLLM only.",
     )
+    skip_uniform_groups: bool = Field(
+        False,
+        description="rloo / grpo: drop every question whose trajectories all got the same return and "
+        "sample new questions in their place until the batch is full (veRL's algorithm.filter_groups, DAPO's "
+        "dynamic sampling, on the return the agent loop reports); `r3rag train` drops them without "
+        "re-sampling. Off: every trajectory is updated on (official).",
+    )
     kl_coef: float = Field(
         0.01,
         ge=0,
@@ -1382,6 +1393,11 @@ class VerlPrepareConfig(StageConfig):
                 f"kl_target adapts the KL penalty in the reward; with advantage {self.advantage!r} veRL puts "
                 "the penalty in the actor's loss at a fixed kl_coef: drop kl_target"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _uniform_groups_need_trajectory_baselines(self) -> Self:
+        refuse_uniform_groups_without_trajectory_baselines(self.skip_uniform_groups, self.advantage)
         return self
 
     @model_validator(mode="after")

@@ -12,6 +12,7 @@ import asyncio
 import shlex
 import statistics
 import subprocess
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -21,10 +22,12 @@ import numpy as np
 import pytest
 import torch
 import verl.trainer.ppo.v1.agent_loop_tq as tq_module
+import verl.trainer.ppo.v1.replay_buffer as replay_buffer_module
+from omegaconf import DictConfig
 from tensordict import TensorDict
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from verl.protocol import DataProto
-from verl.trainer.config.algorithm import RolloutCorrectionConfig
+from verl.trainer.config.algorithm import FilterGroupsConfig, RolloutCorrectionConfig
 from verl.trainer.ppo.utils import need_critic, need_reference_policy
 from verl.trainer.ppo.v1.utils import compute_advantage_for_multi_trajectories
 from verl.utils import tensordict_utils as tu
@@ -39,7 +42,7 @@ from r3rag.integrations.verl.agent_loop import LOOP_CREDIT, R3RagAgentLoop, loop
 from r3rag.integrations.verl.data import row_example, write_parquet
 from r3rag.integrations.verl.generator import ServerGenerator
 from r3rag.integrations.verl.outputs import step_outputs
-from r3rag.integrations.verl.overrides import credit_overrides, hydra_value, r3rag_overrides
+from r3rag.integrations.verl.overrides import RETURN_INFO_KEY, credit_overrides, hydra_value, r3rag_overrides
 from r3rag.retrieval import open_retriever
 from r3rag.rewards import TrajectoryScorer, build_relevance_judge
 from r3rag.rewards.judges import CorrectnessJudge
@@ -509,6 +512,55 @@ def test_prepare_rollout_logprobs_makes_veRL_take_pi_old_from_the_rollout(
         "actor_rollout_ref.rollout.logprobs",
     )
     assert not any(o.startswith(keys) for o in overrides)
+
+
+def test_prepare_skip_uniform_groups_turns_on_veRLs_group_filter_on_the_loops_return(
+    rollout: Rollout, tmp_path: Path
+) -> None:
+    """`--advantage rloo --skip-uniform-groups`: veRL's group filter compares the return the loop reports
+    (its own config class accepts the keys); without the switch, no filter key; with a critic, refused."""
+    _, _, config = _prepare(rollout, tmp_path, "--advantage", "rloo", "--skip-uniform-groups")
+    groups = omega_conf_to_dataclass(config.algorithm.filter_groups, FilterGroupsConfig)
+    assert (groups.enable, groups.metric) == (True, RETURN_INFO_KEY)
+    _, overrides, config = _prepare(rollout, tmp_path, "--advantage", "rloo")
+    assert config.algorithm.filter_groups.enable is False
+    assert not any(o.startswith("algorithm.filter_groups") for o in overrides)
+    with pytest.raises(ValueError, match="skip_uniform_groups needs a baseline of whole trajectories"):
+        VerlPrepareConfig(model="m", train=tmp_path / "t", index="i", out=tmp_path, skip_uniform_groups=True)
+
+
+def test_veRLs_group_filter_drops_the_question_whose_returns_tie_and_keeps_the_other(
+    rollout: Rollout, critic_free_rollout: Rollout, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """veRL's V1 replay buffer under `skip_uniform_groups` (its DAPO filter on RETURN_INFO_KEY), on what its
+    rollout worker stored: the paper's rollout, whose four samples write the same steps and so earn one
+    return, is dropped (the question veRL then replaces); the critic-free one, whose four returns differ,
+    is kept, although each of its trajectories' two outputs report the same return."""
+    tied = {round(sum(r), 9) for r in rollout.rewards}
+    assert len(tied) == 1 and len({round(sum(r), 9) for r in critic_free_rollout.rewards}) == 4
+    stored = {
+        key.replace(UID, name, 1): extra
+        for name, stored_rollout in (("tied", rollout), ("varied", critic_free_rollout))
+        for key, extra in zip(stored_rollout.keys, stored_rollout.fields["extra_fields"], strict=True)
+    }
+
+    def kv_batch_get(keys: list[str], partition_id: str, select_fields: list[str]) -> dict[str, Any]:
+        assert partition_id == "train" and select_fields == ["extra_fields"]
+        return {"extra_fields": [stored[key] for key in keys]}
+
+    monkeypatch.setattr(replay_buffer_module.tq, "kv_batch_get", kv_batch_get)
+    buffer = replay_buffer_module.ReplayBuffer(
+        trainer_mode="sync",
+        trainer_config=DictConfig({}),
+        max_off_policy_threshold=None,
+        max_off_policy_strategy="drop",
+        sampler_kwargs=DictConfig({}),
+        refill_fn=lambda *args, **kwargs: None,
+        filter_groups_metric=RETURN_INFO_KEY,
+    )
+    buffer.partitions["train"] = {key: {} for key in stored}
+    buffer.finished_keys["train"] = {"tied", "varied"}
+    assert buffer._dapo_filtered_keys("train") == ({"tied"}, Counter({tied.pop(): 1}))
 
 
 def test_overrides_quote_what_hydra_would_misread(tmp_path: Path) -> None:

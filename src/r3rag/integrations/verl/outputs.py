@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from verl.experimental.agent_loop.agent_loop import AgentLoopMetrics, AgentLoopOutput
 
+from r3rag.integrations.verl.overrides import RETURN_INFO_KEY
 from r3rag.packing import Sample
 from r3rag.rewards.shaping import TrajectoryReward
 from r3rag.schema import TrajectoryStatus
@@ -39,11 +40,13 @@ def step_outputs(samples: list[Sample], reward: TrajectoryReward) -> list[StepOu
     before its first action, the response its action tokens (one step's completion, all actions: the
     documents are in the next step's prompt, never in a response). A sample that carries the rollout's
     log-probs (the loop's ``record_logprobs``) gives them as the response's, veRL's ``rollout_log_probs``:
-    pi_old under ``algorithm.rollout_correction.bypass_mode``."""
+    pi_old under ``algorithm.rollout_correction.bypass_mode``. Every output reports the trajectory's
+    return (``RETURN_INFO_KEY``), which veRL's group filter compares under ``skip_uniform_groups``."""
     info = {
         "correct": float(bool(reward.correct)),
         "answered": float(reward.status == TrajectoryStatus.ANSWERED),
         "steps": float(len(reward.steps)),
+        RETURN_INFO_KEY: round(sum(reward.rewards), 9),  # as uniform_groups: one sum in another order ties
     }
     outputs = []
     for sample in samples:

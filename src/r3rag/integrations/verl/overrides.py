@@ -53,6 +53,10 @@ def r3rag_overrides(config: VerlLoopConfig) -> list[str]:
     return _leaves(CONFIG_KEY, config.model_dump(mode="json"))
 
 
+RETURN_INFO_KEY = "return"
+"""The trajectory's return in every output's ``reward_extra_info`` (the agent loop writes it): what veRL's
+group filter compares under ``skip_uniform_groups``."""
+
 KL_ESTIMATORS = {"k1": "kl", "k3": "low_var_kl"}
 """Our KL estimators by veRL's names (``algorithm.kl_penalty``, ``actor.kl_loss_type``)."""
 
@@ -99,7 +103,8 @@ def trainer_overrides(
     """veRL's keys for the paper's recipe (docs/verl.md has the table): PPO with a critic and GAE over step
     samples (V1 trainer), KL in the reward, the r3rag agent loop for every row; or, with ``advantage`` rloo
     or grpo, the critic-free estimator of :func:`credit_overrides`; with ``old_logprobs`` rollout, pi_old
-    from the rollout server's log-probs (veRL's bypass mode); with ``lora_rank``, a LoRA actor."""
+    from the rollout server's log-probs (veRL's bypass mode); with ``skip_uniform_groups``, veRL's group
+    filter on the trajectories' returns; with ``lora_rank``, a LoRA actor."""
     values: dict[str, Any] = {
         "trainer.use_v1": True,
         **credit_overrides(config),
@@ -137,6 +142,9 @@ def trainer_overrides(
             "actor_rollout_ref.rollout.logprobs_mode": "raw_logprobs",
             "algorithm.rollout_correction.bypass_mode": True,
         }
+    if config.skip_uniform_groups:
+        # veRL's V1 replay buffer evicts a question whose outputs all report one value and samples another.
+        values |= {"algorithm.filter_groups.enable": True, "algorithm.filter_groups.metric": RETURN_INFO_KEY}
     if config.lora_rank:
         values |= {
             "actor_rollout_ref.model.lora_rank": config.lora_rank,
