@@ -15,7 +15,8 @@ Runs, into one folder (every part resumes, every finished part is skipped on a r
    budget over its seeds, and the correct share of each run's sampled trajectories
    per question type (a type no sample answers gives no update a signal), and every run iteration by
    iteration (what its rollouts did, what its update cost in KL), where each run's time went (generation,
-   the log-prob passes, the update), and the side each system's answers take on the comparisons (yes / no,
+   the log-prob passes, the update), where the questions that need reading break along their gold hops
+   (each hop's passage retrieved, then its answer stated), and the side each system's answers take on the comparisons (yes / no,
    first / second entity) against the gold's sides and the best constant answer; ``curves.png``: KL, beta,
    format errors and reward of every run against its minutes.
 
@@ -412,6 +413,8 @@ def report(config: PipelineConfig, out: Path, runs: dict[str, list[dict[str, Any
         + "\n\n"
         + bridge_table(by_system, dev)
         + "\n\n"
+        + hops_table(by_system, dev)
+        + "\n\n"
         + sides_table(by_system, dev)
         + "\n\n"
         + comparing_table(by_system, dev)
@@ -539,6 +542,63 @@ def bridge_table(by_system: dict[str, dict[str, dict[str, Any]]], dev: dict[str,
         "Bridge entities named in the queries on the dev questions (%): the share of each question's "
         "bridges (answers of its gold hops that a later hop asks about) some query of the system named:\n\n"
         + markdown_table(["system", *type_names, "all"], rows)
+    )
+
+
+def hops_read(example: QAExample, trajectory: Trajectory) -> list[tuple[bool, bool]]:
+    """How far a trajectory got along a question's gold hops, in order: for each hop it reached (every
+    earlier hop read), whether some step retrieved one of the hop's gold passages, and whether a later step
+    then stated the hop's answer (in its analysis or as its answer). The walk stops at the first hop not
+    read, so the last pair is where the chain broke, or every hop read."""
+    walked = []
+    steps = trajectory.steps
+    for hop in example.decomposition:
+        gold = set(hop.supporting_ids)
+        found = next((n for n, s in enumerate(steps) if gold & {p.id for p in s.passages}), None)
+        answer = f" {normalize_answer(hop.answer)} "
+        later = steps[found + 1 :] if found is not None else []
+        read = any(answer in f" {normalize_answer(s.analysis + ' ' + (s.answer or ''))} " for s in later)
+        walked.append((found is not None, read))
+        if not read:
+            break
+    return walked
+
+
+def hops_table(by_system: dict[str, dict[str, dict[str, Any]]], dev: dict[str, QAExample]) -> str:
+    """Where the questions that need reading (every type but :data:`TWO_WAY_TYPES`) break along their gold
+    hops (:func:`hops_read`): per hop, the questions that reached it, those whose hop passage some step
+    retrieved, and those whose hop answer a later step then stated. Gold recall says whether the evidence
+    was found; this says whether it was read: a model that retrieves a hop's passage and states another
+    entity from it fails at reading, which gold recall counts as found."""
+    asked = {
+        i
+        for i, ex in dev.items()
+        if ex.type not in TWO_WAY_TYPES
+        and ex.decomposition
+        and all(h.supporting_ids for h in ex.decomposition)
+    }
+    depth = max((len(dev[i].decomposition) for i in asked), default=0)
+    rows = []
+    for name, records in by_system.items():
+        counts = [[0, 0, 0] for _ in range(depth)]
+        walked_any = False
+        for i in asked & records.keys():
+            trajectory = records[i].get("trajectory")
+            if trajectory is None:
+                continue
+            walked_any = True
+            for hop, (retrieved, read) in enumerate(hops_read(dev[i], Trajectory.from_dict(trajectory))):
+                counts[hop][0] += 1
+                counts[hop][1] += retrieved
+                counts[hop][2] += read
+        if walked_any:
+            rows.append([name, *(" / ".join(map(str, c)) for c in counts)])
+    if not rows:
+        return ""
+    return (
+        "The questions that need reading along their gold hops: per hop, the questions that reached it "
+        "(every earlier hop read) / whose hop passage a step retrieved / whose hop answer a later step then "
+        "stated:\n\n" + markdown_table(["system", *(f"hop {n + 1}" for n in range(depth))], rows)
     )
 
 

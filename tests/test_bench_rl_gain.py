@@ -18,7 +18,7 @@ import pytest
 from r3rag.data.datasets import load_dataset
 from r3rag.evaluation.runner import read_records
 from r3rag.jsonl import iter_jsonl
-from r3rag.schema import QAExample, Step, SubQuestion, Trajectory, TrajectoryStatus
+from r3rag.schema import Passage, QAExample, Step, SubQuestion, Trajectory, TrajectoryStatus
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 RUN = "rloo-hybrid-kl0.05-mean-e1-0.01min-s0"
@@ -247,6 +247,56 @@ def test_the_bridge_table_averages_the_share_of_bridges_named_per_type(rl_gain: 
         "| system | chain | compositional | all |",
         "|---|---|---|---|",
         "| R3-RAG-CS | 50.0 | 100.0 | 75.0 |",
+    ]
+
+
+def test_the_hops_table_follows_each_reading_question_to_the_first_hop_not_read(rl_gain: ModuleType) -> None:
+    """k1 reads hop 1 (Ann, after retrieving p1) and never retrieves hop 2's passage (its answer a guess);
+    k2 retrieves hop 1's passage but names Bo only before it ("Boston" after it is not Bo); c1 reads all
+    three hops. A comparison and a question with a hop lacking gold passages are left out: hop 1 3 / 3 / 2,
+    hop 2 2 / 1 / 1, hop 3 1 / 1 / 1."""
+
+    def question(i: str, kind: str, *hops: tuple[str, str, list[str]]) -> QAExample:
+        decomposition = [SubQuestion(f"hop {a}?", a, supporting_ids=ids) for _, a, ids in hops]
+        return QAExample(i, "Q?", [hops[-1][1]], decomposition=decomposition, type=kind)
+
+    def walked(*steps: tuple[str, list[str], str | None]) -> dict[str, object]:
+        built = [
+            Step(
+                index=n,
+                analysis=text,
+                query=None if answer else "q",
+                answer=answer,
+                passages=[Passage(pid, "t", "x") for pid in ids],
+            )
+            for n, (text, ids, answer) in enumerate(steps, start=1)
+        ]
+        return {
+            "trajectory": Trajectory("?", "Q?", built, built[-1].answer, TrajectoryStatus.ANSWERED).to_dict()
+        }
+
+    dev = {
+        "k1": question("k1", "compositional", ("", "Ann", ["p1"]), ("", "Rome", ["p2"])),
+        "k2": question("k2", "compositional", ("", "Bo", ["p3"]), ("", "Oslo", ["p4"])),
+        "c1": question("c1", "chain", ("", "Cy", ["p5"]), ("", "Dee", ["p6"]), ("", "Paris", ["p7"])),
+        "m1": question("m1", "comparison", ("", "1901", ["p8"]), ("", "1902", ["p9"])),
+        "n1": question("n1", "compositional", ("", "Eve", ["p1"]), ("", "Lima", [])),
+    }
+    cs = {
+        "k1": walked(("search", ["p1"], None), ("Ann founded it.", ["p0"], None), ("so", [], "Rome")),
+        "k2": walked(("Bo, I think.", ["p3"], None), ("Boston is near.", [], "Boston")),
+        "c1": walked(
+            ("s", ["p5"], None), ("Cy.", ["p6"], None), ("then Dee", ["p7"], None), ("so", [], "Paris")
+        ),
+        "m1": walked(("s", ["p8"], None), ("1901", [], "A")),
+        "n1": walked(("s", ["p1"], None), ("Eve", [], "Lima")),
+    }
+    untrained = {i: {"trajectory": None} for i in dev}
+    table = rl_gain.hops_table({"R3-RAG-CS": cs, "untrained cot": untrained}, dev)
+    assert table.splitlines()[2:] == [
+        "| system | hop 1 | hop 2 | hop 3 |",
+        "|---|---|---|---|",
+        "| R3-RAG-CS | 3 / 3 / 2 | 2 / 1 / 1 | 1 / 1 / 1 |",
     ]
 
 
