@@ -16,9 +16,9 @@ Runs, into one folder (every part resumes, every finished part is skipped on a r
    per question type (a type no sample answers gives no update a signal), and every run iteration by
    iteration (what its rollouts did, what its update cost in KL), where each run's time went (generation,
    the log-prob passes, the update), where the questions that need reading break along their gold hops
-   (each hop's passage retrieved, then its answer stated), and the side each system's answers take on the comparisons (yes / no,
-   first / second entity) against the gold's sides and the best constant answer; ``curves.png``: KL, beta,
-   format errors and reward of every run against its minutes.
+   (each hop's passage retrieved, then its answer named), and the side each system's answers take on the
+   comparisons (yes / no, first / second entity) against the gold's sides and the best constant answer;
+   ``curves.png``: KL, beta, format errors and reward of every run against its minutes.
 
 A run is named by its configuration, budget and seed (``rloo-hybrid-kl0.03-60min-s1``). ``--kl-target``
 switches on the adaptive KL penalty; ``--snapshot-minutes 60`` makes each run also keep, and the experiment
@@ -548,7 +548,8 @@ def bridge_table(by_system: dict[str, dict[str, dict[str, Any]]], dev: dict[str,
 def hops_read(example: QAExample, trajectory: Trajectory) -> list[tuple[bool, bool]]:
     """How far a trajectory got along a question's gold hops, in order: for each hop it reached (every
     earlier hop read), whether some step retrieved one of the hop's gold passages, and whether a later step
-    then stated the hop's answer (in its analysis or as its answer). The walk stops at the first hop not
+    then named the hop's answer (in its analysis, which may be the next sub-question, or as its answer: a
+    bridge asked about counts, as the bridge-query reward counts it). The walk stops at the first hop not
     read, so the last pair is where the chain broke, or every hop read."""
     walked = []
     steps = trajectory.steps
@@ -567,7 +568,7 @@ def hops_read(example: QAExample, trajectory: Trajectory) -> list[tuple[bool, bo
 def hops_table(by_system: dict[str, dict[str, dict[str, Any]]], dev: dict[str, QAExample]) -> str:
     """Where the questions that need reading (every type but :data:`TWO_WAY_TYPES`) break along their gold
     hops (:func:`hops_read`): per hop, the questions that reached it, those whose hop passage some step
-    retrieved, and those whose hop answer a later step then stated. Gold recall says whether the evidence
+    retrieved, and those whose hop answer a later step then named. Gold recall says whether the evidence
     was found; this says whether it was read: a model that retrieves a hop's passage and states another
     entity from it fails at reading, which gold recall counts as found."""
     asked = {
@@ -598,7 +599,7 @@ def hops_table(by_system: dict[str, dict[str, dict[str, Any]]], dev: dict[str, Q
     return (
         "The questions that need reading along their gold hops: per hop, the questions that reached it "
         "(every earlier hop read) / whose hop passage a step retrieved / whose hop answer a later step then "
-        "stated:\n\n" + markdown_table(["system", *(f"hop {n + 1}" for n in range(depth))], rows)
+        "named:\n\n" + markdown_table(["system", *(f"hop {n + 1}" for n in range(depth))], rows)
     )
 
 
