@@ -256,9 +256,9 @@ def test_the_hops_table_follows_each_reading_question_to_the_first_hop_not_read(
     three hops. A comparison and a question with a hop lacking gold passages are left out: hop 1 3 / 3 / 2,
     hop 2 2 / 1 / 1, hop 3 1 / 1 / 1."""
 
-    def question(i: str, kind: str, *hops: tuple[str, str, list[str]]) -> QAExample:
-        decomposition = [SubQuestion(f"hop {a}?", a, supporting_ids=ids) for _, a, ids in hops]
-        return QAExample(i, "Q?", [hops[-1][1]], decomposition=decomposition, type=kind)
+    def question(i: str, kind: str, *hops: tuple[str, list[str]]) -> QAExample:
+        decomposition = [SubQuestion(f"hop {a}?", a, supporting_ids=ids) for a, ids in hops]
+        return QAExample(i, "Q?", [hops[-1][0]], decomposition=decomposition, type=kind)
 
     def walked(*steps: tuple[str, list[str], str | None]) -> dict[str, object]:
         built = [
@@ -276,11 +276,11 @@ def test_the_hops_table_follows_each_reading_question_to_the_first_hop_not_read(
         }
 
     dev = {
-        "k1": question("k1", "compositional", ("", "Ann", ["p1"]), ("", "Rome", ["p2"])),
-        "k2": question("k2", "compositional", ("", "Bo", ["p3"]), ("", "Oslo", ["p4"])),
-        "c1": question("c1", "chain", ("", "Cy", ["p5"]), ("", "Dee", ["p6"]), ("", "Paris", ["p7"])),
-        "m1": question("m1", "comparison", ("", "1901", ["p8"]), ("", "1902", ["p9"])),
-        "n1": question("n1", "compositional", ("", "Eve", ["p1"]), ("", "Lima", [])),
+        "k1": question("k1", "compositional", ("Ann", ["p1"]), ("Rome", ["p2"])),
+        "k2": question("k2", "compositional", ("Bo", ["p3"]), ("Oslo", ["p4"])),
+        "c1": question("c1", "chain", ("Cy", ["p5"]), ("Dee", ["p6"]), ("Paris", ["p7"])),
+        "m1": question("m1", "comparison", ("1901", ["p8"]), ("1902", ["p9"])),
+        "n1": question("n1", "compositional", ("Eve", ["p1"]), ("Lima", [])),
     }
     cs = {
         "k1": walked(("search", ["p1"], None), ("Ann founded it.", ["p0"], None), ("so", [], "Rome")),
