@@ -86,7 +86,7 @@ from r3rag.pipeline import (  # noqa: E402
 )
 from r3rag.pipeline_config import PipelineConfig  # noqa: E402
 from r3rag.rewards.metrics import normalize_answer  # noqa: E402
-from r3rag.rewards.scoring import bridge_entities, bridge_query_gains  # noqa: E402
+from r3rag.rewards.scoring import bridge_entities, bridge_query_gains, names_entity  # noqa: E402
 from r3rag.rl.ppo import (  # noqa: E402
     FINAL_DIR,
     ROLLOUTS_DIR,
@@ -556,9 +556,9 @@ def hops_read(example: QAExample, trajectory: Trajectory) -> list[tuple[bool, bo
     for hop in example.decomposition:
         gold = set(hop.supporting_ids)
         found = next((n for n, s in enumerate(steps) if gold & {p.id for p in s.passages}), None)
-        answer = f" {normalize_answer(hop.answer)} "
+        answer = normalize_answer(hop.answer)
         later = steps[found + 1 :] if found is not None else []
-        read = any(answer in f" {normalize_answer(s.analysis + ' ' + (s.answer or ''))} " for s in later)
+        read = any(names_entity(normalize_answer(f"{s.analysis} {s.answer or ''}"), answer) for s in later)
         walked.append((found is not None, read))
         if not read:
             break

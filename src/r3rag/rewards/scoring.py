@@ -82,7 +82,7 @@ def check_bonus_annotations(config: RewardConfig, sources: Mapping[str, Sequence
             )
 
 
-def _names(text: str, entity: str) -> bool:
+def names_entity(text: str, entity: str) -> bool:
     """Whether normalised ``text`` contains the normalised ``entity`` as whole words."""
     return f" {entity} " in f" {text} "
 
@@ -98,11 +98,13 @@ def bridge_entities(example: QAExample) -> list[str]:
     bridges: list[str] = []
     for k, hop in enumerate(hops[:-1], start=1):
         entity = normalize_answer(hop.answer)
-        if not entity or entity in bridges or _names(question, entity):
+        if not entity or entity in bridges or names_entity(question, entity):
             continue
         reference = re.compile(rf"#{k}(?!\d)")
         later = hops[k:]
-        if any(reference.search(h.question) or _names(normalize_answer(h.question), entity) for h in later):
+        if any(
+            reference.search(h.question) or names_entity(normalize_answer(h.question), entity) for h in later
+        ):
             bridges.append(entity)
     return bridges
 
@@ -118,7 +120,7 @@ def bridge_query_gains(example: QAExample, trajectory: Trajectory) -> list[float
         if not step.is_retrieval:
             continue
         query = normalize_answer(step.query or "")
-        new = {b for b in bridges if _names(query, b)} - named
+        new = {b for b in bridges if names_entity(query, b)} - named
         named |= new
         gains.append(len(new) / len(bridges) if bridges else 0.0)
     return gains
