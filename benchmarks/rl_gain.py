@@ -38,8 +38,10 @@ exists (the base's evaluations in one, RL runs in others; ``--threads 1`` gives 
 alone on an idle machine the default, a thread per core, does 1.6-1.7x the work); the report lists every
 system evaluated so far. ``--transfer-world 11`` trains nothing: it evaluates the folder's
 R3-RAG-CS and every finished RL run's final model on another world's dev questions (entities the models never
-saw; its own world and BM25 index, in ``<out>/transfer-11``) and reports them the same way; ``--runs
-'rloo-to-go-*'`` (shell-style patterns on the run names, repeatable) transfers only the runs it names.
+saw; its own world and BM25 index, in ``<out>/transfer-11``) and reports them the same way. ``--runs
+'rloo-to-go-*'`` (shell-style patterns on the run names, repeatable) reports only the runs it names (with
+``--report-only``, a short table of a folder that holds many; the ``report.md`` written is the one
+printed) and transfers only those.
 ``--tiny`` runs the whole thing on the tiny quickstart preset (a random 2-layer model: the plumbing, in about
 a minute; its numbers mean nothing).
 """
@@ -271,20 +273,29 @@ def run_rl(ctx: Context, name: str, config: PPOConfig, progress: bool, train: bo
             evaluate_model(ctx, str(model), ctx.config.r3rag_eval(), folder)
 
 
-def finished_runs(out: Path, patterns: Sequence[str] = ()) -> list[Path]:
-    """The RL runs of ``out`` that saved a final model, in name order; with ``patterns`` (shell-style, on the
-    run names) only those some pattern matches. A pattern that matches no finished run is refused, naming
-    the finished ones: a typo would otherwise transfer nothing of what was asked, silently."""
-    finished = [
-        r for r in sorted((out / RUNS_DIR).glob("*")) if (r / "ppo" / FINAL_DIR / "config.json").is_file()
-    ]
+def picked(names: Sequence[str], patterns: Sequence[str], what: str, out: Path) -> list[str]:
+    """The ``names`` some shell-style pattern matches, in their order (all of them without ``patterns``). A
+    pattern that matches none is refused, naming what there is: a typo would otherwise drop what was asked
+    for, silently."""
     if not patterns:
-        return finished
+        return list(names)
     for pattern in patterns:
-        if not any(fnmatch.fnmatchcase(r.name, pattern) for r in finished):
-            names = ", ".join(r.name for r in finished) or "none"
-            raise SystemExit(f"--runs {pattern!r} matches no finished RL run of {out} (finished: {names})")
-    return [r for r in finished if any(fnmatch.fnmatchcase(r.name, p) for p in patterns)]
+        if not any(fnmatch.fnmatchcase(n, pattern) for n in names):
+            raise SystemExit(
+                f"--runs {pattern!r} matches no {what} of {out} ({what}s: {', '.join(names) or 'none'})"
+            )
+    return [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
+
+
+def finished_runs(out: Path, patterns: Sequence[str] = ()) -> list[Path]:
+    """The RL runs of ``out`` that saved a final model, in name order; with ``patterns`` only those some
+    pattern matches (:func:`picked`)."""
+    finished = [
+        r.name
+        for r in sorted((out / RUNS_DIR).glob("*"))
+        if (r / "ppo" / FINAL_DIR / "config.json").is_file()
+    ]
+    return [out / RUNS_DIR / n for n in picked(finished, patterns, "finished RL run", out)]
 
 
 def transfer(
@@ -317,15 +328,16 @@ def transfer(
 # ---------------------------------------------------------------------------------------------- the report
 
 
-def run_records(out: Path) -> dict[str, list[dict[str, Any]]]:
-    """Each RL run's metrics records, by run name; a run without a record yet is left out."""
+def run_records(out: Path, patterns: Sequence[str] = ()) -> dict[str, list[dict[str, Any]]]:
+    """Each RL run's metrics records, by run name; a run without a record yet is left out, and with
+    ``patterns`` so is a run none matches (:func:`picked`)."""
     runs = {}
     for run in sorted((out / RUNS_DIR).glob("*")):
         metrics = run / "ppo" / "metrics.jsonl"
         records = [r for _, r in iter_jsonl(metrics)] if metrics.is_file() else []
         if records:
             runs[run.name] = records
-    return runs
+    return {n: runs[n] for n in picked(list(runs), patterns, "RL run", out)}
 
 
 def systems(config: PipelineConfig, out: Path, runs: dict[str, list[dict[str, Any]]]) -> list[System]:
@@ -449,7 +461,8 @@ def plot_curves(runs: dict[str, list[dict[str, Any]]], path: Path) -> None:
                 ax.plot(*zip(*points, strict=True), marker=".", label=name, color=f"C{colour}")
         ax.set(xlabel="minutes of RL", title=title)
         ax.grid(alpha=0.3)
-    axes.flat[0].legend(fontsize="small")
+    # the first panel with a line names the runs (a run without the KL penalty logs no KL, no beta)
+    next((ax for ax in axes.flat if ax.lines), axes.flat[0]).legend(fontsize="small")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -986,8 +999,8 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         default=[],
         metavar="PATTERN",
-        help="With --transfer-world: transfer only the runs whose names match PATTERN (shell-style, "
-        "repeatable: --runs 'rloo-to-go-*' --runs '*-s0'); default: every finished run.",
+        help="Report only the RL runs whose names match PATTERN (shell-style, repeatable: --runs "
+        "'rloo-to-go-*' --runs '*-s0'), and with --transfer-world transfer only those; default: every run.",
     )
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's).")
     parser.add_argument("--tiny", action="store_true", help="The tiny preset: checks the plumbing only.")
@@ -1004,8 +1017,6 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--tag {args.tag!r}: use lowercase letters, digits, dots and single dashes")
     if args.transfer_world is not None and args.variant:
         parser.error("--transfer-world trains nothing: run the RL runs first, then transfer their models")
-    if args.runs and args.transfer_world is None:
-        parser.error("--runs picks the runs --transfer-world evaluates; without it there is nothing to pick")
     if args.transfer_world == args.world_seed:
         parser.error(f"--transfer-world {args.transfer_world} is the world the models were trained on")
     if args.threads is not None:
@@ -1027,7 +1038,7 @@ def main(argv: list[str] | None = None) -> int:
             transfer(config, trained_in, out, console, not args.quiet, args.runs)
     elif not args.report_only:
         run_all(args, config, out, console)
-    runs = run_records(out)
+    runs = run_records(out, args.runs)
     table = preface + report(config, out, runs)
     (out / REPORT).write_text(table, encoding="utf-8")
     plot_curves(runs, out / CURVES)

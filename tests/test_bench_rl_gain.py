@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -106,6 +107,8 @@ def test_transfer_evaluates_the_trained_models_on_another_world_s_dev_questions(
     target = tmp_path / "transfer-4"
     assert table == (target / "report.md").read_text() and "world seed 4" in table
     assert run(tmp_path, "--world-seed", "3", "--transfer-world", "4", "--report-only") == table
+    with pytest.raises(AssertionError, match=r"--runs 'gae-\*' matches no RL run .*RL runs: rloo-hybrid"):
+        run(tmp_path, "--world-seed", "3", "--transfer-world", "4", "--report-only", "--runs", "gae-*")
     systems = table.split("\n\n")[2]
     rows = {line.split(" | ")[0].lstrip("| "): line for line in systems.splitlines() if line.startswith("| ")}
     assert list(rows)[1:] == ["R3-RAG-CS", f"R3-RAG {name}"]  # no baselines, no forced answer
@@ -145,7 +148,6 @@ def rl_gain(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
         (["--set", "ppo_epochs=1", "--tag", "E1 x"], "use lowercase letters"),
         (["--transfer-world", "0"], "is the world the models were trained on"),
         (["--transfer-world", "4", "--variant", "rloo"], "--transfer-world trains nothing"),
-        (["--runs", "rloo-*"], "--runs picks the runs --transfer-world evaluates"),
     ],
 )
 def test_bad_arguments_are_refused_before_anything_runs(
@@ -506,6 +508,42 @@ def test_runs_picks_the_finished_runs_its_patterns_match_and_refuses_one_matchin
     ]
     assert names("gae-hybrid-60min-s0") == ["gae-hybrid-60min-s0"]
     with pytest.raises(
-        SystemExit, match=r"--runs 'grpo-\*' matches no finished RL run .*finished: gae-hybrid"
+        SystemExit, match=r"--runs 'grpo-\*' matches no finished RL run .*finished RL runs: gae-hybrid"
     ):
         names("rloo-*", "grpo-*")  # grpo's run has not finished
+
+
+def test_the_curves_name_the_runs_when_none_logs_a_kl(rl_gain: ModuleType, tmp_path: Path) -> None:
+    records = [
+        {"iteration": i, "time/iteration": 60.0, "rollout/format_error": 0.0, "reward/trajectory_mean": 0.5}
+        for i in (1, 2)
+    ]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # matplotlib warns of a legend over a panel without lines
+        rl_gain.plot_curves({"rloo-kl0-60min-s0": records}, tmp_path / "curves.png")
+    assert (tmp_path / "curves.png").stat().st_size > 0
+
+
+def test_the_report_takes_the_runs_its_patterns_match_and_refuses_one_matching_none(
+    rl_gain: ModuleType, tmp_path: Path
+) -> None:
+    for name, lines in (
+        ("rloo-hybrid-60min-s0", ['{"iteration": 1}', '{"iteration": 2}']),
+        ("gae-hybrid-60min-s0", ['{"iteration": 1}']),
+        ("grpo-hybrid-60min-s0", []),  # started, no iteration recorded yet
+    ):
+        ppo = tmp_path / "rl" / name / "ppo"
+        ppo.mkdir(parents=True)
+        (ppo / "metrics.jsonl").write_text("".join(f"{line}\n" for line in lines))
+
+    assert rl_gain.run_records(tmp_path) == {
+        "gae-hybrid-60min-s0": [{"iteration": 1}],
+        "rloo-hybrid-60min-s0": [{"iteration": 1}, {"iteration": 2}],
+    }
+    assert list(rl_gain.run_records(tmp_path, ["rloo-*"])) == ["rloo-hybrid-60min-s0"]
+    assert list(rl_gain.run_records(tmp_path, ["*-s0", "gae-*"])) == [
+        "gae-hybrid-60min-s0",
+        "rloo-hybrid-60min-s0",
+    ]
+    with pytest.raises(SystemExit, match=r"--runs 'grpo-\*' matches no RL run .*RL runs: gae-hybrid"):
+        rl_gain.run_records(tmp_path, ["grpo-*"])  # grpo's run has no record to report
