@@ -70,6 +70,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 from rich.console import Console  # noqa: E402
 
 from r3rag.coldstart.phrasing import FOUND  # noqa: E402
+from r3rag.coldstart.plans import wanted_end  # noqa: E402
 from r3rag.config import PPOConfig, WorldConfig  # noqa: E402
 from r3rag.data.datasets import load_dataset  # noqa: E402
 from r3rag.evaluation.config import EvalConfigBase  # noqa: E402
@@ -687,12 +688,6 @@ def sides_table(by_system: dict[str, dict[str, dict[str, Any]]], dev: dict[str, 
     )
 
 
-EARLIER_WORDS = frozenset({"first", "older"})
-LATER_WORDS = frozenset({"later", "newer"})
-"""The words of the synthetic world's dated comparisons ("Who was born first", "Which is newer") that say
-which of the two years wins."""
-
-
 def stated_year(analysis: str, entity: str) -> int | None:
     """The year a step states for an entity: the first mention of it followed, within a few words and no other
     number, by a year ("A gives 1938", "A: 1938", "A has 1938")."""
@@ -711,9 +706,9 @@ def comparing_table(by_system: dict[str, dict[str, dict[str, Any]]], dev: dict[s
         options = TWO_OPTIONS.search(example.question) if example.type in TWO_WAY_TYPES else None
         if options is None:
             continue
-        words = set(re.findall(r"[a-z]+", example.question[: options.start()].lower()))
-        if words & (EARLIER_WORDS | LATER_WORDS):
-            asked[i] = (options["first"], options["second"], bool(words & EARLIER_WORDS))
+        wants = wanted_end(example.question, (options["first"], options["second"]))
+        if wants is not None:  # the question's words, as the teacher reads them
+            asked[i] = (options["first"], options["second"], wants[0] == "earlier")
     if not asked:
         return ""
     rows = []
