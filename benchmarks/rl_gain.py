@@ -70,7 +70,6 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 from rich.console import Console  # noqa: E402
 
 from r3rag.coldstart.phrasing import FOUND  # noqa: E402
-from r3rag.coldstart.plans import wanted_end  # noqa: E402
 from r3rag.config import PPOConfig, WorldConfig  # noqa: E402
 from r3rag.data.datasets import load_dataset  # noqa: E402
 from r3rag.evaluation.config import EvalConfigBase  # noqa: E402
@@ -688,6 +687,23 @@ def sides_table(by_system: dict[str, dict[str, dict[str, Any]]], dev: dict[str, 
     )
 
 
+EARLIER_WORDS = re.compile(r"\b(first|earlier|earliest|older|oldest|before)\b", re.IGNORECASE)
+LATER_WORDS = re.compile(r"\b(later|latest|last|younger|youngest|newer|newest|after)\b", re.IGNORECASE)
+"""The words of a dated comparison ("Who was born first", "Which is younger") that say which of two years
+wins."""
+
+
+def asks_earlier(question: str, names: tuple[str, str]) -> bool | None:
+    """Whether a comparison question asks for the earlier of two dates (True) or the later (False), read from
+    its words with the compared names taken out (a title like "The First Summer" says nothing); None when
+    it has words for neither end or for both (a yes / no question, an unclear one)."""
+    text = question
+    for name in names:
+        text = re.sub(re.escape(name), " ", text, flags=re.IGNORECASE)
+    earlier, later = bool(EARLIER_WORDS.search(text)), bool(LATER_WORDS.search(text))
+    return earlier if earlier != later else None
+
+
 def stated_year(analysis: str, entity: str) -> int | None:
     """The year a step states for an entity: the first mention of it followed, within a few words and no other
     number, by a year ("A gives 1938", "A: 1938", "A has 1938")."""
@@ -706,9 +722,9 @@ def comparing_table(by_system: dict[str, dict[str, dict[str, Any]]], dev: dict[s
         options = TWO_OPTIONS.search(example.question) if example.type in TWO_WAY_TYPES else None
         if options is None:
             continue
-        wants = wanted_end(example.question, (options["first"], options["second"]))
-        if wants is not None:  # the question's words, as the teacher reads them
-            asked[i] = (options["first"], options["second"], wants[0] == "earlier")
+        earlier = asks_earlier(example.question, (options["first"], options["second"]))
+        if earlier is not None:
+            asked[i] = (options["first"], options["second"], earlier)
     if not asked:
         return ""
     rows = []
@@ -731,8 +747,8 @@ def comparing_table(by_system: dict[str, dict[str, dict[str, Any]]], dev: dict[s
     header.append("answer inverts them")
     return (
         "The comparisons of two dates between two named entities (first / older: the earlier wins; later / "
-        "newer: the later): final steps that state a year for each entity, and the answers that take the "
-        "entity those years make right, or the other one:\n\n" + markdown_table(header, rows)
+        "younger / newer: the later): final steps that state a year for each entity, and the answers that "
+        "take the entity those years make right, or the other one:\n\n" + markdown_table(header, rows)
     )
 
 

@@ -405,6 +405,15 @@ def test_the_comparing_table_checks_the_answer_against_the_years_the_final_step_
     assert rl_gain.comparing_table({"rloo": rl}, {"c1": dev["c1"]}) == ""
 
 
+def test_which_end_a_comparison_asks_for_is_read_without_the_names(rl_gain: ModuleType) -> None:
+    names = ("The First Summer", "Ada Last")
+    assert rl_gain.asks_earlier("Who was born first, Ada Moss or Bo Lind?", ("Ada Moss", "Bo Lind")) is True
+    assert rl_gain.asks_earlier("Which is younger, The First Summer or Ada Last?", names) is False
+    assert rl_gain.asks_earlier("Which of The First Summer and Ada Last is older?", names) is True
+    assert rl_gain.asks_earlier("Were The First Summer and Ada Last born in the same year?", names) is None
+    assert rl_gain.asks_earlier("Which came first and which came later, X or Y?", ("X", "Y")) is None
+
+
 def test_the_reading_table_counts_year_answers_and_the_commonest_phrasing_of_a_found_fact(
     rl_gain: ModuleType,
 ) -> None:

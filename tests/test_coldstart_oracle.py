@@ -7,15 +7,14 @@ documents the policy had seen by then (cut to ``max_doc_chars``).
 
 from __future__ import annotations
 
-import random
 from collections import Counter
 
 import pytest
 
 from r3rag.coldstart.dataset import round_trips
 from r3rag.coldstart.oracle import REJECTED, OracleTeacher
-from r3rag.coldstart.phrasing import CHOOSE, RETRY, Phraser, reformulations, relation_of
-from r3rag.coldstart.plans import Hop, Plan, PlanError, plan_for, relation_question, wanted_end
+from r3rag.coldstart.phrasing import RETRY, reformulations, relation_of
+from r3rag.coldstart.plans import Hop, PlanError, plan_for, relation_question
 from r3rag.coldstart.records import TeacherResult
 from r3rag.config import AgentConfig, BM25Config, ColdStartConfig, WorldConfig
 from r3rag.data.datasets import iter_dataset
@@ -118,50 +117,6 @@ def test_comparisons_compare_the_values(world, world_retriever):
         for i in plan.compare_hops:
             assert plan.hops[i].answer in final
         assert result.example.answers[0] in final
-        if plan.wants is not None:  # the dated ones also say which year the question picks, and whose it is
-            winner = result.example.answers[0]
-            a, b = (plan.hops[i].answer for i in plan.compare_hops)
-            value = a if winner == plan.compared[0] else b
-            end, cue = plan.wants
-            assert any(c.format(end=end, cue=cue, vw=value, w=winner) in final for c in CHOOSE), final
-
-
-def test_wanted_end_reads_the_question_without_the_names():
-    names = ("The First Summer", "Ada Last")
-    assert wanted_end("Who was born first, Ada Moss or Bo Lind?", ("Ada Moss", "Bo Lind")) == (
-        "earlier",
-        "first",
-    )
-    assert wanted_end("Which is younger, The First Summer or Ada Last?", names) == ("later", "younger")
-    assert wanted_end("Which of The First Summer and Ada Last is older?", names) == ("earlier", "older")
-    assert wanted_end("Were The First Summer and Ada Last born in the same year?", names) is None
-    assert wanted_end("Which came first and which came later, X or Y?", ("X", "Y")) is None
-
-
-@pytest.mark.parametrize("seed", range(6))
-def test_the_final_comparison_step_names_the_year_the_question_picks(seed: int):
-    """ "Which is younger, A or B?" with A born 1915 and B 1920: the later year, B's, in any phrasing."""
-    hops = [
-        Hop("When was Ada Moss born?", "1915", ["a"], ["Ada Moss"], subject="Ada Moss"),
-        Hop("When was Bo Lind born?", "1920", ["b"], ["Bo Lind"], subject="Bo Lind"),
-    ]
-
-    def final(answer: str, wants: tuple[str, str] | None) -> str:
-        plan = Plan(hops, answer, ("Ada Moss", "Bo Lind"), (0, 1), 1, wants)
-        return Phraser(random.Random(seed)).conclusion(plan, {})
-
-    text = final("Bo Lind", ("later", "younger"))
-    assert any(c.format(end="later", cue="younger", vw="1920", w="Bo Lind") in text for c in CHOOSE), text
-    assert (
-        text.endswith("Bo Lind.") and "1915 is earlier than 1920" in text or "1915 comes before 1920" in text
-    )
-    text = final("Ada Moss", ("earlier", "older"))
-    assert any(c.format(end="earlier", cue="older", vw="1915", w="Ada Moss") in text for c in CHOOSE), text
-    # no choice where the question does not say which end, nor where the gold answer disagrees with it
-    for answer, wants in (("Bo Lind", None), ("Ada Moss", ("later", "younger"))):
-        text = final(answer, wants)
-        assert "question" not in text and "means" not in text, text  # every CHOOSE phrasing has one
-        assert text.endswith(f"{answer}.")
 
 
 def test_phrasings_vary_and_follow_the_seed(world, world_retriever):
@@ -220,6 +175,8 @@ def test_musique_references_and_relations():
 
 
 def test_reformulations_keep_the_entity_and_change_the_words():
+    import random
+
     hop = Hop("When was Mira Keller born?", "1956", ["p"], ["Mira Keller"], subject="Mira Keller")
     previous = Hop("Who directed The Silver Harbour?", "Mira Keller", ["q"], ["The Silver Harbour"])
     assert relation_of(hop.query) == "birth_year" and relation_of(previous.query) == "director"

@@ -125,13 +125,6 @@ EARLIER = ("{va} is earlier than {vb}.", "{va} comes before {vb}.")
 LATER = ("{va} is later than {vb}.", "{va} comes after {vb}.")
 SAME = ("The two are the same.", "Both are the same.")
 DIFFERENT = ("The two are different.", "They are not the same.")
-# {end} "earlier" / "later", {cue} the question's word for it, {vw} / {w} the value that end picks and whose
-# it is: the step from the two values to the answer, written out so that it can be copied.
-CHOOSE = (
-    'The question wants the {end} year ("{cue}"): {vw}, which is {w}\'s.',
-    '"{cue}" means the {end} year, so I take {vw}: {w}.',
-    'The question asks for the {end} one ("{cue}"), and the {end} year is {vw}, that of {w}.',
-)
 CONCLUDE_COMPARE = ("So the answer is {ans}.", "Hence the answer is {ans}.", "The answer is therefore {ans}.")
 CONCLUDE_COMPARE_UNSTATED = (
     "Comparing what the documents say about {a} and {b}, the answer is {ans}.",
@@ -238,23 +231,7 @@ class Phraser:
             values = self._pick(COMPARE_VALUES, a=a, b=b, va=va, vb=vb)
         else:
             values = self._pick(COMPARE_VALUES_BRIDGED, a=a, b=b, la=la, lb=lb, va=va, vb=vb)
-        choice = self._choice(plan, va, vb)
-        parts = [values, self._relation(va, vb), *([choice] if choice else [])]
-        return " ".join([*parts, self._pick(CONCLUDE_COMPARE, ans=plan.answer)])
-
-    def _choice(self, plan: Plan, va: str, vb: str) -> str | None:
-        """Which of two years the question picks and whose it is, when the question says which end it wants
-        and the years differ; None otherwise, and None where that entity is not the gold answer (a question
-        whose words were misread must not teach a wrong step)."""
-        ya, yb = _YEAR.search(va), _YEAR.search(vb)
-        if plan.wants is None or plan.compared is None or not ya or not yb or ya.group(1) == yb.group(1):
-            return None
-        end, cue = plan.wants
-        a_wins = (int(ya.group(1)) < int(yb.group(1))) == (end == "earlier")
-        winner, value = (plan.compared[0], va) if a_wins else (plan.compared[1], vb)
-        if not _same_name(winner, plan.answer):
-            return None
-        return self._pick(CHOOSE, end=end, cue=cue, vw=value, w=winner)
+        return " ".join([values, self._relation(va, vb), self._pick(CONCLUDE_COMPARE, ans=plan.answer)])
 
     def _relation(self, va: str, vb: str) -> str:
         """How two compared values relate: earlier/later for years, same/different otherwise."""

@@ -28,10 +28,6 @@ _FUNCTION_WORDS = frozenset(
         "most first later earlier same",
     )
 )
-# The words of a comparison question that say which of two dates wins: "Who was born first", "Which is
-# younger". Matched after the compared names are taken out, so a title like "The First Summer" says nothing.
-_EARLIER_WORDS = re.compile(r"\b(first|earlier|earliest|older|oldest|before)\b", re.IGNORECASE)
-_LATER_WORDS = re.compile(r"\b(later|latest|last|younger|youngest|newer|newest|after)\b", re.IGNORECASE)
 _WHEN_RELATION = re.compile(r"\b(date|year|inception|founded|established|published|released|dissolved)\b")
 _WHERE_RELATION = re.compile(r"\b(place|location|located|headquarters|country|city|residence|born in)\b")
 _WHO_RELATION = re.compile(
@@ -64,10 +60,7 @@ class Plan:
 
     ``compared`` names the two entities a comparison question is about, ``compare_hops`` the two hops
     whose answers are compared, and ``second_start`` the first hop about the second entity; all are None
-    for a chain, whose answer is the last hop's. ``wants`` is, for a comparison that asks for one end of
-    two dates, that end (``"earlier"`` or ``"later"``) and the question's word for it (``"first"``,
-    ``"younger"``), so the final step can say which value the question picks; None for yes / no
-    comparisons, for chains, and where the question's words do not say.
+    for a chain, whose answer is the last hop's.
     """
 
     hops: list[Hop]
@@ -75,7 +68,6 @@ class Plan:
     compared: tuple[str, str] | None = None
     compare_hops: tuple[int, int] | None = None
     second_start: int | None = None
-    wants: tuple[str, str] | None = None
 
 
 def plan_for(example: QAExample) -> Plan:
@@ -129,12 +121,7 @@ def _comparison(example: QAExample, hops: list[Hop]) -> dict[str, Any]:
     leaves = (start - 1, len(hops) - 1) if example.dataset == "world" else (len(hops) - 2, len(hops) - 1)
     first, second = hops[0], hops[start]
     names = (first.subject or _title(first), second.subject or _title(second))
-    return {
-        "compared": names,
-        "compare_hops": leaves,
-        "second_start": start,
-        "wants": wanted_end(example.question, names),
-    }
+    return {"compared": names, "compare_hops": leaves, "second_start": start}
 
 
 def _from_supporting_titles(example: QAExample) -> Plan:
@@ -165,25 +152,8 @@ def _from_supporting_titles(example: QAExample) -> Plan:
             )
         )
     if comparison and len(hops) == 2:
-        names = (hops[0].subject, hops[1].subject)
-        return Plan(hops, example.answers[0].strip(), names, (0, 1), 1, wanted_end(example.question, names))
+        return Plan(hops, example.answers[0].strip(), (hops[0].subject, hops[1].subject), (0, 1), 1)
     return Plan(hops, example.answers[0].strip())
-
-
-def wanted_end(question: str, names: tuple[str, str]) -> tuple[str, str] | None:
-    """Which end of two dates a comparison question asks for, and its word for it: ``"Who was born first, A
-    or B?"`` -> ``("earlier", "first")``, ``"Which is younger, A or B?"`` -> ``("later", "younger")``; None
-    when the question has words for neither end or for both (a yes / no question, an unclear one)."""
-    text = question
-    for name in names:
-        if name:
-            text = re.sub(re.escape(name), " ", text, flags=re.IGNORECASE)
-    earlier, later = _EARLIER_WORDS.search(text), _LATER_WORDS.search(text)
-    if earlier and not later:
-        return "earlier", earlier.group(1).lower()
-    if later and not earlier:
-        return "later", later.group(1).lower()
-    return None
 
 
 def _resolve_references(text: str, earlier: list[Hop], example_id: str, n: int) -> str:
