@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from r3rag.config import SFTConfig
 from r3rag.data.datasets import load_dataset
 from r3rag.evaluation.runner import read_records
 from r3rag.jsonl import iter_jsonl
@@ -157,6 +158,11 @@ def test_bad_arguments_are_refused_before_anything_runs(
         rl_gain.main(["--out", str(tmp_path), *args])
     assert exit_.value.code == 2 and message in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
+
+
+def test_the_sft_seed_reaches_the_base_and_defaults_to_the_sft_configs(rl_gain: ModuleType) -> None:
+    assert rl_gain.base_config(0, 200, 768, tiny=False, sft_seed=43).sft.seed == 43
+    assert rl_gain.base_config(0, 200, 768, tiny=False).sft.seed == SFTConfig.model_fields["seed"].default
 
 
 def test_set_reaches_nested_fields_and_names_a_missing_one(rl_gain: ModuleType, tmp_path: Path) -> None:
