@@ -16,7 +16,8 @@ Runs, into one folder (every part resumes, every finished part is skipped on a r
    per question type (a type no sample answers gives no update a signal), and every run iteration by
    iteration (what its rollouts did, what its update cost in KL), where each run's time went (generation,
    the log-prob passes, the update), where the questions that need reading break along their gold hops
-   (each hop's passage retrieved, then its answer named), and the side each system's answers take on the
+   (each hop's passage retrieved, then its answer named) and which sentence the step after a hop's passage
+   quoted (the answer's, another of that passage, its first), and the side each system's answers take on the
    comparisons (yes / no, first / second entity) against the gold's sides and the best constant answer;
    ``curves.png``: KL, beta, format errors and reward of every run against its minutes.
 
@@ -72,7 +73,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from rich.console import Console  # noqa: E402
 
-from r3rag.coldstart.phrasing import FOUND  # noqa: E402
+from r3rag.coldstart.phrasing import FOUND, split_sentences  # noqa: E402
 from r3rag.config import PPOConfig, WorldConfig  # noqa: E402
 from r3rag.data.datasets import load_dataset  # noqa: E402
 from r3rag.evaluation.config import EvalConfigBase  # noqa: E402
@@ -100,7 +101,7 @@ from r3rag.rl.ppo import (  # noqa: E402
     PPOTrainer,
 )
 from r3rag.runs import CONFIG_FILE  # noqa: E402
-from r3rag.schema import QAExample, Trajectory  # noqa: E402
+from r3rag.schema import Passage, QAExample, Step, SubQuestion, Trajectory  # noqa: E402
 
 BASE_DIR = "base"
 RUNS_DIR = "rl"
@@ -435,6 +436,8 @@ def report(config: PipelineConfig, out: Path, runs: dict[str, list[dict[str, Any
         + "\n\n"
         + hops_table(by_system, dev)
         + "\n\n"
+        + quotes_table(by_system, dev)
+        + "\n\n"
         + sides_table(by_system, dev)
         + "\n\n"
         + comparing_table(by_system, dev)
@@ -566,6 +569,12 @@ def bridge_table(by_system: dict[str, dict[str, dict[str, Any]]], dev: dict[str,
     )
 
 
+def retrieving_step(hop: SubQuestion, steps: Sequence[Step]) -> int | None:
+    """The index of the first step that retrieved one of the hop's gold passages, None if none did."""
+    gold = set(hop.supporting_ids)
+    return next((n for n, s in enumerate(steps) if gold & {p.id for p in s.passages}), None)
+
+
 def hops_read(example: QAExample, trajectory: Trajectory) -> list[tuple[bool, bool]]:
     """How far a trajectory got along a question's gold hops, in order: for each hop it reached (every
     earlier hop read), whether some step retrieved one of the hop's gold passages, and whether a later step
@@ -575,8 +584,7 @@ def hops_read(example: QAExample, trajectory: Trajectory) -> list[tuple[bool, bo
     walked = []
     steps = trajectory.steps
     for hop in example.decomposition:
-        gold = set(hop.supporting_ids)
-        found = next((n for n, s in enumerate(steps) if gold & {p.id for p in s.passages}), None)
+        found = retrieving_step(hop, steps)
         answer = normalize_answer(hop.answer)
         later = steps[found + 1 :] if found is not None else []
         read = any(names_entity(normalize_answer(f"{s.analysis} {s.answer or ''}"), answer) for s in later)
@@ -621,6 +629,92 @@ def hops_table(by_system: dict[str, dict[str, dict[str, Any]]], dev: dict[str, Q
         "The questions that need reading along their gold hops: per hop, the questions that reached it "
         "(every earlier hop read) / whose hop passage a step retrieved / whose hop answer a later step then "
         "named:\n\n" + markdown_table(["system", *(f"hop {n + 1}" for n in range(depth))], rows)
+    )
+
+
+QUOTED = re.compile(r'"([^"]+)"')
+"""A quotation in a step's analysis: the oracle teacher quotes the sentence it read (and sub-questions)."""
+
+
+def hop_quote(hop: SubQuestion, retrieved: Sequence[Passage], analysis: str) -> tuple[str, bool] | None:
+    """Which sentence a step read after the step that retrieved a hop's gold passage: the first quotation in
+    its analysis that is a whole sentence of one of those passages, as ``(kind, first)``: kind "answer" (the
+    gold passage's sentence naming the hop's answer), "other" (another sentence of the gold passage) or
+    "elsewhere" (a sentence of another passage); ``first``: whether it is its passage's first sentence.
+    None when it quoted no sentence of them."""
+    answer = normalize_answer(hop.answer)
+    for quote in QUOTED.findall(analysis):
+        for passage in retrieved:
+            sentences = split_sentences(passage.text)
+            if quote.strip() not in sentences:
+                continue
+            first = sentences.index(quote.strip()) == 0
+            if passage.id not in hop.supporting_ids:
+                return "elsewhere", first
+            return ("answer" if names_entity(normalize_answer(quote), answer) else "other"), first
+    return None
+
+
+def quotes_table(by_system: dict[str, dict[str, dict[str, Any]]], dev: dict[str, QAExample]) -> str:
+    """Which sentence each system quotes once it has a hop's passage: along the reading questions' gold hops
+    as far as :func:`hops_read` walks them, at the step after the one that first retrieved the hop's gold
+    passage (:func:`hop_quote`). Retrieved but not read (the hops table) is mostly a wrong sentence of the
+    right passage; the share of quotes that are a passage's first sentence, beside the share of those hops
+    whose answer is in the first sentence, shows a position habit taking the place of reading the
+    relation."""
+    asked = {
+        i
+        for i, ex in dev.items()
+        if ex.type not in TWO_WAY_TYPES
+        and ex.decomposition
+        and all(h.supporting_ids for h in ex.decomposition)
+    }
+    rows = []
+    for name, records in by_system.items():
+        kinds: dict[str | None, int] = defaultdict(int)
+        firsts = first_answers = 0
+        for i in asked & records.keys():
+            if records[i].get("trajectory") is None:
+                continue
+            example, trajectory = dev[i], Trajectory.from_dict(records[i]["trajectory"])
+            steps = trajectory.steps
+            for hop in example.decomposition[: len(hops_read(example, trajectory))]:
+                found = retrieving_step(hop, steps)
+                if found is None or found + 1 == len(steps):
+                    continue
+                passages = steps[found].passages
+                quote = hop_quote(hop, passages, steps[found + 1].analysis)
+                kinds[None if quote is None else quote[0]] += 1
+                firsts += quote is not None and quote[0] != "elsewhere" and quote[1]
+                gold = next(p for p in passages if p.id in hop.supporting_ids)
+                sentences = split_sentences(gold.text)
+                first_answers += bool(sentences) and names_entity(
+                    normalize_answer(sentences[0]), normalize_answer(hop.answer)
+                )
+        hops = sum(kinds.values())
+        if not hops:
+            continue
+        in_gold = kinds["answer"] + kinds["other"]
+        rows.append(
+            [
+                name,
+                str(hops),
+                *(
+                    f"{kinds[k]} ({100 * kinds[k] / hops:.0f}%)"
+                    for k in ("answer", "other", "elsewhere", None)
+                ),
+                f"{firsts} of {in_gold}" if in_gold else "-",
+                f"{100 * first_answers / hops:.0f}%",
+            ]
+        )
+    if not rows:
+        return ""
+    header = ["system", "hop passages retrieved, a step after", "quoted the answer's sentence"]
+    header += ["another sentence of it", "another passage's", "no sentence quoted"]
+    header += ["quotes that are its first sentence", "answer in its first sentence"]
+    return (
+        "What the step after a hop's gold passage came quoted, along the reading questions' hops as far as "
+        "the hops table walks them:\n\n" + markdown_table(header, rows)
     )
 
 

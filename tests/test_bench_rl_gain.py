@@ -308,6 +308,74 @@ def test_the_hops_table_follows_each_reading_question_to_the_first_hop_not_read(
     ]
 
 
+def test_the_quotes_table_says_which_sentence_the_step_after_a_hop_passage_quoted(
+    rl_gain: ModuleType,
+) -> None:
+    """k1 quotes its sub-question (not a sentence), then "Annex is big.": another sentence of hop 1's passage
+    (Ann not a whole word), not its first; k2 quotes hop 1's answer sentence, its passage's first, then for
+    hop 2 a sentence of the other passage retrieved with it; k3 retrieves its hop passage at its last step
+    (no step after: left out); k4 quotes nothing; the comparison is left out. 4 hops: one of each kind, 1 of
+    the 2 gold-passage quotes a first sentence, the answer in the first sentence of 1 of 4 (k2's hop 1)."""
+
+    def question(i: str, kind: str, *hops: tuple[str, list[str]]) -> QAExample:
+        decomposition = [SubQuestion(f"hop {a}?", a, supporting_ids=ids) for a, ids in hops]
+        return QAExample(i, "Q?", [hops[-1][0]], decomposition=decomposition, type=kind)
+
+    texts = {
+        "p0": "Zed lives here.",
+        "p1": "It is old. Annex is big. Ann founded it.",
+        "p3": "Bo wrote it. Bo was born in 1950.",
+        "p4": "It is cold. Its capital is Oslo.",
+        "p9": "Lima is warm.",
+        "p5": "Cy sings.",
+        "p6": "Cy is tall. Cy met Dee.",
+        "p8": "A was founded in 1901.",
+    }
+
+    def walked(*steps: tuple[str, list[str], str | None], done: bool = True) -> dict[str, object]:
+        built = [
+            Step(
+                index=n,
+                analysis=text,
+                query=None if answer else "q",
+                answer=answer,
+                passages=[Passage(pid, "t", texts[pid]) for pid in ids],
+            )
+            for n, (text, ids, answer) in enumerate(steps, start=1)
+        ]
+        status = TrajectoryStatus.ANSWERED if done else TrajectoryStatus.OUT_OF_STEPS
+        return {"trajectory": Trajectory("?", "Q?", built, built[-1].answer, status).to_dict()}
+
+    dev = {
+        "k1": question("k1", "compositional", ("Ann", ["p1"]), ("Rome", ["p2"])),
+        "k2": question("k2", "compositional", ("Bo", ["p3"]), ("Oslo", ["p4"])),
+        "k3": question("k3", "compositional", ("Cy", ["p5"]), ("Pisa", ["p7"])),
+        "k4": question("k4", "inference", ("Dee", ["p6"]), ("Eve", ["p7"])),
+        "m1": question("m1", "comparison", ("1901", ["p8"]), ("1902", ["p9"])),
+    }
+    cs = {
+        "k1": walked(
+            ("s", ["p1", "p0"], None),
+            ('For "hop Ann?" the passage says: "Annex is big."', [], None),
+            ("so", [], "Rome"),
+        ),
+        "k2": walked(
+            ("s", ["p3"], None),
+            ('The first document answers it: "Bo wrote it." So it is Bo.', ["p4", "p9"], None),
+            ('I found what I needed: "Lima is warm." Hence the answer is Lima.', [], "Lima"),
+        ),
+        "k3": walked(("s", ["p0"], None), ('"Zed lives here."', ["p5"], None), done=False),
+        "k4": walked(("s", ["p6"], None), ("No luck.", [], None), ("so", [], "x")),
+        "m1": walked(("s", ["p8"], None), ('"A was founded in 1901."', [], "A")),
+    }
+    untrained = {i: {"trajectory": None} for i in dev}
+    table = rl_gain.quotes_table({"R3-RAG-CS": cs, "untrained cot": untrained}, dev)
+    assert (
+        table.splitlines()[-1] == "| R3-RAG-CS | 4 | 1 (25%) | 1 (25%) | 1 (25%) | 1 (25%) | 1 of 2 | 25% |"
+    )
+    assert len(table.splitlines()) == 5  # no row for the system without trajectories
+
+
 def test_the_time_table_gives_each_phase_its_share_of_a_runs_iterations(rl_gain: ModuleType) -> None:
     first = {"iteration": 1, "time/iteration": 500.0, "time/rollout": 150.0, "time/update": 240.0}
     first.update({"time/policy_pass": 60.0, "time/reference_pass": 30.0})
