@@ -314,8 +314,9 @@ def test_the_quotes_table_says_which_sentence_the_step_after_a_hop_passage_quote
     """k1 quotes its sub-question (not a sentence), then "Annex is big.": another sentence of hop 1's passage
     (Ann not a whole word), not its first; k2 quotes hop 1's answer sentence, its passage's first, then for
     hop 2 a sentence of the other passage retrieved with it; k3 retrieves its hop passage at its last step
-    (no step after: left out); k4 quotes nothing; the comparison is left out. 4 hops: one of each kind, 1 of
-    the 2 gold-passage quotes a first sentence, the answer in the first sentence of 1 of 4 (k2's hop 1)."""
+    (no step after: left out); k4 quotes nothing; the comparison is left out. 4 hops: one of each kind, the
+    answer's sentence a first one, the other sentence not; the answer in the first sentence of 1 of 4 (k2's
+    hop 1)."""
 
     def question(i: str, kind: str, *hops: tuple[str, list[str]]) -> QAExample:
         decomposition = [SubQuestion(f"hop {a}?", a, supporting_ids=ids) for a, ids in hops]
@@ -370,9 +371,7 @@ def test_the_quotes_table_says_which_sentence_the_step_after_a_hop_passage_quote
     }
     untrained = {i: {"trajectory": None} for i in dev}
     table = rl_gain.quotes_table({"R3-RAG-CS": cs, "untrained cot": untrained}, dev)
-    assert (
-        table.splitlines()[-1] == "| R3-RAG-CS | 4 | 1 (25%) | 1 (25%) | 1 (25%) | 1 (25%) | 1 of 2 | 25% |"
-    )
+    assert table.splitlines()[-1] == "| R3-RAG-CS | 4 | 1 / 0 | 0 / 1 | 1 | 1 | 1 (25%) |"
     assert len(table.splitlines()) == 5  # no row for the system without trajectories
 
 
