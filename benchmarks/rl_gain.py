@@ -73,7 +73,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from rich.console import Console  # noqa: E402
 
-from r3rag.coldstart.phrasing import FOUND, split_sentences  # noqa: E402
+from r3rag.coldstart.phrasing import FOUND  # noqa: E402
 from r3rag.config import PPOConfig, WorldConfig  # noqa: E402
 from r3rag.data.datasets import load_dataset  # noqa: E402
 from r3rag.evaluation.config import EvalConfigBase  # noqa: E402
@@ -102,6 +102,7 @@ from r3rag.rl.ppo import (  # noqa: E402
 )
 from r3rag.runs import CONFIG_FILE  # noqa: E402
 from r3rag.schema import Passage, QAExample, Step, SubQuestion, Trajectory  # noqa: E402
+from r3rag.sentences import split_sentences  # noqa: E402
 
 BASE_DIR = "base"
 RUNS_DIR = "rl"

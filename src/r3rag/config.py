@@ -931,6 +931,13 @@ class PPOConfig(StageConfig):
         min_length=1,
         description="Temperature of the i-th trajectory of a question, cycled (official: 0.1 + 0.3 i).",
     )
+    shuffle_sentences: bool = Field(
+        False,
+        description="Reorder the sentences of every passage the rollout retrieves, in an order drawn per "
+        "passage and iteration (ours; r3rag.retrieval.shuffled), so where a fact sits in its passage says "
+        "nothing and the reward pays only reading the sentence that holds it. Dev evaluations read passages "
+        "as they are. Off: passages as the index holds them (official).",
+    )
     critic: Literal["separate", "shared"] = Field(
         "separate",
         description="separate: the critic is a copy of the actor with a value head (official). shared: a "

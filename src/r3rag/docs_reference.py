@@ -532,6 +532,15 @@ PPO_DETAILS = (
         "official RL rollout; must match R3-RAG-CS",
     ),
     PPODetail(
+        "sentence order",
+        "when on, each passage a rollout retrieves has its sentences in an order drawn per passage and "
+        "iteration, so no place in a passage is a shortcut to its answer; dev evaluations read passages as "
+        "indexed",
+        ("shuffle_sentences",),
+        "{0}",
+        "official: none; ours",
+    ),
+    PPODetail(
         "judges",
         "correctness (match, then an LLM if on), relevance",
         ("judges.correctness_match", "judges.correctness_llm", "judges.relevance"),

@@ -21,13 +21,14 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from r3rag.agent import select_passages
-from r3rag.coldstart.phrasing import Fact, Phraser, evidence_sentence, reformulations, split_sentences
+from r3rag.coldstart.phrasing import Fact, Phraser, evidence_sentence, reformulations
 from r3rag.coldstart.plans import Hop, Plan, PlanError, plan_for
 from r3rag.coldstart.records import Attempt, TeacherResult
 from r3rag.config import ColdStartConfig
 from r3rag.gold import GoldMatch, GoldSet, MatchRule
 from r3rag.retrieval.base import Retriever
 from r3rag.schema import Passage, QAExample, Step, Trajectory, TrajectoryStatus
+from r3rag.sentences import split_sentences
 from r3rag.steps import format_documents
 
 REJECTED = "rejected"

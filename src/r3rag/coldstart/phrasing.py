@@ -22,10 +22,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from r3rag.coldstart.plans import Hop, Plan
+from r3rag.sentences import split_sentences
 
-# A sentence ends at . ! or ? before a capital, a digit or a quote, unless the period ends an initial ("U.S.",
-# "John F. Kennedy").
-_SENTENCE_END = re.compile(r"(?<=[.!?])(?<!\b[A-Z]\.)\s+(?=[A-Z0-9\"'(])")
 _YEAR = re.compile(r"\b(\d{3,4})\b")
 _NTH = ("first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth")
 
@@ -147,10 +145,6 @@ class Fact:
 
     def to_dict(self) -> dict[str, object]:
         return {"step": self.step, "passage_id": self.passage_id, "sentence": self.sentence}
-
-
-def split_sentences(text: str) -> list[str]:
-    return [s.strip() for s in _SENTENCE_END.split(text) if s.strip()]
 
 
 def evidence_sentence(text: str, answer: str, hints: Sequence[str] = ()) -> str | None:

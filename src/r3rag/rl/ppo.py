@@ -66,6 +66,7 @@ from r3rag.llm.hf import HFGenerator
 from r3rag.lora import merged
 from r3rag.packing import Batch, Sample, collate, length_groups, pack_samples
 from r3rag.retrieval.base import Retriever
+from r3rag.retrieval.shuffled import SentenceShuffledRetriever
 from r3rag.rewards.judges import CorrectnessJudge
 from r3rag.rl.dev_eval import evaluate
 from r3rag.rl.draws import epoch_order
@@ -369,6 +370,15 @@ class PPOTrainer:
         next_end = now - started + (now - iter_started) + (self._eval_seconds if self.dev_examples else 0.0)
         return next_end / 60 > budget
 
+    def rollout_retriever(self, iteration: int) -> Retriever:
+        """What an iteration's rollout searches: the index, or with ``shuffle_sentences`` the index with each
+        passage's sentences in an order drawn for that iteration (dev evaluations search the index)."""
+        if not self.config.shuffle_sentences:
+            return self.retriever
+        return SentenceShuffledRetriever(
+            self.retriever, runs.derive_seed(self.config.seed, "sentences", iteration)
+        )
+
     def iteration(self, iteration: int, bar: tqdm[Any] | None = None) -> dict[str, Any]:
         """Rollout, samples, experience, update: one PPO iteration; returns its metrics."""
         c = self.config
@@ -387,7 +397,10 @@ class PPOTrainer:
             }
         )
         rollout = collect(
-            Agent(self._generator(), self.retriever, agent_config), self.scorer, examples, temperatures
+            Agent(self._generator(), self.rollout_retriever(iteration), agent_config),
+            self.scorer,
+            examples,
+            temperatures,
         )
         self._write_trajectories(
             self.out / ROLLOUTS_DIR / f"iter-{iteration:05d}.jsonl", rollout.trajectories, rollout
