@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import warnings
+from functools import partial
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -258,37 +259,42 @@ def test_the_bridge_table_averages_the_share_of_bridges_named_per_type(rl_gain: 
     ]
 
 
+def hop_question(i: str, kind: str, *hops: tuple[str, list[str]]) -> QAExample:
+    """A question of ``kind`` whose gold hops are (answer, gold passage ids), the last answer its gold."""
+    decomposition = [SubQuestion(f"hop {a}?", a, supporting_ids=ids) for a, ids in hops]
+    return QAExample(i, "Q?", [hops[-1][0]], decomposition=decomposition, type=kind)
+
+
+def walked(
+    *steps: tuple[str, list[str], str | None], texts: dict[str, str] | None = None, done: bool = True
+) -> dict[str, object]:
+    """A prediction record whose trajectory has these (analysis, passage ids retrieved, answer) steps; each
+    passage's text from ``texts`` ("x" without)."""
+    built = [
+        Step(
+            index=n,
+            analysis=text,
+            query=None if answer else "q",
+            answer=answer,
+            passages=[Passage(pid, "t", (texts or {}).get(pid, "x")) for pid in ids],
+        )
+        for n, (text, ids, answer) in enumerate(steps, start=1)
+    ]
+    status = TrajectoryStatus.ANSWERED if done else TrajectoryStatus.OUT_OF_STEPS
+    return {"trajectory": Trajectory("?", "Q?", built, built[-1].answer, status).to_dict()}
+
+
 def test_the_hops_table_follows_each_reading_question_to_the_first_hop_not_read(rl_gain: ModuleType) -> None:
     """k1 reads hop 1 (Ann, after retrieving p1) and never retrieves hop 2's passage (its answer a guess);
     k2 retrieves hop 1's passage but names Bo only before it ("Boston" after it is not Bo); c1 reads all
     three hops. A comparison and a question with a hop lacking gold passages are left out: hop 1 3 / 3 / 2,
     hop 2 2 / 1 / 1, hop 3 1 / 1 / 1."""
-
-    def question(i: str, kind: str, *hops: tuple[str, list[str]]) -> QAExample:
-        decomposition = [SubQuestion(f"hop {a}?", a, supporting_ids=ids) for a, ids in hops]
-        return QAExample(i, "Q?", [hops[-1][0]], decomposition=decomposition, type=kind)
-
-    def walked(*steps: tuple[str, list[str], str | None]) -> dict[str, object]:
-        built = [
-            Step(
-                index=n,
-                analysis=text,
-                query=None if answer else "q",
-                answer=answer,
-                passages=[Passage(pid, "t", "x") for pid in ids],
-            )
-            for n, (text, ids, answer) in enumerate(steps, start=1)
-        ]
-        return {
-            "trajectory": Trajectory("?", "Q?", built, built[-1].answer, TrajectoryStatus.ANSWERED).to_dict()
-        }
-
     dev = {
-        "k1": question("k1", "compositional", ("Ann", ["p1"]), ("Rome", ["p2"])),
-        "k2": question("k2", "compositional", ("Bo", ["p3"]), ("Oslo", ["p4"])),
-        "c1": question("c1", "chain", ("Cy", ["p5"]), ("Dee", ["p6"]), ("Paris", ["p7"])),
-        "m1": question("m1", "comparison", ("1901", ["p8"]), ("1902", ["p9"])),
-        "n1": question("n1", "compositional", ("Eve", ["p1"]), ("Lima", [])),
+        "k1": hop_question("k1", "compositional", ("Ann", ["p1"]), ("Rome", ["p2"])),
+        "k2": hop_question("k2", "compositional", ("Bo", ["p3"]), ("Oslo", ["p4"])),
+        "c1": hop_question("c1", "chain", ("Cy", ["p5"]), ("Dee", ["p6"]), ("Paris", ["p7"])),
+        "m1": hop_question("m1", "comparison", ("1901", ["p8"]), ("1902", ["p9"])),
+        "n1": hop_question("n1", "compositional", ("Eve", ["p1"]), ("Lima", [])),
     }
     cs = {
         "k1": walked(("search", ["p1"], None), ("Ann founded it.", ["p0"], None), ("so", [], "Rome")),
@@ -317,11 +323,6 @@ def test_the_quotes_table_says_which_sentence_the_step_after_a_hop_passage_quote
     (no step after: left out); k4 quotes nothing; the comparison is left out. 4 hops: one of each kind, the
     answer's sentence a first one, the other sentence not; the answer in the first sentence of 1 of 4 (k2's
     hop 1)."""
-
-    def question(i: str, kind: str, *hops: tuple[str, list[str]]) -> QAExample:
-        decomposition = [SubQuestion(f"hop {a}?", a, supporting_ids=ids) for a, ids in hops]
-        return QAExample(i, "Q?", [hops[-1][0]], decomposition=decomposition, type=kind)
-
     texts = {
         "p0": "Zed lives here.",
         "p1": "It is old. Annex is big. Ann founded it.",
@@ -332,42 +333,29 @@ def test_the_quotes_table_says_which_sentence_the_step_after_a_hop_passage_quote
         "p6": "Cy is tall. Cy met Dee.",
         "p8": "A was founded in 1901.",
     }
-
-    def walked(*steps: tuple[str, list[str], str | None], done: bool = True) -> dict[str, object]:
-        built = [
-            Step(
-                index=n,
-                analysis=text,
-                query=None if answer else "q",
-                answer=answer,
-                passages=[Passage(pid, "t", texts[pid]) for pid in ids],
-            )
-            for n, (text, ids, answer) in enumerate(steps, start=1)
-        ]
-        status = TrajectoryStatus.ANSWERED if done else TrajectoryStatus.OUT_OF_STEPS
-        return {"trajectory": Trajectory("?", "Q?", built, built[-1].answer, status).to_dict()}
+    quoting = partial(walked, texts=texts)
 
     dev = {
-        "k1": question("k1", "compositional", ("Ann", ["p1"]), ("Rome", ["p2"])),
-        "k2": question("k2", "compositional", ("Bo", ["p3"]), ("Oslo", ["p4"])),
-        "k3": question("k3", "compositional", ("Cy", ["p5"]), ("Pisa", ["p7"])),
-        "k4": question("k4", "inference", ("Dee", ["p6"]), ("Eve", ["p7"])),
-        "m1": question("m1", "comparison", ("1901", ["p8"]), ("1902", ["p9"])),
+        "k1": hop_question("k1", "compositional", ("Ann", ["p1"]), ("Rome", ["p2"])),
+        "k2": hop_question("k2", "compositional", ("Bo", ["p3"]), ("Oslo", ["p4"])),
+        "k3": hop_question("k3", "compositional", ("Cy", ["p5"]), ("Pisa", ["p7"])),
+        "k4": hop_question("k4", "inference", ("Dee", ["p6"]), ("Eve", ["p7"])),
+        "m1": hop_question("m1", "comparison", ("1901", ["p8"]), ("1902", ["p9"])),
     }
     cs = {
-        "k1": walked(
+        "k1": quoting(
             ("s", ["p1", "p0"], None),
             ('For "hop Ann?" the passage says: "Annex is big."', [], None),
             ("so", [], "Rome"),
         ),
-        "k2": walked(
+        "k2": quoting(
             ("s", ["p3"], None),
             ('The first document answers it: "Bo wrote it." So it is Bo.', ["p4", "p9"], None),
             ('I found what I needed: "Lima is warm." Hence the answer is Lima.', [], "Lima"),
         ),
-        "k3": walked(("s", ["p0"], None), ('"Zed lives here."', ["p5"], None), done=False),
-        "k4": walked(("s", ["p6"], None), ("No luck.", [], None), ("so", [], "x")),
-        "m1": walked(("s", ["p8"], None), ('"A was founded in 1901."', [], "A")),
+        "k3": quoting(("s", ["p0"], None), ('"Zed lives here."', ["p5"], None), done=False),
+        "k4": quoting(("s", ["p6"], None), ("No luck.", [], None), ("so", [], "x")),
+        "m1": quoting(("s", ["p8"], None), ('"A was founded in 1901."', [], "A")),
     }
     untrained = {i: {"trajectory": None} for i in dev}
     table = rl_gain.quotes_table({"R3-RAG-CS": cs, "untrained cot": untrained}, dev)
