@@ -576,6 +576,18 @@ def retrieving_step(hop: SubQuestion, steps: Sequence[Step]) -> int | None:
     return next((n for n, s in enumerate(steps) if gold & {p.id for p in s.passages}), None)
 
 
+def walkable(dev: dict[str, QAExample]) -> set[str]:
+    """The questions that need reading (every type but :data:`TWO_WAY_TYPES`) whose every gold hop names
+    its gold passages: those the hops and quotes tables follow."""
+    return {
+        i
+        for i, ex in dev.items()
+        if ex.type not in TWO_WAY_TYPES
+        and ex.decomposition
+        and all(h.supporting_ids for h in ex.decomposition)
+    }
+
+
 def hops_read(example: QAExample, trajectory: Trajectory) -> list[tuple[bool, bool]]:
     """How far a trajectory got along a question's gold hops, in order: for each hop it reached (every
     earlier hop read), whether some step retrieved one of the hop's gold passages, and whether a later step
@@ -601,13 +613,7 @@ def hops_table(by_system: dict[str, dict[str, dict[str, Any]]], dev: dict[str, Q
     retrieved, and those whose hop answer a later step then named. Gold recall says whether the evidence
     was found; this says whether it was read: a model that retrieves a hop's passage and states another
     entity from it fails at reading, which gold recall counts as found."""
-    asked = {
-        i
-        for i, ex in dev.items()
-        if ex.type not in TWO_WAY_TYPES
-        and ex.decomposition
-        and all(h.supporting_ids for h in ex.decomposition)
-    }
+    asked = walkable(dev)
     depth = max((len(dev[i].decomposition) for i in asked), default=0)
     rows = []
     for name, records in by_system.items():
@@ -663,13 +669,7 @@ def quotes_table(by_system: dict[str, dict[str, dict[str, Any]]], dev: dict[str,
     right passage. The quotes of that passage are split by whether they are its first sentence: beside the
     share of those hops whose answer is in the first sentence, a run whose right quotes grew only among
     first sentences learnt a position, not to read the relation."""
-    asked = {
-        i
-        for i, ex in dev.items()
-        if ex.type not in TWO_WAY_TYPES
-        and ex.decomposition
-        and all(h.supporting_ids for h in ex.decomposition)
-    }
+    asked = walkable(dev)
     rows = []
     for name, records in by_system.items():
         counts: dict[tuple[str, bool] | None, int] = defaultdict(int)
