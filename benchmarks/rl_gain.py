@@ -650,12 +650,12 @@ def hop_quote(hop: SubQuestion, retrieved: Sequence[Passage], analysis: str) -> 
     "elsewhere" (a sentence of another passage); ``first``: whether it is its passage's first sentence.
     None when it quoted no sentence of them."""
     answer = normalize_answer(hop.answer)
-    for quote in QUOTED.findall(analysis):
+    for quote in (q.strip() for q in QUOTED.findall(analysis)):
         for passage in retrieved:
             sentences = split_sentences(passage.text)
-            if quote.strip() not in sentences:
+            if quote not in sentences:
                 continue
-            first = sentences.index(quote.strip()) == 0
+            first = sentences.index(quote) == 0
             if passage.id not in hop.supporting_ids:
                 return "elsewhere", first
             return ("answer" if names_entity(normalize_answer(quote), answer) else "other"), first
