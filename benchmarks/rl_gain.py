@@ -17,8 +17,9 @@ Runs, into one folder (every part resumes, every finished part is skipped on a r
    iteration (what its rollouts did, what its update cost in KL), where each run's time went (generation,
    the log-prob passes, the update), where the questions that need reading break along their gold hops
    (each hop's passage retrieved, then its answer named) and which sentence the step after a hop's passage
-   quoted (the answer's, another of that passage, its first), and the side each system's answers take on the
-   comparisons (yes / no, first / second entity) against the gold's sides and the best constant answer;
+   quoted (the answer's, another of that passage and whether it holds a year for a name, its first), and
+   the side each system's answers take on the comparisons (yes / no, first / second entity) against the
+   gold's sides and the best constant answer;
    ``curves.png``: KL, beta, format errors and reward of every run against its minutes.
 
 A run is named by its configuration, budget and seed (``rloo-hybrid-kl0.03-60min-s1``). ``--kl-target``
@@ -64,7 +65,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import accumulate
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import yaml
 
@@ -643,12 +644,27 @@ QUOTED = re.compile(r'"([^"]+)"')
 """A quotation in a step's analysis: the oracle teacher quotes the sentence it read (and sub-questions)."""
 
 
-def hop_quote(hop: SubQuestion, retrieved: Sequence[Passage], analysis: str) -> tuple[str, bool] | None:
+YEAR_ANSWER = re.compile(r"\d{3,4}")
+"""A normalised answer that is a year: the synthetic world's dates (founded, released, born in...)."""
+YEAR_IN_TEXT = re.compile(r"\b\d{3,4}\b")
+"""A year within a sentence."""
+
+
+class Quote(NamedTuple):
+    """The sentence a step quoted from the passages just retrieved (:func:`hop_quote`)."""
+
+    kind: str
+    """"answer" (the gold passage's sentence naming the hop's answer), "other" (another sentence of the
+    gold passage) or "elsewhere" (a sentence of another passage)."""
+    first: bool
+    """Whether it is its passage's first sentence."""
+    sentence: str
+
+
+def hop_quote(hop: SubQuestion, retrieved: Sequence[Passage], analysis: str) -> Quote | None:
     """Which sentence a step read after the step that retrieved a hop's gold passage: the first quotation in
-    its analysis that is a whole sentence of one of those passages, as ``(kind, first)``: kind "answer" (the
-    gold passage's sentence naming the hop's answer), "other" (another sentence of the gold passage) or
-    "elsewhere" (a sentence of another passage); ``first``: whether it is its passage's first sentence.
-    None when it quoted no sentence of them."""
+    its analysis that is a whole sentence of one of those passages. None when it quoted no sentence of
+    them."""
     answer = normalize_answer(hop.answer)
     for quote in (q.strip() for q in QUOTED.findall(analysis)):
         for passage in retrieved:
@@ -657,8 +673,8 @@ def hop_quote(hop: SubQuestion, retrieved: Sequence[Passage], analysis: str) -> 
                 continue
             first = sentences.index(quote) == 0
             if passage.id not in hop.supporting_ids:
-                return "elsewhere", first
-            return ("answer" if names_entity(normalize_answer(quote), answer) else "other"), first
+                return Quote("elsewhere", first, quote)
+            return Quote("answer" if names_entity(normalize_answer(quote), answer) else "other", first, quote)
     return None
 
 
@@ -668,12 +684,14 @@ def quotes_table(by_system: dict[str, dict[str, dict[str, Any]]], dev: dict[str,
     passage (:func:`hop_quote`). Retrieved but not read (the hops table) is mostly a wrong sentence of the
     right passage. The quotes of that passage are split by whether they are its first sentence: beside the
     share of those hops whose answer is in the first sentence, a run whose right quotes grew only among
-    first sentences learnt a position, not to read the relation."""
+    first sentences learnt a position, not to read the relation. The other sentences of that passage that
+    hold a year where the hop's answer is not one tell a misread value's kind (a release year for a label)
+    from a misread relation of the same kind (the director for the producer)."""
     asked = walkable(dev)
     rows = []
     for name, records in by_system.items():
         counts: dict[tuple[str, bool] | None, int] = defaultdict(int)
-        first_answers = 0
+        first_answers = years_for_names = 0
         for i in asked & records.keys():
             if records[i].get("trajectory") is None:
                 continue
@@ -686,7 +704,14 @@ def quotes_table(by_system: dict[str, dict[str, dict[str, Any]]], dev: dict[str,
                 passages = steps[found].passages
                 quote = hop_quote(hop, passages, steps[found + 1].analysis)
                 # another passage's sentence is counted whatever its place
-                counts[None if quote is None else (quote[0], quote[0] != "elsewhere" and quote[1])] += 1
+                place = None if quote is None else (quote.kind, quote.kind != "elsewhere" and quote.first)
+                counts[place] += 1
+                years_for_names += (
+                    quote is not None
+                    and quote.kind == "other"
+                    and YEAR_IN_TEXT.search(quote.sentence) is not None
+                    and not YEAR_ANSWER.fullmatch(normalize_answer(hop.answer))
+                )
                 gold = next(p for p in passages if p.id in hop.supporting_ids)
                 sentences = split_sentences(gold.text)
                 first_answers += bool(sentences) and names_entity(
@@ -700,6 +725,7 @@ def quotes_table(by_system: dict[str, dict[str, dict[str, Any]]], dev: dict[str,
                 name,
                 str(hops),
                 *(f"{counts[(kind, True)]} / {counts[(kind, False)]}" for kind in ("answer", "other")),
+                str(years_for_names),
                 str(counts[("elsewhere", False)]),
                 str(counts[None]),
                 f"{first_answers} ({100 * first_answers / hops:.0f}%)",
@@ -708,7 +734,8 @@ def quotes_table(by_system: dict[str, dict[str, dict[str, Any]]], dev: dict[str,
     if not rows:
         return ""
     header = ["system", "hop passages retrieved, a step after", "the answer's sentence: first / later"]
-    header += ["another sentence of it: first / later", "another passage's sentence", "none quoted"]
+    header += ["another sentence of it: first / later", "of them, a year for an answer that is not one"]
+    header += ["another passage's sentence", "none quoted"]
     header += ["hops whose answer is in the first sentence"]
     return (
         "What the step after a hop's gold passage came quoted, along the reading questions' hops as far as "
@@ -851,10 +878,6 @@ def comparing_table(by_system: dict[str, dict[str, dict[str, Any]]], dev: dict[s
         "younger / newer: the later): final steps that state a year for each entity, and the answers that "
         "take the entity those years make right, or the other one:\n\n" + markdown_table(header, rows)
     )
-
-
-YEAR_ANSWER = re.compile(r"\d{3,4}")
-"""A normalised answer that is a year: the synthetic world's dates (founded, released, born in...)."""
 
 
 def phrasing_pattern(template: str) -> re.Pattern[str]:

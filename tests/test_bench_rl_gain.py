@@ -320,9 +320,10 @@ def test_the_quotes_table_says_which_sentence_the_step_after_a_hop_passage_quote
     """k1 quotes its sub-question (not a sentence), then "Annex is big.": another sentence of hop 1's passage
     (Ann not a whole word), not its first; k2 quotes hop 1's answer sentence, its passage's first, then for
     hop 2 a sentence of the other passage retrieved with it; k3 retrieves its hop passage at its last step
-    (no step after: left out); k4 quotes nothing; the comparison is left out. 4 hops: one of each kind, the
-    answer's sentence a first one, the other sentence not; the answer in the first sentence of 1 of 4 (k2's
-    hop 1)."""
+    (no step after: left out); k4 quotes nothing; k5 quotes a year of its hop's passage for a name, k6 another
+    year for a year (not a year for a name); the comparison is left out. 6 hops: the answer's sentence once
+    (a first one), another sentence of the hop's passage three times (none first), one of them a year for a
+    name; the answer in the first sentence of 3 of 6 (k2's hop 1, k5, k6)."""
     texts = {
         "p0": "Zed lives here.",
         "p1": "It is old. Annex is big. Ann founded it.",
@@ -332,6 +333,8 @@ def test_the_quotes_table_says_which_sentence_the_step_after_a_hop_passage_quote
         "p5": "Cy sings.",
         "p6": "Cy is tall. Cy met Dee.",
         "p8": "A was founded in 1901.",
+        "p10": "Kim sang it. It came out in 1977.",
+        "p11": "It came out in 1977. It sold well in 1980.",
     }
     quoting = partial(walked, texts=texts)
 
@@ -340,6 +343,8 @@ def test_the_quotes_table_says_which_sentence_the_step_after_a_hop_passage_quote
         "k2": hop_question("k2", "compositional", ("Bo", ["p3"]), ("Oslo", ["p4"])),
         "k3": hop_question("k3", "compositional", ("Cy", ["p5"]), ("Pisa", ["p7"])),
         "k4": hop_question("k4", "inference", ("Dee", ["p6"]), ("Eve", ["p7"])),
+        "k5": hop_question("k5", "compositional", ("Kim", ["p10"]), ("Rome", ["p2"])),
+        "k6": hop_question("k6", "compositional", ("1977", ["p11"]), ("Rome", ["p2"])),
         "m1": hop_question("m1", "comparison", ("1901", ["p8"]), ("1902", ["p9"])),
     }
     cs = {
@@ -355,11 +360,13 @@ def test_the_quotes_table_says_which_sentence_the_step_after_a_hop_passage_quote
         ),
         "k3": quoting(("s", ["p0"], None), ('"Zed lives here."', ["p5"], None), done=False),
         "k4": quoting(("s", ["p6"], None), ("No luck.", [], None), ("so", [], "x")),
+        "k5": quoting(("s", ["p10"], None), ('It says "It came out in 1977." So 1977.', [], "1977")),
+        "k6": quoting(("s", ["p11"], None), ('It says "It sold well in 1980." So 1980.', [], "1980")),
         "m1": quoting(("s", ["p8"], None), ('"A was founded in 1901."', [], "A")),
     }
     untrained = {i: {"trajectory": None} for i in dev}
     table = rl_gain.quotes_table({"R3-RAG-CS": cs, "untrained cot": untrained}, dev)
-    assert table.splitlines()[-1] == "| R3-RAG-CS | 4 | 1 / 0 | 0 / 1 | 1 | 1 | 1 (25%) |"
+    assert table.splitlines()[-1] == "| R3-RAG-CS | 6 | 1 / 0 | 0 / 3 | 1 | 1 | 1 | 3 (50%) |"
     assert len(table.splitlines()) == 5  # no row for the system without trajectories
 
 
