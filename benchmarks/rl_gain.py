@@ -644,10 +644,9 @@ QUOTED = re.compile(r'"([^"]+)"')
 """A quotation in a step's analysis: the oracle teacher quotes the sentence it read (and sub-questions)."""
 
 
-YEAR_ANSWER = re.compile(r"\d{3,4}")
-"""A normalised answer that is a year: the synthetic world's dates (founded, released, born in...)."""
-YEAR_IN_TEXT = re.compile(r"\b\d{3,4}\b")
-"""A year within a sentence."""
+YEAR = re.compile(r"\b\d{3,4}\b")
+"""A year, the synthetic world's dates (founded, released, born in...): ``fullmatch`` for a normalised
+answer that is one, ``search`` for one within a sentence."""
 
 
 class Quote(NamedTuple):
@@ -709,8 +708,8 @@ def quotes_table(by_system: dict[str, dict[str, dict[str, Any]]], dev: dict[str,
                 years_for_names += (
                     quote is not None
                     and quote.kind == "other"
-                    and YEAR_IN_TEXT.search(quote.sentence) is not None
-                    and not YEAR_ANSWER.fullmatch(normalize_answer(hop.answer))
+                    and YEAR.search(quote.sentence) is not None
+                    and not YEAR.fullmatch(normalize_answer(hop.answer))
                 )
                 gold = next(p for p in passages if p.id in hop.supporting_ids)
                 sentences = split_sentences(gold.text)
@@ -835,7 +834,7 @@ def asks_earlier(question: str, names: tuple[str, str]) -> bool | None:
 def stated_year(analysis: str, entity: str) -> int | None:
     """The year a step states for an entity: the first mention of it followed, within a few words and no other
     number, by a year ("A gives 1938", "A: 1938", "A has 1938")."""
-    match = re.search(re.escape(entity) + r"[^0-9]{0,25}?\b(\d{3,4})\b", analysis)
+    match = re.search(re.escape(entity) + rf"[^0-9]{{0,25}}?({YEAR.pattern})", analysis)
     return int(match[1]) if match else None
 
 
@@ -900,13 +899,12 @@ def reading_table(by_system: dict[str, dict[str, dict[str, Any]]], dev: dict[str
     asked = {
         i
         for i, ex in dev.items()
-        if ex.type not in TWO_WAY_TYPES
-        and not any(YEAR_ANSWER.fullmatch(normalize_answer(a)) for a in ex.answers)
+        if ex.type not in TWO_WAY_TYPES and not any(YEAR.fullmatch(normalize_answer(a)) for a in ex.answers)
     }
     rows = []
     for name, records in by_system.items():
         answers = [records[i].get("prediction") for i in asked & set(records)]
-        years = sum(bool(YEAR_ANSWER.fullmatch(normalize_answer(a or ""))) for a in answers)
+        years = sum(bool(YEAR.fullmatch(normalize_answer(a or ""))) for a in answers)
         phrasings: dict[int, int] = defaultdict(int)
         for record in records.values():
             steps = (record.get("trajectory") or {}).get("steps", [])
