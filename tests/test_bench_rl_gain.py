@@ -166,9 +166,25 @@ def test_the_sft_seed_reaches_the_base_and_defaults_to_the_sft_configs(rl_gain: 
     assert rl_gain.base_config(0, 200, 768, tiny=False).sft.seed == SFTConfig.model_fields["seed"].default
 
 
-def test_sft_trains_on_every_cold_start_example_unless_told_how_many(rl_gain: ModuleType) -> None:
+def test_sft_trains_on_every_cold_start_example_unless_told_how_many(
+    rl_gain: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     assert rl_gain.base_config(0, 200, None, tiny=False).sft.max_examples is None  # not the quickstart's 384
     assert rl_gain.base_config(0, 200, 768, tiny=False).sft.max_examples == 768
+
+    class Built(Exception):
+        """Raised with the examples main asked for: the configuration is all this test needs."""
+
+    def build(*args: object) -> None:
+        raise Built(args[2])
+
+    monkeypatch.setattr(rl_gain, "base_config", build)
+    asked = []
+    for flags in ([], ["--sft-examples", "768"]):
+        with pytest.raises(Built) as built:
+            rl_gain.main(["--out", str(tmp_path), "--report-only", *flags])
+        asked.append(built.value.args[0])
+    assert asked == [None, 768]
 
 
 def test_set_reaches_nested_fields_and_names_a_missing_one(rl_gain: ModuleType, tmp_path: Path) -> None:
