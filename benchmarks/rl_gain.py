@@ -71,6 +71,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import yaml
+from pydantic import ValidationError
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -137,13 +138,18 @@ REWARD_MODES = ("hybrid", "outcome", "process")
 
 
 def base_config(
-    world_seed: int, dev_questions: int, sft_examples: int | None, tiny: bool, sft_seed: int | None = None
+    world_seed: int,
+    dev_questions: int,
+    sft_examples: int | None,
+    tiny: bool,
+    sft_seed: int | None = None,
+    sft_epochs: float | None = None,
 ) -> PipelineConfig:
     """The quickstart's ``small`` preset on the default world's full question mix (every type: 2-hop,
     chains, inference, comparisons), seeded; SFT on ``sft_examples`` examples (None: every one; the
-    quickstart's 384 is its time budget), drawn and ordered by ``sft_seed`` (None: the SFT config's own);
-    the baselines are RAG with CoT and IRCoT, every evaluation on the first ``dev_questions`` dev
-    questions."""
+    quickstart's 384 is its time budget), drawn and ordered by ``sft_seed`` (None: the SFT config's own),
+    for ``sft_epochs`` passes (None: the preset's one); the baselines are RAG with CoT and IRCoT, every
+    evaluation on the first ``dev_questions`` dev questions."""
     preset = PipelineConfig.preset("tiny" if tiny else "small").model_dump()
     world = preset["world"] | {"seed": world_seed}
     if not tiny:
@@ -154,7 +160,8 @@ def base_config(
         "world": world,
         "sft": preset["sft"]
         | ({} if tiny else {"max_examples": sft_examples})
-        | ({} if sft_seed is None else {"seed": sft_seed}),
+        | ({} if sft_seed is None else {"seed": sft_seed})
+        | ({} if sft_epochs is None else {"epochs": sft_epochs}),
         "eval": preset["eval"] | {"methods": ["rag-cot", "ircot"]},
         "eval_questions": dev_questions,
     }
@@ -1089,6 +1096,13 @@ def main(argv: list[str] | None = None) -> int:
         "R3-RAG-CS moves with it: another base to measure RL from, in its own --out folder.",
     )
     parser.add_argument(
+        "--sft-epochs",
+        type=float,
+        default=None,
+        help="Passes of the SFT stage over its examples (default: the CPU preset's 1). Another base, in its "
+        "own --out folder.",
+    )
+    parser.add_argument(
         "--variant", action="append", choices=sorted(VARIANTS), default=[], help="RL variant."
     )
     parser.add_argument("--reward", action="append", choices=REWARD_MODES, default=[], help="Reward mode.")
@@ -1174,14 +1188,24 @@ def main(argv: list[str] | None = None) -> int:
 
         torch.set_num_threads(args.threads)
     console = Console(stderr=True, highlight=False, soft_wrap=True)
-    config = base_config(args.world_seed, args.dev_questions, args.sft_examples, args.tiny, args.sft_seed)
+
+    def base(world_seed: int) -> PipelineConfig:
+        """The base's configuration on ``world_seed``, a value no field takes refused as a usage error."""
+        try:
+            return base_config(
+                world_seed, args.dev_questions, args.sft_examples, args.tiny, args.sft_seed, args.sft_epochs
+            )
+        except ValidationError as error:
+            first = error.errors()[0]
+            field = ".".join(str(part) for part in first["loc"])
+            parser.error(f"the base's {field}: {first['msg']} (got {first['input']!r})")
+
+    config = base(args.world_seed)
     out: Path = args.out
     preface = ""
     if args.transfer_world is not None:
         trained_in, out = out, out / f"transfer-{args.transfer_world}"
-        config = base_config(
-            args.transfer_world, args.dev_questions, args.sft_examples, args.tiny, args.sft_seed
-        )
+        config = base(args.transfer_world)
         preface = (
             f"The models of `{trained_in}` (trained on world seed {args.world_seed}) on another world's "
             "questions; the rollout, iteration and time tables are their training's.\n\n"

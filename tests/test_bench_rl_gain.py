@@ -21,6 +21,7 @@ from r3rag.config import SFTConfig
 from r3rag.data.datasets import load_dataset
 from r3rag.evaluation.runner import read_records
 from r3rag.jsonl import iter_jsonl
+from r3rag.pipeline_config import PipelineConfig
 from r3rag.schema import Passage, QAExample, Step, SubQuestion, Trajectory, TrajectoryStatus
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -150,6 +151,8 @@ def rl_gain(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
         (["--set", "ppo_epochs=1", "--tag", "E1 x"], "use lowercase letters"),
         (["--transfer-world", "0"], "is the world the models were trained on"),
         (["--transfer-world", "4", "--variant", "rloo"], "--transfer-world trains nothing"),
+        (["--sft-epochs", "0"], "the base's sft.epochs: Input should be greater than 0 (got 0.0)"),
+        (["--sft-examples", "0"], "the base's sft.max_examples: Input should be greater than or equal to 1"),
     ],
 )
 def test_bad_arguments_are_refused_before_anything_runs(
@@ -166,6 +169,15 @@ def test_the_sft_seed_reaches_the_base_and_defaults_to_the_sft_configs(rl_gain: 
     assert rl_gain.base_config(0, 200, 768, tiny=False).sft.seed == SFTConfig.model_fields["seed"].default
 
 
+def test_sft_epochs_reach_the_base_and_default_to_the_presets_one(rl_gain: ModuleType) -> None:
+    assert rl_gain.base_config(0, 200, None, tiny=False, sft_epochs=2.0).sft.epochs == 2.0
+    assert (
+        rl_gain.base_config(0, 200, None, tiny=False).sft.epochs
+        == PipelineConfig.preset("small").sft.epochs
+        == 1
+    )
+
+
 def test_sft_trains_on_every_cold_start_example_unless_told_how_many(
     rl_gain: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -176,15 +188,15 @@ def test_sft_trains_on_every_cold_start_example_unless_told_how_many(
         """Raised with the examples main asked for: the configuration is all this test needs."""
 
     def build(*args: object) -> None:
-        raise Built(args[2])
+        raise Built(args[2], args[5])  # the examples, the epochs
 
     monkeypatch.setattr(rl_gain, "base_config", build)
     asked = []
-    for flags in ([], ["--sft-examples", "768"]):
+    for flags in ([], ["--sft-examples", "768"], ["--sft-epochs", "2"]):
         with pytest.raises(Built) as built:
             rl_gain.main(["--out", str(tmp_path), "--report-only", *flags])
-        asked.append(built.value.args[0])
-    assert asked == [None, 768]
+        asked.append(built.value.args)
+    assert asked == [(None, None), (768, None), (None, 2.0)]
 
 
 def test_set_reaches_nested_fields_and_names_a_missing_one(rl_gain: ModuleType, tmp_path: Path) -> None:
