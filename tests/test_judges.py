@@ -370,13 +370,13 @@ RULES = {
     "ANS-BAD": Reply("Another city.\nVerdict: incorrect"),
     "ANS-GARBLED": Reply("It might be right, hard to say."),
     "ANS-CUT": Reply("The candidate names", finish_reason="length"),
-    "ANS-SLOW": Reply("Verdict: correct", delay_s=5.0),
+    "ANS-SLOW": Reply("Verdict: correct", delay_s=60.0),
     "ANS-BROKEN": Reply(status=500),
     "ANS-CACHED": Reply("Verdict: correct"),
     "DOC-GOOD": Reply("States the birthplace.\nScore: 0.7"),
     "DOC-HIGH": Reply("Score: 9"),
     "DOC-GARBLED": Reply("Very useful documents."),
-    "DOC-SLOW": Reply("Score: 1.0", delay_s=5.0),
+    "DOC-SLOW": Reply("Score: 1.0", delay_s=60.0),
     "DOC-BROKEN": Reply(status=503),
 }
 
@@ -389,8 +389,10 @@ def server() -> Iterator[ScriptedOpenAIServer]:
 
 @pytest.fixture
 def config(server: ScriptedOpenAIServer) -> JudgeConfig:
+    # the timeout leaves a loaded machine seconds for the prompt replies (0.5 s timed them out there); the
+    # slow ones stall far past it (until the server shuts down), so which reply times out is never a race
     return JudgeConfig(
-        endpoint=server.base_url, model="stub-judge", timeout_s=0.5, max_retries=0, concurrency=8
+        endpoint=server.base_url, model="stub-judge", timeout_s=3.0, max_retries=0, concurrency=8
     )
 
 
