@@ -178,7 +178,7 @@ def test_sft_epochs_reach_the_base_and_default_to_the_presets_one(rl_gain: Modul
     )
 
 
-def test_sft_trains_on_every_cold_start_example_unless_told_how_many(
+def test_sft_trains_two_epochs_on_every_cold_start_example_unless_told_otherwise(
     rl_gain: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     assert rl_gain.base_config(0, 200, None, tiny=False).sft.max_examples is None  # not the quickstart's 384
@@ -192,11 +192,11 @@ def test_sft_trains_on_every_cold_start_example_unless_told_how_many(
 
     monkeypatch.setattr(rl_gain, "base_config", build)
     asked = []
-    for flags in ([], ["--sft-examples", "768"], ["--sft-epochs", "2"]):
+    for flags in ([], ["--sft-examples", "768"], ["--sft-epochs", "1"]):
         with pytest.raises(Built) as built:
             rl_gain.main(["--out", str(tmp_path), "--report-only", *flags])
         asked.append(built.value.args)
-    assert asked == [(None, None), (768, None), (None, 2.0)]
+    assert asked == [(None, 2.0), (768, 2.0), (None, 1.0)]
 
 
 def test_set_reaches_nested_fields_and_names_a_missing_one(rl_gain: ModuleType, tmp_path: Path) -> None:
