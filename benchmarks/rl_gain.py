@@ -4,7 +4,7 @@ Runs, into one folder (every part resumes, every finished part is skipped on a r
 
 1. the base, with the quickstart's own stages: the world (``--world-seed``: a world the code was never tuned
    on), its BM25 index, the oracle cold-start data, SFT of the embedded SmolLM2 for two epochs on every
-   cold-start example (R3-RAG-CS; about 75 minutes alone on two cores; on world seed 0 it scores 57.0%, where
+   cold-start example (R3-RAG-CS; about 70 minutes alone on two cores; on world seed 0 it scores 57.0%, where
    one epoch, the default up to commit 47abb9c, takes 35 and scores 42.5%, and ``--sft-examples 768`` of one
    epoch, a quarter of the examples and the default up to commit abda86d, takes 11 and scores 21.0%), and the
    evaluations of the untrained model (RAG with CoT, IRCoT), of R3-RAG-CS, and of R3-RAG-CS made to answer
