@@ -185,7 +185,7 @@ def test_sft_trains_two_epochs_on_every_cold_start_example_unless_told_otherwise
     assert rl_gain.base_config(0, 200, 768, tiny=False).sft.max_examples == 768
 
     class Built(Exception):
-        """Raised with the examples main asked for: the configuration is all this test needs."""
+        """Raised with the examples and epochs main asked for: the configuration is all this test needs."""
 
     def build(*args: object) -> None:
         raise Built(args[2], args[5])  # the examples, the epochs
