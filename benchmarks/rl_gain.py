@@ -86,7 +86,7 @@ from r3rag.evaluation.config import EvalConfigBase  # noqa: E402
 from r3rag.evaluation.paired import compare  # noqa: E402
 from r3rag.evaluation.report import markdown_table  # noqa: E402
 from r3rag.evaluation.runner import PREDICTIONS_FILE, main_top_k, read_records  # noqa: E402
-from r3rag.flags import config_fields, flatten, nest, yaml_or_text  # noqa: E402
+from r3rag.flags import config_fields, flatten, nest, settings_errors, yaml_or_text  # noqa: E402
 from r3rag.jsonl import iter_jsonl  # noqa: E402
 from r3rag.pipeline import (  # noqa: E402
     Context,
@@ -1198,9 +1198,7 @@ def main(argv: list[str] | None = None) -> int:
                 world_seed, args.dev_questions, args.sft_examples, args.tiny, args.sft_seed, args.sft_epochs
             )
         except ValidationError as error:
-            first = error.errors()[0]
-            field = ".".join(str(part) for part in first["loc"])
-            parser.error(f"the base's {field}: {first['msg']} (got {first['input']!r})")
+            parser.error(settings_errors(error, {}, "the base's configuration"))
 
     config = base(args.world_seed)
     out: Path = args.out

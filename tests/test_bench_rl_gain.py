@@ -151,8 +151,11 @@ def rl_gain(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
         (["--set", "ppo_epochs=1", "--tag", "E1 x"], "use lowercase letters"),
         (["--transfer-world", "0"], "is the world the models were trained on"),
         (["--transfer-world", "4", "--variant", "rloo"], "--transfer-world trains nothing"),
-        (["--sft-epochs", "0"], "the base's sft.epochs: Input should be greater than 0 (got 0.0)"),
-        (["--sft-examples", "0"], "the base's sft.max_examples: Input should be greater than or equal to 1"),
+        (["--sft-epochs", "0"], "the base's configuration: sft.epochs: Input should be greater than 0"),
+        (
+            ["--sft-examples", "0"],
+            "the base's configuration: sft.max_examples: Input should be greater than or equal to 1",
+        ),
     ],
 )
 def test_bad_arguments_are_refused_before_anything_runs(
