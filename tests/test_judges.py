@@ -389,7 +389,7 @@ def server() -> Iterator[ScriptedOpenAIServer]:
 
 @pytest.fixture
 def config(server: ScriptedOpenAIServer) -> JudgeConfig:
-    # the timeout leaves a loaded machine seconds for the prompt replies (0.5 s timed them out there); the
+    # the timeout leaves a loaded machine seconds for the quick replies (0.5 s timed them out there); the
     # slow ones stall far past it (until the server shuts down), so which reply times out is never a race
     return JudgeConfig(
         endpoint=server.base_url, model="stub-judge", timeout_s=3.0, max_retries=0, concurrency=8
