@@ -22,7 +22,8 @@ Runs, into one folder (every part resumes, every finished part is skipped on a r
    (each hop's passage retrieved, then its answer named) and which sentence the step after a hop's passage
    quoted (the answer's, another of that passage and whether it holds a year for a name, its first), and
    the side each system's answers take on the comparisons (yes / no, first / second entity) against the
-   gold's sides and the best constant answer;
+   gold's sides and the best constant answer, and on the dated ones whether the final step's order claim
+   ("1939 is later than 1922.") is true and the answer takes the entity its years make right;
    ``curves.png``: KL, beta, format errors and reward of every run against its minutes.
 
 A run is named by its configuration, budget and seed (``rloo-hybrid-kl0.03-60min-s1``). ``--kl-target``
@@ -79,7 +80,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from rich.console import Console  # noqa: E402
 
-from r3rag.coldstart.phrasing import FOUND  # noqa: E402
+from r3rag.coldstart.phrasing import EARLIER, FOUND, LATER  # noqa: E402
 from r3rag.config import PPOConfig, WorldConfig  # noqa: E402
 from r3rag.data.datasets import load_dataset  # noqa: E402
 from r3rag.evaluation.config import EvalConfigBase  # noqa: E402
@@ -850,12 +851,41 @@ def stated_year(analysis: str, entity: str) -> int | None:
     return int(match[1]) if match else None
 
 
+def order_pattern(template: str) -> re.Pattern[str]:
+    """A teacher's order claim (:data:`~r3rag.coldstart.phrasing.EARLIER`, ``LATER``: "{va} is earlier than
+    {vb}.") as a pattern capturing its two years."""
+    pattern = (
+        re.escape(template).replace(r"\{va\}", r"(?P<va>\d{3,4})").replace(r"\{vb\}", r"(?P<vb>\d{3,4})")
+    )
+    return re.compile(pattern)
+
+
+ORDER_CLAIMS = tuple((order_pattern(t), True) for t in EARLIER) + tuple(
+    (order_pattern(t), False) for t in LATER
+)
+"""Each order claim's pattern, and whether it says its first year is the earlier one."""
+
+
+def stated_order_right(analysis: str) -> bool | None:
+    """Whether the last order claim of a step ("1939 is later than 1922.") is true of the two years it names;
+    None when the step makes none. A final step can state both years and then get their order wrong, or get
+    it right and still answer the other entity: the two failures want different fixes."""
+    claims = [
+        (m.start(), m, earlier) for pattern, earlier in ORDER_CLAIMS for m in pattern.finditer(analysis)
+    ]
+    if not claims:
+        return None
+    _, match, earlier = max(claims, key=lambda claim: claim[0])
+    first, second = int(match["va"]), int(match["vb"])
+    return first != second and (first < second) == earlier
+
+
 def comparing_table(by_system: dict[str, dict[str, dict[str, Any]]], dev: dict[str, QAExample]) -> str:
     """The last step of the two-way questions that ask which of two named entities has the earlier or the
     later date ("Who was born first, A or B?"): how often a system's final step states a year for each
-    entity, and of those, how often its answer is the entity those years make right or the other one. A run
-    can learn to find both years and lose the question at the comparison, which the sides table alone does
-    not tell from not finding them."""
+    entity, whether its order claim holds (:func:`stated_order_right`), and how often its answer is the
+    entity those years make right or the other one. A run can learn to find both years and lose the question
+    at the comparison, which the sides table alone does not tell from not finding them."""
     asked: dict[str, tuple[str, str, bool]] = {}
     for i, example in dev.items():
         options = TWO_OPTIONS.search(example.question) if example.type in TWO_WAY_TYPES else None
@@ -868,7 +898,7 @@ def comparing_table(by_system: dict[str, dict[str, dict[str, Any]]], dev: dict[s
         return ""
     rows = []
     for name, records in by_system.items():
-        stated = follows = inverts = 0
+        stated = follows = inverts = order_right = order_wrong = inverts_after_right = 0
         for i in asked.keys() & records.keys():
             first, second, earlier_wins = asked[i]
             steps = (records[i].get("trajectory") or {}).get("steps") or [{}]
@@ -879,15 +909,23 @@ def comparing_table(by_system: dict[str, dict[str, dict[str, Any]]], dev: dict[s
             stated += 1
             right_side = "first" if (years[0] < years[1]) == earlier_wins else "second"
             side = answer_side(dev[i].question, records[i].get("prediction"))
+            order = stated_order_right(final)
+            order_right += order is True
+            order_wrong += order is False
             follows += side == right_side
-            inverts += side in ("first", "second") and side != right_side
-        rows.append([name, str(len(asked.keys() & records.keys())), str(stated), str(follows), str(inverts)])
-    header = ["system", "questions", "final step states both years", "answer follows them"]
-    header.append("answer inverts them")
+            inverted = side in ("first", "second") and side != right_side
+            inverts += inverted
+            inverts_after_right += inverted and order is True
+        counts = (stated, f"{order_right} / {order_wrong}", follows, inverts, inverts_after_right)
+        rows.append([name, str(len(asked.keys() & records.keys())), *map(str, counts)])
+    header = ["system", "questions", "final step states both years", "their order stated: right / wrong"]
+    header += ["answer follows them", "answer inverts them", "inverts after a right order"]
     return (
         "The comparisons of two dates between two named entities (first / older: the earlier wins; later / "
-        "younger / newer: the later): final steps that state a year for each entity, and the answers that "
-        "take the entity those years make right, or the other one:\n\n" + markdown_table(header, rows)
+        "younger / newer: the later): final steps that state a year for each entity, whether their order "
+        'claim ("1939 is later than 1922.") is true of the two years, and the answers that take the entity '
+        "those years make right, or the other one; an inversion after a right order lost the question in "
+        "mapping the asked end to an entity, not in comparing the years:\n\n" + markdown_table(header, rows)
     )
 
 

@@ -464,17 +464,21 @@ def test_the_sides_table_counts_the_side_each_answer_takes_on_two_way_questions(
 def test_the_comparing_table_checks_the_answer_against_the_years_the_final_step_states(
     rl_gain: ModuleType,
 ) -> None:
-    """Three dated comparisons (the yes / no one and the chain question are not asked). The run's final steps:
-    w1 (born first) states Ann Lee 1950 and Bo Ma 1930 and answers Ann Lee: its years make Bo Ma right, so it
-    inverts them; w2 (newer) states The Sea 2001, Rain 1990 and answers "the sea": it follows them (equal
-    once normalised); w3 (born later) states one year only. R3-RAG-CS states both years on w1 ("Ann Lee:
-    1900; Bo Ma: 1920.") and answers Ann Lee (follows); on w2 Rain's year is further than a few words away
-    ("Rain was, as everyone knows from the records, 1990"), so not stated; on w3 it states both and answers
-    neither entity. A system without trajectories states none."""
+    """Four dated comparisons (the yes / no one and the chain question are not asked). The run's final steps:
+    w1 (born first) states Ann Lee 1950 and Bo Ma 1930, that 1950 is later than 1930 (true), and answers Ann
+    Lee: its years make Bo Ma right, so it inverts them after a right order; w2 (newer) states The Sea 2001,
+    Rain 1990, that 2001 comes before 1990 (false), and answers "the sea": it follows them (equal once
+    normalised); w3 (born later) states one year only; w4 (later) states Moon 1980, Sun 1990, that 1980 comes
+    after 1990 (false), and answers Moon: it inverts them after a wrong order. R3-RAG-CS states both years on
+    w1 ("Ann Lee: 1900; Bo Ma: 1920."), a false order and then a true one (the last counts), and answers Ann
+    Lee (follows); on w2 Rain's year is further than a few words away ("Rain was, as everyone knows from the
+    records, 1990"), so not stated; on w3 it states both, a false order, and answers neither entity. A system
+    without trajectories states none."""
     dev = {
         "w1": QAExample("w1", "Who was born first, Ann Lee or Bo Ma?", ["Bo Ma"], type="comparison"),
         "w2": QAExample("w2", "Which is newer, The Sea or Rain?", ["The Sea"], type="comparison"),
         "w3": QAExample("w3", "Whose creator was born later: X or Y?", ["X"], type="bridge_comparison"),
+        "w4": QAExample("w4", "Which was released later, Moon or Sun?", ["Sun"], type="comparison"),
         "y1": QAExample("y1", "Do A and B have the same creator?", ["no"], type="comparison"),
         "c1": QAExample("c1", "Who was born first, the writer of A or B?", ["A"], type="chain"),
     }
@@ -486,27 +490,51 @@ def test_the_comparing_table_checks_the_answer_against_the_years_the_final_step_
         }
 
     rl = {
-        "w1": record("Ann Lee", "Ann Lee gives 1950, while Bo Ma gives 1930. The answer is Ann Lee."),
-        "w2": record("the sea", "So The Sea has 2001 and Rain has 1990. 2001 is later."),
+        "w1": record(
+            "Ann Lee", "Ann Lee gives 1950, while Bo Ma gives 1930. 1950 is later than 1930. Ann Lee."
+        ),
+        "w2": record("the sea", "So The Sea has 2001 and Rain has 1990. 2001 comes before 1990."),
         "w3": record("Y", "X has 1900."),
+        "w4": record("Moon", "Moon: 1980; Sun: 1990. 1980 comes after 1990. So the answer is Moon."),
         "y1": record("no", "A: 1900; B: 1950."),
         "c1": record("A", "A: 1900; B: 1950."),
     }
     cs = {
-        "w1": record("Ann Lee", "Ann Lee: 1900; Bo Ma: 1920."),
+        "w1": record(
+            "Ann Lee", "Ann Lee: 1900; Bo Ma: 1920. 1920 is earlier than 1900. 1900 comes before 1920."
+        ),
         "w2": record("Rain", "The Sea: 2001. Rain was, as everyone knows from the records, 1990"),
-        "w3": record("Zed", "X has 1900 and Y has 1950."),
+        "w3": record("Zed", "X has 1900 and Y has 1950. 1900 is later than 1950."),
     }
     untrained = {i: {"prediction": "X", "trajectory": None} for i in dev}
     table = rl_gain.comparing_table({"R3-RAG-CS": cs, "rloo": rl, "untrained cot": untrained}, dev)
     assert table.splitlines()[2:] == [
-        "| system | questions | final step states both years | answer follows them | answer inverts them |",
-        "|---|---|---|---|---|",
-        "| R3-RAG-CS | 3 | 2 | 1 | 0 |",
-        "| rloo | 3 | 2 | 1 | 1 |",
-        "| untrained cot | 3 | 0 | 0 | 0 |",
+        "| system | questions | final step states both years | their order stated: right / wrong "
+        "| answer follows them | answer inverts them | inverts after a right order |",
+        "|---|---|---|---|---|---|---|",
+        "| R3-RAG-CS | 3 | 2 | 1 / 1 | 1 | 0 | 0 |",
+        "| rloo | 4 | 3 | 1 / 2 | 1 | 2 | 1 |",
+        "| untrained cot | 4 | 0 | 0 / 0 | 0 | 0 | 0 |",
     ]
     assert rl_gain.comparing_table({"rloo": rl}, {"c1": dev["c1"]}) == ""
+
+
+@pytest.mark.parametrize(
+    ("analysis", "right"),
+    [
+        ("So the answer is A.", None),
+        ("A: 1939; B: 1922. 1939 is later than 1922. The answer is B.", True),
+        ("1922 comes after 1939.", False),
+        ("1939 is earlier than 1939.", False),
+        ("1800 comes before 1900. Then 1950 is earlier than 1930.", False),
+        ("1950 is earlier than 1930, and so 1930 comes before 1950.", True),
+    ],
+)
+def test_an_order_claim_is_checked_against_its_own_years(
+    rl_gain: ModuleType, analysis: str, right: bool | None
+) -> None:
+    """The last claim of the teacher's four order phrasings counts; equal years are never in order."""
+    assert rl_gain.stated_order_right(analysis) is right
 
 
 def test_which_end_a_comparison_asks_for_is_read_without_the_names(rl_gain: ModuleType) -> None:
