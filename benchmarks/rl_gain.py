@@ -851,17 +851,22 @@ def stated_year(analysis: str, entity: str) -> int | None:
     return int(match[1]) if match else None
 
 
-def order_pattern(template: str) -> re.Pattern[str]:
-    """A teacher's order claim (:data:`~r3rag.coldstart.phrasing.EARLIER`, ``LATER``: "{va} is earlier than
-    {vb}.") as a pattern capturing its two years."""
-    pattern = (
-        re.escape(template).replace(r"\{va\}", r"(?P<va>\d{3,4})").replace(r"\{vb\}", r"(?P<vb>\d{3,4})")
-    )
-    return re.compile(pattern)
+def phrasing_pattern(template: str, **groups: str) -> re.Pattern[str]:
+    """A teacher phrasing (:data:`~r3rag.coldstart.phrasing.FOUND`, ``EARLIER``...) as a pattern: its own
+    words, any text for each placeholder, or for a placeholder named in ``groups`` a group of that name
+    matching the pattern given."""
+
+    def placeholder(match: re.Match[str]) -> str:
+        name = match[1]
+        return f"(?P<{name}>{groups[name]})" if name in groups else ".+?"
+
+    return re.compile(re.sub(r"\\\{(\w+)\\\}", placeholder, re.escape(template)), re.DOTALL)
 
 
-ORDER_CLAIMS = tuple((order_pattern(t), True) for t in EARLIER) + tuple(
-    (order_pattern(t), False) for t in LATER
+ORDER_CLAIMS = tuple(
+    (phrasing_pattern(template, va=YEAR.pattern, vb=YEAR.pattern), earlier)
+    for templates, earlier in ((EARLIER, True), (LATER, False))
+    for template in templates
 )
 """Each order claim's pattern, and whether it says its first year is the earlier one."""
 
@@ -927,12 +932,6 @@ def comparing_table(by_system: dict[str, dict[str, dict[str, Any]]], dev: dict[s
         "those years make right, or the other one; an inversion after a right order lost the question in "
         "mapping the asked end to an entity, not in comparing the years:\n\n" + markdown_table(header, rows)
     )
-
-
-def phrasing_pattern(template: str) -> re.Pattern[str]:
-    """A teacher phrasing (:data:`~r3rag.coldstart.phrasing.FOUND`) as a pattern: its own words, any text
-    for each placeholder."""
-    return re.compile(re.sub(r"\\\{\w+\\\}", ".+?", re.escape(template)), re.DOTALL)
 
 
 FOUND_PATTERNS = tuple(phrasing_pattern(template) for template in FOUND)
